@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine:
+#   make demo   installs what is needed and exports + runs the built-in flux-tiny model, offline
+#   make test   installs what is needed (idempotently) and runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# The development machines keep torch 2.13.0 (CPU build) in /opt/wheels; without it pip would
+# fetch a multi-GB CUDA build from PyPI.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP  := $(VENV)/.setup-stamp
+DEMO   ?= demo-out
+
+.PHONY: setup test demo bench parity-gpu clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml runtime/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(FIND_LINKS) -e ./runtime -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -rs
+
+demo: setup
+	$(VENV)/bin/ditf-export --model flux-tiny --out $(DEMO)/flux-tiny --force
+	$(VENV)/bin/ditf extract examples/images --model $(DEMO)/flux-tiny --out $(DEMO)/features
+	$(VENV)/bin/ditf match examples/images/cat-a.jpg examples/images/cat-b.jpg --model $(DEMO)/flux-tiny \
+		--out $(DEMO)/match.png
+	$(VENV)/bin/ditf show examples/images/cat-a.jpg --model $(DEMO)/flux-tiny --out $(DEMO)/pca.png
+	@echo "demo outputs in $(DEMO)/"
+
+bench: setup
+	$(PY) bench/bench_matcher.py
+	$(PY) bench/bench_export_memory.py
+
+# GPU runners with CUDA + TensorRT only; here these tests skip with a reason.
+parity-gpu: setup
+	$(PY) -m pytest -q -rs -m "gpu or tensorrt"
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -1,0 +1,1 @@
+"""ditf_calib: calibration data, activation statistics, massive-channel detection, Q/DQ INT8 graphs."""

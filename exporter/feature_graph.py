@@ -1,0 +1,76 @@
+"""The generic DiTF feature graph (DESIGN.md §2): pixels -> VAE mean latent -> noise mix -> truncated
+backbone (from the family adapter) -> ensemble mean -> channel discard -> LayerNorm -> block K's
+AdaLN modulation -> [B, C, H/16, W/16]. This module is also the PyTorch reference for parity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .families.base import FeatureParts
+
+
+class LatentEncoder(nn.Module):
+    """VAE encoder to the *mean* of the latent distribution, then the family's scaling.
+
+    The authors sample the latent; the mean is our deterministic choice (recorded in the manifest).
+    """
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.encoder = vae.encoder
+        self.quant_conv = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else nn.Identity()
+        self.latent_channels = int(vae.config.latent_channels)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(vae.config.shift_factor or 0.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        moments = self.quant_conv(self.encoder(image))
+        mean = moments[:, : self.latent_channels]
+        return (mean - self.shift_factor) * self.scaling_factor
+
+
+class FeatureHead(nn.Module):
+    """Discard massive channels, LayerNorm (no affine), then `(1 + scale_K) * x + shift_K`."""
+
+    def __init__(self, shift: torch.Tensor, scale: torch.Tensor, discard: tuple[int, ...], eps: float):
+        super().__init__()
+        keep = torch.ones(shift.shape[0])
+        keep[list(discard)] = 0.0
+        # A multiply by a constant mask, not an index_put: static, and exact (x * 0 == 0, x * 1 == x).
+        self.register_buffer("keep", keep)
+        self.register_buffer("shift", shift.detach().float().clone())
+        self.register_buffer("scale_plus_one", (1.0 + scale.detach().float()).clone())
+        self.eps = eps
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens * self.keep
+        x = F.layer_norm(x, (x.shape[-1],), eps=self.eps)
+        return x * self.scale_plus_one + self.shift
+
+
+class FeatureGraph(nn.Module):
+    """image [B, 3, H, W] in [-1, 1], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16]."""
+
+    def __init__(self, encoder: LatentEncoder, parts: FeatureParts, noise_a: float, noise_b: float,
+                 discard: tuple[int, ...]):
+        super().__init__()
+        self.encoder = encoder
+        self.backbone = parts.backbone
+        self.head = FeatureHead(parts.shift, parts.scale, discard, parts.norm_eps)
+        self.patch_size = parts.patch_size
+        # x_t = a * x0 + b * noise: flow matching (1 - t, t) or variance-preserving (sqrt(ab), sqrt(1 - ab))
+        self.noise_a = float(noise_a)
+        self.noise_b = float(noise_b)
+
+    def forward(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        b, e = noise.shape[0], noise.shape[1]
+        latent = self.encoder(image)  # encoded once, shared by the E ensemble members
+        x_t = self.noise_a * latent[:, None] + self.noise_b * noise
+        h, w = x_t.shape[-2], x_t.shape[-1]
+        tokens = self.backbone(x_t.flatten(0, 1))  # [B*E, N, C]
+        tokens = tokens.unflatten(0, (b, e)).mean(dim=1)  # ensemble mean of the raw h_K
+        feats = self.head(tokens)  # [B, N, C]
+        hp, wp = h // self.patch_size, w // self.patch_size
+        return feats.transpose(1, 2).reshape(b, feats.shape[-1], hp, wp)

@@ -1,0 +1,81 @@
+"""Static checks on an exported graph, and its metadata.
+
+TensorRT 10 parses opset-20 plain ops; float64, complex and Einsum are where exports of diffusers
+models usually go wrong (float64 RoPE, complex rotary math), so an export containing them fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+FORBIDDEN_OPS = {"Einsum"}
+FORBIDDEN_TYPES = {onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.COMPLEX64: "complex64",
+                   onnx.TensorProto.COMPLEX128: "complex128"}
+
+
+class GraphCheckError(RuntimeError):
+    pass
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for g in attr.graphs:
+                yield from _graphs(g)
+
+
+def check_graph(path: Path) -> dict[str, int]:
+    """Raise GraphCheckError listing every forbidden op or dtype; return op counts."""
+    model = onnx.load(str(path), load_external_data=False)
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for g in _graphs(model.graph):
+        for node in g.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            if node.op_type in FORBIDDEN_OPS:
+                problems.append(f"op {node.op_type} ({node.name})")
+            if node.op_type == "Cast":
+                to = next((a.i for a in node.attribute if a.name == "to"), None)
+                if to in FORBIDDEN_TYPES:
+                    problems.append(f"Cast to {FORBIDDEN_TYPES[to]} ({node.name})")
+        for init in g.initializer:
+            if init.data_type in FORBIDDEN_TYPES:
+                problems.append(f"initializer {init.name} is {FORBIDDEN_TYPES[init.data_type]}")
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            t = vi.type.tensor_type.elem_type
+            if t in FORBIDDEN_TYPES:
+                problems.append(f"tensor {vi.name} is {FORBIDDEN_TYPES[t]}")
+    if problems:
+        raise GraphCheckError("the exported graph uses ops/dtypes TensorRT will not take: " + "; ".join(problems[:10]))
+    return counts
+
+
+def finalize(path: Path, manifest) -> None:
+    """Name the output's axes after the manifest and write static metadata (DESIGN.md §6: static
+    fields only, never run-time results)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for out_vi, spec in zip(model.graph.output, manifest.outputs):
+        for dim, want in zip(out_vi.type.tensor_type.shape.dim, spec.shape):
+            if isinstance(want, str):
+                dim.dim_param = want
+    static = {
+        "schema_version": str(manifest.schema_version),
+        "ditf.family": manifest.family,
+        "ditf.model": manifest.model_name,
+        "ditf.layer": str(manifest.feature.layer),
+        "ditf.block": manifest.feature.block,
+        "ditf.timestep": str(manifest.feature.timestep),
+        "ditf.discard": ",".join(map(str, manifest.feature.discard)),
+        "ditf.precision": manifest.precision,
+        "ditf.feature_channels": str(manifest.geometry.feature_channels),
+        "ditf.latent_channels": str(manifest.geometry.latent_channels),
+    }
+    del model.metadata_props[:]
+    for k, v in static.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))  # external data references are kept as they are

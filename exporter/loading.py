@@ -1,0 +1,163 @@
+"""Find a model (registry name, local diffusers folder, or HF id in the local cache) and load only what
+layer K needs: a truncated transformer config, and only the kept blocks' tensors from the shards."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import registry
+from .families.base import ExportInputError, FamilyAdapter
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # registry name, or the folder / HF id as given
+    path: Path  # local pipeline folder: model_index.json, transformer/, vae/, ...
+    family: str
+    spec: registry.ModelSpec | None  # registry entry whose defaults apply, if any
+    transformer_config: dict[str, Any]
+
+
+def builtin_cache_dir() -> Path:
+    return Path(os.environ.get("DITF_CACHE", Path.home() / ".cache" / "ditf"))
+
+
+def resolve_source(model: str) -> ModelSource:
+    spec = registry.model_spec(model)
+    if spec is not None and spec.builtin is not None:
+        path = builtin_cache_dir() / spec.name
+        if not (path / "model_index.json").is_file():
+            spec.builtin(str(path))
+    elif spec is not None:
+        path = _from_hf_cache(spec.hf_id, registry_name=model)
+    elif Path(model).expanduser().is_dir():
+        path = Path(model).expanduser().resolve()
+    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        path = _from_hf_cache(model)
+    else:
+        known = ", ".join(sorted(registry.models()))
+        raise ExportInputError(
+            f"--model {model!r}: not a registry name ({known}), not an existing folder, and not an HF id "
+            "(owner/name)"
+        )
+    config = read_transformer_config(path)
+    family = registry.family_of_transformer(config.get("_class_name", "?"))
+    if spec is None:
+        spec = registry.spec_for_family(family)
+        if spec is not None and spec.hidden_size is not None:
+            hidden = registry.adapter_for(family).hidden_size(config)
+            if hidden != spec.hidden_size:
+                spec = None  # defaults (above all the discard channels) belong to another size of model
+    return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config)
+
+
+def read_transformer_config(path: Path) -> dict[str, Any]:
+    cfg = path / "transformer" / "config.json"
+    if not cfg.is_file():
+        raise ExportInputError(
+            f"{path} is not a diffusers pipeline folder: {cfg} is missing "
+            "(a folder needs at least model_index.json, transformer/ and vae/)"
+        )
+    return json.loads(cfg.read_text())
+
+
+def _from_hf_cache(repo_id: str, registry_name: str | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError and friends
+        what = f"--model {registry_name} ({repo_id})" if registry_name else f"--model {repo_id}"
+        raise ExportInputError(
+            f"{what} is not in the local Hugging Face cache ({HF_HUB_CACHE}); ditf never downloads. "
+            f"On a machine with network run: huggingface-cli download {repo_id} "
+            "--include 'model_index.json' 'transformer/*' 'vae/*' 'text_encoder*/*' 'tokenizer*/*' "
+            "then copy the cache here (or pass the downloaded folder as --model)"
+        ) from exc
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """Tensor name -> shard file, from the shard index or the single file."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {k: folder / v for k, v in weight_map.items()}
+    single = folder / WEIGHTS_NAME
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), framework="pt") as f:
+            return {k: single for k in f.keys()}
+    raise ExportInputError(
+        f"{folder} holds no {WEIGHTS_NAME} (or its .index.json): ditf loads safetensors only, never pickles"
+    )
+
+
+def load_truncated_transformer(
+    source: ModelSource, adapter: FamilyAdapter, layer: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the transformer with a truncated config on the meta device and read only the needed tensors.
+
+    Returns the module (unneeded parameters stay on `meta`) and a report of what was read.
+    """
+    import diffusers
+    from safetensors import safe_open
+
+    config = source.transformer_config
+    cls = getattr(diffusers, config["_class_name"])
+    truncated = adapter.truncated_config(config, layer)
+    init_kwargs = {k: v for k, v in truncated.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = cls.from_config(init_kwargs)
+    folder = source.path / "transformer"
+    files = _weight_files(folder)
+    wanted = [k for k in files if adapter.needed_weight(k, config, layer)]
+    by_file: dict[Path, list[str]] = {}
+    for k in wanted:
+        by_file.setdefault(files[k], []).append(k)
+    state: dict[str, torch.Tensor] = {}
+    for path, keys in by_file.items():
+        with safe_open(str(path), framework="pt") as f:
+            for k in keys:
+                state[k] = f.get_tensor(k).to(dtype)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise ExportInputError(f"{folder}: weights do not fit the config: {result.unexpected_keys[:5]} ...")
+    model_keys = set(model.state_dict().keys())
+    needed = {k for k in model_keys if adapter.needed_weight(k, config, layer)}
+    missing = sorted(needed - set(state))
+    if missing:
+        raise ExportInputError(f"{folder}: the checkpoint lacks tensors layer {layer} needs: {missing[:5]}")
+    model.eval().requires_grad_(False)
+    report = {
+        "tensors_read": len(state),
+        "tensors_in_checkpoint": len(files),
+        "bytes_read": int(sum(t.numel() * t.element_size() for t in state.values())),
+        "shards_opened": len(by_file),
+        "files": sorted(by_file),
+    }
+    return model, report
+
+
+def load_vae(source: ModelSource):
+    from diffusers import AutoencoderKL
+
+    folder = source.path / "vae"
+    if not folder.is_dir():
+        raise ExportInputError(f"{source.path} has no vae/ folder; the feature graph starts from pixels and needs it")
+    vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True, torch_dtype=torch.float32)
+    return vae.eval().requires_grad_(False)
+
+
+def vae_weight_files(source: ModelSource) -> list[Path]:
+    return sorted((source.path / "vae").glob("*.safetensors"))

@@ -1,0 +1,84 @@
+"""Prompt conditioning, computed once at export time and baked into the graph as constants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .families.base import ExportInputError
+
+
+def load_prompt_embeds(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read `--prompt-embeds FILE.safetensors` (safetensors only: never pickles)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportInputError(f"--prompt-embeds: {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a bad header
+        raise ExportInputError(f"--prompt-embeds: {path} is not a readable safetensors file ({exc})") from exc
+    return tensors
+
+
+def check_prompt_embeds(
+    tensors: dict[str, torch.Tensor], text_dim: int, pooled_dim: int | None, require_pooled: bool = True
+) -> dict[str, torch.Tensor]:
+    """prompt_embeds [1, L, text_dim] and (where the family has one) pooled_prompt_embeds [1, pooled_dim]."""
+    if "prompt_embeds" not in tensors:
+        raise ExportInputError(f"--prompt-embeds: no `prompt_embeds` tensor (found: {', '.join(tensors) or 'none'})")
+    pe = tensors["prompt_embeds"]
+    if pe.ndim != 3 or pe.shape[0] != 1 or pe.shape[2] != text_dim:
+        raise ExportInputError(
+            f"--prompt-embeds: prompt_embeds has shape {list(pe.shape)}, expected [1, L, {text_dim}] for this model"
+        )
+    out = {"prompt_embeds": pe.float()}
+    if pooled_dim is not None:
+        if "pooled_prompt_embeds" not in tensors:
+            if require_pooled:
+                raise ExportInputError("--prompt-embeds: no `pooled_prompt_embeds` tensor; this model needs [1, "
+                                       f"{pooled_dim}]")
+        else:
+            pp = tensors["pooled_prompt_embeds"]
+            if pp.ndim != 2 or pp.shape[0] != 1 or pp.shape[1] != pooled_dim:
+                raise ExportInputError(
+                    f"--prompt-embeds: pooled_prompt_embeds has shape {list(pp.shape)}, expected [1, {pooled_dim}]"
+                )
+            out["pooled_prompt_embeds"] = pp.float()
+    for name in ("prompt_attention_mask",):
+        if name in tensors:
+            out[name] = tensors[name]
+    return out
+
+
+def _require(folder: Path, sub: str) -> Path:
+    p = folder / sub
+    if not p.is_dir():
+        raise ExportInputError(
+            f"{folder} has no {sub}/ folder, which encoding the prompt needs; add it, or pass "
+            "--prompt-embeds FILE.safetensors (then no text encoders are loaded)"
+        )
+    return p
+
+
+@torch.no_grad()
+def encode_clip_t5(source, prompt: str, max_length: int) -> dict[str, torch.Tensor]:
+    """FLUX's conditioning as FluxPipeline.encode_prompt computes it: CLIP pooled + T5 hidden states."""
+    from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+    folder = Path(source.path)
+    for sub in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"):
+        _require(folder, sub)
+    clip_tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    clip = CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True).float().eval()
+    ids = clip_tok([prompt], padding="max_length", max_length=clip_tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids
+    pooled = clip(ids, output_hidden_states=False).pooler_output
+    del clip
+    t5_tok = AutoTokenizer.from_pretrained(folder / "tokenizer_2")
+    t5 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", use_safetensors=True).float().eval()
+    ids = t5_tok([prompt], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+    embeds = t5(ids, output_hidden_states=False)[0]
+    return {"prompt_embeds": embeds.float(), "pooled_prompt_embeds": pooled.float()}

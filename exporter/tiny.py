@@ -1,0 +1,120 @@
+"""Small random-weight pipelines built from the real diffusers/transformers classes, offline.
+
+`flux-tiny` is what `make demo` exports on a fresh machine: a FLUX-architecture transformer (2 double
++ 4 single blocks, hidden 64), a 16-channel AutoencoderKL, and a tiny CLIP + T5 pair with tokenizers
+built from a character vocabulary. Saved with `save_pretrained`, so export runs the same loading
+code as real weights. Two massive-activation channels are planted (x_embedder bias) so the
+channel discard is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+
+FLUX_TINY_MASSIVE = (7, 41)
+FLUX_TINY_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=16,
+    num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+FLUX_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=16,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)
+
+
+def tiny_vae(seed: int, **overrides):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**{**FLUX_VAE, **overrides}).eval()
+
+
+def tiny_flux_transformer(seed: int, massive: tuple[int, ...] = FLUX_TINY_MASSIVE, magnitude: float = 300.0,
+                          **overrides):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(**{**FLUX_TINY_TRANSFORMER, **overrides}).eval()
+    with torch.no_grad():
+        # Random init leaves the AdaLN linears near zero-mean noise; scale them up so the baked
+        # modulation (what the head applies) is far from the identity and tests can see it.
+        for name, p in model.named_parameters():
+            if ".linear." in name or name.endswith("linear.weight"):
+                p.mul_(4.0)
+        for c in massive:  # plant massive activations in the residual stream
+            model.x_embedder.bias[c] = magnitude if c % 2 else -magnitude
+    return model
+
+
+def tiny_text_encoders(folder: Path, seed: int, text_dim: int = 32, pooled_dim: int = 32) -> None:
+    """CLIP (pooled) + T5 (hidden states) with offline character-level tokenizers."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars + [c + "</w>" for c in chars])}
+    clip_tok = CLIPTokenizer(vocab=vocab, merges=[])
+    clip_tok.model_max_length = 77
+    clip_tok.save_pretrained(folder / "tokenizer")
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=pooled_dim, intermediate_size=2 * pooled_dim, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=pooled_dim,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).eval()
+    clip.save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(c, -2.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    t5_tok = T5Tokenizer(vocab=pieces, extra_ids=0)
+    t5_tok.save_pretrained(folder / "tokenizer_2")
+    torch.manual_seed(seed + 1)
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(pieces), d_model=text_dim, d_kv=8, d_ff=2 * text_dim, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+    t5.save_pretrained(folder / "text_encoder_2", safe_serialization=True)
+
+
+def save_pipeline_folder(path: str | Path, components: dict, with_text: bool, pipeline_class: str,
+                         text_builder=None) -> Path:
+    """Write a diffusers-style folder atomically: temp folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
+        for sub, module in components.items():
+            module.save_pretrained(tmp / sub, safe_serialization=True)
+            index[sub] = ["diffusers", type(module).__name__]
+        if with_text and text_builder is not None:
+            text_builder(tmp)
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def build_flux_tiny(path: str | Path, seed: int = 0, with_text: bool = True, **transformer_overrides) -> Path:
+    cfg = {**FLUX_TINY_TRANSFORMER, **transformer_overrides}
+    return save_pipeline_folder(
+        path,
+        {"transformer": tiny_flux_transformer(seed, **transformer_overrides), "vae": tiny_vae(seed + 100)},
+        with_text,
+        "FluxPipeline",
+        lambda folder: tiny_text_encoders(folder, seed + 200, cfg["joint_attention_dim"],
+                                          cfg["pooled_projection_dim"]),
+    )

@@ -1,0 +1,143 @@
+"""onnxruntime backend: a lazy session loader and a runner.
+
+No silent fallback: every provider asked for must be available and must still be active once
+the session exists (onnxruntime drops a provider whose libraries fail to load with only a log
+line). Asking for CUDA on a machine without it is an error, not a quiet CPU run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BackendError
+from .base import BaseRunner, TensorMeta
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError(
+            "onnxruntime is not installed: `pip install onnxruntime` (CPU) or `onnxruntime-gpu` (CUDA)"
+        ) from exc
+    return onnxruntime
+
+
+def default_providers(device: str) -> list[str]:
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        # CPU stays listed so onnxruntime may place the odd shape op there; CUDA must be active.
+        return [CUDA, CPU]
+    raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+
+
+def _provider_name(spec: Any) -> str:
+    return spec[0] if isinstance(spec, (tuple, list)) else str(spec)
+
+
+class SessionFromOnnx:
+    """Lazy loader: keeps the path and options; calling it builds the InferenceSession."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        providers: Sequence[Any] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.providers = list(providers) if providers is not None else default_providers(device)
+        if not self.providers:
+            raise BackendError("providers is empty: name at least one onnxruntime execution provider")
+        if threads is not None and int(threads) < 1:
+            raise BackendError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def __call__(self):
+        ort = import_onnxruntime()
+        requested = [_provider_name(p) for p in self.providers]
+        available = ort.get_available_providers()
+        missing = [p for p in requested if p not in available]
+        if missing:
+            hint = " (install onnxruntime-gpu, which brings the CUDA and TensorRT providers)" if any(
+                p in (CUDA, TENSORRT) for p in missing
+            ) else ""
+            raise BackendError(
+                f"onnxruntime execution provider(s) {missing} not available here{hint}; "
+                f"available: {available}. Refusing to fall back to another provider."
+            )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider placement chatter is not for users
+        if self.threads is not None:
+            options.intra_op_num_threads = int(self.threads)
+        try:
+            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
+        active = session.get_providers()
+        dropped = [p for p in requested if p not in active]
+        if dropped:
+            raise BackendError(
+                f"onnxruntime accepted but did not activate {dropped} (active: {active}); its libraries "
+                "probably failed to load (CUDA/cuDNN versions). Refusing to run on another provider."
+            )
+        return session
+
+
+class OnnxrtRunner(BaseRunner):
+    backend = "onnxruntime"
+
+    def __init__(self, session_loader: SessionFromOnnx) -> None:
+        super().__init__()
+        self.session_loader = session_loader
+        self.session = None
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers()) if self.session is not None else []
+
+    def custom_metadata(self) -> dict[str, str]:
+        self._require_active()
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _activate(self) -> None:
+        self.session = self.session_loader()
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _input_metadata(self) -> dict[str, TensorMeta]:
+        metas = {}
+        for arg in self.session.get_inputs():
+            dtype = _ORT_TYPES.get(arg.type)
+            if dtype is None:
+                raise BackendError(f"graph input {arg.name!r} has unsupported type {arg.type}")
+            shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+            metas[arg.name] = TensorMeta(arg.name, np.dtype(dtype), shape)
+        return metas
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        try:
+            values = self.session.run(names, feed)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"onnxruntime failed to run {self.session_loader.model_path}: {exc}") from exc
+        return dict(zip(names, values))

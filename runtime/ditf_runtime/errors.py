@@ -1,0 +1,22 @@
+"""Error classes: every failure a user can cause is one of these, with a message that says what to do.
+
+The CLI turns them (and ManifestError) into a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class DitfError(Exception):
+    """Base class of the runtime's own errors."""
+
+
+class InputError(DitfError, ValueError):
+    """An argument, array or image does not fit the model's contract."""
+
+
+class ImageError(InputError):
+    """An image file cannot be read, or is refused (corrupt, truncated, too many pixels)."""
+
+
+class BackendError(DitfError, RuntimeError):
+    """The requested backend, device or engine is unavailable or does not match this machine."""

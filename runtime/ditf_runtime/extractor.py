@@ -1,0 +1,401 @@
+"""`load(export_dir)` -> Extractor: images in, FeatureMaps out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .backends.base import BaseRunner
+from .errors import BackendError, InputError
+from .manifest import (
+    FEATURES_OUTPUT,
+    IMAGE_INPUT,
+    MODEL_DATA_FILE,
+    MODEL_FILE,
+    NOISE_INPUT,
+    REFERENCE_FILE,
+    SCHEMA_VERSION,
+    Manifest,
+    ManifestError,
+)
+from .noise import DEFAULT_SEED, check_image_noise, default_noise
+from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, prepare
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+DEVICES = ("cpu", "cuda")
+
+
+class FeatureMap:
+    """One image's features: float32 [1, C, h, w]; `np.asarray(fm)` gives the array.
+
+    `image_size` is the original (height, width) the features describe (after EXIF orientation
+    when it was applied), `input_size` the preprocessed (H, W) the model saw, `stride` the pixels
+    of model input per feature cell (so h = H / stride).
+    """
+
+    __slots__ = ("array", "image_size", "input_size", "stride", "name")
+
+    def __init__(self, array: np.ndarray, image_size, input_size, stride: int, name: str | None = None) -> None:
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4 or array.shape[0] != 1:
+            raise InputError(f"a FeatureMap holds [1, C, h, w] features, got {array.shape}")
+        self.array = array
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.stride = int(stride)
+        self.name = name
+
+    def __array__(self, dtype=None, copy=None):
+        if dtype is not None and np.dtype(dtype) != self.array.dtype:
+            return self.array.astype(dtype)
+        return self.array.copy() if copy else self.array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def channels(self) -> int:
+        return self.array.shape[1]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w) feature cells."""
+        return self.array.shape[2], self.array.shape[3]
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureMap(shape={self.shape}, image_size={self.image_size}, input_size={self.input_size}, "
+            f"stride={self.stride}{'' if self.name is None else f', name={self.name!r}'})"
+        )
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Runtime output vs the PyTorch reference saved at export; truthy when within tolerance."""
+
+    backend: str
+    rel_error: float  # max|a - b| / max|b|
+    cosine_min: float  # per token (feature cell), over the batch
+    cosine_mean: float
+    tolerance: float
+
+    def __bool__(self) -> bool:
+        return self.rel_error <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self else "FAIL"
+        return (
+            f"{verdict} {self.backend}: rel error {self.rel_error:.3g} (tolerance {self.tolerance:g}), "
+            f"cosine min {self.cosine_min:.6f} mean {self.cosine_mean:.6f}"
+        )
+
+
+# Relative-error bounds against the fp32 PyTorch reference, by graph precision.
+DEFAULT_PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1e-1}
+
+
+class Extractor:
+    """A loaded export: `extract` for images, `run` for preprocessed arrays."""
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        manifest: Manifest,
+        runner: BaseRunner,
+        *,
+        exif_transpose: bool | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        batch_size: int = 1,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.manifest = manifest
+        self.runner = runner
+        self.exif_transpose = manifest.preprocess.exif_transpose if exif_transpose is None else exif_transpose
+        self.max_pixels = max_pixels
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.runner.activate()
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def geometry(self):
+        return self.manifest.geometry
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> "Extractor":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Extractor({str(self.export_dir)!r}, backend={self.backend!r}, model={self.manifest.model_name!r})"
+
+    # -- low level -----------------------------------------------------------------------------
+    def run(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Features [B, C, H/fs, W/fs] for preprocessed image [B, 3, H, W] and noise [B, E, c, H/vs, W/vs]."""
+        geometry = self.geometry
+        for name, array, rank in ((IMAGE_INPUT, image, 4), (NOISE_INPUT, noise, 5)):
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"{name} must be a numpy array, got {type(array).__name__}")
+            if array.dtype != np.float32:
+                raise InputError(f"{name} must be float32, got {array.dtype}")
+            if array.ndim != rank:
+                raise InputError(f"{name} must have {rank} axes, got shape {array.shape}")
+        batch, channels, height, width = image.shape
+        if channels != 3:
+            raise InputError(f"image must be [B, 3, H, W] RGB, got {image.shape}")
+        multiple = geometry.size_multiple
+        if batch < 1 or height < multiple or width < multiple or height % multiple or width % multiple:
+            raise InputError(
+                f"image height and width must be positive multiples of {multiple}, got {height}x{width} "
+                f"(use extract() to resize, or preprocess.model_size())"
+            )
+        expected_noise = (batch, geometry.latent_channels, height // geometry.vae_stride, width // geometry.vae_stride)
+        got_noise = (noise.shape[0],) + tuple(noise.shape[2:])
+        if got_noise != expected_noise or noise.shape[1] < 1:
+            raise InputError(
+                f"noise has shape {noise.shape}; expected [B={batch}, E>=1, {expected_noise[1]}, {expected_noise[2]}, "
+                f"{expected_noise[3]}] for image {image.shape} (latent_channels={geometry.latent_channels}, "
+                f"vae_stride={geometry.vae_stride})"
+            )
+        outputs = self.runner.infer({IMAGE_INPUT: image, NOISE_INPUT: noise})
+        features = outputs.get(FEATURES_OUTPUT)
+        stride = geometry.feature_stride
+        expected = (batch, geometry.feature_channels, height // stride, width // stride)
+        if features is None or tuple(features.shape) != expected:
+            got = None if features is None else features.shape
+            raise BackendError(f"graph returned features {got}, the manifest promises {expected}: re-export the model")
+        return np.asarray(features, dtype=np.float32)
+
+    # -- images --------------------------------------------------------------------------------
+    def prepare(self, source: ImageSource, size: int | None = None, exif_transpose: bool | None = None) -> PreparedImage:
+        """Read and preprocess one image (what `extract` feeds the graph)."""
+        return prepare(
+            source,
+            self.manifest.preprocess,
+            self.geometry,
+            long_side=size,
+            exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
+            max_pixels=self.max_pixels,
+        )
+
+    def extract(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        size: int | None = None,
+        ensemble: int | None = None,
+        seed: int | None = None,
+        noise: np.ndarray | Sequence[np.ndarray] | None = None,
+        *,
+        exif_transpose: bool | None = None,
+    ) -> list[FeatureMap]:
+        """Features of one image or a list of images (paths, PIL images, uint8 HxWx3 arrays).
+
+        `size` overrides the manifest's long side, `ensemble` its E. Default noise is drawn per
+        image from default_rng([seed, crc32(pixels)]) (seed 0 unless given); `noise=` is
+        [B, E, c, H/8, W/8] for same-size images or a list of per-image [E, c, H/8, W/8].
+        Images are run in groups of the same model size, `batch_size` at a time.
+        """
+        sources = _as_list(images)
+        if not sources:
+            return []
+        prepared = [self.prepare(s, size, exif_transpose) for s in sources]
+        noises = self._noise_for(prepared, ensemble, seed, noise)
+        results: list[FeatureMap | None] = [None] * len(prepared)
+        for indices in self._batches(prepared, noises):
+            image = np.stack([prepared[i].pixels for i in indices])
+            batch_noise = np.stack([noises[i] for i in indices])
+            features = self.run(image, batch_noise)
+            for row, i in enumerate(indices):
+                results[i] = FeatureMap(
+                    features[row : row + 1],
+                    prepared[i].image_size,
+                    prepared[i].input_size,
+                    self.geometry.feature_stride,
+                    prepared[i].name,
+                )
+        return results  # type: ignore[return-value]
+
+    def _noise_for(self, prepared, ensemble, seed, noise) -> list[np.ndarray]:
+        if noise is None:
+            ensemble = self.manifest.feature.ensemble if ensemble is None else int(ensemble)
+            if ensemble < 1:
+                raise InputError(f"ensemble must be >= 1, got {ensemble}")
+            seed = DEFAULT_SEED if seed is None else int(seed)
+            return [default_noise(p.pixels, self.geometry, ensemble, seed) for p in prepared]
+        if seed is not None:
+            raise InputError("pass either noise= or seed=, not both (seed only draws default noise)")
+        if isinstance(noise, np.ndarray):
+            sizes = {p.input_size for p in prepared}
+            if len(sizes) > 1:
+                raise InputError(
+                    f"one noise array [B, E, c, h, w] needs same-size images, these preprocess to {sorted(sizes)}; "
+                    "pass a list of per-image [E, c, h, w] noise instead"
+                )
+            if noise.ndim != 5 or noise.shape[0] != len(prepared):
+                raise InputError(
+                    f"noise has shape {noise.shape}; expected [B={len(prepared)}, E, c, h, w] for {len(prepared)} image(s)"
+                )
+            per_image = list(noise)
+        else:
+            per_image = list(noise)
+            if len(per_image) != len(prepared):
+                raise InputError(f"got {len(per_image)} noise arrays for {len(prepared)} image(s)")
+        checked = [check_image_noise(n, self.geometry, p.input_size, p.name) for n, p in zip(per_image, prepared)]
+        if ensemble is not None and any(n.shape[0] != ensemble for n in checked):
+            raise InputError(f"ensemble={ensemble} disagrees with the E of the given noise {[n.shape[0] for n in checked]}")
+        return checked
+
+    def _batches(self, prepared, noises) -> Iterable[list[int]]:
+        """Indices grouped by (input size, E), in first-seen order, at most batch_size each."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (p, n) in enumerate(zip(prepared, noises)):
+            groups.setdefault((p.input_size, n.shape[0]), []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                yield indices[start : start + self.batch_size]
+
+    # -- parity --------------------------------------------------------------------------------
+    def verify_reference(self, tolerance: float | None = None) -> ParityResult:
+        """Run the export's reference.safetensors inputs and compare with its PyTorch features."""
+        from safetensors.numpy import load_file
+
+        path = self.export_dir / REFERENCE_FILE
+        if REFERENCE_FILE in self.manifest.files:
+            self.manifest.verify_files(self.export_dir, names=(REFERENCE_FILE,))
+        if not path.is_file():
+            raise ManifestError(f"{path} not found: this export carries no reference outputs")
+        reference = load_file(str(path))
+        missing = {IMAGE_INPUT, NOISE_INPUT, FEATURES_OUTPUT} - set(reference)
+        if missing:
+            raise ManifestError(f"{path} lacks tensors {sorted(missing)}")
+        got = self.run(reference[IMAGE_INPUT], reference[NOISE_INPUT]).astype(np.float64)
+        want = reference[FEATURES_OUTPUT].astype(np.float64)
+        if got.shape != want.shape:
+            raise ManifestError(f"reference features {want.shape} but the graph returned {got.shape}")
+        rel_error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+        dots = (got * want).sum(axis=1)
+        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+        cosine = dots / np.maximum(norms, 1e-30)
+        if tolerance is None:
+            tolerance = DEFAULT_PARITY_TOLERANCE.get(self.manifest.precision, 1e-4)
+        return ParityResult(self.backend, rel_error, float(cosine.min()), float(cosine.mean()), float(tolerance))
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return [images]
+        raise InputError(f"an image array must be uint8 HxWx3, got shape {images.shape}; pass a list for several")
+    try:
+        return list(images)
+    except TypeError:
+        raise InputError(f"cannot read images from {type(images).__name__}") from None
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    device: str | None = None,
+    providers: Sequence[Any] | None = None,
+    threads: int | None = None,
+    *,
+    verify: bool = True,
+    exif_transpose: bool | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    batch_size: int = 1,
+) -> Extractor:
+    """Load an export folder written by ditf-export.
+
+    backend: "onnxruntime", "tensorrt" (an engine built by `ditf build-engine` for this GPU and
+    TensorRT version), or "auto": TensorRT when device="cuda", TensorRT is installed and such an
+    engine exists, otherwise onnxruntime on the requested device. device: "cpu" (default, except
+    for tensorrt) or "cuda"; nothing falls back silently: CUDA requested but unavailable is an
+    error. `verify` checks the files' sha256 against the manifest first (seconds per GB).
+    """
+    export_dir = Path(path)
+    if not export_dir.is_dir():
+        raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
+    manifest = Manifest.load(export_dir)
+    _check_contract(manifest)
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if device is not None and device not in DEVICES:
+        raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if backend == "tensorrt" and device == "cpu":
+        raise BackendError("the tensorrt backend runs on a GPU: use device='cuda' or backend='onnxruntime'")
+    if backend == "auto":
+        backend = "tensorrt" if device == "cuda" and _engine_ready(export_dir) else "onnxruntime"
+    if backend == "tensorrt":
+        if providers is not None or threads is not None:
+            raise BackendError("providers= and threads= are onnxruntime options; the tensorrt backend takes neither")
+        from .backends.trt import EngineFromPath, TrtRunner
+
+        runner: BaseRunner = TrtRunner(EngineFromPath(export_dir, manifest, verify=verify))
+    else:
+        from .backends.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+        if verify:
+            manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
+        loader = SessionFromOnnx(export_dir / MODEL_FILE, device=device or "cpu", providers=providers, threads=threads)
+        runner = OnnxrtRunner(loader)
+    extractor = Extractor(
+        export_dir, manifest, runner, exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size
+    )
+    _check_graph(extractor)
+    return extractor
+
+
+def _check_contract(manifest: Manifest) -> None:
+    inputs = [spec.name for spec in manifest.inputs]
+    outputs = [spec.name for spec in manifest.outputs]
+    if sorted(inputs) != sorted([IMAGE_INPUT, NOISE_INPUT]) or outputs != [FEATURES_OUTPUT]:
+        raise ManifestError(
+            f"manifest declares inputs {inputs} and outputs {outputs}; this runtime expects inputs "
+            f"{[IMAGE_INPUT, NOISE_INPUT]} and output [{FEATURES_OUTPUT!r}]"
+        )
+
+
+def _check_graph(extractor: Extractor) -> None:
+    """The graph's own inputs and metadata must agree with its manifest."""
+    graph_inputs = extractor.runner.input_metadata()
+    if set(graph_inputs) != {IMAGE_INPUT, NOISE_INPUT}:
+        extractor.close()
+        raise ManifestError(f"graph inputs {sorted(graph_inputs)} differ from the manifest's; re-export the model")
+    metadata = getattr(extractor.runner, "custom_metadata", None)
+    version = metadata().get("schema_version") if metadata else None
+    if version is not None and str(version) != str(SCHEMA_VERSION):
+        extractor.close()
+        raise ManifestError(f"model.onnx metadata schema_version {version} differs from this runtime's {SCHEMA_VERSION}")
+
+
+def _engine_ready(export_dir: Path) -> bool:
+    from .backends import trt
+
+    if not trt.tensorrt_available():
+        return False
+    try:
+        return trt.find_engine(export_dir, trt.current_device()) is not None
+    except BackendError:
+        return False

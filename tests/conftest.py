@@ -1,0 +1,47 @@
+"""Shared, session-scoped fixtures: built-in tiny models and their exports are made once per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config):
+    # Keep the built-in model cache inside the test run: never the user's ~/.cache, never a download.
+    if "DITF_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["DITF_CACHE"] = tempfile.mkdtemp(prefix="ditf-cache-")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def flux_tiny_dir(tmp_path_factory) -> Path:
+    """A FLUX-architecture pipeline folder (transformer, vae, CLIP + T5 with offline tokenizers)."""
+    from ditf_export.tiny import build_flux_tiny
+
+    return build_flux_tiny(tmp_path_factory.mktemp("models") / "flux-tiny")
+
+
+def _export(model: str, out: Path, **kw):
+    from ditf_export.export import ExportRequest, export
+
+    return export(ExportRequest(model=model, out=out, **kw))
+
+
+@pytest.fixture(scope="session")
+def flux_tiny_export(tmp_path_factory, flux_tiny_dir) -> Path:
+    """flux-tiny exported at layer 3 (first single-stream block), planted channels 7, 41 discarded."""
+    out = tmp_path_factory.mktemp("exports") / "flux-tiny-l3"
+    _export(str(flux_tiny_dir), out, layer=3, discard="7,41", ensemble=2, image_size=128)
+    return out
+
+
+@pytest.fixture(scope="session")
+def flux_tiny_export_double(tmp_path_factory, flux_tiny_dir) -> Path:
+    """flux-tiny exported at layer 1 (the last double-stream block)."""
+    out = tmp_path_factory.mktemp("exports") / "flux-tiny-l1"
+    _export(str(flux_tiny_dir), out, layer=1, discard="7,41", ensemble=2, image_size=128)
+    return out

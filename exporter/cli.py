@@ -35,6 +35,8 @@ class _Guidance(click.ParamType):
 @click.option("--prompt-embeds", type=click.Path(path_type=Path), default=None,
               help="safetensors with prompt_embeds [1, L, D] and pooled_prompt_embeds [1, P]; "
                    "then no text encoders are needed.")
+@click.option("--max-sequence-length", "text_max_length", type=int, default=None,
+              help="Text tokens of the baked prompt (FLUX.1-dev: 512). Default: the registry's.")
 @click.option("--discard", default=None,
               help="Massive channels to zero: a comma list, 'none', or 'auto'. Default: the model's.")
 @click.option("--ensemble", type=int, default=None, help="Default ensemble size E for the runtime (default 8).")
@@ -46,14 +48,15 @@ class _Guidance(click.ParamType):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="dtype of the PyTorch module used for export and reference.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
-def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, discard, ensemble, image_size,
+def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, ensemble, image_size,
          precision, calib_images, dtype, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
     from .export import ExportRequest, ParityError, export
 
     request = ExportRequest(
         model=model, out=out, layer=layer, timestep=timestep, guidance=guidance,
-        guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds, discard=discard,
+        guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds,
+        text_max_length=text_max_length, discard=discard,
         ensemble=ensemble, image_size=image_size, precision=precision, calib_images=calib_images,
         force=force, dtype=dtype, progress=lambda msg: click.echo(msg, err=True),
     )

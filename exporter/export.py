@@ -62,6 +62,7 @@ class ExportRequest:
     ensemble: int | None = None
     image_size: int | None = None
     class_label: int | None = None
+    text_max_length: int | None = None  # T5 tokens; None: the registry's, else the family's default
     precision: str = "fp32"
     calib_images: Path | None = None
     force: bool = False
@@ -150,7 +151,7 @@ def plan(request: ExportRequest) -> tuple[ModelSource, FamilyAdapter, ExportOpti
         from .text import load_prompt_embeds
 
         prompt_embeds = load_prompt_embeds(request.prompt_embeds)
-    text_len = spec.text_max_length if spec is not None else None
+    text_len = request.text_max_length or (spec.text_max_length if spec is not None else None)
     options = ExportOptions(
         layer=int(layer), timestep=float(timestep), discard=tuple(discard), guidance=guidance,
         prompt=None if prompt_embeds is not None else (request.prompt or ""), prompt_embeds=prompt_embeds,

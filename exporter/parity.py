@@ -27,7 +27,9 @@ def sample_inputs(batch: int, ensemble: int, latent_channels: int, hw: tuple[int
 
 @torch.no_grad()
 def torch_features(graph: torch.nn.Module, feed: dict[str, np.ndarray]) -> np.ndarray:
-    return graph(torch.from_numpy(feed["image"]), torch.from_numpy(feed["noise"])).float().numpy()
+    out = graph(torch.from_numpy(feed["image"]), torch.from_numpy(feed["noise"]))
+    # the graph's output is a transposed view; safetensors writes raw buffers, so make it C-contiguous
+    return np.ascontiguousarray(out.float().numpy())
 
 
 def ort_session(onnx_path: Path, threads: int | None = None):
@@ -54,7 +56,8 @@ def run_parity(graph: torch.nn.Module, onnx_path: Path, latent_channels: int,
         if i == 0 and reference_path is not None:
             from safetensors.numpy import save_file
 
-            save_file({**feed, "features": ref}, str(reference_path))
+            save_file({k: np.ascontiguousarray(v) for k, v in {**feed, "features": ref}.items()},
+                      str(reference_path))
     tol = TOLERANCES[precision]
     return {
         "backend": "onnxruntime CPUExecutionProvider",

@@ -35,7 +35,7 @@ def _export(model: str, out: Path, **kw):
 def flux_tiny_export(tmp_path_factory, flux_tiny_dir) -> Path:
     """flux-tiny exported at layer 3 (first single-stream block), planted channels 7, 41 discarded."""
     out = tmp_path_factory.mktemp("exports") / "flux-tiny-l3"
-    _export(str(flux_tiny_dir), out, layer=3, discard="7,41", ensemble=2, image_size=128)
+    _export(str(flux_tiny_dir), out, layer=3, discard="7,41", ensemble=2, image_size=128, text_max_length=32)
     return out
 
 
@@ -43,5 +43,5 @@ def flux_tiny_export(tmp_path_factory, flux_tiny_dir) -> Path:
 def flux_tiny_export_double(tmp_path_factory, flux_tiny_dir) -> Path:
     """flux-tiny exported at layer 1 (the last double-stream block)."""
     out = tmp_path_factory.mktemp("exports") / "flux-tiny-l1"
-    _export(str(flux_tiny_dir), out, layer=1, discard="7,41", ensemble=2, image_size=128)
+    _export(str(flux_tiny_dir), out, layer=1, discard="7,41", ensemble=2, image_size=128, text_max_length=32)
     return out

@@ -60,9 +60,15 @@ def diffusers_hook_features(folder: Path, layer: int, image, noise, timestep=260
              else transformer.single_transformer_blocks[layer - n_double])
     norm = block.norm1 if layer < n_double else block.norm
     captured = {}
-    h1 = block.register_forward_pre_hook(lambda m, a, kw: captured.setdefault("h", kw["hidden_states"]),
-                                         with_kwargs=True)
-    h2 = norm.linear.register_forward_hook(lambda m, a, out: captured.setdefault("mod", out))
+
+    def keep_input(module, args, kwargs):
+        captured["h"] = kwargs["hidden_states"]
+
+    def keep_modulation(module, args, out):
+        captured["mod"] = out
+
+    h1 = block.register_forward_pre_hook(keep_input, with_kwargs=True)
+    h2 = norm.linear.register_forward_hook(keep_modulation)
     try:
         transformer(hidden_states=packed, encoder_hidden_states=prompt_embeds.expand(b * e, -1, -1),
                     pooled_projections=pooled.expand(b * e, -1), timestep=torch.full((b * e,), t),
@@ -82,7 +88,7 @@ def _our_graph(folder: Path, layer: int):
     from ditf_export.export import ExportRequest, build_graph, plan
 
     source, adapter, options, _ = plan(ExportRequest(model=str(folder), out=folder.parent / "unused",
-                                                     layer=layer, discard="7,41"))
+                                                     layer=layer, discard="7,41", text_max_length=32))
     graph, _ = build_graph(source, adapter, options)
     return graph
 
@@ -108,7 +114,11 @@ def test_planted_channels_dominate_without_discard(flux_tiny_dir):
                                                      layer=2, discard="none"))
     graph, _ = build_graph(source, adapter, options)
     captured = {}
-    graph.head.register_forward_pre_hook(lambda m, a: captured.setdefault("raw", a[0]))
+
+    def keep_raw(module, args):
+        captured["raw"] = args[0]
+
+    graph.head.register_forward_pre_hook(keep_raw)
     with torch.no_grad():
         graph(*_rng_inputs(1, 2, 64, 64))
     med = captured["raw"].abs().median(dim=1).values[0]  # per-channel median |h| over tokens
@@ -169,9 +179,11 @@ def test_graph_has_no_conditioning_path_and_no_forbidden_ops(flux_tiny_export):
     assert [i.name for i in model.graph.input] == ["image", "noise"]
     assert [o.name for o in model.graph.output] == ["features"]
     names = " ".join(n.name for n in model.graph.node) + " ".join(i.name for i in model.graph.initializer)
-    for absent in ("time_text_embed", "timestep_embedder", "guidance_embedder", "norm1.linear", "norm.linear",
-                   "context_embedder"):
+    for absent in ("time_text_embed", "timestep_embedder", "guidance_embedder", "context_embedder",
+                   "norm1.linear.weight", "norm.linear.weight"):
         assert absent not in names, absent
+    # the baked modulation constants are there instead, one per kept block's AdaLN
+    assert sum(".linear.value" in i.name for i in model.graph.initializer) >= 3
     assert "Sin" not in counts and "Cos" not in counts  # RoPE comes from float32 tables
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["schema_version"] == "1" and meta["ditf.layer"] == "3"
@@ -214,7 +226,8 @@ def test_prompt_changes_features_and_prompt_embeds_path(flux_tiny_dir, tmp_path)
     outs = []
     for model, kw in ((bare, {"prompt_embeds": path}), (flux_tiny_dir, {"prompt": "a photo of a cat"}),
                       (flux_tiny_dir, {"prompt": ""})):
-        source, adapter, options, _ = plan(ExportRequest(model=str(model), out=tmp_path / "o", layer=2, **kw))
+        source, adapter, options, _ = plan(ExportRequest(model=str(model), out=tmp_path / "o", layer=2,
+                                                         text_max_length=32, **kw))
         with torch.no_grad():
             outs.append(build_graph(source, adapter, options)[0](image, noise).numpy())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,32 @@
+"""ditf-runtime: DiTF diffusion-transformer features from an exported ONNX graph, without torch.
+
+    import ditf_runtime
+    extractor = ditf_runtime.load("export/flux-k28")          # onnxruntime on the CPU
+    src, trg = extractor.extract(["cat1.jpg", "cat2.jpg"])    # FeatureMaps, float32 [1, C, h, w]
+    trg_xy = ditf_runtime.transfer_keypoints(src, trg, [[120, 80]])
+
+Everything else (backends, preprocessing, storage) is importable from its module but not part
+of the promised surface.
+"""
+
+from .draw import draw_matches, pca_image
+from .errors import DitfError
+from .evaluate import evaluate
+from .extractor import Extractor, FeatureMap, load
+from .manifest import ManifestError
+from .matching import mutual_nn_matches, transfer_keypoints
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load",
+    "Extractor",
+    "FeatureMap",
+    "transfer_keypoints",
+    "mutual_nn_matches",
+    "evaluate",
+    "draw_matches",
+    "pca_image",
+    "DitfError",
+    "ManifestError",
+]

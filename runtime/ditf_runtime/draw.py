@@ -1,0 +1,127 @@
+"""Pictures with Pillow: correspondences side by side, and a feature map's PCA as RGB."""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import InputError
+from .manifest import write_bytes_atomic
+from .preprocess import ImageSource, open_image
+
+GAP = 8  # pixels between the two images
+BACKGROUND = (255, 255, 255)
+CORRECT_COLOR = (0, 200, 0)
+WRONG_COLOR = (230, 0, 0)
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Encode to PNG in memory, then write atomically (no half-written pictures)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def palette(count: int) -> list[tuple[int, int, int]]:
+    """`count` distinct saturated colours around the hue circle."""
+    colors = []
+    for k in range(count):
+        r, g, b = colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.85, 0.95)  # golden-ratio hue steps
+        colors.append((int(255 * r), int(255 * g), int(255 * b)))
+    return colors
+
+
+def draw_matches(
+    src_image: ImageSource,
+    trg_image: ImageSource,
+    src_xy: Any,
+    trg_xy: Any,
+    *,
+    correct: Sequence[bool] | None = None,
+    path: str | os.PathLike | None = None,
+    exif_transpose: bool = True,
+    radius: int | None = None,
+) -> Image.Image:
+    """Source and target side by side, each match a coloured dot pair joined by a line.
+
+    Points are pixel (x, y) in each image's own frame (read with the same `exif_transpose` as
+    the features were). With `correct`, dots get a green (right) or red (wrong) ring.
+    Saved as PNG when `path` is given.
+    """
+    src = open_image(src_image, exif_transpose=exif_transpose)
+    trg = open_image(trg_image, exif_transpose=exif_transpose)
+    src_xy = np.asarray(src_xy, dtype=np.float64).reshape(-1, 2)
+    trg_xy = np.asarray(trg_xy, dtype=np.float64).reshape(-1, 2)
+    if len(src_xy) != len(trg_xy):
+        raise InputError(f"{len(src_xy)} source points but {len(trg_xy)} target points")
+    if correct is not None and len(correct) != len(src_xy):
+        raise InputError(f"correct has {len(correct)} flags for {len(src_xy)} matches")
+    width = src.width + GAP + trg.width
+    height = max(src.height, trg.height)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    canvas.paste(src, (0, 0))
+    offset = src.width + GAP
+    canvas.paste(trg, (offset, 0))
+    draw = ImageDraw.Draw(canvas)
+    radius = radius or max(3, round(max(height, width) / 200))
+    line_width = max(1, radius // 2)
+    for k, (color, (sx, sy), (tx, ty)) in enumerate(zip(palette(len(src_xy)), src_xy, trg_xy)):
+        draw.line([(sx, sy), (tx + offset, ty)], fill=color, width=line_width)
+        for x, y in ((sx, sy), (tx + offset, ty)):
+            ring = None if correct is None else (CORRECT_COLOR if correct[k] else WRONG_COLOR)
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color, outline=ring or (0, 0, 0),
+                         width=max(1, radius // 3) if ring else 1)
+    if path is not None:
+        save_png(canvas, path)
+    return canvas
+
+
+def pca_components(features: Any, count: int = 3) -> np.ndarray:
+    """[h, w, count] projections of each cell's vector on the map's top principal directions."""
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise InputError(f"features must be [C, h, w] or [1, C, h, w], got {array.shape}")
+    channels, grid_h, grid_w = array.shape
+    cells = array.reshape(channels, -1).T
+    cells = cells - cells.mean(axis=0)
+    _, _, directions = np.linalg.svd(cells, full_matrices=False)
+    directions = directions[:count]
+    # SVD signs are arbitrary: make each direction's largest loading positive, so colours are stable.
+    signs = np.sign(directions[np.arange(len(directions)), np.abs(directions).argmax(axis=1)])
+    directions = directions * np.where(signs == 0, 1.0, signs)[:, None]
+    projected = cells @ directions.T
+    if projected.shape[1] < count:  # fewer channels or cells than components
+        projected = np.pad(projected, ((0, 0), (0, count - projected.shape[1])))
+    return projected.reshape(grid_h, grid_w, count)
+
+
+def pca_image(
+    features: Any,
+    *,
+    size: tuple[int, int] | None = None,
+    path: str | os.PathLike | None = None,
+) -> Image.Image:
+    """The first three principal components of a feature map as RGB (each scaled to 0..255).
+
+    `size` (height, width) defaults to a FeatureMap's `image_size`, else the grid itself;
+    upscaled bilinearly. Saved as PNG when `path` is given.
+    """
+    components = pca_components(features)
+    low = components.min(axis=(0, 1))
+    span = np.maximum(components.max(axis=(0, 1)) - low, 1e-12)
+    rgb = np.rint(255 * (components - low) / span).astype(np.uint8)
+    picture = Image.fromarray(rgb, "RGB")
+    size = size or getattr(features, "image_size", None)
+    if size is not None:
+        picture = picture.resize((int(size[1]), int(size[0])), resample=Image.Resampling.BILINEAR)
+    if path is not None:
+        save_png(picture, path)
+    return picture

@@ -1,0 +1,271 @@
+"""PCK@alpha on a dataset in SPair-71k's layout, with the authors' protocol (eval_spair.py).
+
+Layout: ROOT/PairAnnotation/<split>/*.json (src_imname, trg_imname, category, src_kps, trg_kps,
+trg_bndbox [x1, y1, x2, y2], optionally src_imsize/trg_imsize [w, h, c]) and
+ROOT/JPEGImages/<category>/<imname>. A keypoint is correct when its transferred position lies
+within alpha * max(bbox height, bbox width) of the annotation. Reported per image (mean over
+pairs of each pair's fraction) and per point (pooled), as "All" (over all pairs) and "Mean"
+(mean of category means).
+
+Annotations are in the files' pixel frame, so images are read WITHOUT EXIF rotation here,
+whatever the extractor's default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .matching import transfer_keypoints
+from .preprocess import DEFAULT_MAX_PIXELS, open_image
+
+DEFAULT_ALPHA = 0.1
+ANNOTATION_KEYS = ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One annotated image pair."""
+
+    annotation: Path
+    category: str
+    src_name: str
+    trg_name: str
+    src_kps: np.ndarray  # [N, 2] pixel (x, y)
+    trg_kps: np.ndarray
+    trg_bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
+    src_imsize: tuple[int, int] | None  # (height, width) as annotated
+    trg_imsize: tuple[int, int] | None
+
+    @property
+    def threshold_base(self) -> float:
+        x1, y1, x2, y2 = self.trg_bbox
+        return max(y2 - y1, x2 - x1)
+
+
+def read_pairs(
+    root: str | os.PathLike,
+    split: str = "test",
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[Pair]:
+    """Pairs of one split, sorted by category then file name; `limit` caps pairs per category."""
+    folder = Path(root) / "PairAnnotation" / split
+    if not folder.is_dir():
+        raise InputError(f"{folder} not found: expected SPair-71k's layout ROOT/PairAnnotation/{split}/*.json")
+    pairs = [_read_pair(path) for path in sorted(folder.glob("*.json"))]
+    if categories is not None:
+        wanted = set(categories)
+        unknown = wanted - {p.category for p in pairs}
+        if unknown:
+            raise InputError(f"no pairs of categories {sorted(unknown)} in {folder}")
+        pairs = [p for p in pairs if p.category in wanted]
+    pairs.sort(key=lambda p: (p.category, p.annotation.name))
+    if limit is not None:
+        kept: dict[str, int] = {}
+        limited = []
+        for pair in pairs:
+            if kept.get(pair.category, 0) < limit:
+                kept[pair.category] = kept.get(pair.category, 0) + 1
+                limited.append(pair)
+        pairs = limited
+    if not pairs:
+        raise InputError(f"no pair annotations in {folder}")
+    return pairs
+
+
+def _read_pair(path: Path) -> Pair:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable pair annotation ({exc})") from exc
+    missing = [k for k in ANNOTATION_KEYS if k not in data]
+    if missing:
+        raise InputError(f"{path}: missing keys {missing}")
+    src_kps = np.asarray(data["src_kps"], dtype=np.float64).reshape(-1, 2)
+    trg_kps = np.asarray(data["trg_kps"], dtype=np.float64).reshape(-1, 2)
+    if src_kps.shape != trg_kps.shape:
+        raise InputError(f"{path}: {len(src_kps)} source but {len(trg_kps)} target keypoints")
+    bbox = tuple(float(v) for v in data["trg_bndbox"])
+    if len(bbox) != 4:
+        raise InputError(f"{path}: trg_bndbox must be [x1, y1, x2, y2]")
+
+    def imsize(key):
+        value = data.get(key)
+        return None if value is None else (int(value[1]), int(value[0]))  # annotated [w, h, c]
+
+    return Pair(
+        path, str(data["category"]), str(data["src_imname"]), str(data["trg_imname"]),
+        src_kps, trg_kps, bbox, imsize("src_imsize"), imsize("trg_imsize"),
+    )
+
+
+def image_path(root: str | os.PathLike, category: str, name: str) -> Path:
+    path = Path(root) / "JPEGImages" / category / name
+    return path if Path(name).suffix else path.with_suffix(".jpg")
+
+
+@dataclass(frozen=True)
+class CategoryPck:
+    pairs: int
+    points: int
+    correct: int
+    per_image: float  # mean over pairs of each pair's fraction correct
+    per_point: float  # correct / points
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class PckResult:
+    """PCK@alpha; truthy when pairs were scored and `min_pck` (if given) is reached by All per image."""
+
+    alpha: float
+    categories: dict[str, CategoryPck]
+    all_per_image: float
+    all_per_point: float
+    mean_per_image: float
+    mean_per_point: float
+    pairs: int
+    points: int
+    skipped_pairs: int = 0  # pairs without keypoints
+    min_pck: float | None = None
+    pair_pck: dict[str, float] = field(default_factory=dict, repr=False)  # annotation file name -> fraction
+
+    def __bool__(self) -> bool:
+        return self.pairs > 0 and (self.min_pck is None or self.all_per_image >= self.min_pck)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "pairs": self.pairs,
+            "points": self.points,
+            "skipped_pairs": self.skipped_pairs,
+            "image": {"All": self.all_per_image, "Mean": self.mean_per_image,
+                      **{c: r.per_image for c, r in self.categories.items()}},
+            "point": {"All": self.all_per_point, "Mean": self.mean_per_point,
+                      **{c: r.per_point for c, r in self.categories.items()}},
+            "categories": {c: r.to_dict() for c, r in self.categories.items()},
+        }
+
+    def table(self) -> str:
+        """Percentages like the authors' printout: per category, then All and Mean."""
+        label = f"PCK@{self.alpha:g}"
+        width = max([len("category")] + [len(c) for c in self.categories])
+        lines = [f"{'category':<{width}}  {'pairs':>6}  {'per image':>9}  {'per point':>9}   ({label}, %)"]
+        for name, cat in self.categories.items():
+            lines.append(f"{name:<{width}}  {cat.pairs:>6}  {100 * cat.per_image:9.2f}  {100 * cat.per_point:9.2f}")
+        lines.append(f"{'All':<{width}}  {self.pairs:>6}  {100 * self.all_per_image:9.2f}  {100 * self.all_per_point:9.2f}")
+        lines.append(f"{'Mean':<{width}}  {'':>6}  {100 * self.mean_per_image:9.2f}  {100 * self.mean_per_point:9.2f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def pck(predicted: np.ndarray, truth: np.ndarray, threshold_base: float, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """Per point: distance <= alpha * threshold_base (the authors' `dist / threshold <= 0.1`)."""
+    distance = np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(truth, np.float64), axis=1)
+    return distance / threshold_base <= alpha
+
+
+def evaluate(
+    extractor: Any,
+    dataset: str | os.PathLike,
+    split: str = "test",
+    *,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    min_pck: float | None = None,
+    progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    **extract_options: Any,
+) -> PckResult:
+    """PCK@alpha of `extractor` on an SPair-format dataset.
+
+    `extractor` is anything with `extract(images, **extract_options) -> [features]` that takes a
+    list of uint8 HxWx3 arrays and returns array-likes [1, C, h, w] or [C, h, w] (an Extractor,
+    or a stand-in in tests). Each image's features are computed once per category; the cache is
+    dropped when the category changes, which bounds memory to one category's images.
+    """
+    if not hasattr(extractor, "extract"):
+        raise InputError(f"evaluate() needs an object with an extract() method, got {type(extractor).__name__}")
+    root = Path(dataset)
+    pairs = read_pairs(root, split, categories, limit)
+    cache: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+    cache_category = None
+
+    def features_of(category: str, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+        nonlocal cache_category
+        if category != cache_category:
+            cache.clear()
+            cache_category = category
+        if name not in cache:
+            # Read here without EXIF rotation: the annotations use the file's pixel frame.
+            image = np.asarray(open_image(image_path(root, category, name), exif_transpose=False, max_pixels=max_pixels))
+            features = np.asarray(extractor.extract([image], **extract_options)[0], dtype=np.float32)
+            cache[name] = (features, image.shape[:2])
+        return cache[name]
+
+    per_category: dict[str, list[tuple[int, int]]] = {}
+    pair_pck: dict[str, float] = {}
+    skipped = 0
+    iterator: Any = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc=f"PCK@{alpha:g}", unit="pair")
+    for pair in iterator:
+        if len(pair.src_kps) == 0:
+            skipped += 1
+            continue
+        src_features, src_size = features_of(pair.category, pair.src_name)
+        trg_features, trg_size = features_of(pair.category, pair.trg_name)
+        for annotated, actual, name in ((pair.src_imsize, src_size, pair.src_name), (pair.trg_imsize, trg_size, pair.trg_name)):
+            if annotated is not None and tuple(annotated) != tuple(actual):
+                raise InputError(f"{pair.annotation}: {name} is {actual} (h, w) but annotated as {annotated}")
+        try:
+            predicted = transfer_keypoints(src_features, trg_features, pair.src_kps, src_size, trg_size)
+        except InputError as exc:
+            raise InputError(f"{pair.annotation}: {exc}") from exc
+        correct = pck(predicted, pair.trg_kps, pair.threshold_base, alpha)
+        per_category.setdefault(pair.category, []).append((int(correct.sum()), len(correct)))
+        pair_pck[pair.annotation.name] = float(correct.mean())
+    return _summarise(per_category, alpha, min_pck, skipped, pair_pck)
+
+
+def _summarise(per_category, alpha, min_pck, skipped, pair_pck) -> PckResult:
+    categories = {}
+    all_fractions: list[float] = []
+    all_correct = all_points = 0
+    for name, counts in per_category.items():
+        fractions = [c / n for c, n in counts]
+        correct = sum(c for c, _ in counts)
+        points = sum(n for _, n in counts)
+        categories[name] = CategoryPck(len(counts), points, correct, float(np.mean(fractions)), correct / points)
+        all_fractions.extend(fractions)
+        all_correct += correct
+        all_points += points
+    if not categories:
+        raise InputError("no pair had keypoints to score")
+    return PckResult(
+        alpha=alpha,
+        categories=categories,
+        all_per_image=float(np.mean(all_fractions)),
+        all_per_point=all_correct / all_points,
+        mean_per_image=float(np.mean([c.per_image for c in categories.values()])),
+        mean_per_point=float(np.mean([c.per_point for c in categories.values()])),
+        pairs=len(all_fractions),
+        points=all_points,
+        skipped_pairs=skipped,
+        min_pck=min_pck,
+        pair_pck=pair_pck,
+    )

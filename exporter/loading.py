@@ -74,12 +74,13 @@ def _from_hf_cache(repo_id: str, registry_name: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    cache_dir = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE  # read at call time, not import time
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # LocalEntryNotFoundError and friends
         what = f"--model {registry_name} ({repo_id})" if registry_name else f"--model {repo_id}"
         raise ExportInputError(
-            f"{what} is not in the local Hugging Face cache ({HF_HUB_CACHE}); ditf never downloads. "
+            f"{what} is not in the local Hugging Face cache ({cache_dir}); ditf never downloads. "
             f"On a machine with network run: huggingface-cli download {repo_id} "
             "--include 'model_index.json' 'transformer/*' 'vae/*' 'text_encoder*/*' 'tokenizer*/*' "
             "then copy the cache here (or pass the downloaded folder as --model)"

@@ -234,6 +234,22 @@ def test_prompt_changes_features_and_prompt_embeds_path(flux_tiny_dir, tmp_path)
     assert np.abs(outs[1] - outs[2]).max() > 1e-3  # the prompt is really baked in
 
 
+def test_hf_id_resolves_from_the_local_cache_offline(tmp_path, flux_tiny_dir, monkeypatch):
+    """An HF id is looked up in the local cache only (the cache layout huggingface_hub writes)."""
+    import shutil
+
+    from ditf_export.loading import resolve_source
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--flux-tiny"
+    shutil.copytree(flux_tiny_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = resolve_source("someone/flux-tiny")
+    assert source.path == repo / "snapshots" / commit and source.family == "flux"
+
+
 def test_cli_export_registry_name_offline(tmp_path):
     from ditf_export.cli import main
 

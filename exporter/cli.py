@@ -45,11 +45,9 @@ class _Guidance(click.ParamType):
               show_default=True)
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
               help="Image folder for INT8 calibration.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="dtype of the PyTorch module used for export and reference.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, ensemble, image_size,
-         precision, calib_images, dtype, force):
+         precision, calib_images, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
     from .export import ExportRequest, ParityError, export
 
@@ -58,7 +56,7 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
         guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds,
         text_max_length=text_max_length, discard=discard,
         ensemble=ensemble, image_size=image_size, precision=precision, calib_images=calib_images,
-        force=force, dtype=dtype, progress=lambda msg: click.echo(msg, err=True),
+        force=force, progress=lambda msg: click.echo(msg, err=True),
     )
     try:
         manifest = export(request)

@@ -66,7 +66,6 @@ class ExportRequest:
     precision: str = "fp32"
     calib_images: Path | None = None
     force: bool = False
-    dtype: str = "float32"
     parity_sizes: tuple[tuple[int, int], ...] = PARITY_SIZES
     progress: Callable[[str], None] = field(default=lambda msg: None)
 
@@ -227,7 +226,7 @@ def export(request: ExportRequest) -> Manifest:
     say(f"model {source.name} ({source.family}) from {source.path}; layer {options.layer} = "
         f"{adapter.block_name(source.transformer_config, options.layer)}")
     t0 = time.perf_counter()
-    graph, load_report = build_graph(source, adapter, options, getattr(torch, request.dtype))
+    graph, load_report = build_graph(source, adapter, options)
     say(f"loaded {load_report['tensors_read']}/{load_report['tensors_in_checkpoint']} transformer tensors "
         f"({load_report['bytes_read'] / 1e6:.1f} MB)")
     latent_channels = graph.encoder.latent_channels

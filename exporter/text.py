@@ -82,3 +82,48 @@ def encode_clip_t5(source, prompt: str, max_length: int) -> dict[str, torch.Tens
     ids = t5_tok([prompt], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
     embeds = t5(ids, output_hidden_states=False)[0]
     return {"prompt_embeds": embeds.float(), "pooled_prompt_embeds": pooled.float()}
+
+
+@torch.no_grad()
+def encode_sd3(source, prompt: str, max_length: int) -> dict[str, torch.Tensor]:
+    """SD3/SD3.5's conditioning through StableDiffusion3Pipeline.encode_prompt itself: CLIP-L + CLIP-G
+    (penultimate hidden states, pooled text embeds) and T5, without classifier-free guidance."""
+    from diffusers import StableDiffusion3Pipeline
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+
+    folder = Path(source.path)
+    for sub in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "tokenizer_3", "text_encoder_3"):
+        _require(folder, sub)
+    pipe = StableDiffusion3Pipeline(
+        transformer=None, scheduler=None, vae=None,
+        text_encoder=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", use_safetensors=True).float(),
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2",
+                                                                   use_safetensors=True).float(),
+        tokenizer_2=AutoTokenizer.from_pretrained(folder / "tokenizer_2"),
+        text_encoder_3=T5EncoderModel.from_pretrained(folder / "text_encoder_3", use_safetensors=True).float(),
+        tokenizer_3=AutoTokenizer.from_pretrained(folder / "tokenizer_3"),
+    )
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, prompt_2=None, prompt_3=None, device=torch.device("cpu"),
+                                              do_classifier_free_guidance=False, max_sequence_length=max_length)
+    return {"prompt_embeds": embeds.float(), "pooled_prompt_embeds": pooled.float()}
+
+
+@torch.no_grad()
+def encode_t5_masked(source, prompt: str, max_length: int) -> dict[str, torch.Tensor]:
+    """PixArt-α/Σ's conditioning through PixArtAlphaPipeline.encode_prompt itself: T5 hidden states and the
+    attention mask (no caption cleaning, no classifier-free guidance)."""
+    from diffusers import PixArtAlphaPipeline
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = Path(source.path)
+    for sub in ("tokenizer", "text_encoder"):
+        _require(folder, sub)
+    pipe = PixArtAlphaPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=T5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True).float(),
+        vae=None, transformer=None, scheduler=None,
+    )
+    embeds, mask, _, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, device=torch.device("cpu"),
+                                            clean_caption=False, max_sequence_length=max_length)
+    return {"prompt_embeds": embeds.float(), "prompt_attention_mask": mask}

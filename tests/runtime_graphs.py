@@ -17,9 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-from safetensors.numpy import save_file
-
 from ditf_runtime.manifest import (
     MODEL_DATA_FILE,
     MODEL_FILE,
@@ -32,6 +29,8 @@ from ditf_runtime.manifest import (
     TensorSpec,
     file_record,
 )
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.numpy import save_file
 
 OPSET = 20
 IR_VERSION = 10  # what onnxruntime >= 1.17 reads
@@ -45,8 +44,9 @@ def tiny_weights(geometry: Geometry, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return weight, bias
 
 
-def tiny_features(image: np.ndarray, noise: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                  geometry: Geometry) -> np.ndarray:
+def tiny_features(
+    image: np.ndarray, noise: np.ndarray, weight: np.ndarray, bias: np.ndarray, geometry: Geometry
+) -> np.ndarray:
     """The tiny graph in numpy (float64 inside, float32 out)."""
     fs, vs = geometry.feature_stride, geometry.vae_stride
     batch, _, height, width = image.shape
@@ -76,12 +76,18 @@ def tiny_graph(geometry: Geometry, weight: np.ndarray, bias: np.ndarray) -> onnx
     ]
     nodes = [
         # A Constant node, not an initializer: shape inference cannot read axes from external data.
-        helper.make_node("Constant", [], ["ensemble_axis"],
-                         value=numpy_helper.from_array(np.array([1], dtype=np.int64))),
+        helper.make_node(
+            "Constant", [], ["ensemble_axis"], value=numpy_helper.from_array(np.array([1], dtype=np.int64))
+        ),
         helper.make_node("AveragePool", ["image"], ["pooled_image"], kernel_shape=[fs, fs], strides=[fs, fs]),
         helper.make_node("ReduceMean", ["noise", "ensemble_axis"], ["mean_noise"], keepdims=0),
-        helper.make_node("AveragePool", ["mean_noise"], ["pooled_noise"],
-                         kernel_shape=[fs // vs, fs // vs], strides=[fs // vs, fs // vs]),
+        helper.make_node(
+            "AveragePool",
+            ["mean_noise"],
+            ["pooled_noise"],
+            kernel_shape=[fs // vs, fs // vs],
+            strides=[fs // vs, fs // vs],
+        ),
         helper.make_node("Concat", ["pooled_image", "pooled_noise"], ["stacked"], axis=1),
         helper.make_node("Conv", ["stacked", "conv_weight", "conv_bias"], ["projected"]),
         helper.make_node("Tanh", ["projected"], ["features"]),
@@ -110,8 +116,14 @@ def build_tiny_export(
     preprocess = preprocess or Preprocess(long_side=64)
     weight, bias = tiny_weights(geometry, seed)
     model = tiny_graph(geometry, weight, bias)
-    onnx.save_model(model, str(out_dir / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=MODEL_DATA_FILE, size_threshold=0)
+    onnx.save_model(
+        model,
+        str(out_dir / MODEL_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=MODEL_DATA_FILE,
+        size_threshold=0,
+    )
 
     rng = np.random.default_rng(seed + 1)
     batch, height, width = reference_shape
@@ -119,9 +131,14 @@ def build_tiny_export(
     ref_noise = rng.standard_normal(
         (batch, ensemble, geometry.latent_channels, height // geometry.vae_stride, width // geometry.vae_stride)
     ).astype(np.float32)
-    save_file({"image": ref_image, "noise": ref_noise,
-               "features": tiny_features(ref_image, ref_noise, weight, bias, geometry)},
-              str(out_dir / REFERENCE_FILE))
+    save_file(
+        {
+            "image": ref_image,
+            "noise": ref_noise,
+            "features": tiny_features(ref_image, ref_noise, weight, bias, geometry),
+        },
+        str(out_dir / REFERENCE_FILE),
+    )
 
     c, channels = geometry.latent_channels, geometry.feature_channels
     manifest = Manifest(

@@ -7,11 +7,10 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from ditf_runtime.errors import ImageError, InputError
 from ditf_runtime.manifest import Geometry, Preprocess
 from ditf_runtime.preprocess import model_size, open_image, prepare, to_model_array
+from PIL import Image
 
 GEOMETRY = Geometry(latent_channels=4, feature_channels=32)
 
@@ -22,7 +21,9 @@ def authors_size(h: int, w: int, long_side: int) -> tuple[int, int]:
     return int(round(h * scale / 16)) * 16, int(round(w * scale / 16)) * 16
 
 
-@pytest.mark.parametrize("h, w", [(375, 500), (500, 375), (333, 500), (480, 640), (1, 700), (640, 40), (640, 56), (17, 17)])
+@pytest.mark.parametrize(
+    "h, w", [(375, 500), (500, 375), (333, 500), (480, 640), (1, 700), (640, 40), (640, 56), (17, 17)]
+)
 def test_model_size_is_the_authors_formula(h, w):
     expected = authors_size(h, w, 640)
     expected = (max(expected[0], 16), max(expected[1], 16))  # only the degenerate 1x700 case differs
@@ -143,6 +144,7 @@ def test_corrupt_and_truncated_files_are_refused_by_name(tmp_path):
 
 def _png_claiming_size(path, width: int, height: int) -> None:
     """A tiny valid PNG whose header claims width x height: a decompression bomb's signature."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -29,6 +29,7 @@ class ExportOptions:
     prompt_embeds: dict[str, torch.Tensor] | None = None  # from --prompt-embeds FILE.safetensors
     class_label: int | None = None
     text_max_length: int | None = None
+    image_size: int | None = None  # the runtime's default long side (PixArt-α bakes its size conditioning at it)
 
 
 @dataclass
@@ -67,17 +68,22 @@ class FamilyAdapter:
 
     # -- conditioning ---------------------------------------------------------------------------
     def check_options(self, config: dict[str, Any], options: ExportOptions) -> None:
+        """Refuse options this family cannot honour; may fill in what is baked by default (e.g. DiT's class)."""
         if options.guidance is not None:
             raise ExportInputError(f"--guidance: {self.family} models have no guidance embedding; drop --guidance")
+        if options.class_label is not None:
+            raise ExportInputError(f"--class-label: {self.family} models are not class-conditional; drop --class-label")
 
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         return {}
 
     def noise_coefficients(self, source, options: ExportOptions) -> tuple[float, float]:
-        """(a, b) with x_t = a * x0 + b * noise."""
+        """(a, b) with x_t = a * x0 + b * noise. Also validates the timestep against the schedule."""
         if self.noising == "flow-matching":
             t = options.timestep / 1000.0
             return 1.0 - t, t
+        if self.noising == "variance-preserving":
+            return vp_noise_coefficients(source.path, options.timestep)
         raise NotImplementedError(f"{self.family}: noise_coefficients for {self.noising}")
 
     def feature_parts(
@@ -112,6 +118,65 @@ def bake_adaln(norm: nn.Module, temb: torch.Tensor) -> torch.Tensor:
     norm.linear = ConstantModulation(value)
     norm.silu = nn.Identity()
     return value
+
+
+class _ConstantEmbedding(nn.Module):
+    """Stands in for AdaLayerNormZero's own `emb` (DiT) once the modulation is baked: its output is unused."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.register_buffer("value", value.detach().clone())
+
+    def forward(self, *_args, **_kwargs) -> torch.Tensor:
+        return self.value
+
+
+@torch.no_grad()
+def bake_adaln_with_embedding(norm: nn.Module, *emb_args, **emb_kwargs) -> torch.Tensor:
+    """bake_adaln for an AdaLayerNormZero that computes its embedding itself (DiT: `emb(timestep, class_labels)`).
+
+    The embedding is computed once, the modulation baked, and `emb` replaced by a constant. Returns [1, n * C].
+    """
+    temb = norm.emb(*emb_args, **emb_kwargs)
+    value = bake_adaln(norm, temb)
+    norm.emb = _ConstantEmbedding(temb)
+    return value
+
+
+def vp_noise_coefficients(pipeline_dir, timestep: float) -> tuple[float, float]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)) as the pipeline's own scheduler's `add_noise` computes them.
+
+    abar comes from scheduler/scheduler_config.json (betas: beta_start, beta_end, beta_schedule,
+    num_train_timesteps), built by the scheduler class the config names, never from FLUX's numbers.
+    """
+    import json
+    from pathlib import Path
+
+    import diffusers
+
+    folder = Path(pipeline_dir) / "scheduler"
+    cfg_path = folder / "scheduler_config.json"
+    if not cfg_path.is_file():
+        raise ExportInputError(
+            f"{pipeline_dir} has no scheduler/scheduler_config.json: this variance-preserving model's noise "
+            "schedule (its betas) comes from there; copy the pipeline's scheduler/ folder next to transformer/"
+        )
+    config = json.loads(cfg_path.read_text())
+    cls = getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        cls = diffusers.DDPMScheduler
+    scheduler = cls.from_config(config)
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None:
+        raise ExportInputError(f"{cfg_path}: {cls.__name__} has no alphas_cumprod; not a variance-preserving schedule")
+    n = int(abar.shape[0])
+    if float(timestep) != int(timestep) or not 0 <= int(timestep) < n:
+        raise ExportInputError(
+            f"--timestep {timestep}: this variance-preserving model's schedule has integer timesteps 0..{n - 1}"
+        )
+    a = abar[int(timestep)]
+    # the same float32 operations as DDPMScheduler.add_noise
+    return float(a**0.5), float((1 - a) ** 0.5)
 
 
 def layer_split(layer: int, first_stack: int) -> tuple[str, int]:

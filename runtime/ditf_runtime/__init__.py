@@ -9,14 +9,13 @@ Everything else (backends, preprocessing, storage) is importable from its module
 of the promised surface.
 """
 
+from ._version import __version__  # noqa: F401 - public attribute, not in __all__
 from .draw import draw_matches, pca_image
 from .errors import DitfError
 from .evaluate import evaluate
 from .extractor import Extractor, FeatureMap, load
 from .manifest import ManifestError
 from .matching import mutual_nn_matches, transfer_keypoints
-
-__version__ = "0.1.0"
 
 __all__ = [
     "load",

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import DitfError, ImageError, InputError
 from .manifest import MODEL_FILE, Manifest, ManifestError, write_text_atomic
 
@@ -40,18 +40,43 @@ def _friendly(command: Callable) -> Callable:
 def _model_options(command: Callable) -> Callable:
     """Options shared by every command that loads an export."""
     options = [
-        click.option("--model", "-m", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Export folder written by ditf-export."),
-        click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
-                     show_default=True, help="auto: TensorRT when --device cuda and an engine exists, else onnxruntime."),
-        click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-                     help="Default cpu (cuda for --backend tensorrt). Never falls back silently."),
+        click.option(
+            "--model",
+            "-m",
+            "model_dir",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Export folder written by ditf-export.",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+            default="auto",
+            show_default=True,
+            help="auto: TensorRT when --device cuda and an engine exists, else onnxruntime.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["cpu", "cuda"]),
+            default=None,
+            help="Default cpu (cuda for --backend tensorrt). Never falls back silently.",
+        ),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
-        click.option("--size", type=click.IntRange(min=1), default=None,
-                     help="Long side of the model input (default: the manifest's)."),
-        click.option("--ensemble", type=click.IntRange(min=1), default=None,
-                     help="Noise draws averaged per image (default: the manifest's)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (noise is keyed by image content)."),
+        click.option(
+            "--size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Long side of the model input (default: the manifest's).",
+        ),
+        click.option(
+            "--ensemble",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Noise draws averaged per image (default: the manifest's).",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Noise seed (noise is keyed by image content)."
+        ),
         click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files (large exports)."),
     ]
     for option in reversed(options):
@@ -94,7 +119,9 @@ def _collect_jobs(inputs: tuple[Path, ...], out_dir: Path, suffix: str) -> list[
     seen: dict[Path, Path] = {}
     for job in jobs:
         if job.output in seen and seen[job.output] != job.image:
-            raise InputError(f"{seen[job.output]} and {job.image} would both write {job.output}; extract them separately")
+            raise InputError(
+                f"{seen[job.output]} and {job.image} would both write {job.output}; extract them separately"
+            )
         seen[job.output] = job.image
     return list({job.output: job for job in jobs}.values())
 
@@ -119,16 +146,37 @@ def _check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) ->
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_model_options
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (created).")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created).",
+)
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "npy"]), default="safetensors", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Same-size images run together.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Same-size images run together."
+)
 @click.option("--no-exif", is_flag=True, help="Do not apply EXIF orientation.")
 @click.option("--overwrite", is_flag=True, help="Recompute outputs that already exist.")
 @_friendly
-def extract(inputs, model_dir, backend, device, threads, size, ensemble, seed, no_verify, out_dir, fmt, batch_size,
-            no_exif, overwrite) -> None:
+def extract(
+    inputs,
+    model_dir,
+    backend,
+    device,
+    threads,
+    size,
+    ensemble,
+    seed,
+    no_verify,
+    out_dir,
+    fmt,
+    batch_size,
+    no_exif,
+    overwrite,
+) -> None:
     """Extract features of INPUTS (images and/or folders of images) into OUT.
 
     Resumable: existing outputs are skipped (writes are atomic, so an existing file is complete).
@@ -211,18 +259,54 @@ def _parse_points(text: str | None, points_file: Path | None) -> np.ndarray | No
 @click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
 @_model_options
 @click.option("--points", default=None, help="Source pixels 'x,y x,y ...'; default: mutual nearest neighbours.")
-@click.option("--points-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON [[x, y], ...] source pixels.")
-@click.option("--max-matches", type=click.IntRange(min=1), default=40, show_default=True,
-              help="Mutual nearest neighbours kept (best first) when no points are given.")
-@click.option("--out", "-o", "picture", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a correspondence picture (PNG).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the matches as JSON here instead of stdout.")
+@click.option(
+    "--points-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON [[x, y], ...] source pixels.",
+)
+@click.option(
+    "--max-matches",
+    type=click.IntRange(min=1),
+    default=40,
+    show_default=True,
+    help="Mutual nearest neighbours kept (best first) when no points are given.",
+)
+@click.option(
+    "--out",
+    "-o",
+    "picture",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a correspondence picture (PNG).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the matches as JSON here instead of stdout.",
+)
 @click.option("--no-exif", is_flag=True, help="Do not apply EXIF orientation.")
 @_friendly
-def match(source, target, model_dir, backend, device, threads, size, ensemble, seed, no_verify, points, points_file,
-          max_matches, picture, json_path, no_exif) -> None:
+def match(
+    source,
+    target,
+    model_dir,
+    backend,
+    device,
+    threads,
+    size,
+    ensemble,
+    seed,
+    no_verify,
+    points,
+    points_file,
+    max_matches,
+    picture,
+    json_path,
+    no_exif,
+) -> None:
     """Match SOURCE to TARGET: transfer --points, or list mutual nearest neighbours."""
     from .draw import draw_matches
     from .matching import cell_centers, mutual_nn_matches, transfer_keypoints
@@ -238,8 +322,10 @@ def match(source, target, model_dir, backend, device, threads, size, ensemble, s
     report = {
         "source": str(source),
         "target": str(target),
-        "matches": [{"source": [int(a), int(b)], "target": [int(c), int(d)], "cosine": round(float(s), 6)}
-                    for (a, b), (c, d), s in zip(np.asarray(src_points), trg_points, scores)],
+        "matches": [
+            {"source": [int(a), int(b)], "target": [int(c), int(d)], "cosine": round(float(s), 6)}
+            for (a, b), (c, d), s in zip(np.asarray(src_points), trg_points, scores)
+        ],
     }
     text = json.dumps(report, indent=2) + "\n"
     if json_path is not None:
@@ -261,26 +347,61 @@ def match(source, target, model_dir, backend, device, threads, size, ensemble, s
 @click.option("--category", "categories", multiple=True, help="Only these categories (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N pairs per category.")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
-@click.option("--min-pck", type=click.FloatRange(0, 1), default=None,
-              help="Exit 1 unless 'All per image' PCK reaches this fraction.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the results as JSON.")
+@click.option(
+    "--min-pck",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Exit 1 unless 'All per image' PCK reaches this fraction.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the results as JSON.",
+)
 @_friendly
-def eval_spair(dataset, model_dir, backend, device, threads, size, ensemble, seed, no_verify, split, categories, limit,
-               alpha, min_pck, json_path) -> None:
+def eval_spair(
+    dataset,
+    model_dir,
+    backend,
+    device,
+    threads,
+    size,
+    ensemble,
+    seed,
+    no_verify,
+    split,
+    categories,
+    limit,
+    alpha,
+    min_pck,
+    json_path,
+) -> None:
     """PCK@alpha on DATASET in SPair-71k's layout (no EXIF rotation, as annotated)."""
     from .evaluate import evaluate
 
     with _load(model_dir, backend, device, threads, no_verify) as extractor:
         result = evaluate(
-            extractor, dataset, split, categories=categories or None, limit=limit, alpha=alpha, min_pck=min_pck,
-            progress=True, size=size, ensemble=ensemble, seed=seed,
+            extractor,
+            dataset,
+            split,
+            categories=categories or None,
+            limit=limit,
+            alpha=alpha,
+            min_pck=min_pck,
+            progress=True,
+            size=size,
+            ensemble=ensemble,
+            seed=seed,
         )
     click.echo(result.table())
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if not result:
-        raise click.ClickException(f"All per image PCK {100 * result.all_per_image:.2f}% is below --min-pck {100 * min_pck:.2f}%")
+        raise click.ClickException(
+            f"All per image PCK {100 * result.all_per_image:.2f}% is below --min-pck {100 * min_pck:.2f}%"
+        )
 
 
 # -- show --------------------------------------------------------------------------------------
@@ -288,10 +409,17 @@ def eval_spair(dataset, model_dir, backend, device, threads, size, ensemble, see
 
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "-o", "picture", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="PNG to write.")
-@click.option("--model", "-m", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Export folder; needed when SOURCE is an image rather than a feature file.")
+@click.option(
+    "--out", "-o", "picture", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
+)
+@click.option(
+    "--model",
+    "-m",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Export folder; needed when SOURCE is an image rather than a feature file.",
+)
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
@@ -305,7 +433,7 @@ def show(source, picture, model_dir, backend, device, threads, size, ensemble, s
     """PCA-to-RGB picture of SOURCE's features (an image with --model, or a .safetensors/.npy file)."""
     from PIL import Image
 
-    from .draw import GAP, BACKGROUND, pca_image, save_png
+    from .draw import BACKGROUND, GAP, pca_image, save_png
     from .preprocess import open_image
     from .storage import load_features
 
@@ -336,10 +464,16 @@ def show(source, picture, model_dir, backend, device, threads, size, ensemble, s
 @click.option("--min", "min_shapes", multiple=True, required=True, help="Smallest BATCHxHEIGHTxWIDTH (per profile).")
 @click.option("--opt", "opt_shapes", multiple=True, required=True, help="Tuned-for BATCHxHEIGHTxWIDTH (per profile).")
 @click.option("--max", "max_shapes", multiple=True, required=True, help="Largest BATCHxHEIGHTxWIDTH (per profile).")
-@click.option("--ensemble", type=click.IntRange(min=1), default=None, help="E baked into the profiles (default: manifest's).")
+@click.option(
+    "--ensemble", type=click.IntRange(min=1), default=None, help="E baked into the profiles (default: manifest's)."
+)
 @click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None, help="Workspace limit, GiB.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Timing cache file (default: beside the engine); read if present, then updated.")
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Timing cache file (default: beside the engine); read if present, then updated.",
+)
 @_friendly
 def build_engine(export_dir, min_shapes, opt_shapes, max_shapes, ensemble, workspace, timing_cache) -> None:
     """Build a strongly typed TensorRT engine for this GPU into EXPORT_DIR/engines/.
@@ -351,15 +485,24 @@ def build_engine(export_dir, min_shapes, opt_shapes, max_shapes, ensemble, works
 
     if not len(min_shapes) == len(opt_shapes) == len(max_shapes):
         raise InputError("give as many --opt and --max as --min (one of each per profile)")
-    shapes = [trt.ShapeRange(trt.parse_bhw(a), trt.parse_bhw(b), trt.parse_bhw(c))
-              for a, b, c in zip(min_shapes, opt_shapes, max_shapes)]
+    shapes = [
+        trt.ShapeRange(trt.parse_bhw(a), trt.parse_bhw(b), trt.parse_bhw(c))
+        for a, b, c in zip(min_shapes, opt_shapes, max_shapes)
+    ]
     manifest = Manifest.load(export_dir)
     for shape_range in shapes:  # check the profiles before asking for TensorRT
         trt.profile_shapes(manifest, shape_range, ensemble or manifest.feature.ensemble)
     if not trt.tensorrt_available():
         raise click.ClickException(trt.NOT_INSTALLED)
-    folder = trt.build_engine(export_dir, manifest, shapes, ensemble=ensemble, workspace_gib=workspace,
-                              timing_cache=timing_cache, log=lambda line: click.echo(line, err=True))
+    folder = trt.build_engine(
+        export_dir,
+        manifest,
+        shapes,
+        ensemble=ensemble,
+        workspace_gib=workspace,
+        timing_cache=timing_cache,
+        log=lambda line: click.echo(line, err=True),
+    )
     click.echo(str(folder))
 
 

@@ -75,8 +75,12 @@ def draw_matches(
         draw.line([(sx, sy), (tx + offset, ty)], fill=color, width=line_width)
         for x, y in ((sx, sy), (tx + offset, ty)):
             ring = None if correct is None else (CORRECT_COLOR if correct[k] else WRONG_COLOR)
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color, outline=ring or (0, 0, 0),
-                         width=max(1, radius // 3) if ring else 1)
+            draw.ellipse(
+                [x - radius, y - radius, x + radius, y + radius],
+                fill=color,
+                outline=ring or (0, 0, 0),
+                width=max(1, radius // 3) if ring else 1,
+            )
     if path is not None:
         save_png(canvas, path)
     return canvas

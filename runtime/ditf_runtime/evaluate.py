@@ -101,8 +101,15 @@ def _read_pair(path: Path) -> Pair:
         return None if value is None else (int(value[1]), int(value[0]))  # annotated [w, h, c]
 
     return Pair(
-        path, str(data["category"]), str(data["src_imname"]), str(data["trg_imname"]),
-        src_kps, trg_kps, bbox, imsize("src_imsize"), imsize("trg_imsize"),
+        path,
+        str(data["category"]),
+        str(data["src_imname"]),
+        str(data["trg_imname"]),
+        src_kps,
+        trg_kps,
+        bbox,
+        imsize("src_imsize"),
+        imsize("trg_imsize"),
     )
 
 
@@ -148,10 +155,16 @@ class PckResult:
             "pairs": self.pairs,
             "points": self.points,
             "skipped_pairs": self.skipped_pairs,
-            "image": {"All": self.all_per_image, "Mean": self.mean_per_image,
-                      **{c: r.per_image for c, r in self.categories.items()}},
-            "point": {"All": self.all_per_point, "Mean": self.mean_per_point,
-                      **{c: r.per_point for c, r in self.categories.items()}},
+            "image": {
+                "All": self.all_per_image,
+                "Mean": self.mean_per_image,
+                **{c: r.per_image for c, r in self.categories.items()},
+            },
+            "point": {
+                "All": self.all_per_point,
+                "Mean": self.mean_per_point,
+                **{c: r.per_point for c, r in self.categories.items()},
+            },
             "categories": {c: r.to_dict() for c, r in self.categories.items()},
         }
 
@@ -162,7 +175,9 @@ class PckResult:
         lines = [f"{'category':<{width}}  {'pairs':>6}  {'per image':>9}  {'per point':>9}   ({label}, %)"]
         for name, cat in self.categories.items():
             lines.append(f"{name:<{width}}  {cat.pairs:>6}  {100 * cat.per_image:9.2f}  {100 * cat.per_point:9.2f}")
-        lines.append(f"{'All':<{width}}  {self.pairs:>6}  {100 * self.all_per_image:9.2f}  {100 * self.all_per_point:9.2f}")
+        lines.append(
+            f"{'All':<{width}}  {self.pairs:>6}  {100 * self.all_per_image:9.2f}  {100 * self.all_per_point:9.2f}"
+        )
         lines.append(f"{'Mean':<{width}}  {'':>6}  {100 * self.mean_per_image:9.2f}  {100 * self.mean_per_point:9.2f}")
         return "\n".join(lines)
 
@@ -210,7 +225,9 @@ def evaluate(
             cache_category = category
         if name not in cache:
             # Read here without EXIF rotation: the annotations use the file's pixel frame.
-            image = np.asarray(open_image(image_path(root, category, name), exif_transpose=False, max_pixels=max_pixels))
+            image = np.asarray(
+                open_image(image_path(root, category, name), exif_transpose=False, max_pixels=max_pixels)
+            )
             features = np.asarray(extractor.extract([image], **extract_options)[0], dtype=np.float32)
             cache[name] = (features, image.shape[:2])
         return cache[name]
@@ -229,7 +246,10 @@ def evaluate(
             continue
         src_features, src_size = features_of(pair.category, pair.src_name)
         trg_features, trg_size = features_of(pair.category, pair.trg_name)
-        for annotated, actual, name in ((pair.src_imsize, src_size, pair.src_name), (pair.trg_imsize, trg_size, pair.trg_name)):
+        for annotated, actual, name in (
+            (pair.src_imsize, src_size, pair.src_name),
+            (pair.trg_imsize, trg_size, pair.trg_name),
+        ):
             if annotated is not None and tuple(annotated) != tuple(actual):
                 raise InputError(f"{pair.annotation}: {name} is {actual} (h, w) but annotated as {annotated}")
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ from .manifest import (
     ManifestError,
 )
 from .noise import DEFAULT_SEED, check_image_noise, default_noise
+from .parity import ParityResult, Tolerance, compare
 from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, prepare
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -76,31 +76,6 @@ class FeatureMap:
             f"FeatureMap(shape={self.shape}, image_size={self.image_size}, input_size={self.input_size}, "
             f"stride={self.stride}{'' if self.name is None else f', name={self.name!r}'})"
         )
-
-
-@dataclass(frozen=True)
-class ParityResult:
-    """Runtime output vs the PyTorch reference saved at export; truthy when within tolerance."""
-
-    backend: str
-    rel_error: float  # max|a - b| / max|b|
-    cosine_min: float  # per token (feature cell), over the batch
-    cosine_mean: float
-    tolerance: float
-
-    def __bool__(self) -> bool:
-        return self.rel_error <= self.tolerance
-
-    def __str__(self) -> str:
-        verdict = "PASS" if self else "FAIL"
-        return (
-            f"{verdict} {self.backend}: rel error {self.rel_error:.3g} (tolerance {self.tolerance:g}), "
-            f"cosine min {self.cosine_min:.6f} mean {self.cosine_mean:.6f}"
-        )
-
-
-# Relative-error bounds against the fp32 PyTorch reference, by graph precision.
-DEFAULT_PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1e-1}
 
 
 class Extractor:
@@ -184,7 +159,9 @@ class Extractor:
         return np.asarray(features, dtype=np.float32)
 
     # -- images --------------------------------------------------------------------------------
-    def prepare(self, source: ImageSource, size: int | None = None, exif_transpose: bool | None = None) -> PreparedImage:
+    def prepare(
+        self, source: ImageSource, size: int | None = None, exif_transpose: bool | None = None
+    ) -> PreparedImage:
         """Read and preprocess one image (what `extract` feeds the graph)."""
         return prepare(
             source,
@@ -259,7 +236,9 @@ class Extractor:
                 raise InputError(f"got {len(per_image)} noise arrays for {len(prepared)} image(s)")
         checked = [check_image_noise(n, self.geometry, p.input_size, p.name) for n, p in zip(per_image, prepared)]
         if ensemble is not None and any(n.shape[0] != ensemble for n in checked):
-            raise InputError(f"ensemble={ensemble} disagrees with the E of the given noise {[n.shape[0] for n in checked]}")
+            raise InputError(
+                f"ensemble={ensemble} disagrees with the E of the given noise {[n.shape[0] for n in checked]}"
+            )
         return checked
 
     def _batches(self, prepared, noises) -> Iterable[list[int]]:
@@ -272,8 +251,12 @@ class Extractor:
                 yield indices[start : start + self.batch_size]
 
     # -- parity --------------------------------------------------------------------------------
-    def verify_reference(self, tolerance: float | None = None) -> ParityResult:
-        """Run the export's reference.safetensors inputs and compare with its PyTorch features."""
+    def verify_reference(self, tolerance: Tolerance | str | None = None) -> ParityResult:
+        """Run the export's reference.safetensors inputs and compare with its PyTorch features.
+
+        Judged by ditf_runtime.parity (the exporter's own numbers), at the manifest's precision
+        unless `tolerance` says otherwise. Truthy on pass.
+        """
         from safetensors.numpy import load_file
 
         path = self.export_dir / REFERENCE_FILE
@@ -285,17 +268,8 @@ class Extractor:
         missing = {IMAGE_INPUT, NOISE_INPUT, FEATURES_OUTPUT} - set(reference)
         if missing:
             raise ManifestError(f"{path} lacks tensors {sorted(missing)}")
-        got = self.run(reference[IMAGE_INPUT], reference[NOISE_INPUT]).astype(np.float64)
-        want = reference[FEATURES_OUTPUT].astype(np.float64)
-        if got.shape != want.shape:
-            raise ManifestError(f"reference features {want.shape} but the graph returned {got.shape}")
-        rel_error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        dots = (got * want).sum(axis=1)
-        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
-        cosine = dots / np.maximum(norms, 1e-30)
-        if tolerance is None:
-            tolerance = DEFAULT_PARITY_TOLERANCE.get(self.manifest.precision, 1e-4)
-        return ParityResult(self.backend, rel_error, float(cosine.min()), float(cosine.mean()), float(tolerance))
+        features = self.run(reference[IMAGE_INPUT], reference[NOISE_INPUT])
+        return compare(features, reference[FEATURES_OUTPUT], tolerance or self.manifest.precision)
 
 
 def _as_list(images) -> list:
@@ -387,7 +361,9 @@ def _check_graph(extractor: Extractor) -> None:
     version = metadata().get("schema_version") if metadata else None
     if version is not None and str(version) != str(SCHEMA_VERSION):
         extractor.close()
-        raise ManifestError(f"model.onnx metadata schema_version {version} differs from this runtime's {SCHEMA_VERSION}")
+        raise ManifestError(
+            f"model.onnx metadata schema_version {version} differs from this runtime's {SCHEMA_VERSION}"
+        )
 
 
 def _engine_ready(export_dir: Path) -> bool:

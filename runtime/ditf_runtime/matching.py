@@ -26,8 +26,8 @@ from .errors import InputError
 
 # F.normalize's eps: a zero vector has cosine 0 with everything instead of NaN.
 _NORM_EPS = 1e-12
-# Elements of the per-chunk [rows, W, N] float64 score block (~32 MB).
-_CHUNK_ELEMENTS = 1 << 22
+# Elements of the per-chunk [rows, W, N] float64 score block (8 MiB; a few such temporaries live at once).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def bilinear_stencil(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -67,8 +67,7 @@ def open_image(
         image = _open_file(Path(source), max_pixels)
     else:
         raise InputError(
-            f"cannot read an image from {type(source).__name__}: pass a path, a PIL image "
-            "or a uint8 HxWx3 numpy array"
+            f"cannot read an image from {type(source).__name__}: pass a path, a PIL image or a uint8 HxWx3 numpy array"
         )
     try:
         if exif_transpose:
@@ -108,9 +107,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
 
 def _image_from_array(array: np.ndarray) -> Image.Image:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise InputError(
-            f"image arrays must be uint8 HxWx3 RGB, got {array.dtype} {tuple(array.shape)}"
-        )
+        raise InputError(f"image arrays must be uint8 HxWx3 RGB, got {array.dtype} {tuple(array.shape)}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"image array is empty: {tuple(array.shape)}")
     return Image.fromarray(np.ascontiguousarray(array), "RGB")

@@ -42,8 +42,9 @@ def output_suffix(fmt: str) -> str:
     return "." + fmt
 
 
-def save_features(path: str | os.PathLike, fm: FeatureMap, *, fmt: str = "safetensors",
-                  extra: dict[str, Any] | None = None) -> Path:
+def save_features(
+    path: str | os.PathLike, fm: FeatureMap, *, fmt: str = "safetensors", extra: dict[str, Any] | None = None
+) -> Path:
     path = Path(path)
     output_suffix(fmt)
     metadata = feature_metadata(fm, extra)
@@ -83,6 +84,8 @@ def load_features(path: str | os.PathLike) -> FeatureMap:
     array = np.asarray(array, dtype=np.float32)
     grid = array.shape[-2:]
     stride = int(metadata.get("stride", 16))
-    input_size = tuple(json.loads(metadata["input_size"])) if "input_size" in metadata else (grid[0] * stride, grid[1] * stride)
+    input_size = (
+        tuple(json.loads(metadata["input_size"])) if "input_size" in metadata else (grid[0] * stride, grid[1] * stride)
+    )
     image_size = tuple(json.loads(metadata["image_size"])) if "image_size" in metadata else input_size
     return FeatureMap(array, image_size, input_size, stride, metadata.get("source", path.name))

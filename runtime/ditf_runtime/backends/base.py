@@ -86,7 +86,9 @@ def check_tensor(array: np.ndarray, meta: TensorMeta) -> None:
     if not isinstance(array, np.ndarray):
         raise InputError(f"input {meta.name!r} must be a numpy array, got {type(array).__name__}")
     if array.dtype != meta.dtype:
-        raise InputError(f"input {meta.name!r} must be {np.dtype(meta.dtype).name}, got {array.dtype} ({meta.describe()})")
+        raise InputError(
+            f"input {meta.name!r} must be {np.dtype(meta.dtype).name}, got {array.dtype} ({meta.describe()})"
+        )
     if array.ndim != len(meta.shape):
         raise InputError(f"input {meta.name!r} has shape {array.shape}; expected {meta.describe()}")
     for axis, (got, want) in enumerate(zip(array.shape, meta.shape)):

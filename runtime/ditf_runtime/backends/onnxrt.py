@@ -77,9 +77,11 @@ class SessionFromOnnx:
         available = ort.get_available_providers()
         missing = [p for p in requested if p not in available]
         if missing:
-            hint = " (install onnxruntime-gpu, which brings the CUDA and TensorRT providers)" if any(
-                p in (CUDA, TENSORRT) for p in missing
-            ) else ""
+            hint = (
+                " (install onnxruntime-gpu, which brings the CUDA and TensorRT providers)"
+                if any(p in (CUDA, TENSORRT) for p in missing)
+                else ""
+            )
             raise BackendError(
                 f"onnxruntime execution provider(s) {missing} not available here{hint}; "
                 f"available: {available}. Refusing to fall back to another provider."

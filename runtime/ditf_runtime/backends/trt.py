@@ -28,9 +28,9 @@ from ..errors import BackendError, InputError
 from ..manifest import (
     ENGINES_DIR,
     IMAGE_INPUT,
-    NOISE_INPUT,
     MODEL_DATA_FILE,
     MODEL_FILE,
+    NOISE_INPUT,
     Manifest,
     sha256_file,
     write_bytes_atomic,
@@ -130,7 +130,8 @@ def check_engine_record(record: dict[str, Any], device: DeviceInfo, manifest: Ma
         problems.append("built from a different model.onnx than this export's manifest records")
     if problems:
         raise BackendError(
-            f"engine in {where} cannot be used: " + "; ".join(problems)
+            f"engine in {where} cannot be used: "
+            + "; ".join(problems)
             + ". Rebuild it here with `ditf build-engine EXPORT_DIR`."
         )
 
@@ -275,8 +276,12 @@ class TrtRunner(BaseRunner):
         host_inputs = {name: np.ascontiguousarray(array) for name, array in feed.items()}
         for name, array in host_inputs.items():
             pointer = self._buffer(name, array.nbytes)
-            _cuda_call(cudart, cudart.cudaMemcpyAsync(
-                pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self._stream))
+            _cuda_call(
+                cudart,
+                cudart.cudaMemcpyAsync(
+                    pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self._stream
+                ),
+            )
             self.context.set_tensor_address(name, pointer)
         outputs = {}
         for name in self._io_names(trt.TensorIOMode.OUTPUT):
@@ -287,9 +292,16 @@ class TrtRunner(BaseRunner):
         if not self.context.execute_async_v3(int(self._stream)):
             raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         for name, array in outputs.items():
-            _cuda_call(cudart, cudart.cudaMemcpyAsync(
-                array.ctypes.data, self._buffers[name].pointer, array.nbytes, kind.cudaMemcpyDeviceToHost,
-                self._stream))
+            _cuda_call(
+                cudart,
+                cudart.cudaMemcpyAsync(
+                    array.ctypes.data,
+                    self._buffers[name].pointer,
+                    array.nbytes,
+                    kind.cudaMemcpyDeviceToHost,
+                    self._stream,
+                ),
+            )
         _cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream))
         return outputs
 
@@ -330,6 +342,7 @@ def profile_shapes(manifest: Manifest, shapes: ShapeRange, ensemble: int) -> dic
             raise InputError(f"profile must satisfy min <= opt <= max on every axis: {shapes}")
     if ensemble < 1:
         raise InputError(f"ensemble must be >= 1, got {ensemble}")
+
     def image(bhw):
         return (bhw[0], 3, bhw[1], bhw[2])
 

@@ -227,7 +227,8 @@ class Extractor:
                 )
             if noise.ndim != 5 or noise.shape[0] != len(prepared):
                 raise InputError(
-                    f"noise has shape {noise.shape}; expected [B={len(prepared)}, E, c, h, w] for {len(prepared)} image(s)"
+                    f"noise has shape {noise.shape}; expected [B={len(prepared)}, E, c, h, w] "
+                    f"for {len(prepared)} image(s)"
                 )
             per_image = list(noise)
         else:

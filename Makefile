@@ -26,7 +26,7 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/ditf-export --model flux-tiny --out $(DEMO)/flux-tiny --force
-	$(VENV)/bin/ditf extract examples/images --model $(DEMO)/flux-tiny --out $(DEMO)/features
+	$(VENV)/bin/ditf extract examples/images --model $(DEMO)/flux-tiny --out $(DEMO)/features --overwrite
 	$(VENV)/bin/ditf match examples/images/cat-a.jpg examples/images/cat-b.jpg --model $(DEMO)/flux-tiny \
 		--out $(DEMO)/match.png
 	$(VENV)/bin/ditf show examples/images/cat-a.jpg --model $(DEMO)/flux-tiny --out $(DEMO)/pca.png

@@ -154,15 +154,26 @@ def plan(request: ExportRequest) -> tuple[ModelSource, FamilyAdapter, ExportOpti
     options = ExportOptions(
         layer=int(layer), timestep=float(timestep), discard=tuple(discard), guidance=guidance,
         prompt=None if prompt_embeds is not None else (request.prompt or ""), prompt_embeds=prompt_embeds,
-        class_label=request.class_label, text_max_length=text_len,
+        class_label=request.class_label, text_max_length=text_len, image_size=int(image_size),
     )
     adapter.check_options(config, options)
+    adapter.noise_coefficients(source, options)  # the timestep must fit the family's noise schedule
     if prompt_embeds is not None:  # check shapes now, not after loading the transformer
         adapter.conditioning(source, config, options)
     if request.precision not in ("fp32", "fp16", "bf16", "int8"):
         raise ExportInputError(f"--precision {request.precision!r}: choose fp32, fp16, bf16 or int8")
-    if request.precision != "fp32":
-        raise ExportInputError(f"--precision {request.precision}: not available in this build yet; use fp32")
+    if request.precision == "int8" and request.calib_images is None:
+        raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
+                               "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
+    if request.calib_images is not None:
+        from ditf_calib.data import CalibrationError, check_folder
+
+        try:
+            check_folder(request.calib_images)  # every image decodes, before any heavy work
+        except CalibrationError as exc:
+            raise ExportInputError(str(exc)) from None
+        if request.precision == "fp32":
+            notes.append("--calib-images ignored: fp32 needs no calibration")
     extra = {"ensemble": int(ensemble), "image_size": int(image_size), "discard_source": discard_src,
              "layer_source": layer_src, "notes": notes}
     return source, adapter, options, extra

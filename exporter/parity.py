@@ -43,16 +43,22 @@ def ort_session(onnx_path: Path, threads: int | None = None):
 
 def run_parity(graph: torch.nn.Module, onnx_path: Path, latent_channels: int,
                sizes: tuple[tuple[int, int], ...], precision: str, reference_path: Path | None = None,
-               batch: int = 2, ensemble: int = 3) -> dict[str, Any]:
+               batch: int = 2, ensemble: int = 3,
+               extra_feeds: tuple[tuple[str, dict[str, np.ndarray]], ...] = ()) -> dict[str, Any]:
+    """Random inputs at each size, then `extra_feeds` (label, feed), e.g. real calibration images."""
     session = ort_session(onnx_path)
     results, summary = [], []
-    for i, hw in enumerate(sizes):
-        feed = sample_inputs(batch, ensemble, latent_channels, hw, seed=1000 + i)
+    cases = [(None, sample_inputs(batch, ensemble, latent_channels, hw, seed=1000 + i)) for i, hw in enumerate(sizes)]
+    for i, (label, feed) in enumerate(cases + list(extra_feeds)):
         ref = torch_features(graph, feed)
         got = session.run(["features"], feed)[0]
         res = compare(got, ref, precision)
-        results.append({"height": hw[0], "width": hw[1], "batch": batch, "ensemble": ensemble, **res.to_dict()})
-        summary.append(f"{hw[0]}x{hw[1]} B={batch} E={ensemble}: {res}")
+        b, e, _, h8, w8 = feed["noise"].shape
+        row = {"height": h8 * 8, "width": w8 * 8, "batch": b, "ensemble": e, **res.to_dict()}
+        if label:
+            row["inputs"] = label
+        results.append(row)
+        summary.append(f"{h8 * 8}x{w8 * 8} B={b} E={e}{' (' + label + ')' if label else ''}: {res}")
         if i == 0 and reference_path is not None:
             from safetensors.numpy import save_file
 

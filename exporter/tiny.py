@@ -118,3 +118,132 @@ def build_flux_tiny(path: str | Path, seed: int = 0, with_text: bool = True, **t
         lambda folder: tiny_text_encoders(folder, seed + 200, cfg["joint_attention_dim"],
                                           cfg["pooled_projection_dim"]),
     )
+
+
+# -- the other DiT families (DESIGN.md §5): real diffusers classes at toy sizes ------------------------------
+# Massive channels are planted in the patch-embedding bias, so they ride the residual stream into every block.
+
+SD3_TINY_MASSIVE = (5, 50)
+SD3_TINY_TRANSFORMER = dict(
+    sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=16, num_attention_heads=4,
+    joint_attention_dim=32, caption_projection_dim=64, pooled_projection_dim=32, out_channels=16,
+    pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",  # SD3.5-style: block 0 dual attention
+)
+SD3_VAE = dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+               use_post_quant_conv=False)  # SD3's VAE numbers, not FLUX's
+SD_VAE = dict(latent_channels=4, scaling_factor=0.18215, shift_factor=None, use_quant_conv=True,
+              use_post_quant_conv=True)  # the 4-channel SD VAE of DiT and PixArt-α
+PIXART_TINY_MASSIVE = (9, 70)
+PIXART_TINY_TRANSFORMER = dict(
+    num_attention_heads=4, attention_head_dim=24, in_channels=4, out_channels=8, num_layers=3, cross_attention_dim=96,
+    sample_size=8, caption_channels=32, use_additional_conditions=True, interpolation_scale=2,  # PixArt-α 1024-style
+)
+DIT_TINY_MASSIVE = (3, 40)
+DIT_TINY_TRANSFORMER = dict(
+    num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=3, sample_size=8,
+    patch_size=2, num_embeds_ada_norm=10,
+)
+
+
+def _plant(model, bias, massive: tuple[int, ...], magnitude: float, linear_gain: float = 4.0) -> None:
+    """Scale AdaLN linears (random init leaves the baked modulation near identity) and plant massive channels."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".linear." in name or name.endswith("linear.weight") or name.endswith("scale_shift_table"):
+                p.mul_(linear_gain)
+        for c in massive:
+            bias[c] = magnitude if c % 2 else -magnitude
+
+
+def _char_vocab() -> tuple[list[str], dict[str, int]]:
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    return chars, {tok: i for i, tok in enumerate(specials + chars + [c + "</w>" for c in chars])}
+
+
+def _tiny_clip_with_projection(folder: Path, tok_sub: str, enc_sub: str, seed: int, hidden: int, projection: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    _, vocab = _char_vocab()
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    tok.model_max_length = 77
+    tok.save_pretrained(folder / tok_sub)
+    torch.manual_seed(seed)
+    CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=projection,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).eval().save_pretrained(folder / enc_sub, safe_serialization=True)
+
+
+def _tiny_t5(folder: Path, tok_sub: str, enc_sub: str, seed: int, d_model: int) -> None:
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    chars, _ = _char_vocab()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(c, -2.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(folder / tok_sub)
+    torch.manual_seed(seed)
+    T5EncoderModel(T5Config(
+        vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval().save_pretrained(folder / enc_sub, safe_serialization=True)
+
+
+def build_sd3_tiny(path: str | Path, seed: int = 0, with_text: bool = True, massive: tuple[int, ...] = SD3_TINY_MASSIVE,
+                   **transformer_overrides) -> Path:
+    """SD3/SD3.5-architecture pipeline: SD3Transformer2DModel (one dual-attention block, RMS qk-norm),
+    16-channel VAE with SD3's scaling/shift, FlowMatchEulerDiscreteScheduler, CLIP-L + CLIP-G + T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    cfg = {**SD3_TINY_TRANSFORMER, **transformer_overrides}
+    torch.manual_seed(seed)
+    model = SD3Transformer2DModel(**cfg).eval()
+    _plant(model, model.pos_embed.proj.bias, massive, 300.0)
+    clip_hidden = cfg["joint_attention_dim"] // 4  # CLIP-L + CLIP-G hidden states are zero-padded to the T5 width
+    half_pooled = cfg["pooled_projection_dim"] // 2
+
+    def text(folder: Path) -> None:
+        _tiny_clip_with_projection(folder, "tokenizer", "text_encoder", seed + 200, clip_hidden, half_pooled)
+        _tiny_clip_with_projection(folder, "tokenizer_2", "text_encoder_2", seed + 201, clip_hidden, half_pooled)
+        _tiny_t5(folder, "tokenizer_3", "text_encoder_3", seed + 202, cfg["joint_attention_dim"])
+
+    return save_pipeline_folder(
+        path, {"transformer": model, "vae": tiny_vae(seed + 100, **SD3_VAE),
+               "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)},
+        with_text, "StableDiffusion3Pipeline", text,
+    )
+
+
+def build_pixart_tiny(path: str | Path, seed: int = 0, with_text: bool = True,
+                      massive: tuple[int, ...] = PIXART_TINY_MASSIVE, **transformer_overrides) -> Path:
+    """PixArt-α-architecture pipeline: PixArtTransformer2DModel with size conditioning and interpolation scale 2,
+    4-channel SD VAE, a DPM-Solver scheduler config (scaled-linear betas, so the VP schedule is really read), T5."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    cfg = {**PIXART_TINY_TRANSFORMER, **transformer_overrides}
+    torch.manual_seed(seed)
+    model = PixArtTransformer2DModel(**cfg).eval()
+    _plant(model, model.pos_embed.proj.bias, massive, 300.0)
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return save_pipeline_folder(
+        path, {"transformer": model, "vae": tiny_vae(seed + 100, **SD_VAE), "scheduler": scheduler},
+        with_text, "PixArtAlphaPipeline",
+        lambda folder: _tiny_t5(folder, "tokenizer", "text_encoder", seed + 200, cfg["caption_channels"]),
+    )
+
+
+def build_dit_tiny(path: str | Path, seed: int = 0, massive: tuple[int, ...] = DIT_TINY_MASSIVE,
+                   **transformer_overrides) -> Path:
+    """DiT-architecture pipeline: DiTTransformer2DModel (10 classes + null), 4-channel SD VAE, DDIM (linear betas)."""
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    cfg = {**DIT_TINY_TRANSFORMER, **transformer_overrides}
+    torch.manual_seed(seed)
+    model = DiTTransformer2DModel(**cfg).eval()
+    _plant(model, model.pos_embed.proj.bias, massive, 300.0)
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
+    return save_pipeline_folder(
+        path, {"transformer": model, "vae": tiny_vae(seed + 100, **SD_VAE), "scheduler": scheduler},
+        False, "DiTPipeline",
+    )

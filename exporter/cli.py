@@ -22,7 +22,8 @@ class _Guidance(click.ParamType):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", required=True,
-              help="Registry name (flux, flux-schnell, flux-tiny), a local diffusers pipeline folder, "
+              help="Registry name (flux, flux-schnell, flux-tiny, sd3, sd3.5-medium, sd3.5-large, pixart-alpha, "
+                   "pixart-sigma, dit-xl-2-256, latte, ...), a local diffusers pipeline folder, "
                    "or an HF id already in the local cache.")
 @click.option("--layer", type=int, default=None,
               help="Feature layer K in the unified numbering (FLUX: 0..18 double, 19..56 single). "
@@ -38,23 +39,29 @@ class _Guidance(click.ParamType):
 @click.option("--max-sequence-length", "text_max_length", type=int, default=None,
               help="Text tokens of the baked prompt (FLUX.1-dev: 512). Default: the registry's.")
 @click.option("--discard", default=None,
-              help="Massive channels to zero: a comma list, 'none', or 'auto'. Default: the model's.")
+              help="Massive channels to zero: a comma list, 'none', or 'auto' (detect them over --calib-images). "
+                   "Default: the model's.")
+@click.option("--massive-threshold", type=float, default=100.0, show_default=True,
+              help="--discard auto: a channel is massive when its median |h_K| is this many times the median "
+                   "channel's (the paper: > 100x).")
+@click.option("--class-label", type=int, default=None,
+              help="Class-conditional models (DiT): the class baked into the graph. Default: the null class.")
 @click.option("--ensemble", type=int, default=None, help="Default ensemble size E for the runtime (default 8).")
 @click.option("--image-size", type=int, default=None, help="Default long side for the runtime (default 640).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
               show_default=True)
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
-              help="Image folder for INT8 calibration.")
+              help="Image folder for INT8 calibration and for --discard auto.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
-def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, ensemble, image_size,
-         precision, calib_images, force):
+def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
+         class_label, ensemble, image_size, precision, calib_images, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
     from .export import ExportRequest, ParityError, export
 
     request = ExportRequest(
         model=model, out=out, layer=layer, timestep=timestep, guidance=guidance,
         guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds,
-        text_max_length=text_max_length, discard=discard,
+        text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold, class_label=class_label,
         ensemble=ensemble, image_size=image_size, precision=precision, calib_images=calib_images,
         force=force, progress=lambda msg: click.echo(msg, err=True),
     )
@@ -70,5 +77,58 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
                f"{manifest.geometry.feature_channels} channels, parity min cosine {p['min_cosine']:.7f}")
 
 
-def detect_massive_main():
-    raise SystemExit("ditf-detect-massive: not available in this build yet")
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", required=True, help="Registry name, local diffusers pipeline folder, or cached HF id.")
+@click.option("--layer", type=int, default=None, help="Feature layer K (default: the registry's).")
+@click.option("--images", type=click.Path(path_type=Path), required=True,
+              help="Folder of real photos (e.g. examples/images), preprocessed as the runtime does.")
+@click.option("--threshold", type=float, default=100.0, show_default=True,
+              help="Massive: median |h_K| over tokens above this many times the median channel's (paper: > 100x).")
+@click.option("--timestep", type=float, default=None, help="Diffusion timestep (default: the registry's).")
+@click.option("--guidance", type=_Guidance(), default=None, help="Guidance, for guidance-distilled models.")
+@click.option("--prompt", default="", show_default=True, help="Prompt baked as in the export.")
+@click.option("--prompt-embeds", type=click.Path(path_type=Path), default=None, help="As for ditf-export.")
+@click.option("--max-sequence-length", "text_max_length", type=int, default=None, help="As for ditf-export.")
+@click.option("--class-label", type=int, default=None, help="Class-conditional models (DiT); default: null class.")
+@click.option("--image-size", type=int, default=None, help="Long side the images are resized to (default: registry's).")
+@click.option("--ensemble", type=int, default=None, help="Noise draws averaged per image (default: registry's).")
+@click.option("--max-images", type=int, default=None, help="Use at most this many images (sorted by name).")
+@click.option("--top", type=int, default=10, show_default=True, help="Rows of the ratio table.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the result (channels, threshold, top ratios) as JSON here.")
+def detect_massive_main(model, layer, images, threshold, timestep, guidance, prompt, prompt_embeds, text_max_length,
+                        class_label, image_size, ensemble, max_images, top, json_out):
+    """Find the massive-activation channels of block K's input from data; prints the ratio table and the
+    channels to pass as `ditf-export --discard`."""
+    import json
+    import tempfile
+
+    from ditf_calib.data import CalibrationError
+    from ditf_calib.massive import detect_for_graph
+
+    from .export import ExportRequest, _quiet_libraries, build_graph, plan
+
+    if not threshold > 1:
+        raise click.ClickException(f"--threshold {threshold}: must be > 1 (the paper uses 100)")
+    _quiet_libraries()
+    say = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # plan() wants an --out that does not exist; nothing is written
+            source, adapter, options, extra = plan(ExportRequest(
+                model=model, out=Path(tmp) / "unused", layer=layer, timestep=timestep, guidance=guidance,
+                guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds,
+                text_max_length=text_max_length, discard="none", class_label=class_label, ensemble=ensemble,
+                image_size=image_size))
+        say(f"model {source.name} ({source.family}), layer {options.layer} = "
+            f"{adapter.block_name(source.transformer_config, options.layer)}, timestep {options.timestep:g}, "
+            f"long side {extra['image_size']}, ensemble {extra['ensemble']}")
+        graph, _ = build_graph(source, adapter, options)
+        found = detect_for_graph(graph, images, long_side=extra["image_size"], ensemble=extra["ensemble"],
+                                 threshold=threshold, max_images=max_images)
+    except (ExportInputError, CalibrationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(found.table(top))
+    if json_out is not None:
+        json_out.write_text(json.dumps({"model": source.name, "family": source.family, "layer": options.layer,
+                                        "timestep": options.timestep, **found.to_dict()}, indent=2) + "\n")
+    click.echo(f"ditf-export --discard {','.join(map(str, found.channels)) or 'none'}")

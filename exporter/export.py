@@ -42,6 +42,7 @@ from .registry import adapter_for
 OPSET = 20
 # Example sizes for tracing: B, E >= 2 and a non-square image, else torch.export specialises them.
 TRACE_BATCH, TRACE_ENSEMBLE, TRACE_HW = 2, 2, (64, 96)
+TRACE_FRAMES = 3  # video families: frames in the trace example (>= 2, and unlike B and E)
 # Parity sizes: several (H, W) through the one dynamic graph.
 PARITY_SIZES = ((64, 96), (112, 80))
 
@@ -65,6 +66,7 @@ class ExportRequest:
     text_max_length: int | None = None  # T5 tokens; None: the registry's, else the family's default
     precision: str = "fp32"
     calib_images: Path | None = None
+    massive_threshold: float = 100.0  # --discard auto: channels whose median |h_K| ratio exceeds this (paper: 100x)
     force: bool = False
     parity_sizes: tuple[tuple[int, int], ...] = PARITY_SIZES
     progress: Callable[[str], None] = field(default=lambda msg: None)
@@ -132,8 +134,12 @@ def plan(request: ExportRequest) -> tuple[ModelSource, FamilyAdapter, ExportOpti
     elif request.discard == "none":
         discard, discard_src = (), "none"
     elif request.discard == "auto":
-        raise ExportInputError("--discard auto needs massive-channel detection over calibration images "
-                               "(`ditf-detect-massive`), which this build does not include yet; pass channels")
+        if request.calib_images is None:
+            raise ExportInputError("--discard auto finds the massive channels from data: pass --calib-images DIR "
+                                   "(a folder of real photos, e.g. examples/images)")
+        if not request.massive_threshold > 1:
+            raise ExportInputError(f"--massive-threshold {request.massive_threshold}: must be > 1 (paper: 100)")
+        discard, discard_src = (), "auto"  # detected after loading (export: _detect_discard)
     else:
         discard, discard_src = parse_discard(request.discard, hidden), "user"
     if any(not 0 <= c < hidden for c in discard):
@@ -162,6 +168,9 @@ def plan(request: ExportRequest) -> tuple[ModelSource, FamilyAdapter, ExportOpti
         adapter.conditioning(source, config, options)
     if request.precision not in ("fp32", "fp16", "bf16", "int8"):
         raise ExportInputError(f"--precision {request.precision!r}: choose fp32, fp16, bf16 or int8")
+    if adapter.takes_frames and request.precision != "fp32":
+        raise ExportInputError(f"--precision {request.precision}: video families ({source.family}) export fp32 only "
+                               "in this build; use --precision fp32")
     if request.precision == "int8" and request.calib_images is None:
         raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
                                "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
@@ -172,7 +181,7 @@ def plan(request: ExportRequest) -> tuple[ModelSource, FamilyAdapter, ExportOpti
             check_folder(request.calib_images)  # every image decodes, before any heavy work
         except CalibrationError as exc:
             raise ExportInputError(str(exc)) from None
-        if request.precision == "fp32":
+        if request.precision == "fp32" and discard_src != "auto":
             notes.append("--calib-images ignored: fp32 needs no calibration")
     extra = {"ensemble": int(ensemble), "image_size": int(image_size), "discard_source": discard_src,
              "layer_source": layer_src, "notes": notes}
@@ -205,6 +214,13 @@ def export_onnx(graph: FeatureGraph, path: Path, latent_channels: int) -> None:
         "image": {0: batch, 2: 16 * h16, 3: 16 * w16},
         "noise": {0: batch, 1: ensemble, 3: 2 * h16, 4: 2 * w16},
     }
+    if graph.max_frames is not None:  # video: a frame axis after batch (image) / after ensemble (noise)
+        frames = Dim("frames", min=2, max=graph.max_frames)
+        f = min(TRACE_FRAMES, graph.max_frames)
+        image = image[:, None].repeat(1, f, 1, 1, 1)
+        noise = noise[:, :, None].repeat(1, 1, f, 1, 1, 1)
+        dynamic_shapes = {"image": {0: batch, 1: frames, 3: 16 * h16, 4: 16 * w16},
+                          "noise": {0: batch, 1: ensemble, 2: frames, 4: 2 * h16, 5: 2 * w16}}
     with torch.no_grad():
         program = torch.onnx.export(
             graph, (image, noise), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes,
@@ -240,6 +256,7 @@ def export(request: ExportRequest) -> Manifest:
     graph, load_report = build_graph(source, adapter, options)
     say(f"loaded {load_report['tensors_read']}/{load_report['tensors_in_checkpoint']} transformer tensors "
         f"({load_report['bytes_read'] / 1e6:.1f} MB)")
+    massive_ratios = _detect_discard(request, graph, options, extra, say) if extra["discard_source"] == "auto" else {}
     latent_channels = graph.encoder.latent_channels
     feature_channels = int(graph.head.shift.shape[0])
 
@@ -250,9 +267,18 @@ def export(request: ExportRequest) -> Manifest:
         say("exporting ONNX (torch.onnx dynamo, opset 20, dynamic batch/ensemble/height/width)")
         export_onnx(graph, tmp / MODEL_FILE, latent_channels)
         graph_checks.check_graph(tmp / MODEL_FILE)
-        say("running parity: onnxruntime vs PyTorch")
-        report = parity.run_parity(graph, tmp / MODEL_FILE, latent_channels, request.parity_sizes,
-                                   request.precision, reference_path=tmp / REFERENCE_FILE)
+        step = _precision_step(request, tmp / MODEL_FILE, graph, options, extra, say)
+        try:
+            graph_checks.check_graph(tmp / MODEL_FILE)
+            say(f"running parity: onnxruntime vs PyTorch ({request.precision})")
+            report = parity.run_parity(graph, step.parity_model, latent_channels, request.parity_sizes,
+                                       request.precision, reference_path=tmp / REFERENCE_FILE,
+                                       extra_feeds=tuple(step.parity_feeds), frames=graph.max_frames)
+        finally:
+            step.cleanup()
+        report["precision"] = {"precision": request.precision, **step.report}
+        if step.backend:
+            report["backend"] = step.backend
         for line in report["summary"]:
             say("  " + line)
         if not report["passed"]:
@@ -270,6 +296,7 @@ def export(request: ExportRequest) -> Manifest:
                 ensemble=extra["ensemble"], prompt=options.prompt,
                 prompt_embeds_sha256=sha256_file(request.prompt_embeds) if request.prompt_embeds else None,
                 guidance=options.guidance, class_label=options.class_label, noising=adapter.noising,
+                massive_channel_ratios=massive_ratios,
                 notes=tuple(extra["notes"] + load_report["notes"] + [
                     "latent: VAE posterior mean (the authors sample; deterministic by choice)",
                     "ensemble: the latent is encoded once and shared by the E noise draws",
@@ -277,19 +304,17 @@ def export(request: ExportRequest) -> Manifest:
                      if options.prompt == "" else [])),
             ),
             geometry=Geometry(latent_channels=latent_channels, feature_channels=feature_channels,
-                              vae_stride=8, feature_stride=8 * graph.patch_size, size_multiple=8 * graph.patch_size),
+                              vae_stride=8, feature_stride=8 * graph.patch_size, size_multiple=8 * graph.patch_size,
+                              frame_axis=None if graph.max_frames is None else 1),
             preprocess=Preprocess(long_side=extra["image_size"]),
-            inputs=(
-                TensorSpec("image", "float32", ("batch", 3, "height", "width")),
-                TensorSpec("noise", "float32", ("batch", "ensemble", latent_channels, "height/8", "width/8")),
-            ),
-            outputs=(TensorSpec("features", "float32", ("batch", feature_channels, "height/16", "width/16")),),
+            **_io_specs(latent_channels, feature_channels, video=graph.max_frames is not None),
             files={name: file_record(tmp / name) for name in (MODEL_FILE, MODEL_DATA_FILE, REFERENCE_FILE)},
             source_weights={str(p.relative_to(source.path)): sha256_file(p)
                             for p in [*load_report["files"], *vae_weight_files(source)]},
             parity=report,
             tools=_tool_versions(),
-            tensorrt_profiles=_trt_profiles(extra["image_size"], extra["ensemble"], latent_channels),
+            tensorrt_profiles=_trt_profiles(extra["image_size"], extra["ensemble"], latent_channels,
+                                            graph.max_frames),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         graph_checks.finalize(tmp / MODEL_FILE, manifest)
@@ -304,6 +329,56 @@ def export(request: ExportRequest) -> Manifest:
         raise
     say(f"done in {time.perf_counter() - t0:.1f} s: {out}")
     return manifest
+
+
+def _detect_discard(request: ExportRequest, graph: FeatureGraph, options: ExportOptions, extra: dict[str, Any],
+                    say: Callable[[str], None]) -> dict[str, float]:
+    """--discard auto: find the massive channels with this very graph over --calib-images, then discard them."""
+    from ditf_calib.data import CalibrationError
+    from ditf_calib.massive import detect_for_graph
+
+    say(f"detecting massive channels over {request.calib_images} (ratio > {request.massive_threshold:g})")
+    try:
+        found = detect_for_graph(graph, request.calib_images, long_side=extra["image_size"],
+                                 ensemble=extra["ensemble"], threshold=request.massive_threshold)
+    except CalibrationError as exc:
+        raise ExportInputError(str(exc)) from None
+    for line in found.table(8).splitlines():
+        say("  " + line)
+    graph.head.set_discard(found.channels)
+    options.discard = found.channels
+    extra["notes"].append(f"discard: detected over {len(found.image_names)} calibration images, channels whose "
+                          f"median |h_K| is > {found.threshold:g}x the median channel")
+    return found.manifest_ratios()
+
+
+def _precision_step(request: ExportRequest, model_path: Path, graph: FeatureGraph, options: ExportOptions,
+                    extra: dict[str, Any], say: Callable[[str], None]):
+    """Rewrite the checked FP32 graph to request.precision (ditf_calib.apply); FP32 is a no-op."""
+    from ditf_calib.apply import apply_precision
+    from ditf_calib.data import CalibrationError, load_calibration_set
+    from ditf_calib.int8 import Int8Config
+    from ditf_calib.precision import PrecisionError
+
+    latent_channels = graph.encoder.latent_channels
+    multiple = 8 * graph.patch_size
+    calibration = None
+    if request.calib_images is not None and request.precision != "fp32":
+        try:
+            calibration = load_calibration_set(request.calib_images, long_side=extra["image_size"],
+                                               latent_channels=latent_channels, size_multiple=multiple,
+                                               ensemble=min(extra["ensemble"], 2))
+        except CalibrationError as exc:
+            raise ExportInputError(str(exc)) from None
+    check_feeds = [parity.sample_inputs(2, 2, latent_channels, hw, seed=2000 + i)
+                   for i, hw in enumerate(request.parity_sizes)]
+    size = max(multiple, min(extra["image_size"], 256) // multiple * multiple)
+    config = Int8Config(protect_channels=tuple(options.discard), protect_width=int(graph.head.shift.shape[0]))
+    try:
+        return apply_precision(model_path, request.precision, check_feeds=check_feeds, calibration=calibration,
+                               int8_config=config, parity_size=size, say=say)
+    except PrecisionError as exc:
+        raise ExportInputError(str(exc)) from None
 
 
 def _quiet_libraries() -> None:
@@ -321,12 +396,27 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _trt_profiles(image_size: int, ensemble: int, latent_channels: int) -> dict[str, Any]:
+def _io_specs(latent_channels: int, feature_channels: int, video: bool) -> dict[str, tuple[TensorSpec, ...]]:
+    """Graph I/O for the manifest; video families carry a frame axis after batch (ensemble, for noise)."""
+    f = ("frames",) if video else ()
+    return {
+        "inputs": (TensorSpec("image", "float32", ("batch", *f, 3, "height", "width")),
+                   TensorSpec("noise", "float32", ("batch", "ensemble", *f, latent_channels, "height/8", "width/8"))),
+        "outputs": (TensorSpec("features", "float32", ("batch", *f, feature_channels, "height/16", "width/16")),),
+    }
+
+
+def _trt_profiles(image_size: int, ensemble: int, latent_channels: int,
+                  max_frames: int | None = None) -> dict[str, Any]:
     """min/opt/max shapes for a TensorRT optimization profile, derived from one shape function."""
 
-    def shapes(b: int, e: int, h: int, w: int) -> dict[str, list[int]]:
-        return {"image": [b, 3, h, w], "noise": [b, e, latent_channels, h // 8, w // 8]}
+    def shapes(b: int, e: int, h: int, w: int, f: int | None = None) -> dict[str, list[int]]:
+        fr = [] if f is None else [f]
+        return {"image": [b, *fr, 3, h, w], "noise": [b, e, *fr, latent_channels, h // 8, w // 8]}
 
+    if max_frames is not None:
+        return {"min": shapes(1, 1, 256, 256, 2), "opt": shapes(1, ensemble, image_size, image_size, max_frames),
+                "max": shapes(1, max(ensemble, 8), 1024, 1024, max_frames)}
     return {"min": shapes(1, 1, 256, 256), "opt": shapes(1, ensemble, image_size, image_size),
             "max": shapes(4, max(ensemble, 8), 1024, 1024)}
 

@@ -36,13 +36,18 @@ class FeatureHead(nn.Module):
 
     def __init__(self, shift: torch.Tensor, scale: torch.Tensor, discard: tuple[int, ...], eps: float):
         super().__init__()
-        keep = torch.ones(shift.shape[0])
-        keep[list(discard)] = 0.0
         # A multiply by a constant mask, not an index_put: static, and exact (x * 0 == 0, x * 1 == x).
-        self.register_buffer("keep", keep)
+        self.register_buffer("keep", torch.ones(shift.shape[0]))
+        self.set_discard(discard)
         self.register_buffer("shift", shift.detach().float().clone())
         self.register_buffer("scale_plus_one", (1.0 + scale.detach().float()).clone())
         self.eps = eps
+
+    def set_discard(self, discard: tuple[int, ...]) -> None:
+        """Choose the zeroed channels (e.g. after detecting them with this very graph, `--discard auto`)."""
+        keep = torch.ones_like(self.keep)
+        keep[list(discard)] = 0.0
+        self.keep.copy_(keep)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = tokens * self.keep
@@ -51,7 +56,12 @@ class FeatureHead(nn.Module):
 
 
 class FeatureGraph(nn.Module):
-    """image [B, 3, H, W] in [-1, 1], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16]."""
+    """image [B, 3, H, W] in [-1, 1], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16].
+
+    Video families (parts.max_frames set) add a frame axis after the batch axis everywhere: image
+    [B, F, 3, H, W], noise [B, E, F, c, H/8, W/8] -> features [B, F, C, H/16, W/16]; frames go through the
+    image VAE one by one, the backbone sees the clip.
+    """
 
     def __init__(self, encoder: LatentEncoder, parts: FeatureParts, noise_a: float, noise_b: float,
                  discard: tuple[int, ...]):
@@ -60,17 +70,24 @@ class FeatureGraph(nn.Module):
         self.backbone = parts.backbone
         self.head = FeatureHead(parts.shift, parts.scale, discard, parts.norm_eps)
         self.patch_size = parts.patch_size
+        self.max_frames = parts.max_frames
         # x_t = a * x0 + b * noise: flow matching (1 - t, t) or variance-preserving (sqrt(ab), sqrt(1 - ab))
         self.noise_a = float(noise_a)
         self.noise_b = float(noise_b)
 
-    def forward(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def raw_tokens(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The ensemble mean of the raw h_K, before discard and LayerNorm: [B, N, C] (massive-channel detection)."""
         b, e = noise.shape[0], noise.shape[1]
-        latent = self.encoder(image)  # encoded once, shared by the E ensemble members
+        if self.max_frames is None:
+            latent = self.encoder(image)  # encoded once, shared by the E ensemble members
+        else:  # video: every frame through the image VAE, [B, F, c, h, w]
+            latent = self.encoder(image.flatten(0, 1)).unflatten(0, (b, image.shape[1]))
         x_t = self.noise_a * latent[:, None] + self.noise_b * noise
-        h, w = x_t.shape[-2], x_t.shape[-1]
         tokens = self.backbone(x_t.flatten(0, 1))  # [B*E, N, C]
-        tokens = tokens.unflatten(0, (b, e)).mean(dim=1)  # ensemble mean of the raw h_K
-        feats = self.head(tokens)  # [B, N, C]
+        return tokens.unflatten(0, (b, e)).mean(dim=1)
+
+    def forward(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        h, w = noise.shape[-2], noise.shape[-1]
+        feats = self.head(self.raw_tokens(image, noise))  # [B, (F,) N, C]
         hp, wp = h // self.patch_size, w // self.patch_size
-        return feats.transpose(1, 2).reshape(b, feats.shape[-1], hp, wp)
+        return feats.transpose(-1, -2).reshape(*feats.shape[:-2], feats.shape[-1], hp, wp)

@@ -52,9 +52,9 @@ def resolve_source(model: str) -> ModelSource:
     config = read_transformer_config(path)
     family = registry.family_of_transformer(config.get("_class_name", "?"))
     if spec is None:
-        spec = registry.spec_for_family(family)
+        hidden = registry.adapter_for(family).hidden_size(config)
+        spec = registry.spec_for_family(family, hidden)
         if spec is not None and spec.hidden_size is not None:
-            hidden = registry.adapter_for(family).hidden_size(config)
             if hidden != spec.hidden_size:
                 spec = None  # defaults (above all the discard channels) belong to another size of model
     return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config)

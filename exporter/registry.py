@@ -99,9 +99,11 @@ def model_spec(name: str) -> ModelSpec | None:
     return models().get(name)
 
 
-def spec_for_family(family: str) -> ModelSpec | None:
-    """The first registered model of a family: where a local folder takes its defaults from."""
-    for spec in models().values():
-        if spec.family == family and spec.builtin is None:
+def spec_for_family(family: str, hidden_size: int | None = None) -> ModelSpec | None:
+    """The first registered model of a family (of that hidden size, when one matches): where a local folder
+    takes its defaults from. SD3.5-Large (2432) and SD3-Medium (1536) share a family, not their channels."""
+    candidates = [s for s in models().values() if s.family == family and s.builtin is None]
+    for spec in candidates:
+        if hidden_size is not None and spec.hidden_size == hidden_size:
             return spec
-    return None
+    return candidates[0] if candidates else None

@@ -247,3 +247,33 @@ def build_dit_tiny(path: str | Path, seed: int = 0, massive: tuple[int, ...] = D
         path, {"transformer": model, "vae": tiny_vae(seed + 100, **SD_VAE), "scheduler": scheduler},
         False, "DiTPipeline",
     )
+
+
+LATTE_TINY_MASSIVE = (6, 33)
+LATTE_TINY_TRANSFORMER = dict(
+    num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2, cross_attention_dim=64,
+    attention_bias=True, sample_size=8, patch_size=2, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+    norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=32, video_length=4,
+)  # Latte-1's block settings at toy width; 2 spatial + 2 temporal blocks, clips of up to 4 frames
+
+
+def build_latte_tiny(path: str | Path, seed: int = 0, with_text: bool = True,
+                     massive: tuple[int, ...] = LATTE_TINY_MASSIVE, **transformer_overrides) -> Path:
+    """Latte-architecture video pipeline: LatteTransformer3DModel, per-frame 4-channel SD VAE, DDIM (linear), T5."""
+    from diffusers import DDIMScheduler, LatteTransformer3DModel
+
+    cfg = {**LATTE_TINY_TRANSFORMER, **transformer_overrides}
+    torch.manual_seed(seed)
+    model = LatteTransformer3DModel(**cfg).eval()
+    _plant(model, model.pos_embed.proj.bias, massive, 300.0)
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
+    return save_pipeline_folder(
+        path, {"transformer": model, "vae": tiny_vae(seed + 100, **SD_VAE), "scheduler": scheduler},
+        with_text, "LattePipeline",
+        lambda folder: _tiny_t5(folder, "tokenizer", "text_encoder", seed + 200, cfg["caption_channels"]),
+    )
+
+
+# One tiny builder per registered family; tests/test_families.py checks that none is missing.
+TINY_BUILDERS = {"flux": build_flux_tiny, "sd3": build_sd3_tiny, "pixart": build_pixart_tiny, "dit": build_dit_tiny,
+                 "latte": build_latte_tiny}

@@ -45,3 +45,45 @@ def flux_tiny_export_double(tmp_path_factory, flux_tiny_dir) -> Path:
     out = tmp_path_factory.mktemp("exports") / "flux-tiny-l1"
     _export(str(flux_tiny_dir), out, layer=1, discard="7,41", ensemble=2, image_size=128, text_max_length=32)
     return out
+
+
+@pytest.fixture(scope="session")
+def family_tiny_dir(tmp_path_factory):
+    """`family_tiny_dir("sd3")` -> a tiny pipeline folder of that family (tiny.TINY_BUILDERS), built once per session."""
+    from ditf_export.tiny import TINY_BUILDERS
+
+    root = tmp_path_factory.mktemp("family-models")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = TINY_BUILDERS[family](root / f"{family}-tiny")
+        return built[family]
+
+    return get
+
+
+# -- precision exports (issue 4): one folder per precision, same model, layer and sizes as flux_tiny_export --
+
+EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+@pytest.fixture(scope="session")
+def flux_tiny_precision_export(tmp_path_factory, flux_tiny_dir):
+    """`flux_tiny_precision_export("fp16" | "bf16" | "int8")` -> that export folder, built once per session.
+
+    fp16 and int8 use examples/images for calibration / the range check; bf16 uses random inputs only.
+    """
+    root = tmp_path_factory.mktemp("precision-exports")
+    built: dict[str, Path] = {}
+
+    def get(precision: str) -> Path:
+        if precision not in built:
+            out = root / f"flux-tiny-l3-{precision}"
+            calib = EXAMPLE_IMAGES if precision in ("fp16", "int8") else None
+            _export(str(flux_tiny_dir), out, layer=3, discard="7,41", ensemble=2, image_size=128,
+                    text_max_length=32, precision=precision, calib_images=calib)
+            built[precision] = out
+        return built[precision]
+
+    return get

@@ -42,12 +42,15 @@ class FeatureParts:
     patch_size: int
     norm_eps: float = 1e-6
     notes: list[str] = field(default_factory=list)
+    # Video families: the backbone maps x_t [N, F, c, h, w] -> [N, F, tokens, C]; F is dynamic up to this.
+    max_frames: int | None = None
 
 
 class FamilyAdapter:
     family: ClassVar[str]
     transformer_class_name: ClassVar[str]
     noising: ClassVar[str] = "flow-matching"  # or "variance-preserving"
+    takes_frames: ClassVar[bool] = False  # video: image [B, F, 3, H, W] -> features [B, F, C, h, w]
     uses_text: ClassVar[bool] = True
 
     # -- numbering and truncation --------------------------------------------------------------

@@ -129,3 +129,34 @@ def pca_image(
     if path is not None:
         save_png(picture, path)
     return picture
+
+
+def draw_tracks(
+    frame: ImageSource,
+    tracks: Any,
+    *,
+    path: str | os.PathLike | None = None,
+    exif_transpose: bool = True,
+    radius: int | None = None,
+) -> Image.Image:
+    """Point tracks over one frame (usually the last): each point's path a coloured line.
+
+    `tracks` is [F, N, 2] pixel (x, y) per frame (`matching.track_points`); the start is a ring,
+    the last position a filled dot. Saved as PNG when `path` is given.
+    """
+    canvas = open_image(frame, exif_transpose=exif_transpose).copy()
+    tracks = np.asarray(tracks, dtype=np.float64)
+    if tracks.ndim != 3 or tracks.shape[2] != 2:
+        raise InputError(f"tracks must be [F, N, 2] pixel (x, y), got shape {tracks.shape}")
+    draw = ImageDraw.Draw(canvas)
+    radius = radius or max(3, round(max(canvas.size) / 200))
+    for color, path_xy in zip(palette(tracks.shape[1]), tracks.transpose(1, 0, 2)):
+        points = [(float(x), float(y)) for x, y in path_xy]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=max(1, radius // 2), joint="curve")
+        (sx, sy), (ex, ey) = points[0], points[-1]
+        draw.ellipse([sx - radius, sy - radius, sx + radius, sy + radius], outline=color, width=max(1, radius // 2))
+        draw.ellipse([ex - radius, ey - radius, ex + radius, ey + radius], fill=color, outline=(0, 0, 0))
+    if path is not None:
+        save_png(canvas, path)
+    return canvas

@@ -1,4 +1,4 @@
-"""`load(export_dir)` -> Extractor: images in, FeatureMaps out."""
+"""`load(export_dir)` -> Extractor: images (or, for video exports, clips of frames) in, FeatureMaps out."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from .manifest import (
     Manifest,
     ManifestError,
 )
-from .noise import DEFAULT_SEED, check_image_noise, default_noise
+from .noise import DEFAULT_SEED, check_clip_noise, check_image_noise, default_clip_noise, default_noise
 from .parity import ParityResult, Tolerance, compare
-from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, prepare
+from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, frame_files, prepare
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -79,7 +79,7 @@ class FeatureMap:
 
 
 class Extractor:
-    """A loaded export: `extract` for images, `run` for preprocessed arrays."""
+    """A loaded export: `extract` for images, `extract_video` for video exports, `run` for preprocessed arrays."""
 
     def __init__(
         self,
@@ -109,6 +109,26 @@ class Extractor:
     def geometry(self):
         return self.manifest.geometry
 
+    @property
+    def is_video(self) -> bool:
+        """A video export (manifest geometry.frame_axis set): clips in through `extract_video`."""
+        return self.geometry.frame_axis is not None
+
+    @property
+    def frame_range(self) -> tuple[int, int | None] | None:
+        """(min, max) frames per clip, from the manifest's tensorrt_profiles (max None if absent); None for images."""
+        if not self.is_video:
+            return None
+        axis, profiles = self.geometry.frame_axis, self.manifest.tensorrt_profiles or {}
+
+        def frames(key: str, default):
+            try:
+                return int(profiles[key][IMAGE_INPUT][axis])
+            except (KeyError, IndexError, TypeError, ValueError):
+                return default
+
+        return frames("min", 2), frames("max", None)
+
     def close(self) -> None:
         self.runner.deactivate()
 
@@ -123,36 +143,48 @@ class Extractor:
 
     # -- low level -----------------------------------------------------------------------------
     def run(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Features [B, C, H/fs, W/fs] for preprocessed image [B, 3, H, W] and noise [B, E, c, H/vs, W/vs]."""
+        """Features [B, C, H/fs, W/fs] for preprocessed image [B, 3, H, W] and noise [B, E, c, H/vs, W/vs].
+
+        Video exports: image [B, F, 3, H, W], noise [B, E, F, c, H/vs, W/vs] -> [B, F, C, H/fs, W/fs].
+        """
         geometry = self.geometry
-        for name, array, rank in ((IMAGE_INPUT, image, 4), (NOISE_INPUT, noise, 5)):
+        video = self.is_video
+        checks = (
+            (IMAGE_INPUT, image, 4 + video, "[B, F, 3, H, W] (video)" if video else "[B, 3, H, W]"),
+            (NOISE_INPUT, noise, 5 + video, "[B, E, F, c, H/8, W/8] (video)" if video else "[B, E, c, H/8, W/8]"),
+        )
+        for name, array, rank, layout in checks:
             if not isinstance(array, np.ndarray):
                 raise InputError(f"{name} must be a numpy array, got {type(array).__name__}")
             if array.dtype != np.float32:
                 raise InputError(f"{name} must be float32, got {array.dtype}")
             if array.ndim != rank:
-                raise InputError(f"{name} must have {rank} axes, got shape {array.shape}")
-        batch, channels, height, width = image.shape
+                raise InputError(f"{name} must have {rank} axes {layout}, got shape {array.shape}")
+        batch, channels, height, width = image.shape[0], image.shape[-3], image.shape[-2], image.shape[-1]
+        frames = image.shape[1:2] if video else ()  # () or (F,)
         if channels != 3:
-            raise InputError(f"image must be [B, 3, H, W] RGB, got {image.shape}")
+            raise InputError(f"image must be [B, {'F, ' if video else ''}3, H, W] RGB, got {image.shape}")
+        if video:
+            self._check_frames(frames[0])
         multiple = geometry.size_multiple
         if batch < 1 or height < multiple or width < multiple or height % multiple or width % multiple:
             raise InputError(
                 f"image height and width must be positive multiples of {multiple}, got {height}x{width} "
                 f"(use extract() to resize, or preprocess.model_size())"
             )
-        expected_noise = (batch, geometry.latent_channels, height // geometry.vae_stride, width // geometry.vae_stride)
+        vs = geometry.vae_stride
+        expected_noise = (batch, *frames, geometry.latent_channels, height // vs, width // vs)
         got_noise = (noise.shape[0],) + tuple(noise.shape[2:])
         if got_noise != expected_noise or noise.shape[1] < 1:
+            wanted = ", ".join(map(str, expected_noise[1:]))
             raise InputError(
-                f"noise has shape {noise.shape}; expected [B={batch}, E>=1, {expected_noise[1]}, {expected_noise[2]}, "
-                f"{expected_noise[3]}] for image {image.shape} (latent_channels={geometry.latent_channels}, "
-                f"vae_stride={geometry.vae_stride})"
+                f"noise has shape {noise.shape}; expected [B={batch}, E>=1, {wanted}] for image {image.shape} "
+                f"(latent_channels={geometry.latent_channels}, vae_stride={geometry.vae_stride})"
             )
         outputs = self.runner.infer({IMAGE_INPUT: image, NOISE_INPUT: noise})
         features = outputs.get(FEATURES_OUTPUT)
         stride = geometry.feature_stride
-        expected = (batch, geometry.feature_channels, height // stride, width // stride)
+        expected = (batch, *frames, geometry.feature_channels, height // stride, width // stride)
         if features is None or tuple(features.shape) != expected:
             got = None if features is None else features.shape
             raise BackendError(f"graph returned features {got}, the manifest promises {expected}: re-export the model")
@@ -160,9 +192,14 @@ class Extractor:
 
     # -- images --------------------------------------------------------------------------------
     def prepare(
-        self, source: ImageSource, size: int | None = None, exif_transpose: bool | None = None
+        self,
+        source: ImageSource,
+        size: int | None = None,
+        exif_transpose: bool | None = None,
+        *,
+        input_size: tuple[int, int] | None = None,
     ) -> PreparedImage:
-        """Read and preprocess one image (what `extract` feeds the graph)."""
+        """Read and preprocess one image (what `extract` feeds the graph); `input_size` forces the model (H, W)."""
         return prepare(
             source,
             self.manifest.preprocess,
@@ -170,6 +207,7 @@ class Extractor:
             long_side=size,
             exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
             max_pixels=self.max_pixels,
+            input_size=input_size,
         )
 
     def extract(
@@ -189,6 +227,11 @@ class Extractor:
         [B, E, c, H/8, W/8] for same-size images or a list of per-image [E, c, H/8, W/8].
         Images are run in groups of the same model size, `batch_size` at a time.
         """
+        if self.is_video:
+            raise InputError(
+                f"{self.manifest.model_name} is a video export ({self.manifest.family}: clips of "
+                f"{self._frames_text()} frames): use extract_video(frames)"
+            )
         sources = _as_list(images)
         if not sources:
             return []
@@ -208,6 +251,67 @@ class Extractor:
                     prepared[i].name,
                 )
         return results  # type: ignore[return-value]
+
+    # -- video ---------------------------------------------------------------------------------
+    def extract_video(
+        self,
+        frames: str | os.PathLike | Sequence[ImageSource],
+        size: int | None = None,
+        ensemble: int | None = None,
+        seed: int | None = None,
+        noise: np.ndarray | None = None,
+        *,
+        exif_transpose: bool | None = None,
+    ) -> list[FeatureMap]:
+        """Per-frame features of one clip (video exports only): a list of F FeatureMaps.
+
+        `frames` is a list of paths / PIL images / uint8 HxWx3 arrays, or a folder whose image files
+        (sorted by name) are the frames. Every frame is resized to the model size of the first one
+        (`size` overrides the manifest's long side); each map's `image_size` is its own frame's, so
+        `transfer_keypoints` / `matching.track_points` work on them as on images. F must lie in the
+        export's `frame_range`. Default noise is one [E, F, c, H/8, W/8] draw per clip from
+        default_rng([seed, crc32(all preprocessed frames)]) (seed 0 unless given); `noise=` gives
+        that array instead.
+        """
+        if not self.is_video:
+            raise InputError(
+                f"{self.manifest.model_name} is an image export ({self.manifest.family}): use extract(images); "
+                "extract_video needs a video export (manifest geometry.frame_axis)"
+            )
+        sources = frame_files(frames) if isinstance(frames, (str, os.PathLike)) else _as_list(frames)
+        self._check_frames(len(sources))
+        first = self.prepare(sources[0], size, exif_transpose)
+        prepared = [first] + [self.prepare(s, size, exif_transpose, input_size=first.input_size) for s in sources[1:]]
+        pixels = np.stack([p.pixels for p in prepared])  # [F, 3, H, W]
+        if noise is None:
+            ensemble = self.manifest.feature.ensemble if ensemble is None else int(ensemble)
+            if ensemble < 1:
+                raise InputError(f"ensemble must be >= 1, got {ensemble}")
+            noise = default_clip_noise(pixels, self.geometry, ensemble, DEFAULT_SEED if seed is None else int(seed))
+        else:
+            if seed is not None:
+                raise InputError("pass either noise= or seed=, not both (seed only draws default noise)")
+            noise = check_clip_noise(noise, self.geometry, len(prepared), first.input_size)
+            if ensemble is not None and noise.shape[0] != ensemble:
+                raise InputError(f"ensemble={ensemble} disagrees with the E of the given noise ({noise.shape[0]})")
+        features = self.run(pixels[None], noise[None])[0]  # [F, C, h, w]
+        stride = self.geometry.feature_stride
+        return [
+            FeatureMap(features[f : f + 1], p.image_size, p.input_size, stride, p.name)
+            for f, p in enumerate(prepared)
+        ]
+
+    def _frames_text(self) -> str:
+        low, high = self.frame_range
+        return f"{low}..{high}" if high is not None else f">= {low}"
+
+    def _check_frames(self, count: int) -> None:
+        low, high = self.frame_range
+        if count < low or (high is not None and count > high):
+            raise InputError(
+                f"got {count} frame(s); {self.manifest.model_name} takes clips of {self._frames_text()} frames "
+                "(manifest tensorrt_profiles min/max); pass a clip in that range, splitting longer videos"
+            )
 
     def _noise_for(self, prepared, ensemble, seed, noise) -> list[np.ndarray]:
         if noise is None:
@@ -270,7 +374,10 @@ class Extractor:
         if missing:
             raise ManifestError(f"{path} lacks tensors {sorted(missing)}")
         features = self.run(reference[IMAGE_INPUT], reference[NOISE_INPUT])
-        return compare(features, reference[FEATURES_OUTPUT], tolerance or self.manifest.precision)
+        expected = reference[FEATURES_OUTPUT]
+        if self.is_video:  # [B, F, C, h, w] -> [B*F, C, h, w]: parity is judged per frame map
+            features, expected = (a.reshape(-1, *a.shape[-3:]) for a in (features, expected))
+        return compare(features, expected, tolerance or self.manifest.precision)
 
 
 def _as_list(images) -> list:

@@ -235,6 +235,47 @@ def transfer_keypoints(
     return (xy, scores) if return_scores else xy
 
 
+def track_points(
+    frame_maps: Any,
+    xy: Any,
+    sizes: Any = None,
+    *,
+    chunk_rows: int | None = None,
+    return_scores: bool = False,
+):
+    """Follow pixels of frame 0 through a clip's frames (e.g. `Extractor.extract_video`'s FeatureMaps).
+
+    Every frame is matched to frame 0 directly with `transfer_keypoints`' semantics (the query
+    vectors are always frame 0's), not chained frame to frame: errors do not accumulate and a point
+    lost for a few frames (occlusion) is found again; appearance that drifts far from frame 0 over
+    a long clip is not followed. `xy` is [N, 2] integer pixel (x, y) in frame 0; `sizes` the
+    frames' (height, width), taken from FeatureMaps when omitted. Returns [F, N, 2] int64 pixel
+    (x, y) per frame (frame 0 is `xy` itself) and, with `return_scores`, [F, N] cosines (1 at frame 0).
+    """
+    maps = list(frame_maps)
+    if not maps:
+        raise InputError("track_points needs at least one frame")
+    sizes = [None] * len(maps) if sizes is None else list(sizes)
+    if len(sizes) != len(maps):
+        raise InputError(f"{len(sizes)} sizes for {len(maps)} frames")
+    if any(size is None and getattr(fm, "image_size", None) is None for size, fm in zip(sizes, maps)):
+        raise InputError("sizes=[(height, width), ...] per frame is required for plain arrays")
+    sizes = [_image_size(size, fm, "frame") for size, fm in zip(sizes, maps)]
+    first = _as_chw(maps[0], "frame 0")
+    start = _pixel_coordinates(xy, sizes[0])
+    vectors = sample_vectors(first, sizes[0], start)
+    tracks = np.empty((len(maps), len(start), 2), dtype=np.int64)
+    scores = np.ones((len(maps), len(start)))
+    tracks[0] = start
+    for k in range(1, len(maps)):
+        chw = _as_chw(maps[k], f"frame {k}")
+        if chw.shape[0] != first.shape[0]:
+            raise InputError(f"frame {k} has {chw.shape[0]} channels, frame 0 {first.shape[0]}")
+        if len(start):
+            tracks[k], scores[k] = UpsampledTarget(chw, sizes[k]).best_matches(vectors, chunk_rows)
+    return (tracks, scores) if return_scores else tracks
+
+
 def mutual_nn_matches(
     features_a: Any, features_b: Any, *, chunk: int = 2048
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

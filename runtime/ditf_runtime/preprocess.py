@@ -30,6 +30,9 @@ ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 # Pillow's own warning threshold (Image.MAX_IMAGE_PIXELS, ~89.5 Mpx): a 9459x9459 image.
 DEFAULT_MAX_PIXELS = 89_478_485
 
+# What counts as an image file in a folder (a video's frames; `ditf extract` keeps its own list).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+
 # Transparent pixels are composited onto white: what a viewer shows on a white page. Dropping
 # alpha instead would expose whatever colour an editor left under fully transparent pixels.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -188,8 +191,13 @@ def prepare(
     long_side: int | None = None,
     exif_transpose: bool | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    input_size: tuple[int, int] | None = None,
 ) -> PreparedImage:
-    """Read and preprocess one image the way the manifest says."""
+    """Read and preprocess one image the way the manifest says.
+
+    `input_size` (H, W) forces the model size instead of the long-side rule: a video's frames all
+    take their first frame's size.
+    """
     if exif_transpose is None:
         exif_transpose = spec.exif_transpose
     long_side = spec.long_side if long_side is None else int(long_side)
@@ -197,5 +205,17 @@ def prepare(
         raise InputError(f"size {long_side} is smaller than the model's size multiple {geometry.size_multiple}")
     image = open_image(source, exif_transpose=exif_transpose, max_pixels=max_pixels)
     width, height = image.size
-    size = model_size(height, width, long_side, geometry.size_multiple)
+    size = model_size(height, width, long_side, geometry.size_multiple) if input_size is None else input_size
     return PreparedImage(to_model_array(image, size, spec), (height, width), describe(source))
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """A video's frames: the image files directly in `folder`, sorted by name (zero-pad the numbers)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder of frames")
+    frames = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda p: p.name)
+    if not frames:
+        raise InputError(f"{folder}: no frame images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return frames

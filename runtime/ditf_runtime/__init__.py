@@ -15,7 +15,7 @@ from .errors import DitfError
 from .evaluate import evaluate
 from .extractor import Extractor, FeatureMap, load
 from .manifest import ManifestError
-from .matching import mutual_nn_matches, transfer_keypoints
+from .matching import mutual_nn_matches, track_points, transfer_keypoints
 
 __all__ = [
     "load",
@@ -23,6 +23,7 @@ __all__ = [
     "FeatureMap",
     "transfer_keypoints",
     "mutual_nn_matches",
+    "track_points",
     "evaluate",
     "draw_matches",
     "pca_image",

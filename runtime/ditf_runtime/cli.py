@@ -1,4 +1,5 @@
-"""`ditf`: what runs where the engine runs -- extract, match, eval-spair, show, build-engine.
+"""`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, show, build-engine,
+triton-repo, serve.
 
 Every user-caused failure is a DitfError or ManifestError; `_friendly` turns them (and OS
 errors) into click's one-line "Error: ..." with exit code 1, never a traceback.
@@ -143,6 +144,22 @@ def _check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) ->
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
+def _extract_settings(manifest: Manifest, size, ensemble, seed, no_exif: bool, fmt: str) -> dict[str, Any]:
+    """What an output folder's features depend on (its ditf-extract.json); shared with --ray."""
+    return {
+        "model_name": manifest.model_name,
+        "model_sha256": manifest.files.get(MODEL_FILE, {}).get("sha256"),
+        "precision": manifest.precision,
+        "layer": manifest.feature.layer,
+        "timestep": manifest.feature.timestep,
+        "size": size or manifest.preprocess.long_side,
+        "ensemble": ensemble or manifest.feature.ensemble,
+        "seed": seed,
+        "exif_transpose": not no_exif,
+        "format": fmt,
+    }
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_model_options
@@ -160,6 +177,11 @@ def _check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) ->
 )
 @click.option("--no-exif", is_flag=True, help="Do not apply EXIF orientation.")
 @click.option("--overwrite", is_flag=True, help="Recompute outputs that already exist.")
+@click.option("--ray", "use_ray", is_flag=True, help="Fan out over Ray Data actors (local Ray, or --ray-address).")
+@click.option("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors (each loads the model once)."
+)
 @_friendly
 def extract(
     inputs,
@@ -176,11 +198,15 @@ def extract(
     batch_size,
     no_exif,
     overwrite,
+    use_ray,
+    ray_address,
+    workers,
 ) -> None:
     """Extract features of INPUTS (images and/or folders of images) into OUT.
 
     Resumable: existing outputs are skipped (writes are atomic, so an existing file is complete).
-    Unreadable images are reported at the end and make the exit code 1.
+    Unreadable images are reported at the end and make the exit code 1. With --ray, Ray actors
+    extract and write the same files (ditf_runtime.ray_extract).
     """
     from tqdm import tqdm
 
@@ -190,26 +216,19 @@ def extract(
     if not jobs:
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
     manifest = Manifest.load(model_dir)
-    settings = {
-        "model_name": manifest.model_name,
-        "model_sha256": manifest.files.get(MODEL_FILE, {}).get("sha256"),
-        "precision": manifest.precision,
-        "layer": manifest.feature.layer,
-        "timestep": manifest.feature.timestep,
-        "size": size or manifest.preprocess.long_side,
-        "ensemble": ensemble or manifest.feature.ensemble,
-        "seed": seed,
-        "exif_transpose": not no_exif,
-        "format": fmt,
-    }
+    settings = _extract_settings(manifest, size, ensemble, seed, no_exif, fmt)
     pending = jobs if overwrite else [j for j in jobs if not j.output.is_file()]
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_record(out_dir, settings, overwrite)
     click.echo(f"{len(jobs)} image(s), {len(jobs) - len(pending)} already done, {len(pending)} to extract", err=True)
     if not pending:
         return
-    extractor = _load(model_dir, backend, device, threads, no_verify, exif_transpose=not no_exif, batch_size=batch_size)
     extra = {k: settings[k] for k in ("model_name", "precision", "layer", "timestep", "ensemble", "seed")}
+    if use_ray:
+        _extract_with_ray(pending, model_dir, fmt, extra, size, ensemble, seed, no_exif, backend, device, threads,
+                          no_verify, workers, batch_size, ray_address, overwrite)  # fmt: skip
+        return
+    extractor = _load(model_dir, backend, device, threads, no_verify, exif_transpose=not no_exif, batch_size=batch_size)
     failures: list[str] = []
     with extractor, tqdm(total=len(pending), unit="img", desc="extract", file=sys.stderr) as bar:
         for start in range(0, len(pending), batch_size):
@@ -230,6 +249,28 @@ def extract(
     if failures:
         for message in failures:
             click.echo(f"skipped: {message}", err=True)
+        raise click.ClickException(f"{len(failures)} of {len(pending)} image(s) could not be read")
+
+
+def _extract_with_ray(pending, model_dir, fmt, extra, size, ensemble, seed, no_exif, backend, device, threads,
+                      no_verify, workers, batch_size, ray_address, overwrite) -> None:  # fmt: skip
+    from tqdm import tqdm
+
+    from .ray_extract import FAILED, run_jobs
+
+    with tqdm(total=len(pending), unit="img", desc="extract (ray)", file=sys.stderr) as bar:
+
+        def progress(output: str, status: str, message: str) -> None:
+            if status == FAILED:
+                bar.write(f"skipped: {message}", file=sys.stderr)
+            bar.update(1)
+
+        _, failures = run_jobs(
+            pending, model_dir, fmt=fmt, extra=extra, size=size, ensemble=ensemble, seed=seed,
+            exif_transpose=not no_exif, backend=backend, device=device, threads=threads, verify=not no_verify,
+            workers=workers, batch_size=batch_size, address=ray_address, overwrite=overwrite, progress=progress,
+        )  # fmt: skip
+    if failures:
         raise click.ClickException(f"{len(failures)} of {len(pending)} image(s) could not be read")
 
 
@@ -334,6 +375,54 @@ def match(
         click.echo(text, nl=False)
     if picture is not None:
         draw_matches(source, target, src_points, trg_points, path=picture, exif_transpose=not no_exif)
+        click.echo(f"wrote {picture}", err=True)
+
+
+# -- track (video exports) --------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("frames_dir", type=click.Path(file_okay=False, path_type=Path))
+@_model_options
+@click.option("--points", required=True, help="Frame-0 pixels 'x,y x,y ...' to follow.")
+@click.option(
+    "--out", "-o", "picture", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Draw the tracks over the last frame (PNG).",
+)  # fmt: skip
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write the tracks as JSON here instead of stdout.",
+)  # fmt: skip
+@click.option("--no-exif", is_flag=True, help="Do not apply EXIF orientation.")
+@_friendly
+def track(
+    frames_dir, model_dir, backend, device, threads, size, ensemble, seed, no_verify, points, picture, json_path,
+    no_exif,
+) -> None:  # fmt: skip
+    """Track --points of the first frame through FRAMES_DIR (frame images sorted by name; a video export)."""
+    from .draw import draw_tracks
+    from .matching import track_points
+    from .preprocess import frame_files
+
+    start = _parse_points(points, None)
+    frames = frame_files(frames_dir)
+    with _load(model_dir, backend, device, threads, no_verify, exif_transpose=not no_exif) as extractor:
+        maps = extractor.extract_video(frames, size, ensemble, seed)
+    tracks, scores = track_points(maps, start, return_scores=True)
+    report = {
+        "frames": [str(f) for f in frames],
+        "tracks": [
+            {"points": tracks[:, n].tolist(), "cosine": [round(float(c), 6) for c in scores[:, n]]}
+            for n in range(tracks.shape[1])
+        ],
+    }
+    text = json.dumps(report, indent=2) + "\n"
+    if json_path is not None:
+        write_text_atomic(json_path, text)
+    else:
+        click.echo(text, nl=False)
+    if picture is not None:
+        draw_tracks(frames[-1], tracks, path=picture, exif_transpose=not no_exif)
         click.echo(f"wrote {picture}", err=True)
 
 
@@ -504,6 +593,86 @@ def build_engine(export_dir, min_shapes, opt_shapes, max_shapes, ensemble, works
         log=lambda line: click.echo(line, err=True),
     )
     click.echo(str(folder))
+
+
+# -- serving: triton-repo, serve -------------------------------------------------------------
+
+
+@main.command("triton-repo")
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Graph model name (default: the manifest's model name).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="tensorrt: serve an engine from EXPORT_DIR/engines/ (platform tensorrt_plan).",
+)
+@click.option("--engine", default=None, help="Engine folder under EXPORT_DIR/engines/ (when there are several).")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Triton max_batch_size (default 8, capped by a TensorRT engine's profiles; 0 disables batching).",
+)
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None, help="Default: cpu, gpu for tensorrt.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Graph model instances.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads per instance.")
+@click.option(
+    "--pipeline",
+    type=click.Choice(["bls", "local", "none"]),
+    default="bls",
+    show_default=True,
+    help="Python-backend extract/match models: bls calls the graph model, local runs ditf_runtime in-process.",
+)
+@click.option("--force", is_flag=True, help="Replace REPO_DIR if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
+@_friendly
+def triton_repo(
+    export_dir, repo_dir, name, backend, engine, max_batch_size, max_queue_delay_us, instance_kind, instances, threads,
+    pipeline, force, no_verify,
+) -> None:  # fmt: skip
+    """Write a Triton model repository for EXPORT_DIR into REPO_DIR (atomically)."""
+    from .serving.triton_repo import write_model_repository
+
+    folder = write_model_repository(
+        export_dir, repo_dir, name=name, backend=backend, engine=engine, max_batch_size=max_batch_size,
+        queue_delay_us=max_queue_delay_us, instance_kind=instance_kind, instance_count=instances, threads=threads,
+        pipeline=None if pipeline == "none" else pipeline, overwrite=force, verify=not no_verify,
+    )  # fmt: skip
+    click.echo(str(folder))
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Prometheus metrics (default off).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
+@_friendly
+def serve(
+    export_dir, host, http_port, grpc_port, metrics_port, backend, device, threads, max_batch_size,
+    max_queue_delay_us, no_verify,
+) -> None:  # fmt: skip
+    """Serve `extract` and `match` for EXPORT_DIR over Triton's HTTP/gRPC (PyTriton) until Ctrl-C."""
+    from .serving.server import FeatureServer
+
+    server = FeatureServer(
+        export_dir, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, backend=backend,
+        device=device, threads=threads, max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us,
+        verify=not no_verify,
+    )  # fmt: skip
+    server.start()
+    click.echo(f"serving extract, match on {server.http_url} and {server.grpc_url} (Ctrl-C stops)", err=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":  # pragma: no cover

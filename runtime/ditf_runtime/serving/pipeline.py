@@ -1,0 +1,305 @@
+"""Server-side request handling, shared by `ditf serve` (PyTriton) and the Triton python-backend
+model that `ditf triton-repo` writes: requests in, per-request responses or errors out.
+
+Each request is checked on its own (a malformed one gets its own error), then the rows of all
+valid requests are grouped by (model input size, E) and run `max_batch_size` at a time through
+`run(image, noise) -> features`: `Extractor.run` in-process, or a BLS call to the graph model
+inside Triton. Preprocessing and default noise are the runtime's own (preprocess.prepare,
+noise.default_noise), so a served image gets exactly the arrays local extraction feeds the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BackendError, DitfError, InputError
+from ..extractor import FeatureMap
+from ..manifest import Manifest
+from ..matching import cell_centers, mutual_nn_matches, transfer_keypoints
+from ..noise import DEFAULT_SEED, check_image_noise, default_noise
+from ..preprocess import DEFAULT_MAX_PIXELS, prepare
+from .protocol import DEFAULT_MAX_MATCHES, ERROR_OUTPUT, EXTRACT_MODEL, MATCH_MODEL
+
+Feed = Mapping[str, np.ndarray]
+
+# Requests are untrusted: bound what one of them may make the server allocate.
+MAX_ENSEMBLE = 64
+MAX_LONG_SIDE = 4096
+
+
+@dataclass
+class _Row:
+    request: int
+    pixels: np.ndarray  # float32 [3, H, W]
+    noise: np.ndarray  # float32 [E, c, H/vs, W/vs]
+    image_size: tuple[int, int]
+    features: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.pixels.shape[1:], self.noise.shape[0])
+
+
+class FeaturePipeline:
+    """`handle(task, requests)` -> one response dict or one DitfError per request."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        run: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int = 8,
+        fixed_ensemble: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if max_batch_size < 1:
+            raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.manifest = manifest
+        self.geometry = manifest.geometry
+        self.run = run
+        self.max_batch_size = int(max_batch_size)
+        # A TensorRT engine is built for one E (its profiles): the server then serves only that E.
+        self.fixed_ensemble = fixed_ensemble
+        self.default_ensemble = fixed_ensemble or manifest.feature.ensemble
+        self.max_pixels = max_pixels
+
+    def handle(self, task: str, requests: Sequence[Feed]) -> list:
+        if task == EXTRACT_MODEL:
+            return self.extract(requests)
+        if task == MATCH_MODEL:
+            return self.match(requests)
+        raise InputError(f"unknown task {task!r}")
+
+    # -- extract ---------------------------------------------------------------------------------
+    def extract(self, requests: Sequence[Feed]) -> list:
+        results: list = [None] * len(requests)
+        rows: dict[int, list[_Row]] = {}
+        for index, feed in enumerate(requests):
+            try:
+                rows[index] = self._extract_rows(index, feed)
+            except DitfError as exc:
+                results[index] = exc
+        self._run_rows([row for group in rows.values() for row in group], results)
+        for index, group in rows.items():
+            if results[index] is None:
+                results[index] = {
+                    "features": np.stack([row.features for row in group]),
+                    "image_size": np.asarray([row.image_size for row in group], dtype=np.int64),
+                    "input_size": np.asarray([row.pixels.shape[1:] for row in group], dtype=np.int64),
+                    ERROR_OUTPUT: _error_column(len(group)),
+                }
+        return results
+
+    def _extract_rows(self, index: int, feed: Feed) -> list[_Row]:
+        has_image, has_pixels = feed.get("image") is not None, feed.get("pixels") is not None
+        if has_image == has_pixels:
+            raise InputError("send exactly one of 'image' (uint8 [B, H, W, 3]) or 'pixels' (float32 [B, 3, H, W])")
+        batch = _batch_size(feed)
+        seeds, ensembles, sizes = (_option(feed, name, batch) for name in ("seed", "ensemble", "size"))
+        if has_image:
+            images = _array(feed, "image", np.uint8, 4)
+            prepared = [self._prepare(images[i], sizes[i]) for i in range(batch)]
+        else:
+            if any(size is not None for size in sizes):
+                raise InputError("'size' resizes an 'image'; 'pixels' are already the model input")
+            pixels = _array(feed, "pixels", np.float32, 4)
+            prepared = [(self._check_pixels(pixels[i]), tuple(pixels.shape[2:])) for i in range(batch)]
+        noise = feed.get("noise")
+        if noise is not None:
+            noise = _array(feed, "noise", np.float32, 5)
+        return [
+            _Row(index, pixels, self._noise(pixels, noise, i, seeds[i], ensembles[i]), image_size)
+            for i, (pixels, image_size) in enumerate(prepared)
+        ]
+
+    def _prepare(self, image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+        if size is not None and not self.geometry.size_multiple <= size <= MAX_LONG_SIDE:
+            raise InputError(f"size {size} must be between {self.geometry.size_multiple} and {MAX_LONG_SIDE}")
+        item = prepare(
+            image,
+            self.manifest.preprocess,
+            self.geometry,
+            long_side=size,
+            exif_transpose=False,  # arrays carry no EXIF; clients apply it when they read files
+            max_pixels=self.max_pixels,
+        )
+        return item.pixels, item.image_size
+
+    def _check_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        multiple = self.geometry.size_multiple
+        _, height, width = pixels.shape
+        if pixels.shape[0] != 3:
+            raise InputError(f"pixels must be [B, 3, H, W] RGB, got a row of shape {pixels.shape}")
+        if height < multiple or width < multiple or height % multiple or width % multiple:
+            raise InputError(
+                f"pixels are {height}x{width}: height and width must be positive multiples of {multiple} "
+                "(send the uint8 'image' instead to have the server resize it)"
+            )
+        if max(height, width) > MAX_LONG_SIDE:
+            raise InputError(f"pixels are {height}x{width}: the long side must be <= {MAX_LONG_SIDE}")
+        if not np.isfinite(pixels).all():
+            raise InputError("pixels hold NaN or infinite values")
+        return np.ascontiguousarray(pixels)
+
+    def _noise(self, pixels, noise, row, seed, ensemble) -> np.ndarray:
+        input_size = (pixels.shape[1], pixels.shape[2])
+        if noise is not None:
+            if seed is not None:
+                raise InputError("send either 'noise' or 'seed', not both (seed only draws the default noise)")
+            checked = check_image_noise(noise[row], self.geometry, input_size, f"row {row}")
+            if ensemble is not None and checked.shape[0] != ensemble:
+                raise InputError(f"ensemble={ensemble} disagrees with the E={checked.shape[0]} of the given noise")
+            self._check_ensemble(checked.shape[0])
+            return np.ascontiguousarray(checked)
+        ensemble = self.default_ensemble if ensemble is None else ensemble
+        self._check_ensemble(ensemble)
+        return default_noise(pixels, self.geometry, ensemble, DEFAULT_SEED if seed is None else seed)
+
+    def _check_ensemble(self, ensemble: int) -> None:
+        if not 1 <= ensemble <= MAX_ENSEMBLE:
+            raise InputError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
+        if self.fixed_ensemble is not None and ensemble != self.fixed_ensemble:
+            raise InputError(f"this server's engine was built for ensemble E={self.fixed_ensemble}, got E={ensemble}")
+
+    # -- match -----------------------------------------------------------------------------------
+    def match(self, requests: Sequence[Feed]) -> list:
+        results: list = [None] * len(requests)
+        pairs: dict[int, tuple[_Row, _Row, np.ndarray | None, int]] = {}
+        for index, feed in enumerate(requests):
+            try:
+                pairs[index] = self._match_rows(index, feed)
+            except DitfError as exc:
+                results[index] = exc
+        self._run_rows([row for pair in pairs.values() for row in pair[:2]], results)
+        stride = self.geometry.feature_stride
+        for index, (src_row, trg_row, points, max_matches) in pairs.items():
+            if results[index] is not None:
+                continue
+            src, trg = (
+                FeatureMap(row.features, row.image_size, row.pixels.shape[1:], stride) for row in (src_row, trg_row)
+            )
+            try:
+                if points is None:
+                    cells, _, _ = mutual_nn_matches(src, trg)
+                    points = cell_centers(cells[:max_matches], src.grid_size, src.image_size)
+                target, scores = transfer_keypoints(src, trg, points, return_scores=True)
+            except DitfError as exc:
+                results[index] = exc
+                continue
+            results[index] = {
+                "source_points": np.asarray(points, dtype=np.int64).reshape(1, -1, 2),
+                "target_points": np.asarray(target, dtype=np.int64).reshape(1, -1, 2),
+                "scores": np.asarray(scores, dtype=np.float32).reshape(1, -1),
+                ERROR_OUTPUT: _error_column(1),
+            }
+        return results
+
+    def _match_rows(self, index: int, feed: Feed):
+        for name in ("source", "target"):
+            if feed.get(name) is None:
+                raise InputError(f"a match request needs 'source' and 'target' (uint8 [1, H, W, 3]); {name!r} is missing")
+        batch = _batch_size(feed)
+        if batch != 1:
+            raise InputError(f"send one pair per match request (batch 1), got {batch}; the server batches requests")
+        seed, ensemble, size = (_option(feed, name, 1)[0] for name in ("seed", "ensemble", "size"))
+        max_matches = _option(feed, "max_matches", 1)[0]
+        max_matches = DEFAULT_MAX_MATCHES if max_matches is None else max_matches
+        if max_matches < 1:
+            raise InputError(f"max_matches must be >= 1, got {max_matches}")
+        points = feed.get("points")
+        if points is not None:
+            points = _array(feed, "points", np.int64, 3)[0]
+        rows = []
+        for name in ("source", "target"):
+            pixels, image_size = self._prepare(_array(feed, name, np.uint8, 4)[0], size)
+            rows.append(_Row(index, pixels, self._noise(pixels, None, 0, seed, ensemble), image_size))
+        return rows[0], rows[1], points, max_matches
+
+    # -- failures inside a batch --------------------------------------------------------------
+    def failure_response(self, task: str, feed: Feed, error: Exception) -> dict[str, np.ndarray]:
+        """Placeholder outputs carrying `error`, for a host that can only fail whole batches (PyTriton).
+
+        One cell of NaN features / (-1, -1) points rather than empty arrays, which PyTriton
+        cannot serialise; a client that ignores `error` still cannot mistake them for results.
+        """
+        try:
+            batch = _batch_size(feed)
+        except DitfError:
+            batch = 1
+        message = f"{type(error).__name__}: {error}"
+        if task == MATCH_MODEL:
+            outputs = {
+                "source_points": np.full((1, 1, 2), -1, dtype=np.int64),
+                "target_points": np.full((1, 1, 2), -1, dtype=np.int64),
+                "scores": np.full((1, 1), np.nan, dtype=np.float32),
+            }
+            batch = 1
+        else:
+            outputs = {
+                "features": np.full((batch, self.geometry.feature_channels, 1, 1), np.nan, dtype=np.float32),
+                "image_size": np.zeros((batch, 2), dtype=np.int64),
+                "input_size": np.zeros((batch, 2), dtype=np.int64),
+            }
+        outputs[ERROR_OUTPUT] = _error_column(batch, message)
+        return outputs
+
+    # -- running ---------------------------------------------------------------------------------
+    def _run_rows(self, rows: list[_Row], results: list) -> None:
+        """Fill row.features, same-shape rows max_batch_size at a time; a failed run fails its requests."""
+        groups: dict[tuple, list[_Row]] = {}
+        for row in rows:
+            groups.setdefault(row.key, []).append(row)
+        for group in groups.values():
+            for start in range(0, len(group), self.max_batch_size):
+                chunk = group[start : start + self.max_batch_size]
+                try:
+                    features = self.run(np.stack([r.pixels for r in chunk]), np.stack([r.noise for r in chunk]))
+                except DitfError as exc:
+                    error: DitfError | None = exc
+                except Exception as exc:  # noqa: BLE001 - report, don't take the server down
+                    error = BackendError(f"the graph failed: {type(exc).__name__}: {exc}")
+                else:
+                    error = None
+                    for i, row in enumerate(chunk):
+                        row.features = np.asarray(features[i], dtype=np.float32)
+                if error is not None:
+                    for row in chunk:
+                        results[row.request] = results[row.request] or error
+
+
+def _error_column(batch: int, message: str = "") -> np.ndarray:
+    return np.full((batch, 1), message.encode(), dtype=object)
+
+
+def _batch_size(feed: Feed) -> int:
+    sizes = {name: int(np.shape(array)[0]) for name, array in feed.items() if array is not None and np.ndim(array)}
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"inputs disagree on the batch size: {sizes}")
+    batch = next(iter(sizes.values()), 0)
+    if batch < 1:
+        raise InputError("empty batch: the request holds 0 rows")
+    return batch
+
+
+def _array(feed: Feed, name: str, dtype, ndim: int) -> np.ndarray:
+    array = feed[name]
+    if not isinstance(array, np.ndarray) or array.dtype != np.dtype(dtype):
+        got = getattr(array, "dtype", type(array).__name__)
+        raise InputError(f"{name!r} must be {np.dtype(dtype).name}, got {got}")
+    if array.ndim != ndim:
+        raise InputError(f"{name!r} must have {ndim} axes (batch first), got shape {array.shape}")
+    return array
+
+
+def _option(feed: Feed, name: str, batch: int) -> list[int | None]:
+    """A per-row int64 [B, 1] option as a list of ints (None when absent)."""
+    array = feed.get(name)
+    if array is None:
+        return [None] * batch
+    array = _array(feed, name, np.int64, 2)
+    if array.shape != (batch, 1):
+        raise InputError(f"{name!r} must be int64 [B={batch}, 1], got shape {array.shape}")
+    return [int(v) for v in array[:, 0]]

@@ -1,0 +1,233 @@
+"""`ditf serve EXPORT_DIR`: the `extract` and `match` models on a real Triton server (PyTriton).
+
+nvidia-pytriton bundles a Triton Inference Server (python backend only) that also runs on a
+CPU-only machine. Triton handles HTTP/gRPC, dynamic batching and the request queue; each batch
+reaches this process's FeaturePipeline (pipeline.py), which runs the loaded Extractor.
+
+One trap, fixed here: Triton's python-backend stub links a libpython by soname. With a Python
+that is not the system's (pyenv, a source build) the loader finds the SYSTEM libpython of the
+same minor version, the stub runs two different CPython builds at once and the model fails to
+load ('_thread.RLock' object has no attribute '_recursion_count'), or finds none at all.
+`use_own_libpython` puts this interpreter's own LIBDIR first on LD_LIBRARY_PATH before Triton
+starts (PyTriton copies os.environ into the server's environment), so the stub always loads
+the running Python's library.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+
+from ..errors import BackendError, DitfError
+from ..manifest import Manifest
+from .pipeline import FeaturePipeline
+from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_QUEUE_DELAY_US = 2000
+
+PYTRITON_MISSING = (
+    "nvidia-pytriton is not installed: `pip install 'ditf-runtime[serve]'` (it bundles the Triton server; "
+    "Linux x86_64/aarch64, glibc >= 2.35)"
+)
+
+
+def own_libpython() -> Path | None:
+    """This interpreter's shared libpython (LIBDIR/INSTSONAME), or None for a static build."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if not libdir or not soname or not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    path = Path(libdir) / soname
+    return path if path.is_file() else None
+
+
+def python_backend_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) with this Python's LIBDIR first on LD_LIBRARY_PATH.
+
+    Raises BackendError when this Python has no shared libpython: the stub would then load
+    whatever libpython the system has, a different build.
+    """
+    env = dict(os.environ if env is None else env)
+    library = own_libpython()
+    if library is None:
+        raise BackendError(
+            f"this Python ({sys.executable}) has no shared libpython, which Triton's python backend loads; "
+            "use a Python built with --enable-shared (the system python3, or pyenv with "
+            "PYTHON_CONFIGURE_OPTS=--enable-shared)"
+        )
+    libdir = str(library.parent)
+    rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *rest])
+    return env
+
+
+def use_own_libpython() -> None:
+    """Set LD_LIBRARY_PATH in this process so a Triton started from it loads our libpython."""
+    os.environ["LD_LIBRARY_PATH"] = python_backend_env()["LD_LIBRARY_PATH"]
+
+
+def _import_pytriton():
+    try:
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as exc:
+        raise BackendError(PYTRITON_MISSING) from exc
+    return Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor
+
+
+def _infer_function(pipeline: FeaturePipeline, task: str):
+    """A PyTriton infer callable (a list of requests in, a list of responses out)."""
+
+    def infer(requests):
+        feeds = [dict(request.items()) for request in requests]
+        results = pipeline.handle(task, feeds)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed and len(failed) == len(results):
+            raise failed[0]  # a proper Triton error (a malformed request nearly always travels alone)
+        # PyTriton can fail only a whole batch: keep the good requests' results and hand each
+        # failed one its reason in the `error` output (protocol.py).
+        return [
+            pipeline.failure_response(task, feed, result) if isinstance(result, Exception) else result
+            for feed, result in zip(feeds, results)
+        ]
+
+    return infer
+
+
+class FeatureServer:
+    """Triton with `extract` and `match` for one export; `start()`, then `serve_forever()` or `stop()`."""
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = DEFAULT_HTTP_PORT,
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        metrics_port: int | None = None,
+        backend: str = "auto",
+        device: str | None = None,
+        threads: int | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+        verify: bool = True,
+        log_verbose: int = 0,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.host = host
+        self.http_port = int(http_port)
+        self.grpc_port = int(grpc_port)
+        self.metrics_port = metrics_port
+        self.load_options = {"backend": backend, "device": device, "threads": threads, "verify": verify}
+        self.max_batch_size = int(max_batch_size)
+        self.queue_delay_us = int(queue_delay_us)
+        self.log_verbose = int(log_verbose)
+        self.extractor = None
+        self.triton = None
+        self._workspace: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+    def start(self) -> FeatureServer:
+        from ..extractor import load
+
+        Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor = _import_pytriton()
+        use_own_libpython()
+        manifest = Manifest.load(self.export_dir)
+        self.extractor = load(self.export_dir, **self.load_options)
+        fixed_ensemble = None
+        if self.extractor.backend == "tensorrt":  # the engine's profiles fix E
+            from ..backends.trt import read_engine_record
+
+            fixed_ensemble = read_engine_record(self.extractor.runner.engine_loader.folder).get("ensemble")
+        pipeline = FeaturePipeline(
+            manifest, self.extractor.run, max_batch_size=self.max_batch_size, fixed_ensemble=fixed_ensemble
+        )
+        config = TritonConfig(
+            http_address=self.host,
+            http_port=self.http_port,
+            grpc_address=self.host,
+            grpc_port=self.grpc_port,
+            allow_metrics=self.metrics_port is not None,
+            metrics_port=self.metrics_port,
+            log_verbose=self.log_verbose,
+            exit_timeout_secs=5,
+        )
+        # Our own workspace (sockets, model store), removed with the server.
+        self._workspace = tempfile.TemporaryDirectory(prefix="ditf-serve-")
+        try:
+            self.triton = Triton(config=config, workspace=Path(self._workspace.name) / "pytriton")
+            batching = ModelConfig(
+                batching=True,
+                max_batch_size=self.max_batch_size,
+                batcher=DynamicBatcher(max_queue_delay_microseconds=self.queue_delay_us),
+            )
+            for task in (EXTRACT_MODEL, MATCH_MODEL):
+                inputs, outputs = ports(task, manifest.geometry)
+                self.triton.bind(
+                    model_name=task,
+                    infer_func=_infer_function(pipeline, task),
+                    inputs=[_pytriton_tensor(Tensor, p) for p in inputs],
+                    outputs=[_pytriton_tensor(Tensor, p) for p in outputs],
+                    config=batching,
+                    strict=False,
+                )
+            self.triton.run()
+        except DitfError:
+            self.stop()
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyTriton raises assorted errors on a failed start
+            self.stop()
+            raise BackendError(f"Triton failed to start on {self.host} ({type(exc).__name__}: {exc})") from exc
+        return self
+
+    def serve_forever(self) -> None:
+        """Block until SIGINT/SIGTERM or until Triton dies, then stop."""
+        if self.triton is None:
+            raise BackendError("start() the server first")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            self.triton.serve()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.triton is not None:
+            self.triton.stop()
+            self.triton = None
+        if self.extractor is not None:
+            self.extractor.close()
+            self.extractor = None
+        if self._workspace is not None:
+            self._workspace.cleanup()
+            self._workspace = None
+
+    def __enter__(self) -> FeatureServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _pytriton_tensor(Tensor, port: Port):
+    dtype = bytes if port.dtype == object else port.dtype.type  # PyTriton spells BYTES as `bytes`
+    return Tensor(name=port.name, dtype=dtype, shape=port.shape, optional=port.optional)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt

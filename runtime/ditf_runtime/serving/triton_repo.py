@@ -1,0 +1,324 @@
+"""`ditf triton-repo EXPORT_DIR REPO_DIR`: a Triton model repository for an exported graph.
+
+    REPO/<name>/config.pbtxt                 backend "onnxruntime", or platform "tensorrt_plan"
+    REPO/<name>/1/model.onnx/model.onnx      external data: Triton's directory form of an ONNX
+    REPO/<name>/1/model.onnx/model.onnx.data    model (the file inside keeps its name)
+    REPO/<name>/1/model.plan                 (tensorrt: the engine from EXPORT/engines/<gpu>-trt<v>/)
+    REPO/<name>/manifest.json                the export's contract, for the record
+    REPO/extract/, REPO/match/               optional python-backend models running the whole
+                                             pipeline (triton_model.py as 1/model.py + manifest.json)
+
+Dims come from the manifest: named axes become -1, and with max_batch_size > 0 the batch axis is
+Triton's implicit one. The repository is built in a temporary folder beside REPO_DIR and renamed
+into place, so Triton (or a reader) never sees half a repository.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..manifest import (
+    ENGINES_DIR,
+    FEATURES_OUTPUT,
+    IMAGE_INPUT,
+    MANIFEST_FILE,
+    MODEL_DATA_FILE,
+    MODEL_FILE,
+    NOISE_INPUT,
+    Manifest,
+    ManifestError,
+)
+from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports
+
+VERSION = "1"
+BACKENDS = ("onnxruntime", "tensorrt")
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+PIPELINE_MODES = ("bls", "local")
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_QUEUE_DELAY_US = 2000
+_CONFIG_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A config.pbtxt input/output: name, TYPE_*, dims (batch axis excluded when batching)."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def render(self) -> str:
+        lines = [f'    name: "{self.name}"', f"    data_type: {self.data_type}", f"    dims: [ {', '.join(map(str, self.dims))} ]"]
+        if self.optional:
+            lines.append("    optional: true")
+        return "  {\n" + "\n".join(lines) + "\n  }"
+
+
+def render_config(
+    name: str,
+    *,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    max_batch_size: int,
+    instance_kind: str,
+    instance_count: int,
+    backend: str | None = None,
+    platform: str | None = None,
+    default_model_filename: str | None = None,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    parameters: dict[str, str] | None = None,
+) -> str:
+    """config.pbtxt text (protobuf text format of Triton's ModelConfig)."""
+    parts = [f'name: "{name}"']
+    if platform:
+        parts.append(f'platform: "{platform}"')
+    if backend:
+        parts.append(f'backend: "{backend}"')
+    parts.append(f"max_batch_size: {max_batch_size}")
+    if default_model_filename:
+        parts.append(f'default_model_filename: "{default_model_filename}"')
+    parts.append("input [\n" + ",\n".join(t.render() for t in inputs) + "\n]")
+    parts.append("output [\n" + ",\n".join(t.render() for t in outputs) + "\n]")
+    if max_batch_size > 0:
+        parts.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}")
+    parts.append(f"instance_group [\n  {{\n    kind: {INSTANCE_KINDS[instance_kind]}\n    count: {instance_count}\n  }}\n]")
+    for key, value in (parameters or {}).items():
+        parts.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{_escape(value)}" }}\n}}')
+    return "\n".join(parts) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def graph_tensors(
+    manifest: Manifest, max_batch_size: int, ensemble: int | None = None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The graph's inputs and outputs as config tensors, from the manifest's TensorSpecs."""
+
+    def convert(spec) -> Tensor:
+        dtype = _CONFIG_TYPES.get(spec.dtype)
+        if dtype is None:
+            raise ManifestError(f"manifest tensor {spec.name!r} has dtype {spec.dtype}, which Triton configs lack here")
+        dims = [d if isinstance(d, int) else -1 for d in spec.shape]
+        if spec.name == NOISE_INPUT and ensemble is not None:
+            dims[1] = ensemble  # a TensorRT engine's profiles fix E
+        if max_batch_size > 0:
+            if isinstance(spec.shape[0], int):
+                raise ManifestError(
+                    f"{spec.name!r} has a static batch axis {spec.shape[0]}: use max_batch_size 0 for this export"
+                )
+            dims = dims[1:]
+        return Tensor(spec.name, dtype, tuple(dims))
+
+    names_in = sorted(spec.name for spec in manifest.inputs)
+    names_out = [spec.name for spec in manifest.outputs]
+    if names_in != sorted([IMAGE_INPUT, NOISE_INPUT]) or names_out != [FEATURES_OUTPUT]:
+        raise ManifestError(f"manifest declares inputs {names_in} and outputs {names_out}; expected image, noise -> features")
+    return [convert(s) for s in manifest.inputs], [convert(s) for s in manifest.outputs]
+
+
+def _port_tensor(port: Port) -> Tensor:
+    return Tensor(port.name, port.config_dtype, port.shape, port.optional)
+
+
+def _model_name(manifest: Manifest) -> str:
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in manifest.model_name).strip("._-")
+    return name or "ditf"
+
+
+def _engine_folder(export_dir: Path, engine: str | None) -> Path:
+    root = export_dir / ENGINES_DIR
+    found = sorted(p.name for p in root.iterdir() if (p / "model.plan").is_file()) if root.is_dir() else []
+    if engine is None:
+        if len(found) != 1:
+            raise InputError(
+                f"{root}: {'no engines' if not found else 'several engines: ' + ', '.join(found)}; "
+                + ("build one with `ditf build-engine` on the GPU that will serve it" if not found else "pick one with --engine")
+            )
+        engine = found[0]
+    if engine not in found:
+        raise InputError(f"no engine {engine!r} in {root} (found: {', '.join(found) or 'none'})")
+    return root / engine
+
+
+def _engine_limits(folder: Path, manifest: Manifest) -> tuple[int, int]:
+    """(largest batch of any profile, the E the engine was built for), after checking its record."""
+    from ..backends.trt import read_engine_record
+
+    record = read_engine_record(folder)
+    model_sha = manifest.files.get(MODEL_FILE, {}).get("sha256")
+    if model_sha and record.get("model_sha256") != model_sha:
+        raise InputError(f"engine in {folder} was built from another model.onnx than this export's; rebuild it")
+    try:
+        max_batch = max(int(p[IMAGE_INPUT]["max"][0]) for p in record["profiles"])
+        ensemble = int(record["ensemble"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{folder}/engine.json lacks profiles or ensemble ({exc}); rebuild the engine") from None
+    return max_batch, ensemble
+
+
+def write_model_repository(
+    export_dir: str | os.PathLike,
+    repo_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    backend: str = "onnxruntime",
+    engine: str | None = None,
+    max_batch_size: int | None = None,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instance_kind: str | None = None,
+    instance_count: int = 1,
+    threads: int | None = None,
+    pipeline: str | None = "bls",
+    graph: bool = True,
+    pipeline_instance_count: int = 1,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Write a Triton model repository for EXPORT_DIR into REPO_DIR; returns REPO_DIR.
+
+    backend "onnxruntime" (the export's model.onnx) or "tensorrt" (an engine built by
+    `ditf build-engine`, `engine` names its folder under engines/ when there are several).
+    pipeline: also write the python-backend `extract` and `match` models, "bls" (graph in the
+    graph model) or "local" (the runtime in the python model; needs only Triton's python
+    backend); None for the graph model alone. graph=False leaves the graph model out ("local").
+    """
+    export_dir, repo_dir = Path(export_dir), Path(repo_dir)
+    manifest = Manifest.load(export_dir)
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    instance_kind = instance_kind or ("gpu" if backend == "tensorrt" else "cpu")
+    if instance_kind not in INSTANCE_KINDS:
+        raise InputError(f"unknown instance kind {instance_kind!r}: cpu or gpu")
+    if backend == "tensorrt" and instance_kind != "gpu":
+        raise InputError("TensorRT engines run on GPU instances: use --instance-kind gpu")
+    if pipeline is not None and pipeline not in PIPELINE_MODES:
+        raise InputError(f"unknown pipeline mode {pipeline!r}: use one of {', '.join(PIPELINE_MODES)}")
+    if not graph and pipeline != "local":
+        raise InputError("without the graph model, the pipeline models must run it themselves: pipeline='local'")
+    if instance_count < 1 or pipeline_instance_count < 1:
+        raise InputError("instance counts must be >= 1")
+    if queue_delay_us < 0:
+        raise InputError(f"queue delay must be >= 0 microseconds, got {queue_delay_us}")
+    if repo_dir.exists() and not overwrite:
+        raise InputError(f"{repo_dir} exists: choose another folder or overwrite it (--force)")
+    name = name or _model_name(manifest)
+    if name in (EXTRACT_MODEL, MATCH_MODEL) or not all(c.isalnum() or c in "._-" for c in name):
+        raise InputError(f"model name {name!r}: use letters, digits, '.', '_', '-', and not extract/match")
+
+    ensemble = None
+    plan = None
+    if backend == "tensorrt":
+        folder = _engine_folder(export_dir, engine)
+        engine_batch, ensemble = _engine_limits(folder, manifest)
+        if max_batch_size is None:
+            max_batch_size = min(engine_batch, DEFAULT_MAX_BATCH_SIZE)
+        elif max_batch_size > engine_batch:
+            raise InputError(f"max batch size {max_batch_size} exceeds the engine's largest profile batch {engine_batch}")
+        plan = folder / "model.plan"
+    elif verify:
+        manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
+    max_batch_size = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else int(max_batch_size)
+    if max_batch_size < 0:
+        raise InputError(f"max batch size must be >= 0, got {max_batch_size}")
+    if pipeline is not None and max_batch_size == 0:
+        raise InputError("the pipeline models batch their requests: use max batch size >= 1")
+
+    repo_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = repo_dir.parent / f".{repo_dir.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        if graph:
+            inputs, outputs = graph_tensors(manifest, max_batch_size, ensemble)
+            model_dir = tmp / name
+            (model_dir / VERSION).mkdir(parents=True)
+            parameters = {"intra_op_thread_count": str(threads)} if threads and backend == "onnxruntime" else None
+            if backend == "onnxruntime":
+                onnx_dir = model_dir / VERSION / MODEL_FILE
+                onnx_dir.mkdir()
+                for file in (MODEL_FILE, MODEL_DATA_FILE):
+                    shutil.copyfile(export_dir / file, onnx_dir / file)
+                text = render_config(
+                    name, backend="onnxruntime", default_model_filename=MODEL_FILE, inputs=inputs, outputs=outputs,
+                    max_batch_size=max_batch_size, instance_kind=instance_kind, instance_count=instance_count,
+                    queue_delay_us=queue_delay_us, parameters=parameters,
+                )  # fmt: skip
+            else:
+                shutil.copyfile(plan, model_dir / VERSION / "model.plan")
+                text = render_config(
+                    name, platform="tensorrt_plan", default_model_filename="model.plan", inputs=inputs,
+                    outputs=outputs, max_batch_size=max_batch_size, instance_kind=instance_kind,
+                    instance_count=instance_count, queue_delay_us=queue_delay_us,
+                )  # fmt: skip
+            (model_dir / "config.pbtxt").write_text(text)
+            shutil.copyfile(export_dir / MANIFEST_FILE, model_dir / MANIFEST_FILE)
+        if pipeline is not None:
+            for task in (EXTRACT_MODEL, MATCH_MODEL):
+                _write_pipeline_model(
+                    tmp / task, task, manifest, export_dir,
+                    mode=pipeline, graph_model=name, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us,
+                    instance_count=pipeline_instance_count, ensemble=ensemble,
+                    device="cuda" if instance_kind == "gpu" else "cpu", threads=threads,
+                )  # fmt: skip
+        _swap_into_place(tmp, repo_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return repo_dir
+
+
+def _write_pipeline_model(
+    model_dir: Path,
+    task: str,
+    manifest: Manifest,
+    export_dir: Path,
+    *,
+    mode: str,
+    graph_model: str,
+    max_batch_size: int,
+    queue_delay_us: int,
+    instance_count: int,
+    ensemble: int | None,
+    device: str,
+    threads: int | None,
+) -> None:
+    inputs, outputs = ports(task, manifest.geometry)
+    parameters = {"ditf_task": task, "ditf_mode": mode, "ditf_ensemble": "" if ensemble is None else str(ensemble)}
+    if mode == "bls":
+        parameters["ditf_graph_model"] = graph_model
+    else:
+        parameters.update(ditf_export_dir=str(export_dir.resolve()), ditf_device=device, ditf_threads=str(threads or ""))
+    version = model_dir / VERSION
+    version.mkdir(parents=True)
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
+    shutil.copyfile(export_dir / MANIFEST_FILE, version / MANIFEST_FILE)
+    text = render_config(
+        task,
+        backend="python",
+        inputs=[_port_tensor(p) for p in inputs],
+        outputs=[_port_tensor(p) for p in outputs],
+        max_batch_size=max_batch_size,
+        instance_kind="cpu",  # preprocessing and matching; the graph runs where its model runs
+        instance_count=instance_count,
+        queue_delay_us=queue_delay_us,
+        parameters=parameters,
+    )
+    (model_dir / "config.pbtxt").write_text(text)
+
+
+def _swap_into_place(tmp: Path, repo_dir: Path) -> None:
+    """Rename the finished repository into place (replacing an old one only after it is complete)."""
+    if not repo_dir.exists():
+        os.replace(tmp, repo_dir)
+        return
+    old = repo_dir.parent / f".{repo_dir.name}.old-{secrets.token_hex(4)}"
+    os.replace(repo_dir, old)
+    os.replace(tmp, repo_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -49,9 +49,12 @@ class _Guidance(click.ParamType):
 @click.option("--ensemble", type=int, default=None, help="Default ensemble size E for the runtime (default 8).")
 @click.option("--image-size", type=int, default=None, help="Default long side for the runtime (default 640).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
-              show_default=True)
+              show_default=True,
+              help="Precision written into the ONNX (TensorRT builds it strongly typed): fp16/bf16 GEMMs and "
+                   "attention with an FP32 residual stream, norms and head; int8 explicit Q/DQ.")
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
-              help="Image folder for INT8 calibration and for --discard auto.")
+              help="Folder of real images: INT8 calibration (required with --precision int8), the fp16/bf16 "
+                   "range check and a parity row on real images, and --discard auto.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
          class_label, ensemble, image_size, precision, calib_images, force):

@@ -370,13 +370,14 @@ def _precision_step(request: ExportRequest, model_path: Path, graph: FeatureGrap
                                                ensemble=min(extra["ensemble"], 2))
         except CalibrationError as exc:
             raise ExportInputError(str(exc)) from None
-    check_feeds = [parity.sample_inputs(2, 2, latent_channels, hw, seed=2000 + i)
+    frames = None if graph.max_frames is None else min(graph.max_frames, 4)  # video: short still clips
+    check_feeds = [parity.sample_inputs(2, 2, latent_channels, hw, seed=2000 + i, frames=frames)
                    for i, hw in enumerate(request.parity_sizes)]
     size = max(multiple, min(extra["image_size"], 256) // multiple * multiple)
     config = Int8Config(protect_channels=tuple(options.discard), protect_width=int(graph.head.shift.shape[0]))
     try:
         return apply_precision(model_path, request.precision, check_feeds=check_feeds, calibration=calibration,
-                               int8_config=config, parity_size=size, say=say)
+                               int8_config=config, parity_size=size, frames=frames, say=say)
     except PrecisionError as exc:
         raise ExportInputError(str(exc)) from None
 

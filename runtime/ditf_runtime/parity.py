@@ -30,8 +30,11 @@ TOLERANCES = {
     "fp32": Tolerance(min_cosine=0.99999, max_rel_error=1e-4, min_nn_agreement=0.99),
     "fp16": Tolerance(min_cosine=0.999, max_rel_error=5e-2, min_nn_agreement=0.98),
     "bf16": Tolerance(min_cosine=0.999, max_rel_error=1e-1, min_nn_agreement=0.98),
-    # int8 thresholds are set from what the calibrated quantizer reaches, with a margin (see calib/)
-    "int8": Tolerance(min_cosine=0.99, max_rel_error=0.5, min_nn_agreement=0.85),
+    # int8: what the calibrated Q/DQ quantizer reaches (ditf_calib.int8 defaults; flux-tiny in the tests,
+    # medium random FLUX-like models in bench/bench_precision.py): cosine min >= 0.9996, relative error
+    # <= 0.017, NN agreement >= 0.996; margin ~10x on the cosine deficit, ~6x on the error (other
+    # calibration settings reach cosine 0.998, error 0.054, which still pass)
+    "int8": Tolerance(min_cosine=0.995, max_rel_error=0.1, min_nn_agreement=0.95),
 }
 
 

@@ -1,0 +1,234 @@
+"""Small ONNX graph tools shared by the precision rewrites (fp16/bf16 islands, INT8 Q/DQ).
+
+Everything works on an in-memory `onnx.ModelProto` whose weights are loaded; `save` writes the one
+external-data file beside the model (DESIGN.md §6: always external data, one file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT_MAX = {TensorProto.FLOAT16: 65504.0}
+
+
+def load(path: str | os.PathLike) -> onnx.ModelProto:
+    """The model with its external weights read into memory."""
+    return onnx.load(str(path), load_external_data=True)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, keep_in_memory: bool = False) -> Path:
+    """Write `path` + `path.data` (every initializer over 1 KiB external, one file).
+
+    onnx moves the weights out of `model` while writing; `keep_in_memory` reads them back.
+    """
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    for p in (path, data):
+        if p.exists():
+            p.unlink()  # onnx appends to an existing data file
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024, convert_attribute=False)
+    if keep_in_memory:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(path.parent))
+    return path
+
+
+class GraphIndex:
+    """Producers, consumers and initializers of the top-level graph (subgraphs are left alone)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.inits = {i.name: i for i in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for o in node.output:
+                self.producer[o] = node
+            for i in node.input:
+                if i:
+                    self.consumers[i].append(node)
+        self.outputs = {o.name for o in graph.output}
+        # Constant nodes count as constants too (shape-only users never need a cast)
+        self.constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+    def is_const(self, name: str) -> bool:
+        return name in self.inits or name in self.constants
+
+    def array(self, name: str) -> np.ndarray:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producer[name]
+        return numpy_helper.to_array(next(a.t for a in node.attribute if a.name == "value"))
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """MatMul nodes whose second input is a constant 2-D weight [K, N]: the graph's linear layers."""
+    idx = GraphIndex(model.graph)
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in idx.inits
+            and len(idx.inits[n.input[1]].dims) == 2]
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite Gemm(A, B, C) (transA = 0) as MatMul(A, B') + Add(C'), so one code path handles linears."""
+    idx = GraphIndex(model.graph)
+    fresh = Namer(model)
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or attrs.get("transA", 0) or node.input[1] not in idx.inits:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(idx.inits[node.input[1]]).astype(np.float32)
+        w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
+        wname = fresh(node.input[1] + "_gemm")
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), wname))
+        if len(node.input) > 2 and node.input[2]:
+            mm_out = fresh(node.output[0] + "_mm")
+            nodes.append(helper.make_node("MatMul", [node.input[0], wname], [mm_out], name=node.name + "_mm"))
+            c = node.input[2]
+            if attrs.get("beta", 1.0) != 1.0:
+                cval = idx.array(c).astype(np.float32) * np.float32(attrs["beta"])
+                c = fresh(c + "_beta")
+                model.graph.initializer.append(numpy_helper.from_array(cval, c))
+            nodes.append(helper.make_node("Add", [mm_out, c], [node.output[0]], name=node.name + "_bias"))
+        else:
+            nodes.append(helper.make_node("MatMul", [node.input[0], wname], [node.output[0]], name=node.name))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        prune_initializers(model)
+    return count
+
+
+class Namer:
+    """Fresh tensor/node names for one rewrite of `model`: `base` itself when free, else `base_1`, ...
+
+    Deterministic (the same rewrite of the same graph gives the same names, so exports are
+    reproducible byte for byte) and readable in Netron / TensorRT's layer names.
+    """
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.used = {i.name for i in g.initializer} | {v.name for v in list(g.input) + list(g.output)}
+        for n in g.node:
+            self.used.update(n.input)
+            self.used.update(n.output)
+            self.used.add(n.name)
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every node a unique name (rewrites key nodes by name)."""
+    seen: set[str] = set()
+    fresh = Namer(model)
+    for n in model.graph.node:
+        if not n.name or n.name in seen:
+            n.name = fresh(n.op_type)
+        seen.add(n.name)
+
+
+def prune_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+def cast(inp: str, out: str, to: int, name: str) -> onnx.NodeProto:
+    return helper.make_node("Cast", [inp], [out], to=to, name=name)
+
+
+def add_outputs(model: onnx.ModelProto, names: Iterable[str], elem_type: int = TensorProto.FLOAT) -> None:
+    """Expose internal tensors as graph outputs (untyped shape)."""
+    have = {o.name for o in model.graph.output}
+    for n in names:
+        if n not in have:
+            model.graph.output.append(helper.make_tensor_value_info(n, elem_type, None))
+
+
+def reduction_probes(model: onnx.ModelProto, tensors: dict[str, int],
+                     channels: dict[str, int] | None = None) -> dict[str, tuple[str, str]]:
+    """For each tensor (name -> elem type) add cheap outputs: max |x| and a non-finite flag.
+
+    Returns name -> (absmax output, nonfinite output). The flag is sum(x * 0): NaN iff any x is
+    inf or NaN. Where `channels` gives a tensor's last-axis size C, absmax is per channel ([C]).
+    Scalars instead of the tensors themselves keep memory flat on large models.
+    """
+    channels = channels or {}
+    probes: dict[str, tuple[str, str]] = {}
+    nodes = []
+    fresh = Namer(model)
+    zero = fresh("probe_zero")
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
+    for t, elem in tensors.items():
+        x = t
+        if elem != TensorProto.FLOAT:
+            x = fresh(t + "_f32")
+            nodes.append(cast(t, x, TensorProto.FLOAT, x + "_cast"))
+        absx = fresh(t + "_abs")
+        nodes.append(helper.make_node("Abs", [x], [absx], name=absx))
+        amax = fresh(t + "_absmax")
+        if t in channels:
+            flat = fresh(t + "_flat")
+            nodes += [helper.make_node("Reshape", [absx, _const(model, fresh, [-1, channels[t]])], [flat], name=flat),
+                      helper.make_node("ReduceMax", [flat, _const(model, fresh, [0])], [amax], keepdims=0, name=amax)]
+        else:
+            nodes.append(helper.make_node("ReduceMax", [absx], [amax], keepdims=0, name=amax))
+        zx = fresh(t + "_x0")
+        flag = fresh(t + "_nonfinite")
+        nodes += [helper.make_node("Mul", [x, zero], [zx], name=zx),
+                  helper.make_node("ReduceSum", [zx], [flag], keepdims=0, name=flag)]
+        probes[t] = (amax, flag)
+    model.graph.node.extend(nodes)
+    add_outputs(model, [n for pair in probes.values() for n in pair])
+    return probes
+
+
+def _const(model: onnx.ModelProto, fresh: Namer, values) -> str:
+    name = fresh("probe_const")
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+    return name
+
+
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
+    """A CPU onnxruntime session; in-memory models over 2 GB are not supported here (write them first)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() < 1_800_000_000:
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ditf-calib-") as tmp:  # protobuf's 2 GB limit
+            path = save(model, Path(tmp) / "model.onnx", keep_in_memory=True)
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts

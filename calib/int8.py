@@ -1,0 +1,301 @@
+"""INT8 with explicit QuantizeLinear/DequantizeLinear (what TensorRT 10 strongly typed / 11 builds).
+
+Our own Q/DQ insertion (onnxruntime's quantize_static would do the basic job but not the outlier
+split below, and needs its symbolic-shape pre-pass disabled on these graphs, DESIGN.md §4):
+
+- What is quantized: the inputs of every linear layer (MatMul with a constant 2-D weight [K, N];
+  Gemm is rewritten as MatMul + Add first). Attention's QK^T / PV matmuls, normalisations, the
+  residual stream and the feature head stay FP32: the head has no GEMM, and nothing after the
+  backbone's last linear is ever quantized.
+- Weights: int8 initializers, symmetric, zero point 0, one scale per output channel (axis 1 of [K, N]).
+- Activations: symmetric, zero point 0, one scale per tensor (TensorRT's GEMM inputs), calibrated on
+  real images (calib/data.py) with max / percentile / mse / entropy (calib/stats.py).
+- Massive channels are never quantized (LLM.int8()-style decomposition): per GEMM input, channels
+  whose calibrated max |x| exceeds `outlier_ratio` x the median channel's are zeroed in the quantized
+  path and go through a small FP32 GEMM of their own (Gather -> MatMul with those weight rows -> Add).
+  FLUX's massive channels (154, 1446) reach the GEMMs through LayerNorm + modulation and would
+  otherwise set every activation scale, crushing all other channels to a few levels.
+- SmoothQuant: the remaining channels are divided by s_c = max|x_c|^a / max|W_c,:|^(1-a) and the
+  weight rows multiplied by s_c (one Mul before the Q node; TensorRT fuses it into the quantize).
+- Sensitive layers: optionally the `keep_sensitive` GEMM inputs whose quantisation alone hurts the
+  output most stay FP32 (measured on the first calibration feed).
+
+A consumer-shared input (q, k, v read the same tensor) gets one mask/scale, one Q/DQ pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import (
+    GraphIndex,
+    Namer,
+    ensure_node_names,
+    gemm_to_matmul,
+    prune_initializers,
+    reduction_probes,
+    session,
+)
+from .stats import METHODS, QMAX, Histogram, amax_from_histogram
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    # "max" by default: with the massive channels split off and SmoothQuant applied, clipping (percentile,
+    # mse, entropy) cost more on the worst token than it saved (bench/bench_precision.py --int8-sweep)
+    calibration: str = "max"
+    percentile: float = 99.99
+    smooth_alpha: float | None = 0.5  # None: no SmoothQuant scaling
+    outlier_ratio: float = 16.0
+    max_outlier_fraction: float = 0.02  # at most this share of a GEMM input's channels (and 4) stay FP32
+    # always FP32 on GEMM inputs `protect_width` wide: the known massive channels (the export's discard
+    # list), whether or not this calibration set shows them as outliers
+    protect_channels: tuple[int, ...] = ()
+    protect_width: int | None = None
+    keep_sensitive: int = 0
+    exclude: tuple[str, ...] = ()  # substrings of node or weight names whose GEMMs stay FP32
+    bins: int = 2048
+    tensors_per_run: int = 48  # raw activations fetched per calibration pass (bounds memory)
+
+    def __post_init__(self) -> None:
+        if self.calibration not in METHODS:
+            raise ValueError(f"calibration {self.calibration!r}: expected one of {METHODS}")
+
+
+@dataclass
+class GemmGroup:
+    """One activation tensor and the linear layers that read it."""
+
+    tensor: str
+    nodes: list[onnx.NodeProto]
+    channels: int
+    channel_max: np.ndarray | None = None
+    outliers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    smooth: np.ndarray | None = None  # s_c (1 for outliers, which are masked anyway)
+    amax: float = 0.0
+    sensitivity: float | None = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """What multiplies x before quantisation: 0 on outlier channels, 1/s elsewhere."""
+        m = np.ones(self.channels, np.float32) if self.smooth is None else (1.0 / self.smooth).astype(np.float32)
+        m[self.outliers] = 0.0
+        return m
+
+
+@dataclass
+class Int8Report:
+    config: Int8Config
+    groups: list[GemmGroup]
+    skipped: list[str]
+    feeds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        quant = self.groups
+        return {
+            "scheme": "explicit QuantizeLinear/DequantizeLinear, int8, symmetric, zero point 0; weights "
+                      "per output channel, activations per tensor",
+            "calibration": self.config.calibration + (f" {self.config.percentile}" if
+                                                      self.config.calibration == "percentile" else ""),
+            "smooth_alpha": self.config.smooth_alpha,
+            "outlier_ratio": self.config.outlier_ratio,
+            "calibration_feeds": self.feeds,
+            "gemm_inputs_quantized": len(quant),
+            "linear_layers_quantized": sum(len(g.nodes) for g in quant),
+            "kept_fp32": self.skipped,
+            "protected_channels": list(self.config.protect_channels),
+            "fp32_outlier_channels": {g.tensor: g.outliers.tolist() for g in quant if len(g.outliers)},
+            "activation_amax": {g.tensor: round(float(g.amax), 6) for g in quant},
+        }
+
+
+def _groups(model: onnx.ModelProto, exclude: tuple[str, ...]) -> tuple[list[GemmGroup], list[str]]:
+    idx = GraphIndex(model.graph)
+    by_tensor: dict[str, GemmGroup] = {}
+    skipped = []
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or n.input[1] not in idx.inits or len(idx.inits[n.input[1]].dims) != 2:
+            continue
+        if idx.is_const(n.input[0]):
+            continue
+        if any(s in n.name or s in n.input[1] for s in exclude):
+            skipped.append(n.name)
+            continue
+        k = int(idx.inits[n.input[1]].dims[0])
+        g = by_tensor.setdefault(n.input[0], GemmGroup(n.input[0], [], k))
+        g.nodes.append(n)
+    return list(by_tensor.values()), skipped
+
+
+def _weight_absmax_rows(model: onnx.ModelProto, group: GemmGroup) -> np.ndarray:
+    idx = GraphIndex(model.graph)
+    return np.max([np.abs(numpy_helper.to_array(idx.inits[n.input[1]])).max(axis=1) for n in group.nodes], axis=0)
+
+
+def _run_progress(progress, iterable, desc):
+    return iterable if progress is None else progress(iterable, desc)
+
+
+def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
+              progress: Callable | None = None) -> tuple[list[GemmGroup], list[str]]:
+    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms."""
+    groups, skipped = _groups(model, config.exclude)
+    if not groups:
+        return groups, skipped
+    # pass 1: per-channel maxima (scalar-sized outputs, cheap on any model)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probes = reduction_probes(probe, {g.tensor: TensorProto.FLOAT for g in groups},
+                              channels={g.tensor: g.channels for g in groups})
+    sess = session(probe)
+    names = [probes[g.tensor][0] for g in groups]
+    for g in groups:
+        g.channel_max = np.zeros(g.channels, np.float32)
+    for feed in _run_progress(progress, feeds, "calibration: channel ranges"):
+        for g, amax in zip(groups, sess.run(names, dict(feed))):
+            g.channel_max = np.maximum(g.channel_max, amax)
+    del sess, probe
+    # outliers and smoothing from pass 1
+    for g in groups:
+        cm = np.maximum(g.channel_max, 1e-8)
+        limit = max(4, int(config.max_outlier_fraction * g.channels))
+        candidates = np.nonzero(cm > config.outlier_ratio * np.median(cm))[0]
+        if len(candidates) > limit:  # keep only the largest ones
+            candidates = candidates[np.argsort(-cm[candidates])[:limit]]
+        if config.protect_channels and g.channels == config.protect_width:
+            candidates = np.union1d(candidates, np.asarray(config.protect_channels, np.int64))
+        g.outliers = np.sort(candidates).astype(np.int64)
+        if config.smooth_alpha is not None:
+            a = float(config.smooth_alpha)
+            w = np.maximum(_weight_absmax_rows(model, g), 1e-8)
+            s = cm ** a / w ** (1 - a)
+            s = np.clip(s, 1e-4, 1e4).astype(np.float32)
+            s[g.outliers] = 1.0
+            g.smooth = s
+    # pass 2: histograms of what will actually be quantized, |x * mask| on [0, max_c(max|x_c| |mask_c|)]
+    hists = {g.tensor: Histogram(float((g.channel_max * np.abs(g.mask)).max()), config.bins) for g in groups}
+    chunks = [groups[i:i + config.tensors_per_run] for i in range(0, len(groups), config.tensors_per_run)]
+    for ci, chunk in enumerate(chunks):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        have = {o.name for o in out.graph.output}
+        for g in chunk:
+            if g.tensor not in have:
+                out.graph.output.append(helper.make_tensor_value_info(g.tensor, TensorProto.FLOAT, None))
+        sess = session(out)
+        names = [g.tensor for g in chunk]
+        desc = "calibration: histograms" + (f" {ci + 1}/{len(chunks)}" if len(chunks) > 1 else "")
+        for feed in _run_progress(progress, feeds, desc):
+            for g, x in zip(chunk, sess.run(names, dict(feed))):
+                hists[g.tensor].add(np.abs(x.reshape(-1, g.channels) * g.mask))
+        del sess, out
+    for g in groups:
+        g.amax = amax_from_histogram(hists[g.tensor], config.calibration, config.percentile)
+    return groups, skipped
+
+
+def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup]) -> onnx.ModelProto:
+    """A copy of `model` with Q/DQ on every group's input and int8 per-channel weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    idx = GraphIndex(g)
+    before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
+    replace: dict[str, list[onnx.NodeProto]] = {}
+    inits: list[onnx.TensorProto] = []
+    fresh = Namer(out)
+
+    def init(arr: np.ndarray, base: str) -> str:
+        name = fresh(base)
+        inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))  # keeps 0-d scalars 0-d
+        return name
+
+    order = {n.name: i for i, n in enumerate(g.node)}  # names are unique: ensure_node_names ran
+    for grp in groups:
+        first = min(grp.nodes, key=lambda n: order[n.name])
+        pre: list[onnx.NodeProto] = []
+        x = grp.tensor
+        mask = grp.mask
+        if not np.all(mask == 1.0):
+            scaled = fresh(x + "_smoothed")
+            pre.append(helper.make_node("Mul", [x, init(mask, x + "_qmask")], [scaled], name=scaled))
+            x = scaled
+        scale = np.float32(max(grp.amax, 1e-8) / QMAX)
+        outlier_in = None
+        if len(grp.outliers):
+            outlier_in = fresh(grp.tensor + "_outliers")
+            pre.append(helper.make_node("Gather", [grp.tensor, init(grp.outliers, grp.tensor + "_outlier_idx")],
+                                        [outlier_in], axis=-1, name=outlier_in))
+        before.setdefault(first.name, []).extend(pre)
+        for node in grp.nodes:
+            w = numpy_helper.to_array(idx.inits[node.input[1]]).astype(np.float32)
+            ws = w * (grp.smooth[:, None] if grp.smooth is not None else 1.0)
+            ws[grp.outliers] = 0.0
+            wscale = np.maximum(np.abs(ws).max(axis=0), 1e-12) / QMAX
+            wq = np.clip(np.round(ws / wscale), -QMAX, QMAX).astype(np.int8)
+            wname = node.input[1]
+            wdq = fresh(wname + "_dq")
+            # A dedicated Q/DQ pair per consumer, same scale value in its own initializer: onnxruntime
+            # fuses Q -> DQ -> MatMul into an integer GEMM (MatMulIntegerToFloat) only when the pair
+            # feeds one MatMul, and its common-subexpression pass would merge pairs that share inputs.
+            # TensorRT takes either form.
+            s_name, zp_name = init(np.array(scale, np.float32), x + "_scale"), init(np.array(0, np.int8), x + "_zp")
+            q, dq = fresh(grp.tensor + "_q"), fresh(grp.tensor + "_dq")
+            nodes = [helper.make_node("QuantizeLinear", [x, s_name, zp_name], [q], name=q),
+                     helper.make_node("DequantizeLinear", [q, s_name, zp_name], [dq], name=dq),
+                     helper.make_node("DequantizeLinear",
+                                      [init(wq, wname + "_int8"), init(wscale.astype(np.float32), wname + "_scale"),
+                                       init(np.zeros(wq.shape[1], np.int8), wname + "_zp")],
+                                      [wdq], axis=1, name=wdq)]
+            y = node.output[0]
+            if outlier_in is None:
+                nodes.append(helper.make_node("MatMul", [dq, wdq], [y], name=node.name))
+            else:
+                yq, yo = fresh(y + "_int8path"), fresh(y + "_fp32path")
+                nodes += [helper.make_node("MatMul", [dq, wdq], [yq], name=node.name),
+                          helper.make_node("MatMul", [outlier_in, init(w[grp.outliers], wname + "_outlier_rows")],
+                                           [yo], name=yo),
+                          helper.make_node("Add", [yq, yo], [y], name=fresh(y + "_join"))]
+            replace[node.name] = nodes
+    new_nodes = []
+    for n in g.node:
+        new_nodes.extend(before.get(n.name, []))
+        new_nodes.extend(replace.get(n.name, [n]))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(inits)
+    prune_initializers(out)
+    return out
+
+
+def sensitivity(model: onnx.ModelProto, groups: list[GemmGroup], feed: Mapping[str, np.ndarray],
+                progress: Callable | None = None) -> None:
+    """Each group's own damage: output error when only it is quantized (relative L2), on one feed."""
+    ref = session(model).run(None, dict(feed))[0]
+    for grp in _run_progress(progress, groups, "calibration: layer sensitivity"):
+        got = session(insert_qdq(model, [grp])).run(None, dict(feed))[0]
+        grp.sensitivity = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], config: Int8Config = Int8Config(),
+             progress: Callable | None = None) -> tuple[onnx.ModelProto, Int8Report]:
+    """Calibrate on `feeds` and return the Q/DQ model (FP32 I/O) and what was done."""
+    model_f = onnx.ModelProto()
+    model_f.CopyFrom(model)
+    gemm_to_matmul(model_f)
+    ensure_node_names(model_f)
+    feeds = list(feeds)
+    if not feeds:
+        raise ValueError("INT8 calibration needs at least one input feed")
+    groups, skipped = calibrate(model_f, feeds, config, progress)
+    if config.keep_sensitive and groups:
+        sensitivity(model_f, groups, feeds[0], progress)
+        worst = sorted(groups, key=lambda g: -(g.sensitivity or 0.0))[: config.keep_sensitive]
+        skipped += [f"{g.tensor} (sensitivity {g.sensitivity:.3g})" for g in worst]
+        groups = [g for g in groups if g not in worst]
+    return insert_qdq(model_f, groups), Int8Report(config, groups, skipped, len(feeds))

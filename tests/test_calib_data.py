@@ -1,0 +1,79 @@
+"""ditf_calib.data: calibration feeds are the runtime's own preprocessing + seeded noise; bad folders fail clearly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ditf_calib.data import CalibrationError, check_folder, list_images, load_calibration_set
+from ditf_runtime.manifest import Geometry, Preprocess
+from ditf_runtime.noise import default_noise
+from ditf_runtime.preprocess import prepare
+
+IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+def test_feeds_are_the_runtime_preprocessing_with_seeded_noise():
+    cs = load_calibration_set(IMAGES, long_side=128, latent_channels=16, ensemble=2, seed=3)
+    files = list_images(IMAGES)
+    assert len(cs) == len(files) == 5
+    geometry = Geometry(latent_channels=16, feature_channels=0)
+    feeds = list(cs.feeds())
+    for path, feed in zip(files, feeds):
+        expected = prepare(path, Preprocess(long_side=128), geometry).pixels
+        np.testing.assert_array_equal(feed["image"][0], expected)  # bit for bit: same function
+        assert feed["image"].dtype == np.float32 and feed["image"].shape[0] == 1
+        assert max(feed["image"].shape[2:]) == 128 and all(s % 16 == 0 for s in feed["image"].shape[2:])
+        np.testing.assert_array_equal(feed["noise"][0], default_noise(expected, geometry, 2, 3))
+    # reproducible, and the seed matters
+    again = list(cs.feeds())
+    np.testing.assert_array_equal(again[0]["noise"], feeds[0]["noise"])
+    assert not np.array_equal(list(cs.feeds(seed=4))[0]["noise"], feeds[0]["noise"])
+
+
+def test_batched_parity_feed():
+    cs = load_calibration_set(IMAGES, long_side=128, latent_channels=16, ensemble=2)
+    feed = cs.batched((64, 96))
+    assert feed["image"].shape == (5, 3, 64, 96) and feed["noise"].shape == (5, 2, 16, 8, 12)
+    assert feed["image"].min() >= -1 and feed["image"].max() <= 1
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CalibrationError, match="no such folder"):
+        list_images(tmp_path / "nope")
+
+
+def test_not_a_folder(tmp_path):
+    f = tmp_path / "x.jpg"
+    shutil.copy(IMAGES / "coffee.jpg", f)
+    with pytest.raises(CalibrationError, match="not a folder"):
+        list_images(f)
+
+
+def test_empty_folder_or_no_images(tmp_path):
+    with pytest.raises(CalibrationError, match="no images"):
+        list_images(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".hidden.jpg").write_bytes(b"")
+    with pytest.raises(CalibrationError, match="no images"):
+        list_images(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"this is not a jpeg", b""], ids=["garbage", "empty-file"])
+def test_corrupt_image_is_named(tmp_path, content):
+    shutil.copy(IMAGES / "coffee.jpg", tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes(content)
+    with pytest.raises(CalibrationError, match=r"b\.jpg.*remove or replace that file"):
+        check_folder(tmp_path)
+    with pytest.raises(CalibrationError, match=r"b\.jpg"):
+        load_calibration_set(tmp_path, long_side=64, latent_channels=16)
+
+
+def test_truncated_image_is_refused(tmp_path):
+    data = (IMAGES / "coffee.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CalibrationError, match="cut.jpg"):
+        check_folder(tmp_path)

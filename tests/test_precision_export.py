@@ -1,0 +1,131 @@
+"""`ditf-export --precision fp16|bf16|int8`: one precision per folder, FP32 graph I/O, parity in the manifest,
+and the refusals (FP16 overflow, int8 without calibration images, bad calibration folders).
+
+Stated thresholds, against the FP32 PyTorch reference on the same inputs, after channel discard:
+fp16 and bf16 per-token cosine >= 0.999 and NN agreement >= 0.98; int8 see tests/test_calib_int8.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto
+
+from ditf_runtime.manifest import Manifest
+from ditf_runtime.parity import compare
+
+IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+def _invoke(args):
+    from ditf_export.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+def _nothing_left(parent: Path, name: str) -> bool:
+    return not any(p.name.startswith((name, f".{name}")) for p in parent.iterdir())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_exports_pass_their_thresholds(flux_tiny_precision_export, flux_tiny_export, precision):
+    folder = flux_tiny_precision_export(precision)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data",
+                                                        "reference.safetensors"]
+    m = Manifest.load(folder)
+    m.verify_files(folder)
+    assert m.precision == precision and m.parity["passed"]
+    assert m.parity["tolerance"] == {"min_cosine": 0.999, "max_rel_error": m.parity["tolerance"]["max_rel_error"],
+                                     "min_nn_agreement": 0.98}
+    rows = m.parity["results"]
+    assert len(rows) == (3 if precision == "fp16" else 2)  # fp16 also checked on the example images
+    for r in rows:
+        assert r["min_cosine"] >= 0.999 and r["nn_agreement"] >= 0.98, r
+        assert 1e-6 < r["rel_error"] < 0.05, r  # really rounded, still close
+    assert "Cast-emulated" in m.parity["backend"]
+    report = m.parity["precision"]
+    assert report["precision"] == precision and report["range_check"]["nonfinite_tensors"] == []
+    assert "feature head" in report["fp32_kept"]
+    # the typed graph: FP32 I/O, low-precision GEMMs, half-size weights
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT] * 2
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT]
+    low = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.BFLOAT16
+    assert sum(i.data_type == low for i in model.graph.initializer) > 40
+    assert {p.key: p.value for p in model.metadata_props}["ditf.precision"] == precision
+    fp32 = Manifest.load(flux_tiny_export).files["model.onnx.data"]["bytes"]
+    assert m.files["model.onnx.data"]["bytes"] < 0.7 * fp32
+
+
+def test_fp16_export_reproduces_its_reference_on_onnxruntime(flux_tiny_precision_export):
+    """What the runtime checks with verify_reference: the written graph itself, on onnxruntime CPU."""
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+
+    folder = flux_tiny_precision_export("fp16")
+    ref = load_file(str(folder / "reference.safetensors"))
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["features"], {"image": ref["image"], "noise": ref["noise"]})[0]
+    res = compare(got, ref["features"], "fp16")
+    assert res and res.min_cosine >= 0.999, res
+    assert Manifest.load(folder).parity["precision"]["typed_graph_on_onnxruntime_vs_twin_min_cosine"] > 0.9999
+
+
+def test_fp16_overflow_is_refused_before_anything_is_written(tmp_path):
+    """flux-tiny with its planted massive channels at 1e5: the patch embedding's output (an FP16 island:
+    GEMM + bias) exceeds 65504. The export stops with a message pointing to bf16 and leaves nothing."""
+    from ditf_export.tiny import build_flux_tiny
+
+    folder = build_flux_tiny(tmp_path / "models" / "flux-huge", magnitude=1e5, with_text=False)
+    out_parent = tmp_path / "outs"
+    out_parent.mkdir()
+    r = _invoke(["--model", str(folder), "--layer", "2", "--discard", "7,41", "--prompt-embeds",
+                 str(_embeds(tmp_path)), "--precision", "fp16", "--out", str(out_parent / "out")])
+    assert r.exit_code != 0, r.output
+    assert "--precision fp16 refused" in r.output and "--precision bf16" in r.output, r.output
+    assert "overflow" in r.output and "Traceback" not in r.output
+    assert list(out_parent.iterdir()) == []
+
+
+def _embeds(tmp_path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "embeds.safetensors"
+    if not path.exists():
+        g = torch.Generator().manual_seed(0)
+        save_file({"prompt_embeds": torch.randn(1, 8, 32, generator=g),
+                   "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}, str(path))
+    return path
+
+
+def test_int8_without_calibration_images_is_an_error(tmp_path, flux_tiny_dir):
+    r = _invoke(["--model", str(flux_tiny_dir), "--layer", "1", "--precision", "int8", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "--precision int8 needs --calib-images DIR" in r.output, r.output
+    assert _nothing_left(tmp_path, "o")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such folder"),
+    ("empty", "no images"),
+    ("corrupt", "bad.jpg: not a readable image"),
+    ("file", "not a folder"),
+])
+def test_bad_calibration_folder_is_refused(tmp_path, flux_tiny_dir, case, message):
+    calib = tmp_path / "calib"
+    if case == "empty":
+        calib.mkdir()
+    elif case == "corrupt":
+        calib.mkdir()
+        shutil.copy(IMAGES / "coffee.jpg", calib / "good.jpg")
+        (calib / "bad.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    elif case == "file":
+        shutil.copy(IMAGES / "coffee.jpg", calib)
+    r = _invoke(["--model", str(flux_tiny_dir), "--layer", "1", "--precision", "int8", "--calib-images", str(calib),
+                 "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and message in r.output, r.output
+    assert "Traceback" not in r.output and _nothing_left(tmp_path, "o")

@@ -23,7 +23,6 @@ from ditf_runtime.manifest import (
     MODEL_DATA_FILE,
     MODEL_FILE,
     REFERENCE_FILE,
-    SCHEMA_VERSION,
     Feature,
     Geometry,
     Manifest,

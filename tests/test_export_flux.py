@@ -6,7 +6,6 @@ per-token cosine >= 0.99999 and max relative error <= 1e-4.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -100,6 +100,38 @@ class FamilyAdapter:
             raise ExportInputError(f"--layer {layer} is out of range: this {self.family} model has layers 0..{n - 1}")
 
 
+class SingleStackAdapter(FamilyAdapter):
+    """Families with one block list (SD3, PixArt, DiT): layer K is `transformer_blocks[K]`.
+
+    Subclasses name the top-level weights the kept graph needs and how to recognise block K's AdaLN
+    weights (the only part of block K that is read).
+    """
+
+    blocks_prefix: ClassVar[str] = "transformer_blocks."
+    top_level_weights: ClassVar[tuple[str, ...]] = ()
+
+    def head_weight(self, key: str) -> bool:
+        """Is this key (inside block K) part of block K's modulation?"""
+        raise NotImplementedError
+
+    def num_layers(self, config: dict[str, Any]) -> int:
+        return int(config["num_layers"])
+
+    def block_name(self, config: dict[str, Any], layer: int) -> str:
+        return f"{self.blocks_prefix}{layer}"
+
+    def truncated_config(self, config: dict[str, Any], layer: int) -> dict[str, Any]:
+        return {**config, "num_layers": layer + 1}
+
+    def needed_weight(self, key: str, config: dict[str, Any], layer: int) -> bool:
+        if key.startswith(self.top_level_weights):
+            return True
+        i = block_index(key, self.blocks_prefix)
+        if i is not None:
+            return i < layer or (i == layer and self.head_weight(key))
+        return False  # final norm and projection: past the feature
+
+
 class ConstantModulation(nn.Module):
     """Stands in for an AdaLN `linear`: returns the precomputed `linear(silu(temb))`, whatever it is given."""
 

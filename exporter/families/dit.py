@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from ..registry import Default, ModelSpec, register, register_model
-from .base import ExportInputError, ExportOptions, FamilyAdapter, FeatureParts, bake_adaln_with_embedding, block_index
+from .base import ExportInputError, ExportOptions, FeatureParts, SingleStackAdapter, bake_adaln_with_embedding
 from .posembed import MAX_GRID, SinCosPatchEmbed
 
-BLOCKS = "transformer_blocks."
 
 
 class DiTBackbone(nn.Module):
@@ -38,27 +37,15 @@ class DiTBackbone(nn.Module):
 
 
 @register("dit")
-class DiTAdapter(FamilyAdapter):
+class DiTAdapter(SingleStackAdapter):
     transformer_class_name = "DiTTransformer2DModel"
     noising = "variance-preserving"
     uses_text = False
 
-    def num_layers(self, config: dict[str, Any]) -> int:
-        return int(config["num_layers"])
+    top_level_weights = ("pos_embed.",)
 
-    def block_name(self, config: dict[str, Any], layer: int) -> str:
-        return f"{BLOCKS}{layer}"
-
-    def truncated_config(self, config: dict[str, Any], layer: int) -> dict[str, Any]:
-        return {**config, "num_layers": layer + 1}
-
-    def needed_weight(self, key: str, config: dict[str, Any], layer: int) -> bool:
-        if key.startswith("pos_embed."):
-            return True
-        i = block_index(key, BLOCKS)
-        if i is not None:
-            return i < layer or (i == layer and ".norm1." in key)
-        return False  # norm_out, proj_out_1/2: past the feature
+    def head_weight(self, key: str) -> bool:
+        return ".norm1." in key  # AdaLayerNormZero with its own timestep/class embedding
 
     def null_class(self, config: dict[str, Any]) -> int:
         return int(config.get("num_embeds_ada_norm") or 1000)

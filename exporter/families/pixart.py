@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from ..registry import Default, ModelSpec, register, register_model
-from .base import ExportInputError, ExportOptions, FamilyAdapter, FeatureParts, block_index
+from .base import ExportInputError, ExportOptions, FeatureParts, SingleStackAdapter
 from .posembed import MAX_GRID, SinCosPatchEmbed
 
-BLOCKS = "transformer_blocks."
 TOP_LEVEL = ("pos_embed.", "adaln_single.", "caption_projection.")
 
 
@@ -52,26 +51,14 @@ def size_conditioning(image_size: int, dtype: torch.dtype) -> dict[str, torch.Te
 
 
 @register("pixart")
-class PixArtAdapter(FamilyAdapter):
+class PixArtAdapter(SingleStackAdapter):
     transformer_class_name = "PixArtTransformer2DModel"
     noising = "variance-preserving"
 
-    def num_layers(self, config: dict[str, Any]) -> int:
-        return int(config["num_layers"])
+    top_level_weights = TOP_LEVEL
 
-    def block_name(self, config: dict[str, Any], layer: int) -> str:
-        return f"{BLOCKS}{layer}"
-
-    def truncated_config(self, config: dict[str, Any], layer: int) -> dict[str, Any]:
-        return {**config, "num_layers": layer + 1}
-
-    def needed_weight(self, key: str, config: dict[str, Any], layer: int) -> bool:
-        if key.startswith(TOP_LEVEL):
-            return True
-        i = block_index(key, BLOCKS)
-        if i is not None:
-            return i < layer or (i == layer and key.endswith(".scale_shift_table"))
-        return False  # final scale_shift_table, proj_out: past the feature
+    def head_weight(self, key: str) -> bool:
+        return key.endswith(".scale_shift_table")
 
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         from ..text import check_prompt_embeds, encode_t5_masked

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from ..registry import Default, ModelSpec, register, register_model
-from .base import ExportOptions, FamilyAdapter, FeatureParts, bake_adaln, block_index
+from .base import ExportOptions, FeatureParts, SingleStackAdapter, bake_adaln
 from .posembed import CroppedPatchEmbed
 
-BLOCKS = "transformer_blocks."
 TOP_LEVEL = ("pos_embed.", "time_text_embed.", "context_embedder.")
 
 
@@ -40,27 +39,16 @@ class SD3Backbone(nn.Module):
 
 
 @register("sd3")
-class SD3Adapter(FamilyAdapter):
+class SD3Adapter(SingleStackAdapter):
     transformer_class_name = "SD3Transformer2DModel"
     noising = "flow-matching"
 
-    def num_layers(self, config: dict[str, Any]) -> int:
-        return int(config["num_layers"])
+    top_level_weights = TOP_LEVEL
 
-    def block_name(self, config: dict[str, Any], layer: int) -> str:
-        return f"{BLOCKS}{layer}"
-
-    def truncated_config(self, config: dict[str, Any], layer: int) -> dict[str, Any]:
-        # Block K becomes the last one (context_pre_only): only its norm1 is read, which that does not change.
-        return {**config, "num_layers": layer + 1}
-
-    def needed_weight(self, key: str, config: dict[str, Any], layer: int) -> bool:
-        if key.startswith(TOP_LEVEL):
-            return True
-        i = block_index(key, BLOCKS)
-        if i is not None:
-            return i < layer or (i == layer and ".norm1.linear." in key)
-        return False  # norm_out, proj_out: past the feature
+    # Block K becomes the last one in the truncated config (context_pre_only): only its norm1 is read,
+    # which that does not change.
+    def head_weight(self, key: str) -> bool:
+        return ".norm1.linear." in key
 
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         from ..text import check_prompt_embeds, encode_sd3

@@ -20,8 +20,8 @@ import numpy as np
 from ._version import __version__
 from .errors import DitfError, ImageError, InputError
 from .manifest import MODEL_FILE, Manifest, ManifestError, write_text_atomic
+from .preprocess import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 RUN_RECORD = "ditf-extract.json"
 
 

@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--blocks", type=int, default=4, help="double blocks; as many single blocks")
     ap.add_argument("--text-tokens", type=int, default=512)
+    ap.add_argument("--int8", action="store_true", help="also export and time the calibrated INT8 Q/DQ graph")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -121,6 +122,10 @@ def main() -> None:
                              prompt_embeds=tmp / "embeds.safetensors", parity_sizes=((64, 96),)))
         export_s = time.perf_counter() - t0
 
+        if args.int8:
+            export(ExportRequest(model=str(folder), out=tmp / "export-int8", layer=layer, discard="none",
+                                 prompt_embeds=tmp / "embeds.safetensors", parity_sizes=((64, 96),),
+                                 precision="int8", calib_images=Path(__file__).parent.parent / "examples" / "images"))
         s = args.size
         image = torch.rand(1, 3, s, s, generator=g) * 2 - 1
         noise = torch.randn(1, args.ensemble, 16, s // 8, s // 8, generator=g)
@@ -139,6 +144,11 @@ def main() -> None:
             return best, result
 
         ort_s, ours = timed(lambda: sess.run(["features"], feed)[0])
+        int8_s = ours_int8 = None
+        if args.int8:
+            sess8 = ort.InferenceSession(str(tmp / "export-int8" / "model.onnx"), opts,
+                                         providers=["CPUExecutionProvider"])
+            int8_s, ours_int8 = timed(lambda: sess8.run(["features"], feed)[0])
         recipe = AuthorsRecipe(folder, layer, embeds)
         torch_s, _ = timed(lambda: recipe(image, noise, sample=True))
         reference = recipe(image, noise, sample=False)
@@ -150,7 +160,13 @@ def main() -> None:
     print(f"{'pipeline':<46}{'s/image':>10}{'speed-up':>10}")
     print(f"{'authors recipe, PyTorch eager fp32 (VAE x E)':<46}{torch_s:>10.2f}{1.0:>10.2f}")
     print(f"{'ditf graph, onnxruntime CPU fp32':<46}{ort_s:>10.2f}{torch_s / ort_s:>10.2f}")
-    print(f"relative error ditf vs authors' recipe (posterior mean on both sides): {rel:.2e}")
+    if int8_s is not None:
+        print(f"{'ditf graph, onnxruntime CPU int8 (Q/DQ)':<46}{int8_s:>10.2f}{torch_s / int8_s:>10.2f}")
+    print(f"relative error ditf fp32 vs authors' recipe (posterior mean on both sides): {rel:.2e}")
+    if ours_int8 is not None:
+        from ditf_runtime.parity import compare
+
+        print(f"int8 vs authors' recipe: {compare(ours_int8, reference, 'int8')}")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ def test_int8_export_parity_passes_its_gate(int8_dir):
     assert min(r["min_cosine"] for r in rows) >= 0.999
     assert max(r["rel_error"] for r in rows) <= 0.05
     assert min(r["nn_agreement"] for r in rows) >= 0.98
+    assert min(r["pck_agreement"] for r in rows) >= 0.9  # keypoint transfers, exact matcher (reported)
     assert m.parity["tolerance"]["min_cosine"] == INT8.min_cosine
     # weights int8: the data file shrank to well under half the fp32 one
     assert m.files["model.onnx.data"]["bytes"] < 0.6 * 1.63e6

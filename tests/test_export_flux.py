@@ -155,6 +155,7 @@ def test_export_folder_contract(flux_tiny_export):
     assert m.parity["passed"] and len(m.parity["results"]) == 2
     for r in m.parity["results"]:
         assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR
+        assert r["pck_points"] > 0 and r["pck_agreement"] >= 0.95  # keypoint transfers (exact matcher) agree
     assert set(m.tools) >= {"torch", "diffusers", "onnx", "onnxruntime"}
     assert "transformer/diffusion_pytorch_model.safetensors" in m.source_weights
     # the reference arrays reproduce on onnxruntime without torch in the loop

@@ -6,6 +6,10 @@ exporter, the calibrator and a GPU runner with TensorRT (no torch) all judge gra
 - nearest-neighbour agreement: query tokens of image i matched (cosine argmax) against every token
   of image i+1; counted only where the reference's top-1/top-2 margin exceeds 1e-3, so ties that
   any precision may break either way do not count against it.
+- PCK agreement (reported, not gated): keypoints transferred from image i to image i+1 with the
+  runtime's exact matcher (the authors' semantics) under both maps; a point agrees when the two
+  answers lie within PCK@0.1 of each other (0.1 x the image's long side), i.e. PCK of the candidate
+  with the reference's answers as ground truth.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class ParityResult:
     tolerance: Tolerance
     shape: tuple[int, ...]
     failures: list[str] = field(default_factory=list)
+    pck_agreement: float = float("nan")
+    pck_points: int = 0
 
     def __bool__(self) -> bool:
         return not self.failures
@@ -64,7 +70,8 @@ class ParityResult:
         status = "PASS" if self else "FAIL: " + "; ".join(self.failures)
         return (
             f"shape {list(self.shape)}: cosine min {self.min_cosine:.7f} mean {self.mean_cosine:.7f}, "
-            f"rel err {self.rel_error:.3e}, NN agreement {self.nn_agreement:.4f} ({self.nn_points} pts) {status}"
+            f"rel err {self.rel_error:.3e}, NN agreement {self.nn_agreement:.4f} ({self.nn_points} pts), "
+            f"PCK agreement {self.pck_agreement:.4f} ({self.pck_points} pts) {status}"
         )
 
 
@@ -101,6 +108,27 @@ def nn_agreement(candidate: np.ndarray, reference: np.ndarray, max_queries: int 
     return (agree / counted if counted else 1.0), counted
 
 
+def pck_agreement(candidate: np.ndarray, reference: np.ndarray, stride: int = 16, points: int = 20,
+                  alpha: float = 0.1, seed: int = 0) -> tuple[float, int]:
+    """Share of keypoints whose transfer (image i -> i+1, exact matcher) lands within alpha x the long
+    side of where the reference's transfer lands. Images are the maps' own size x stride."""
+    from .matching import transfer_keypoints
+
+    b, _, h, w = reference.shape
+    size = (h * stride, w * stride)
+    rng = np.random.default_rng(seed)
+    agree = total = 0
+    for i in range(b):
+        j = (i + 1) % b
+        xy = np.stack([rng.integers(0, size[1], points), rng.integers(0, size[0], points)], axis=1)
+        ref_xy = transfer_keypoints(reference[i], reference[j], xy, size, size)
+        cand_xy = transfer_keypoints(candidate[i], candidate[j], xy, size, size)
+        dist = np.linalg.norm((ref_xy - cand_xy).astype(np.float64), axis=1)
+        agree += int((dist <= alpha * max(size)).sum())
+        total += points
+    return (agree / total if total else 1.0), total
+
+
 def compare(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance | str = "fp32") -> ParityResult:
     """Compare two [B, C, h, w] feature maps; collect every failure instead of stopping at the first."""
     tol = TOLERANCES[tolerance] if isinstance(tolerance, str) else tolerance
@@ -115,7 +143,9 @@ def compare(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance |
     cos = (_unit(a) * _unit(b)).sum(-1)
     rel = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
     nn, pts = nn_agreement(candidate, reference)
-    result = ParityResult(float(cos.min()), float(cos.mean()), rel, nn, pts, tol, tuple(reference.shape), failures)
+    pck, pck_pts = pck_agreement(candidate, reference) if np.isfinite(candidate).all() else (0.0, 0)
+    result = ParityResult(float(cos.min()), float(cos.mean()), rel, nn, pts, tol, tuple(reference.shape), failures,
+                          pck, pck_pts)
     if not result.min_cosine >= tol.min_cosine:
         failures.append(f"min cosine {result.min_cosine:.7f} < {tol.min_cosine}")
     if not rel <= tol.max_rel_error:

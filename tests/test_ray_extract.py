@@ -86,8 +86,15 @@ def test_ray_extraction_equals_the_plain_runtime_and_resumes(local_ray, export_d
     with pytest.raises(KeyboardInterrupt):
         extract_with_ray([images], export_dir, out, workers=1, progress=interrupt_after_three)
     first = outputs(out)
-    assert 2 <= len(first) < N_IMAGES  # some done (atomically), the rest not
+    assert len(first) >= 2  # what was written before the interrupt is there, complete (checked below)
     assert [p.name for p in out.rglob("*") if p.is_file() and p.suffix not in (".safetensors", ".json")] == []
+    if len(first) == N_IMAGES:
+        # Ray's streaming executor runs actors ahead of the driver, so on a fast machine every image can
+        # be written before the Ctrl-C lands; drop the last few so the rerun really has work left.
+        for rel in first[N_IMAGES // 2:]:
+            (out / rel).unlink()
+        first = outputs(out)
+    assert len(first) < N_IMAGES
     stamps = {rel: (out / rel).stat().st_mtime_ns for rel in first}
 
     report = extract_with_ray([images], export_dir, out, workers=2)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .precision import PRECISIONS
+
 SCHEMA_VERSION = 1
 
 MODEL_FILE = "model.onnx"
@@ -28,8 +30,6 @@ MODEL_DATA_FILE = "model.onnx.data"
 REFERENCE_FILE = "reference.safetensors"
 MANIFEST_FILE = "manifest.json"
 ENGINES_DIR = "engines"
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 # Graph I/O names (DESIGN.md §6): image [B, 3, H, W], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16]
 IMAGE_INPUT = "image"

@@ -52,8 +52,80 @@ def _provider_name(spec: Any) -> str:
     return spec[0] if isinstance(spec, (tuple, list)) else str(spec)
 
 
+# Protobuf cannot serialise a model of 2 GiB or more; keep well below it. A larger model is never
+# handed over as bytes: it is written with external data and opened by path (ditf_calib.graph.session).
+MAX_IN_MEMORY_MODEL_BYTES = 1_800_000_000
+
+
+def create_session(
+    model: str | os.PathLike | bytes,
+    *,
+    providers: Sequence[Any] | None = None,
+    threads: int | None = None,
+    log_level: int = 3,
+):
+    """The one way ditf opens an onnxruntime InferenceSession (runtime, exporter parity, calibration).
+
+    model: a path (external data is found beside it) or serialised bytes under MAX_IN_MEMORY_MODEL_BYTES.
+    providers: default CPU only. Every provider asked for must be available and still active once the
+    session exists: no silent fallback. threads: intra-op threads (default: onnxruntime's).
+    log_level: onnxruntime's severity (3 = errors only; provider placement chatter is not for users).
+    """
+    ort = import_onnxruntime()
+    if isinstance(model, (bytes, bytearray)):
+        if len(model) >= MAX_IN_MEMORY_MODEL_BYTES:
+            raise BackendError(
+                f"an in-memory ONNX model of {len(model) / 1e9:.2f} GB is over the "
+                f"{MAX_IN_MEMORY_MODEL_BYTES / 1e9:.1f} GB limit: save it with external data and pass its path"
+            )
+        what, source = "the in-memory model", bytes(model)
+    else:
+        what = source = str(model)
+    providers = [CPU] if providers is None else list(providers)
+    if not providers:
+        raise BackendError("providers is empty: name at least one onnxruntime execution provider")
+    if threads is not None and int(threads) < 1:
+        raise BackendError(f"threads must be >= 1, got {threads}")
+    requested = [_provider_name(p) for p in providers]
+    _require_available(requested, ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.log_severity_level = int(log_level)
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise BackendError(f"onnxruntime cannot load {what}: {exc}") from exc
+    _require_active(requested, session.get_providers())
+    return session
+
+
+def _require_available(requested: list[str], available: list[str]) -> None:
+    missing = [p for p in requested if p not in available]
+    if missing:
+        hint = (
+            " (install onnxruntime-gpu, which brings the CUDA and TensorRT providers)"
+            if any(p in (CUDA, TENSORRT) for p in missing)
+            else ""
+        )
+        raise BackendError(
+            f"onnxruntime execution provider(s) {missing} not available here{hint}; "
+            f"available: {available}. Refusing to fall back to another provider."
+        )
+
+
+def _require_active(requested: list[str], active: list[str]) -> None:
+    """onnxruntime drops a provider whose libraries fail to load with only a log line: refuse that."""
+    dropped = [p for p in requested if p not in active]
+    if dropped:
+        raise BackendError(
+            f"onnxruntime accepted but did not activate {dropped} (active: {active}); its libraries "
+            "probably failed to load (CUDA/cuDNN versions). Refusing to run on another provider."
+        )
+
+
 class SessionFromOnnx:
-    """Lazy loader: keeps the path and options; calling it builds the InferenceSession."""
+    """Lazy loader: keeps the path and options; calling it builds the InferenceSession (create_session)."""
 
     def __init__(
         self,
@@ -72,36 +144,7 @@ class SessionFromOnnx:
         self.threads = threads
 
     def __call__(self):
-        ort = import_onnxruntime()
-        requested = [_provider_name(p) for p in self.providers]
-        available = ort.get_available_providers()
-        missing = [p for p in requested if p not in available]
-        if missing:
-            hint = (
-                " (install onnxruntime-gpu, which brings the CUDA and TensorRT providers)"
-                if any(p in (CUDA, TENSORRT) for p in missing)
-                else ""
-            )
-            raise BackendError(
-                f"onnxruntime execution provider(s) {missing} not available here{hint}; "
-                f"available: {available}. Refusing to fall back to another provider."
-            )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: provider placement chatter is not for users
-        if self.threads is not None:
-            options.intra_op_num_threads = int(self.threads)
-        try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=self.providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise BackendError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
-        active = session.get_providers()
-        dropped = [p for p in requested if p not in active]
-        if dropped:
-            raise BackendError(
-                f"onnxruntime accepted but did not activate {dropped} (active: {active}); its libraries "
-                "probably failed to load (CUDA/cuDNN versions). Refusing to run on another provider."
-            )
-        return session
+        return create_session(self.model_path, providers=self.providers, threads=self.threads)
 
 
 class OnnxrtRunner(BaseRunner):

@@ -97,8 +97,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    import onnxruntime as ort
     from safetensors.torch import save_file
+
+    from ditf_runtime.backends.onnxrt import create_session
 
     from ditf_export.export import ExportRequest, export
     from ditf_export.tiny import save_pipeline_folder, tiny_flux_transformer, tiny_vae
@@ -129,9 +130,7 @@ def main() -> None:
         s = args.size
         image = torch.rand(1, 3, s, s, generator=g) * 2 - 1
         noise = torch.randn(1, args.ensemble, 16, s // 8, s // 8, generator=g)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        sess = ort.InferenceSession(str(out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        sess = create_session(out / "model.onnx", threads=args.threads)
         feed = {"image": image.numpy(), "noise": noise.numpy()}
 
         def timed(fn):
@@ -146,8 +145,7 @@ def main() -> None:
         ort_s, ours = timed(lambda: sess.run(["features"], feed)[0])
         int8_s = ours_int8 = None
         if args.int8:
-            sess8 = ort.InferenceSession(str(tmp / "export-int8" / "model.onnx"), opts,
-                                         providers=["CPUExecutionProvider"])
+            sess8 = create_session(tmp / "export-int8" / "model.onnx", threads=args.threads)
             int8_s, ours_int8 = timed(lambda: sess8.run(["features"], feed)[0])
         recipe = AuthorsRecipe(folder, layer, embeds)
         torch_s, _ = timed(lambda: recipe(image, noise, sample=True))

@@ -40,16 +40,16 @@ print(json.dumps({"peak_rss": PEAK, "weights": n}))
 CHILD_EXPORT = r"""
 import json, sys
 from pathlib import Path
+from ditf_export.catalog import adapter_for
 from ditf_export.export import ExportRequest, export
 from ditf_export.loading import resolve_source, load_truncated_transformer
-from ditf_export.registry import adapter_for
 layer = int(sys.argv[2])
 m = export(ExportRequest(model=sys.argv[1], out=Path(sys.argv[3]), layer=layer, discard="none",
                          text_max_length=32, parity_sizes=((64, 96),)))
 peak = PEAK
 src = resolve_source(sys.argv[1])
 _, report = load_truncated_transformer(src, adapter_for(src.family), layer)
-print(json.dumps({"peak_rss": peak, "weights": report["bytes_read"]}))
+print(json.dumps({"peak_rss": peak, "weights": report.bytes_read}))
 """.replace("PEAK", PEAK)
 
 

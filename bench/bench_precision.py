@@ -50,13 +50,9 @@ def build(tmp: Path, hidden: int, blocks: int, text_tokens: int) -> tuple[Path, 
 
 
 def sessions(paths: dict[str, Path], threads: int) -> dict:
-    import onnxruntime as ort
+    from ditf_runtime.backends.onnxrt import create_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return {name: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for name, p in paths.items()}
+    return {name: create_session(p, threads=threads) for name, p in paths.items()}
 
 
 def latencies(sess: dict, feed: dict, repeats: int) -> dict[str, float]:
@@ -99,6 +95,7 @@ def main() -> None:
 
     from ditf_calib import graph as G
     from ditf_calib.data import load_calibration_set
+    from ditf_calib.graph_io import Sizes, diffusion_io
     from ditf_calib.int8 import Int8Config, quantize
     from ditf_calib.precision import to_low_precision
     from ditf_export.export import ExportRequest, export
@@ -123,13 +120,10 @@ def main() -> None:
         paths["fp16 (emulated)"] = write(to_low_precision(fp32, "fp16", emulate=True)[0], "fp16-emulated")
         paths["bf16 (emulated)"] = write(to_low_precision(fp32, "bf16", emulate=True)[0], "bf16")
 
-        calib = load_calibration_set(ROOT / "examples" / "images", long_side=args.size, latent_channels=16,
-                                     ensemble=2)
+        io = diffusion_io(latent_channels=16, feature_channels=args.hidden, vae_stride=8, patch_size=2)
+        calib = load_calibration_set(ROOT / "examples" / "images", io=io, long_side=args.size, ensemble=2)
         s = args.size
-        rng = np.random.default_rng(7)
-        evals = [{"image": rng.uniform(-1, 1, (2, 3, s, s)).astype(np.float32),
-                  "noise": rng.standard_normal((2, 2, 16, s // 8, s // 8)).astype(np.float32)},
-                 calib.batched((s, s))]
+        evals = [io.random_inputs(Sizes(batch=2, ensemble=2, height=s, width=s), seed=7), calib.batched((s, s))]
         ref_sess = G.session(paths["fp32"])
         refs = [ref_sess.run(None, f)[0] for f in evals]
         base = Int8Config(protect_channels=(7, 41), protect_width=args.hidden)

@@ -1,7 +1,8 @@
 """Calibration data: real images through the runtime's own preprocessing, with seeded noise.
 
 One data protocol (STYLE.md, after Polygraphy's DataLoader): any iterable of
-`{input_name: np.ndarray}`. The feeds are exactly what deployment feeds the graph:
+`{input_name: np.ndarray}`, in the graph's own layout (graph_io.GraphIO). The feeds are exactly what
+deployment feeds the graph:
 `ditf_runtime.preprocess.prepare` (DESIGN.md §2 step 1: long side, rounding to the size multiple,
 bicubic, RGB, [-1, 1], EXIF orientation) and `ditf_runtime.noise.default_noise` (noise keyed by the
 image content and a seed), one image per feed since images differ in size.
@@ -17,9 +18,11 @@ from typing import Iterator
 import numpy as np
 
 from ditf_runtime.errors import ImageError, InputError
-from ditf_runtime.manifest import IMAGE_INPUT, NOISE_INPUT, Geometry, Preprocess
+from ditf_runtime.manifest import Geometry, Preprocess
 from ditf_runtime.noise import default_noise
 from ditf_runtime.preprocess import PreparedImage, prepare
+
+from .graph_io import FRAMES, IMAGE, NOISE, GraphIO, Sizes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -60,21 +63,31 @@ def check_folder(folder: str | os.PathLike) -> list[Path]:
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """A folder of images prepared once; `feeds()` yields graph inputs with seeded noise."""
+    """A folder of images prepared once; `feeds()` yields graph inputs in the graph's own layout (`io`).
+
+    Image inputs take the prepared pixels, noise inputs the runtime's seeded default noise. Graphs with
+    a frames axis get each photo as a still clip of `frames` frames with fresh noise per frame (seeded by
+    the image's index): massive channels and activation ranges are properties of the channel, not of
+    the motion.
+    """
 
     images: tuple[PreparedImage, ...]
-    geometry: Geometry
+    io: GraphIO
     ensemble: int
     seed: int = 0
+    frames: int | None = None  # clip length for graphs with a frames axis
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def geometry(self) -> Geometry:
+        return self.io.geometry
+
     def feeds(self, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         seed = self.seed if seed is None else seed
-        for img in self.images:
-            noise = default_noise(img.pixels, self.geometry, self.ensemble, seed)
-            yield {IMAGE_INPUT: img.pixels[None], NOISE_INPUT: noise[None]}
+        for i, img in enumerate(self.images):
+            yield self._in_layout(img.pixels[None], seed, i)
 
     def batched(self, size: tuple[int, int], seed: int | None = None) -> dict[str, np.ndarray]:
         """All images resized to one (H, W) (aspect not kept) in one batch: for parity, where
@@ -88,27 +101,59 @@ class CalibrationSet:
             unit = ((img.pixels.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
             resized = np.asarray(Image.fromarray(unit).resize((w, h), Image.Resampling.BICUBIC), np.float32)
             pixels.append((resized / np.float32(255.0) * np.float32(2.0) - np.float32(1.0)).transpose(2, 0, 1))
-        image = np.ascontiguousarray(np.stack(pixels))
-        noise = np.stack([default_noise(p, self.geometry, self.ensemble, seed) for p in image])
-        return {IMAGE_INPUT: image, NOISE_INPUT: noise}
+        return self._in_layout(np.ascontiguousarray(np.stack(pixels)), seed, 0)
+
+    def _in_layout(self, pixels: np.ndarray, seed: int, index: int) -> dict[str, np.ndarray]:
+        """pixels [N, 3, H, W] -> a feed of every graph input (still clips where the graph has frames)."""
+        if self.frames is not None:
+            return self._still_clip(pixels, seed, index)
+        feed = {}
+        for t in self.io.inputs:
+            if t.role == IMAGE:
+                feed[t.name] = pixels
+            elif t.role == NOISE:
+                feed[t.name] = np.stack([default_noise(p, self.geometry, self.ensemble, seed) for p in pixels])
+            else:
+                raise CalibrationError(f"graph input {t.name}: calibration has no rule for {t.role!r} inputs")
+        return feed
+
+    def _still_clip(self, pixels: np.ndarray, seed: int, index: int) -> dict[str, np.ndarray]:
+        frames = int(self.frames)
+        sizes = Sizes(batch=pixels.shape[0], height=pixels.shape[-2], width=pixels.shape[-1],
+                      ensemble=self.ensemble, frames=frames)
+        rng = np.random.default_rng([int(seed), index, frames])
+        feed = {}
+        for t in self.io.inputs:
+            if t.role == IMAGE:
+                axis = t.axis_index(FRAMES)
+                feed[t.name] = np.ascontiguousarray(np.repeat(np.expand_dims(pixels, axis), frames, axis=axis))
+            elif t.role == NOISE:
+                feed[t.name] = rng.standard_normal(t.shape(sizes), dtype=np.float32)
+            else:
+                raise CalibrationError(f"graph input {t.name}: calibration has no rule for {t.role!r} inputs")
+        return feed
 
 
-def load_calibration_set(folder: str | os.PathLike, *, long_side: int, latent_channels: int,
-                         size_multiple: int = 16, vae_stride: int = 8, ensemble: int = 2,
-                         seed: int = 0, max_images: int | None = None) -> CalibrationSet:
-    """Read and preprocess every image in `folder`; any unreadable one is an error naming the file."""
+def load_calibration_set(folder: str | os.PathLike, *, io: GraphIO, long_side: int, ensemble: int = 2,
+                         seed: int = 0, max_images: int | None = None, frames: int | None = None) -> CalibrationSet:
+    """Read and preprocess every image in `folder`; any unreadable one is an error naming the file.
+
+    frames: clip length for graphs with a frames axis (default: the graph's most, io.max_frames).
+    """
     files = list_images(folder)
     if max_images is not None:
         files = files[:max_images]
+    if ensemble < 1:
+        raise CalibrationError("calibration ensemble must be >= 1")
     spec = Preprocess(long_side=int(long_side))
-    geometry = Geometry(latent_channels=int(latent_channels), feature_channels=0, vae_stride=vae_stride,
-                        feature_stride=size_multiple, size_multiple=size_multiple)
     images = []
     for path in files:
         try:
-            images.append(prepare(path, spec, geometry))
+            images.append(prepare(path, spec, io.geometry))
         except (ImageError, InputError) as exc:
             raise CalibrationError(f"--calib-images: {exc}; remove or replace that file") from exc
-    if ensemble < 1:
-        raise CalibrationError("calibration ensemble must be >= 1")
-    return CalibrationSet(tuple(images), geometry, int(ensemble), int(seed))
+    if io.has_axis(FRAMES):
+        frames = int(frames or io.max_frames)
+    elif frames is not None:
+        raise CalibrationError("frames= is for graphs with a frames axis (video); this graph has none")
+    return CalibrationSet(tuple(images), io, int(ensemble), int(seed), frames)

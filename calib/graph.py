@@ -15,8 +15,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FLOAT_MAX = {TensorProto.FLOAT16: 65504.0}
-
 
 def load(path: str | os.PathLike) -> onnx.ModelProto:
     """The model with its external weights read into memory."""
@@ -68,13 +66,6 @@ class GraphIndex:
             return numpy_helper.to_array(self.inits[name])
         node = self.producer[name]
         return numpy_helper.to_array(next(a.t for a in node.attribute if a.name == "value"))
-
-
-def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """MatMul nodes whose second input is a constant 2-D weight [K, N]: the graph's linear layers."""
-    idx = GraphIndex(model.graph)
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in idx.inits
-            and len(idx.inits[n.input[1]].dims) == 2]
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
@@ -209,26 +200,18 @@ def _const(model: onnx.ModelProto, fresh: Namer, values) -> str:
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
-    """A CPU onnxruntime session; in-memory models over 2 GB are not supported here (write them first)."""
-    import onnxruntime as ort
+    """A CPU onnxruntime session (ditf_runtime's create_session) of a file or an in-memory model.
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    if isinstance(model, onnx.ModelProto):
-        if model.ByteSize() < 1_800_000_000:
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        import tempfile
+    An in-memory model at or over the runtime's in-memory limit (protobuf's 2 GB) is never serialised:
+    it is written with external data to a temporary folder and opened by path.
+    """
+    from ditf_runtime.backends.onnxrt import MAX_IN_MEMORY_MODEL_BYTES, create_session
 
-        with tempfile.TemporaryDirectory(prefix="ditf-calib-") as tmp:  # protobuf's 2 GB limit
-            path = save(model, Path(tmp) / "model.onnx", keep_in_memory=True)
-            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    if not isinstance(model, onnx.ModelProto):
+        return create_session(model, threads=threads)
+    if model.ByteSize() < MAX_IN_MEMORY_MODEL_BYTES:
+        return create_session(model.SerializeToString(), threads=threads)
+    import tempfile
 
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in model.graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
+    with tempfile.TemporaryDirectory(prefix="ditf-calib-") as tmp:
+        return create_session(save(model, Path(tmp) / "model.onnx", keep_in_memory=True), threads=threads)

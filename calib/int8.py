@@ -147,7 +147,16 @@ def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], con
     groups, skipped = _groups(model, config.exclude)
     if not groups:
         return groups, skipped
-    # pass 1: per-channel maxima (scalar-sized outputs, cheap on any model)
+    _channel_ranges(model, groups, feeds, progress)
+    for g in groups:
+        _outliers_and_smoothing(model, g, config)
+    _activation_ranges(model, groups, feeds, config, progress)
+    return groups, skipped
+
+
+def _channel_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: list[Mapping[str, np.ndarray]],
+                    progress: Callable | None) -> None:
+    """Pass 1: each group's per-channel max |x| (scalar-sized outputs, cheap on any model)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     probes = reduction_probes(probe, {g.tensor: TensorProto.FLOAT for g in groups},
@@ -159,25 +168,31 @@ def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], con
     for feed in _run_progress(progress, feeds, "calibration: channel ranges"):
         for g, amax in zip(groups, sess.run(names, dict(feed))):
             g.channel_max = np.maximum(g.channel_max, amax)
-    del sess, probe
-    # outliers and smoothing from pass 1
-    for g in groups:
-        cm = np.maximum(g.channel_max, 1e-8)
-        limit = max(4, int(config.max_outlier_fraction * g.channels))
-        candidates = np.nonzero(cm > config.outlier_ratio * np.median(cm))[0]
-        if len(candidates) > limit:  # keep only the largest ones
-            candidates = candidates[np.argsort(-cm[candidates])[:limit]]
-        if config.protect_channels and g.channels == config.protect_width:
-            candidates = np.union1d(candidates, np.asarray(config.protect_channels, np.int64))
-        g.outliers = np.sort(candidates).astype(np.int64)
-        if config.smooth_alpha is not None:
-            a = float(config.smooth_alpha)
-            w = np.maximum(_weight_absmax_rows(model, g), 1e-8)
-            s = cm ** a / w ** (1 - a)
-            s = np.clip(s, 1e-4, 1e4).astype(np.float32)
-            s[g.outliers] = 1.0
-            g.smooth = s
-    # pass 2: histograms of what will actually be quantized, |x * mask| on [0, max_c(max|x_c| |mask_c|)]
+
+
+def _outliers_and_smoothing(model: onnx.ModelProto, g: GemmGroup, config: Int8Config) -> None:
+    """From pass 1: the channels kept FP32 (outliers, protected channels) and SmoothQuant's s_c."""
+    cm = np.maximum(g.channel_max, 1e-8)
+    limit = max(4, int(config.max_outlier_fraction * g.channels))
+    candidates = np.nonzero(cm > config.outlier_ratio * np.median(cm))[0]
+    if len(candidates) > limit:  # keep only the largest ones
+        candidates = candidates[np.argsort(-cm[candidates])[:limit]]
+    if config.protect_channels and g.channels == config.protect_width:
+        candidates = np.union1d(candidates, np.asarray(config.protect_channels, np.int64))
+    g.outliers = np.sort(candidates).astype(np.int64)
+    if config.smooth_alpha is not None:
+        a = float(config.smooth_alpha)
+        w = np.maximum(_weight_absmax_rows(model, g), 1e-8)
+        s = cm ** a / w ** (1 - a)
+        s = np.clip(s, 1e-4, 1e4).astype(np.float32)
+        s[g.outliers] = 1.0
+        g.smooth = s
+
+
+def _activation_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: list[Mapping[str, np.ndarray]],
+                       config: Int8Config, progress: Callable | None) -> None:
+    """Pass 2: histograms of what will actually be quantized, |x * mask| on [0, max_c(max|x_c| |mask_c|)],
+    `tensors_per_run` raw activations at a time; each group's amax from its histogram."""
     hists = {g.tensor: Histogram(float((g.channel_max * np.abs(g.mask)).max()), config.bins) for g in groups}
     chunks = [groups[i:i + config.tensors_per_run] for i in range(0, len(groups), config.tensors_per_run)]
     for ci, chunk in enumerate(chunks):
@@ -196,7 +211,19 @@ def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], con
         del sess, out
     for g in groups:
         g.amax = amax_from_histogram(hists[g.tensor], config.calibration, config.percentile)
-    return groups, skipped
+
+
+class _QdqWriter:
+    """Fresh names and new initializers of one insert_qdq pass."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.fresh = Namer(model)
+        self.inits: list[onnx.TensorProto] = []
+
+    def init(self, arr: np.ndarray, base: str) -> str:
+        name = self.fresh(base)
+        self.inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))  # keeps 0-d scalars 0-d
+        return name
 
 
 def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup]) -> onnx.ModelProto:
@@ -207,70 +234,74 @@ def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup]) -> onnx.ModelPro
     idx = GraphIndex(g)
     before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
     replace: dict[str, list[onnx.NodeProto]] = {}
-    inits: list[onnx.TensorProto] = []
-    fresh = Namer(out)
-
-    def init(arr: np.ndarray, base: str) -> str:
-        name = fresh(base)
-        inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))  # keeps 0-d scalars 0-d
-        return name
-
+    writer = _QdqWriter(out)
     order = {n.name: i for i, n in enumerate(g.node)}  # names are unique: ensure_node_names ran
     for grp in groups:
         first = min(grp.nodes, key=lambda n: order[n.name])
-        pre: list[onnx.NodeProto] = []
-        x = grp.tensor
-        mask = grp.mask
-        if not np.all(mask == 1.0):
-            scaled = fresh(x + "_smoothed")
-            pre.append(helper.make_node("Mul", [x, init(mask, x + "_qmask")], [scaled], name=scaled))
-            x = scaled
-        scale = np.float32(max(grp.amax, 1e-8) / QMAX)
-        outlier_in = None
-        if len(grp.outliers):
-            outlier_in = fresh(grp.tensor + "_outliers")
-            pre.append(helper.make_node("Gather", [grp.tensor, init(grp.outliers, grp.tensor + "_outlier_idx")],
-                                        [outlier_in], axis=-1, name=outlier_in))
+        pre, x, outlier_in = _group_inputs(grp, writer)
         before.setdefault(first.name, []).extend(pre)
+        scale = np.float32(max(grp.amax, 1e-8) / QMAX)
         for node in grp.nodes:
             w = numpy_helper.to_array(idx.inits[node.input[1]]).astype(np.float32)
-            ws = w * (grp.smooth[:, None] if grp.smooth is not None else 1.0)
-            ws[grp.outliers] = 0.0
-            wscale = np.maximum(np.abs(ws).max(axis=0), 1e-12) / QMAX
-            wq = np.clip(np.round(ws / wscale), -QMAX, QMAX).astype(np.int8)
-            wname = node.input[1]
-            wdq = fresh(wname + "_dq")
-            # A dedicated Q/DQ pair per consumer, same scale value in its own initializer: onnxruntime
-            # fuses Q -> DQ -> MatMul into an integer GEMM (MatMulIntegerToFloat) only when the pair
-            # feeds one MatMul, and its common-subexpression pass would merge pairs that share inputs.
-            # TensorRT takes either form.
-            s_name, zp_name = init(np.array(scale, np.float32), x + "_scale"), init(np.array(0, np.int8), x + "_zp")
-            q, dq = fresh(grp.tensor + "_q"), fresh(grp.tensor + "_dq")
-            nodes = [helper.make_node("QuantizeLinear", [x, s_name, zp_name], [q], name=q),
-                     helper.make_node("DequantizeLinear", [q, s_name, zp_name], [dq], name=dq),
-                     helper.make_node("DequantizeLinear",
-                                      [init(wq, wname + "_int8"), init(wscale.astype(np.float32), wname + "_scale"),
-                                       init(np.zeros(wq.shape[1], np.int8), wname + "_zp")],
-                                      [wdq], axis=1, name=wdq)]
-            y = node.output[0]
-            if outlier_in is None:
-                nodes.append(helper.make_node("MatMul", [dq, wdq], [y], name=node.name))
-            else:
-                yq, yo = fresh(y + "_int8path"), fresh(y + "_fp32path")
-                nodes += [helper.make_node("MatMul", [dq, wdq], [yq], name=node.name),
-                          helper.make_node("MatMul", [outlier_in, init(w[grp.outliers], wname + "_outlier_rows")],
-                                           [yo], name=yo),
-                          helper.make_node("Add", [yq, yo], [y], name=fresh(y + "_join"))]
-            replace[node.name] = nodes
+            replace[node.name] = _quantized_matmul(node, w, grp, x, scale, outlier_in, writer)
     new_nodes = []
     for n in g.node:
         new_nodes.extend(before.get(n.name, []))
         new_nodes.extend(replace.get(n.name, [n]))
     del g.node[:]
     g.node.extend(new_nodes)
-    g.initializer.extend(inits)
+    g.initializer.extend(writer.inits)
     prune_initializers(out)
     return out
+
+
+def _group_inputs(grp: GemmGroup, writer: _QdqWriter) -> tuple[list[onnx.NodeProto], str, str | None]:
+    """Nodes before the group's first GEMM: x * mask (smoothing, outliers zeroed) to quantize, and the
+    outlier channels gathered for their FP32 GEMM. Returns (nodes, quantized input, outlier input)."""
+    fresh, pre, x = writer.fresh, [], grp.tensor
+    mask = grp.mask
+    if not np.all(mask == 1.0):
+        scaled = fresh(x + "_smoothed")
+        pre.append(helper.make_node("Mul", [x, writer.init(mask, x + "_qmask")], [scaled], name=scaled))
+        x = scaled
+    outlier_in = None
+    if len(grp.outliers):
+        outlier_in = fresh(grp.tensor + "_outliers")
+        pre.append(helper.make_node("Gather", [grp.tensor, writer.init(grp.outliers, grp.tensor + "_outlier_idx")],
+                                    [outlier_in], axis=-1, name=outlier_in))
+    return pre, x, outlier_in
+
+
+def _quantized_matmul(node: onnx.NodeProto, w: np.ndarray, grp: GemmGroup, x: str, scale: np.float32,
+                      outlier_in: str | None, writer: _QdqWriter) -> list[onnx.NodeProto]:
+    """`node` (x @ W) as Q/DQ(x) @ DQ(int8 W) [+ outliers @ W[outlier rows] in FP32]."""
+    fresh, init = writer.fresh, writer.init
+    ws = w * (grp.smooth[:, None] if grp.smooth is not None else 1.0)
+    ws[grp.outliers] = 0.0
+    wscale = np.maximum(np.abs(ws).max(axis=0), 1e-12) / QMAX
+    wq = np.clip(np.round(ws / wscale), -QMAX, QMAX).astype(np.int8)
+    wname = node.input[1]
+    wdq = fresh(wname + "_dq")
+    # A dedicated Q/DQ pair per consumer, same scale value in its own initializer: onnxruntime
+    # fuses Q -> DQ -> MatMul into an integer GEMM (MatMulIntegerToFloat) only when the pair
+    # feeds one MatMul, and its common-subexpression pass would merge pairs that share inputs.
+    # TensorRT takes either form.
+    s_name, zp_name = init(np.array(scale, np.float32), x + "_scale"), init(np.array(0, np.int8), x + "_zp")
+    q, dq = fresh(grp.tensor + "_q"), fresh(grp.tensor + "_dq")
+    nodes = [helper.make_node("QuantizeLinear", [x, s_name, zp_name], [q], name=q),
+             helper.make_node("DequantizeLinear", [q, s_name, zp_name], [dq], name=dq),
+             helper.make_node("DequantizeLinear",
+                              [init(wq, wname + "_int8"), init(wscale.astype(np.float32), wname + "_scale"),
+                               init(np.zeros(wq.shape[1], np.int8), wname + "_zp")],
+                              [wdq], axis=1, name=wdq)]
+    y = node.output[0]
+    if outlier_in is None:
+        return nodes + [helper.make_node("MatMul", [dq, wdq], [y], name=node.name)]
+    yq, yo = fresh(y + "_int8path"), fresh(y + "_fp32path")
+    return nodes + [helper.make_node("MatMul", [dq, wdq], [yq], name=node.name),
+                    helper.make_node("MatMul", [outlier_in, init(w[grp.outliers], wname + "_outlier_rows")],
+                                     [yo], name=yo),
+                    helper.make_node("Add", [yq, yo], [y], name=fresh(y + "_join"))]
 
 
 def sensitivity(model: onnx.ModelProto, groups: list[GemmGroup], feed: Mapping[str, np.ndarray],

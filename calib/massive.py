@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from .graph_io import GraphIO
+
 DEFAULT_THRESHOLD = 100.0  # the paper: massive activations are > 100x the median channel
 
 
@@ -76,14 +78,14 @@ def detect_from_tokens(token_sets: Iterable[np.ndarray], threshold: float = DEFA
     return MassiveChannels(channels, ratios, per_image, float(threshold), tuple(image_names))
 
 
-def detect_massive(raw_tokens: Callable[[np.ndarray, np.ndarray], np.ndarray],
+def detect_massive(raw_tokens: Callable[[Mapping[str, np.ndarray]], np.ndarray],
                    feeds: Iterable[Mapping[str, np.ndarray]], threshold: float = DEFAULT_THRESHOLD,
                    image_names: tuple[str, ...] = (), progress: Callable[[str], None] | None = None) -> MassiveChannels:
-    """Run `raw_tokens(image, noise) -> [1, N, C]` (the feature graph before discard) over calibration feeds
-    (`{"image": [1, 3, H, W], "noise": [1, E, c, H/8, W/8]}`, the runtime's preprocessing and noise)."""
+    """Run `raw_tokens(feed) -> [1, (F,) N, C]` (the feature graph before discard) over calibration feeds
+    (one image or still clip each: the runtime's preprocessing and noise)."""
     sets = []
     for i, feed in enumerate(feeds):
-        tokens = np.asarray(raw_tokens(feed["image"], feed["noise"]))
+        tokens = np.asarray(raw_tokens(feed))
         if tokens.ndim < 3 or tokens.shape[0] != 1:
             raise ValueError(f"raw tokens must be [1, (F,) N, C], got {tokens.shape}")
         sets.append(tokens.reshape(-1, tokens.shape[-1]))  # video: all frames' tokens together
@@ -92,38 +94,26 @@ def detect_massive(raw_tokens: Callable[[np.ndarray, np.ndarray], np.ndarray],
     return detect_from_tokens(sets, threshold, image_names)
 
 
-def torch_raw_tokens(graph) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Adapter from ditf_export's FeatureGraph (torch) to the numpy callable detect_massive takes."""
+def torch_raw_tokens(graph, io: GraphIO) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """Adapter from ditf_export's FeatureGraph (torch; its inputs in io's order) to the numpy callable
+    detect_massive takes."""
     import torch
 
     @torch.no_grad()
-    def run(image: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return graph.raw_tokens(torch.from_numpy(image), torch.from_numpy(noise)).float().numpy()
+    def run(feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        return graph.raw_tokens(*(torch.from_numpy(feed[name]) for name in io.input_names)).float().numpy()
 
     return run
 
 
-def detect_for_graph(graph, images_dir, *, long_side: int, ensemble: int, threshold: float = DEFAULT_THRESHOLD,
-                     seed: int = 0, max_images: int | None = None,
+def detect_for_graph(graph, io: GraphIO, images_dir, *, long_side: int, ensemble: int,
+                     threshold: float = DEFAULT_THRESHOLD, seed: int = 0, max_images: int | None = None,
                      progress: Callable[[str], None] | None = None) -> MassiveChannels:
-    """Calibration images -> the runtime's preprocessing and default noise -> raw h_K -> massive channels."""
+    """Calibration images -> the runtime's preprocessing and default noise, in the graph's layout `io`
+    (video graphs: still clips of io.max_frames frames) -> raw h_K -> massive channels."""
     from .data import load_calibration_set
 
-    calib = load_calibration_set(images_dir, long_side=long_side, latent_channels=graph.encoder.latent_channels,
-                                 size_multiple=8 * graph.patch_size, ensemble=ensemble, seed=seed,
+    calib = load_calibration_set(images_dir, io=io, long_side=long_side, ensemble=ensemble, seed=seed,
                                  max_images=max_images)
     names = tuple(img.name for img in calib.images)
-    feeds = calib.feeds()
-    if getattr(graph, "max_frames", None):
-        feeds = still_clips(feeds, graph.max_frames, seed)
-    return detect_massive(torch_raw_tokens(graph), feeds, threshold, names, progress)
-
-
-def still_clips(feeds: Iterable[Mapping[str, np.ndarray]], frames: int, seed: int = 0):
-    """Video graphs: each calibration photo as a still clip of `frames` frames, with fresh noise per frame
-    (seeded by the image's index). Massive channels are a property of the channel, not of the motion."""
-    for i, feed in enumerate(feeds):
-        image, noise = feed["image"], feed["noise"]
-        rng = np.random.default_rng([int(seed), i, int(frames)])
-        clip_noise = rng.standard_normal((noise.shape[0], noise.shape[1], frames, *noise.shape[2:]), dtype=np.float32)
-        yield {"image": np.ascontiguousarray(np.repeat(image[:, None], frames, axis=1)), "noise": clip_noise}
+    return detect_massive(torch_raw_tokens(graph, io), calib.feeds(), threshold, names, progress)

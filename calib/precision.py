@@ -40,12 +40,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ditf_runtime.precision import Precision
+
 from .graph import GraphIndex, Namer, cast, prune_initializers, reduction_probes, session
 
-LOW_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+LOW_TYPES = {Precision.FP16: TensorProto.FLOAT16, Precision.BF16: TensorProto.BFLOAT16}
 FP16_MAX = 65504.0
 # Conv has bfloat16 only from opset 22 (we export opset 20): in bf16 graphs the VAE's convs stay FP32.
-ISLAND_OPS = {"fp16": ("MatMul", "Gemm", "Conv"), "bf16": ("MatMul", "Gemm")}
+ISLAND_OPS = {Precision.FP16: ("MatMul", "Gemm", "Conv"), Precision.BF16: ("MatMul", "Gemm")}
 # Below this headroom (65504 / max |x| seen on the check inputs) the report warns: unseen inputs may go further.
 FP16_WARN_HEADROOM = 4.0
 
@@ -58,7 +60,7 @@ class PrecisionError(ValueError):
 class Islands:
     """What a rewrite put in low precision."""
 
-    precision: str
+    precision: Precision
     emulated: bool
     low_tensors: dict[str, str] = field(default_factory=dict)  # original tensor name -> low-precision name
     ops: dict[str, int] = field(default_factory=dict)  # op type -> count computed low
@@ -71,26 +73,26 @@ class Islands:
         return f"{kind} {self.precision} islands: {ops}; {self.weights} weights stored {self.precision}"
 
 
-def _round_array(arr: np.ndarray, precision: str) -> np.ndarray:
+def _round_array(arr: np.ndarray, precision: Precision) -> np.ndarray:
     import ml_dtypes
 
-    dtype = np.float16 if precision == "fp16" else ml_dtypes.bfloat16
+    dtype = np.float16 if precision == Precision.FP16 else ml_dtypes.bfloat16
     with np.errstate(over="ignore"):
         return arr.astype(dtype)
 
 
-def _low_initializer(arr: np.ndarray, name: str, precision: str, emulate: bool) -> onnx.TensorProto:
+def _low_initializer(arr: np.ndarray, name: str, precision: Precision, emulate: bool) -> onnx.TensorProto:
     low = _round_array(arr.astype(np.float32), precision)
     if emulate:
         return numpy_helper.from_array(low.astype(np.float32), name)
-    if precision == "fp16":
+    if precision == Precision.FP16:
         return numpy_helper.from_array(low, name)
     # bfloat16: raw bits, so no dependency on onnx's own ml_dtypes handling
     bits = np.ascontiguousarray(low).view(np.uint16).tobytes()
     return helper.make_tensor(name, TensorProto.BFLOAT16, list(arr.shape), vals=bits, raw=True)
 
 
-def select_islands(model: onnx.ModelProto, precision: str, ops: Iterable[str] | None = None,
+def select_islands(model: onnx.ModelProto, precision: Precision, ops: Iterable[str] | None = None,
                    softmax_low: bool = True) -> set[int]:
     """Indices (in model.graph.node) of the nodes computed in low precision."""
     ops = tuple(ISLAND_OPS[precision] if ops is None else ops)
@@ -121,103 +123,120 @@ def select_islands(model: onnx.ModelProto, precision: str, ops: Iterable[str] | 
     return island
 
 
-def to_low_precision(model: onnx.ModelProto, precision: str, *, emulate: bool = False,
+def to_low_precision(model: onnx.ModelProto, precision: Precision | str, *, emulate: bool = False,
                      ops: Iterable[str] | None = None, softmax_low: bool = True) -> tuple[onnx.ModelProto, Islands]:
     """A copy of `model` with its islands in `precision`; graph I/O stays FP32.
 
     emulate=True gives the Cast-emulated twin: same islands, every low tensor rounded through
     Cast(low) -> Cast(float) and computed in FP32, so it runs where the low kernels do not exist.
     """
+    precision = Precision.parse(precision)
     if precision not in LOW_TYPES:
-        raise ValueError(f"precision {precision!r}: expected one of {sorted(LOW_TYPES)}")
-    low = LOW_TYPES[precision]
+        raise ValueError(f"precision {precision}: expected one of {', '.join(LOW_TYPES)}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     island = select_islands(out, precision, ops, softmax_low)
     g = out.graph
-    idx = GraphIndex(g)
+    rewrite = _IslandRewrite(out, precision, emulate)
     nodes = list(g.node)
     pos = {id(n): i for i, n in enumerate(nodes)}
-    info = Islands(precision, emulate)
-    fresh = Namer(out)
-    low_name: dict[str, str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
-
-    def to_low(x: str, base: str) -> list[onnx.NodeProto]:
-        """Nodes turning FP32 tensor x into its low (or rounded) version `base`."""
-        if not emulate:
-            return [cast(x, base, low, fresh(base + "_cast"))]
-        mid = fresh(base + "_lowbits")
-        return [cast(x, mid, low, fresh(mid + "_cast")), cast(mid, base, TensorProto.FLOAT, fresh(base + "_cast"))]
-
     for i, node in enumerate(nodes):
         if i not in island:
-            new_nodes.append(node)
+            rewrite.nodes.append(node)
             continue
-        inputs = []
-        for x in node.input:
-            if not x or x in low_name:
-                inputs.append(low_name.get(x, x))
-                continue
-            name = fresh(f"{x}_{precision}")
-            if idx.is_const(x):
-                arr = idx.array(x)
-                if arr.dtype.kind != "f":  # (no such input on the island ops; be safe)
-                    inputs.append(x)
-                    continue
-                amax = float(np.abs(arr).max()) if arr.size else 0.0
-                if precision == "fp16" and amax > FP16_MAX:
-                    info.weight_overflow.append((x, amax))
-                new_inits.append(_low_initializer(arr, name, precision, emulate))
-                info.weights += 1
-            else:
-                new_nodes.extend(to_low(x, name))
-            low_name[x] = name
-            inputs.append(name)
+        rewrite.low_node(node)
+        for o in node.output:  # FP32 consumers (and graph outputs) read the original name
+            if o in rewrite.idx.outputs or any(pos[id(c)] not in island for c in rewrite.idx.consumers[o]):
+                rewrite.back_to_fp32(o)
+    del g.node[:]
+    g.node.extend(rewrite.nodes)
+    g.initializer.extend(rewrite.inits)
+    prune_initializers(out)
+    produced = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    keep = [v for v in g.value_info if v.name in produced]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    return out, rewrite.info
+
+
+class _IslandRewrite:
+    """The state of one to_low_precision pass: new nodes and initializers in order, and the low name of
+    every tensor already converted (each is converted once, whoever reads it)."""
+
+    def __init__(self, model: onnx.ModelProto, precision: Precision, emulate: bool):
+        self.precision, self.emulate, self.low = precision, emulate, LOW_TYPES[precision]
+        self.idx = GraphIndex(model.graph)
+        self.fresh = Namer(model)
+        self.info = Islands(precision, emulate)
+        self.low_name: dict[str, str] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def to_low(self, x: str, base: str) -> list[onnx.NodeProto]:
+        """Nodes turning FP32 tensor x into its low (or rounded) version `base`."""
+        fresh = self.fresh
+        if not self.emulate:
+            return [cast(x, base, self.low, fresh(base + "_cast"))]
+        mid = fresh(base + "_lowbits")
+        return [cast(x, mid, self.low, fresh(mid + "_cast")), cast(mid, base, TensorProto.FLOAT, fresh(base + "_cast"))]
+
+    def low_input(self, x: str) -> str:
+        """The low-precision name of input x: a low copy of a constant, or a cast of an FP32 tensor."""
+        if not x or x in self.low_name:
+            return self.low_name.get(x, x)
+        name = self.fresh(f"{x}_{self.precision}")
+        if self.idx.is_const(x):
+            arr = self.idx.array(x)
+            if arr.dtype.kind != "f":  # (no such input on the island ops; be safe)
+                return x
+            amax = float(np.abs(arr).max()) if arr.size else 0.0
+            if self.precision == Precision.FP16 and amax > FP16_MAX:
+                self.info.weight_overflow.append((x, amax))
+            self.inits.append(_low_initializer(arr, name, self.precision, self.emulate))
+            self.info.weights += 1
+        else:
+            self.nodes.extend(self.to_low(x, name))
+        self.low_name[x] = name
+        return name
+
+    def low_node(self, node: onnx.NodeProto) -> None:
+        """`node` computed on low inputs, its outputs low (emulated: FP32 compute, output rounded)."""
+        inputs = [self.low_input(x) for x in node.input]
         outputs = []
         for o in node.output:
-            lo = fresh(f"{o}_{precision}")
-            low_name[o] = lo
-            info.low_tensors[o] = lo
+            lo = self.fresh(f"{o}_{self.precision}")
+            self.low_name[o] = lo
+            self.info.low_tensors[o] = lo
             outputs.append(lo)
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         del copy.input[:]
         copy.input.extend(inputs)
         del copy.output[:]
-        if emulate:  # FP32 compute on rounded inputs, output rounded like the typed op's
-            raw = [fresh(f"{o}_f32raw") for o in node.output]
+        if self.emulate:  # FP32 compute on rounded inputs, output rounded like the typed op's
+            raw = [self.fresh(f"{o}_f32raw") for o in node.output]
             copy.output.extend(raw)
-            new_nodes.append(copy)
+            self.nodes.append(copy)
             for r, lo in zip(raw, outputs):
-                new_nodes.extend(to_low(r, lo))
+                self.nodes.extend(self.to_low(r, lo))
         else:
             copy.output.extend(outputs)
-            new_nodes.append(copy)
-        info.ops[node.op_type] = info.ops.get(node.op_type, 0) + 1
-        for o in node.output:
-            if o in idx.outputs or any(pos[id(c)] not in island for c in idx.consumers[o]):
-                if emulate:
-                    new_nodes.append(helper.make_node("Identity", [low_name[o]], [o], name=fresh(o + "_back")))
-                else:
-                    new_nodes.append(cast(low_name[o], o, TensorProto.FLOAT, fresh(o + "_back")))
-    del g.node[:]
-    g.node.extend(new_nodes)
-    g.initializer.extend(new_inits)
-    prune_initializers(out)
-    produced = {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    keep = [v for v in g.value_info if v.name in produced]
-    del g.value_info[:]
-    g.value_info.extend(keep)
-    return out, info
+            self.nodes.append(copy)
+        self.info.ops[node.op_type] = self.info.ops.get(node.op_type, 0) + 1
+
+    def back_to_fp32(self, o: str) -> None:
+        lo, name = self.low_name[o], self.fresh(o + "_back")
+        if self.emulate:
+            self.nodes.append(helper.make_node("Identity", [lo], [o], name=name))
+        else:
+            self.nodes.append(cast(lo, o, TensorProto.FLOAT, name))
 
 
 @dataclass
 class RangeReport:
     """Largest |x| of every low-precision tensor over the check inputs, and what is non-finite."""
 
-    precision: str
+    precision: Precision
     inputs: int
     max_abs: dict[str, float]
     nonfinite: list[str]
@@ -239,7 +258,7 @@ class RangeReport:
         name, value = self.worst
         d = {"inputs_checked": self.inputs, "max_abs_low_tensor": value, "max_abs_tensor": name,
              "nonfinite_tensors": self.nonfinite[:20], "output_nonfinite": self.output_nonfinite}
-        if self.precision == "fp16":
+        if self.precision == Precision.FP16:
             d["fp16_headroom"] = self.headroom
         return d
 
@@ -270,7 +289,7 @@ def check_ranges(model: onnx.ModelProto, islands: Islands, feeds: Iterable[Mappi
             if not np.isfinite(res[flag]) or not np.isfinite(a):
                 bad.add(orig)
             else:
-                if islands.precision == "fp16" and a > FP16_MAX:  # only if the run did not round it
+                if islands.precision == Precision.FP16 and a > FP16_MAX:  # only if the run did not round it
                     bad.add(orig)
                 max_abs[orig] = max(max_abs[orig], a)
         out_bad |= any(not np.isfinite(res[o]).all() for o in final)
@@ -291,7 +310,7 @@ def refuse_if_out_of_range(islands: Islands, ranges: RangeReport) -> None:
         problems.append("the graph output is non-finite")
     if not problems:
         return
-    if islands.precision == "fp16":
+    if islands.precision == Precision.FP16:
         raise PrecisionError(
             "--precision fp16 refused: FP16 (max 65504) overflows on this model over "
             f"{ranges.inputs} check inputs: " + "; ".join(problems)

@@ -7,17 +7,36 @@ from pathlib import Path
 
 import click
 
-from .families.base import ExportInputError
+from ditf_runtime.precision import PRECISIONS, Precision
+
+from .errors import ExportInputError, ParityError
+from .request import NOT_GIVEN
 
 
 class _Guidance(click.ParamType):
-    name = "float"
+    """A number, or "none": explicitly no guidance (not given at all: the model's default)."""
+
+    name = "float|none"
 
     def convert(self, value, param, ctx):
+        if value is None or value is NOT_GIVEN or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "none":
+            return None
         try:
             return float(value)
         except ValueError:
-            self.fail(f"{value!r} is not a number", param, ctx)
+            self.fail(f"{value!r} is not a number (or 'none')", param, ctx)
+
+
+class _Precision(click.Choice):
+    """--precision, parsed once into a Precision."""
+
+    def __init__(self):
+        super().__init__(list(PRECISIONS))
+
+    def convert(self, value, param, ctx):
+        return Precision(super().convert(value, param, ctx))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,8 +49,9 @@ class _Guidance(click.ParamType):
                    "Default: the registry's.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--timestep", type=float, default=None, help="Diffusion timestep in [0, 1000] (default 260).")
-@click.option("--guidance", type=_Guidance(), default=None,
-              help="Guidance for guidance-distilled models (FLUX.1-dev: 3.5). An error on models without it.")
+@click.option("--guidance", type=_Guidance(), default=NOT_GIVEN, show_default=False,
+              help="Guidance for guidance-distilled models (FLUX.1-dev: 3.5; default: the model's). An error on "
+                   "models without it; 'none': no guidance.")
 @click.option("--prompt", default="", show_default=True, help="Prompt baked into the graph.")
 @click.option("--prompt-embeds", type=click.Path(path_type=Path), default=None,
               help="safetensors with prompt_embeds [1, L, D] and pooled_prompt_embeds [1, P]; "
@@ -48,8 +68,7 @@ class _Guidance(click.ParamType):
               help="Class-conditional models (DiT): the class baked into the graph. Default: the null class.")
 @click.option("--ensemble", type=int, default=None, help="Default ensemble size E for the runtime (default 8).")
 @click.option("--image-size", type=int, default=None, help="Default long side for the runtime (default 640).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
-              show_default=True,
+@click.option("--precision", type=_Precision(), default="fp32", show_default=True,
               help="Precision written into the ONNX (TensorRT builds it strongly typed): fp16/bf16 GEMMs and "
                    "attention with an FP32 residual stream, norms and head; int8 explicit Q/DQ.")
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
@@ -59,11 +78,11 @@ class _Guidance(click.ParamType):
 def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
          class_label, ensemble, image_size, precision, calib_images, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
-    from .export import ExportRequest, ParityError, export
+    from .export import ExportRequest, export
 
     request = ExportRequest(
-        model=model, out=out, layer=layer, timestep=timestep, guidance=guidance,
-        guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds,
+        model=model, out=out, layer=layer, timestep=timestep, guidance=guidance, prompt=prompt,
+        prompt_embeds=prompt_embeds,
         text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold, class_label=class_label,
         ensemble=ensemble, image_size=image_size, precision=precision, calib_images=calib_images,
         force=force, progress=lambda msg: click.echo(msg, err=True),
@@ -88,7 +107,8 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
 @click.option("--threshold", type=float, default=100.0, show_default=True,
               help="Massive: median |h_K| over tokens above this many times the median channel's (paper: > 100x).")
 @click.option("--timestep", type=float, default=None, help="Diffusion timestep (default: the registry's).")
-@click.option("--guidance", type=_Guidance(), default=None, help="Guidance, for guidance-distilled models.")
+@click.option("--guidance", type=_Guidance(), default=NOT_GIVEN, show_default=False,
+              help="Guidance, for guidance-distilled models (default: the model's; 'none': no guidance).")
 @click.option("--prompt", default="", show_default=True, help="Prompt baked as in the export.")
 @click.option("--prompt-embeds", type=click.Path(path_type=Path), default=None, help="As for ditf-export.")
 @click.option("--max-sequence-length", "text_max_length", type=int, default=None, help="As for ditf-export.")
@@ -109,25 +129,27 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
     from ditf_calib.data import CalibrationError
     from ditf_calib.massive import detect_for_graph
 
-    from .export import ExportRequest, _quiet_libraries, build_graph, plan
+    from .build import build_graph
+    from .logs import quiet_libraries
+    from .plan import plan
+    from .request import ExportRequest
 
     if not threshold > 1:
         raise click.ClickException(f"--threshold {threshold}: must be > 1 (the paper uses 100)")
-    _quiet_libraries()
+    quiet_libraries()
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     try:
         with tempfile.TemporaryDirectory() as tmp:  # plan() wants an --out that does not exist; nothing is written
-            source, adapter, options, extra = plan(ExportRequest(
+            the_plan = plan(ExportRequest(
                 model=model, out=Path(tmp) / "unused", layer=layer, timestep=timestep, guidance=guidance,
-                guidance_given=guidance is not None, prompt=prompt, prompt_embeds=prompt_embeds,
-                text_max_length=text_max_length, discard="none", class_label=class_label, ensemble=ensemble,
-                image_size=image_size))
-        say(f"model {source.name} ({source.family}), layer {options.layer} = "
-            f"{adapter.block_name(source.transformer_config, options.layer)}, timestep {options.timestep:g}, "
-            f"long side {extra['image_size']}, ensemble {extra['ensemble']}")
-        graph, _ = build_graph(source, adapter, options)
-        found = detect_for_graph(graph, images, long_side=extra["image_size"], ensemble=extra["ensemble"],
-                                 threshold=threshold, max_images=max_images)
+                prompt=prompt, prompt_embeds=prompt_embeds, text_max_length=text_max_length, discard="none",
+                class_label=class_label, ensemble=ensemble, image_size=image_size))
+        source, options = the_plan.source, the_plan.options
+        say(f"model {source.name} ({source.family}), layer {options.layer} = {the_plan.block}, "
+            f"timestep {options.timestep:g}, long side {the_plan.image_size}, ensemble {the_plan.ensemble}")
+        built = build_graph(the_plan)
+        found = detect_for_graph(built.graph, the_plan.io, images, long_side=the_plan.image_size,
+                                 ensemble=the_plan.ensemble, threshold=threshold, max_images=max_images)
     except (ExportInputError, CalibrationError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(found.table(top))

@@ -56,21 +56,26 @@ class FeatureHead(nn.Module):
 
 
 class FeatureGraph(nn.Module):
-    """image [B, 3, H, W] in [-1, 1], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16].
+    """image [B, 3, H, W] in [-1, 1], noise [B, E, c, H/s, W/s] -> features [B, C, H/(s*p), W/(s*p)]
+    (s the VAE's stride, p the patch size; shapes as ditf_calib.graph_io.diffusion_io declares them).
 
-    Video families (parts.max_frames set) add a frame axis after the batch axis everywhere: image
-    [B, F, 3, H, W], noise [B, E, F, c, H/8, W/8] -> features [B, F, C, H/16, W/16]; frames go through the
-    image VAE one by one, the backbone sees the clip.
+    Video graphs (`video`) add a frame axis after the batch axis everywhere: image [B, F, 3, H, W], noise
+    [B, E, F, c, H/s, W/s] -> features [B, F, C, H/(s*p), W/(s*p)]; frames go through the image VAE one by
+    one, the backbone sees the clip.
     """
 
+    # What this graph decides that the manifest should say (Feature.notes).
+    NOTES = ("latent: VAE posterior mean (the authors sample; deterministic by choice)",
+             "ensemble: the latent is encoded once and shared by the E noise draws")
+
     def __init__(self, encoder: LatentEncoder, parts: FeatureParts, noise_a: float, noise_b: float,
-                 discard: tuple[int, ...]):
+                 discard: tuple[int, ...], patch_size: int, video: bool = False):
         super().__init__()
         self.encoder = encoder
         self.backbone = parts.backbone
         self.head = FeatureHead(parts.shift, parts.scale, discard, parts.norm_eps)
-        self.patch_size = parts.patch_size
-        self.max_frames = parts.max_frames
+        self.patch_size = int(patch_size)
+        self.video = bool(video)
         # x_t = a * x0 + b * noise: flow matching (1 - t, t) or variance-preserving (sqrt(ab), sqrt(1 - ab))
         self.noise_a = float(noise_a)
         self.noise_b = float(noise_b)
@@ -78,7 +83,7 @@ class FeatureGraph(nn.Module):
     def raw_tokens(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ensemble mean of the raw h_K, before discard and LayerNorm: [B, N, C] (massive-channel detection)."""
         b, e = noise.shape[0], noise.shape[1]
-        if self.max_frames is None:
+        if not self.video:
             latent = self.encoder(image)  # encoded once, shared by the E ensemble members
         else:  # video: every frame through the image VAE, [B, F, c, h, w]
             latent = self.encoder(image.flatten(0, 1)).unflatten(0, (b, image.shape[1]))

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
-from . import registry
-from .families.base import ExportInputError, FamilyAdapter
+from . import catalog
+from .errors import ExportInputError
+from .families.base import FamilyAdapter
+from .registry import ModelSpec
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -23,8 +25,19 @@ class ModelSource:
     name: str  # registry name, or the folder / HF id as given
     path: Path  # local pipeline folder: model_index.json, transformer/, vae/, ...
     family: str
-    spec: registry.ModelSpec | None  # registry entry whose defaults apply, if any
+    spec: ModelSpec | None  # registry entry whose defaults apply, if any
     transformer_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What load_truncated_transformer read."""
+
+    tensors_read: int
+    tensors_in_checkpoint: int
+    bytes_read: int
+    shards_opened: int
+    files: tuple[Path, ...]  # the shards read, sorted
 
 
 def builtin_cache_dir() -> Path:
@@ -32,7 +45,7 @@ def builtin_cache_dir() -> Path:
 
 
 def resolve_source(model: str) -> ModelSource:
-    spec = registry.model_spec(model)
+    spec = catalog.model_spec(model)
     if spec is not None and spec.builtin is not None:
         path = builtin_cache_dir() / spec.name
         if not (path / "model_index.json").is_file():
@@ -44,16 +57,19 @@ def resolve_source(model: str) -> ModelSource:
     elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
         path = _from_hf_cache(model)
     else:
-        known = ", ".join(sorted(registry.models()))
+        known = ", ".join(sorted(catalog.models()))
         raise ExportInputError(
             f"--model {model!r}: not a registry name ({known}), not an existing folder, and not an HF id "
             "(owner/name)"
         )
     config = read_transformer_config(path)
-    family = registry.family_of_transformer(config.get("_class_name", "?"))
+    try:
+        family = catalog.family_of_transformer(config.get("_class_name", "?"))
+    except KeyError as exc:
+        raise ExportInputError(f"{path}: {exc.args[0]}") from None
     if spec is None:
-        hidden = registry.adapter_for(family).hidden_size(config)
-        spec = registry.spec_for_family(family, hidden)
+        hidden = catalog.adapter_for(family).hidden_size(config)
+        spec = catalog.spec_for_family(family, hidden)
         if spec is not None and spec.hidden_size is not None:
             if hidden != spec.hidden_size:
                 spec = None  # defaults (above all the discard channels) belong to another size of model
@@ -67,6 +83,15 @@ def read_transformer_config(path: Path) -> dict[str, Any]:
             f"{path} is not a diffusers pipeline folder: {cfg} is missing "
             "(a folder needs at least model_index.json, transformer/ and vae/)"
         )
+    return json.loads(cfg.read_text())
+
+
+def read_vae_config(source: ModelSource) -> dict[str, Any]:
+    """vae/config.json: the latent channels and the VAE's stride (families.base.vae_stride) come from it."""
+    cfg = source.path / "vae" / "config.json"
+    if not cfg.is_file():
+        raise ExportInputError(f"{source.path} has no vae/ folder (or no vae/config.json); the feature graph "
+                               "starts from pixels and needs it")
     return json.loads(cfg.read_text())
 
 
@@ -106,7 +131,7 @@ def _weight_files(folder: Path) -> dict[str, Path]:
 
 def load_truncated_transformer(
     source: ModelSource, adapter: FamilyAdapter, layer: int, dtype: torch.dtype = torch.float32
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+) -> tuple[torch.nn.Module, LoadReport]:
     """Build the transformer with a truncated config on the meta device and read only the needed tensors.
 
     Returns the module (unneeded parameters stay on `meta`) and a report of what was read.
@@ -140,13 +165,9 @@ def load_truncated_transformer(
     if missing:
         raise ExportInputError(f"{folder}: the checkpoint lacks tensors layer {layer} needs: {missing[:5]}")
     model.eval().requires_grad_(False)
-    report = {
-        "tensors_read": len(state),
-        "tensors_in_checkpoint": len(files),
-        "bytes_read": int(sum(t.numel() * t.element_size() for t in state.values())),
-        "shards_opened": len(by_file),
-        "files": sorted(by_file),
-    }
+    report = LoadReport(tensors_read=len(state), tensors_in_checkpoint=len(files),
+                        bytes_read=int(sum(t.numel() * t.element_size() for t in state.values())),
+                        shards_opened=len(by_file), files=tuple(sorted(by_file)))
     return model, report
 
 

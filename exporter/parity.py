@@ -1,46 +1,56 @@
-"""Parity as its own step: the exported graph on onnxruntime vs the PyTorch reference, same inputs.
+"""Step 5 of an export: the exported graph on onnxruntime vs the PyTorch reference, same inputs.
 
 Metrics live in ditf_runtime.parity (numpy only) so a TensorRT runner without torch judges the same way.
-The first size's inputs and reference outputs are saved (reference.safetensors) for later checks.
+Inputs come from the graph's GraphIO (random ones at each parity size, plus labelled extra feeds such as
+real calibration images); the first size's inputs and reference outputs are saved (reference.safetensors)
+for later checks.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from ditf_calib.graph_io import ENSEMBLE, FRAMES, GraphIO, Sizes
+from ditf_runtime.backends.onnxrt import create_session
 from ditf_runtime.parity import TOLERANCES, compare
+from ditf_runtime.precision import Precision
+
+BACKEND = "onnxruntime CPUExecutionProvider"
+REFERENCE = "PyTorch float32 eager (the same module that was exported)"
+PARITY_BATCH, PARITY_ENSEMBLE = 2, 3
 
 
-def sample_inputs(batch: int, ensemble: int, latent_channels: int, hw: tuple[int, int],
-                  seed: int, frames: int | None = None) -> dict[str, np.ndarray]:
-    """Random graph inputs; `frames` (video families) adds the frame axis after batch / after ensemble."""
-    rng = np.random.default_rng(seed)
-    h, w = hw
-    f = () if frames is None else (int(frames),)
-    return {
-        "image": rng.uniform(-1, 1, size=(batch, *f, 3, h, w)).astype(np.float32),
-        "noise": rng.standard_normal((batch, ensemble, *f, latent_channels, h // 8, w // 8)).astype(np.float32),
-    }
+@dataclass(frozen=True)
+class ParityReport:
+    """The manifest's parity section, built once; `to_dict()` is what manifest.json holds."""
+
+    backend: str
+    tolerance: Mapping[str, float]
+    results: tuple[Mapping[str, Any], ...]
+    summary: tuple[str, ...]
+    precision: Mapping[str, Any] = field(default_factory=dict)  # what the precision step did
+    reference: str = REFERENCE
+
+    @property
+    def passed(self) -> bool:
+        return all(r["passed"] for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "reference": self.reference, "tolerance": dict(self.tolerance),
+                "results": [dict(r) for r in self.results], "passed": self.passed, "summary": list(self.summary),
+                "precision": dict(self.precision)}
 
 
 @torch.no_grad()
-def torch_features(graph: torch.nn.Module, feed: dict[str, np.ndarray]) -> np.ndarray:
-    out = graph(torch.from_numpy(feed["image"]), torch.from_numpy(feed["noise"]))
+def torch_features(graph: torch.nn.Module, feed: Mapping[str, np.ndarray], io: GraphIO) -> np.ndarray:
+    out = graph(*(torch.from_numpy(feed[name]) for name in io.input_names))
     # the graph's output is a transposed view; safetensors writes raw buffers, so make it C-contiguous
     return np.ascontiguousarray(out.float().numpy())
-
-
-def ort_session(onnx_path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
 def _maps(features: np.ndarray) -> np.ndarray:
@@ -48,40 +58,59 @@ def _maps(features: np.ndarray) -> np.ndarray:
     return features.reshape(-1, *features.shape[-3:]) if features.ndim == 5 else features
 
 
-def run_parity(graph: torch.nn.Module, onnx_path: Path, latent_channels: int,
-               sizes: tuple[tuple[int, int], ...], precision: str, reference_path: Path | None = None,
-               batch: int = 2, ensemble: int = 3,
-               extra_feeds: tuple[tuple[str, dict[str, np.ndarray]], ...] = (),
-               frames: int | None = None) -> dict[str, Any]:
-    """Random inputs at each size, then `extra_feeds` (label, feed), e.g. real calibration images."""
-    session = ort_session(onnx_path)
+def parity_inputs(io: GraphIO, sizes: tuple[tuple[int, int], ...], seed: int, batch: int = PARITY_BATCH,
+                  ensemble: int = PARITY_ENSEMBLE, frames: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Random inputs at each (H, W), seeds seed, seed + 1, ...; graphs with frames get `frames` (default:
+    their most)."""
+    if io.has_axis(FRAMES):
+        frames = frames or io.max_frames
+    return [io.random_inputs(Sizes(batch=batch, ensemble=ensemble, height=h, width=w, frames=frames), seed + i)
+            for i, (h, w) in enumerate(sizes)]
+
+
+def run_parity(graph: torch.nn.Module, onnx_path: Path, io: GraphIO, sizes: tuple[tuple[int, int], ...],
+               precision: Precision, reference_path: Path | None = None, backend: str | None = None,
+               extra_feeds: tuple[tuple[str, Mapping[str, np.ndarray]], ...] = (),
+               precision_report: Mapping[str, Any] | None = None) -> ParityReport:
+    """Random inputs at each size, then `extra_feeds` (label, feed), e.g. real calibration images.
+
+    backend: what runs onnx_path, when it is not the written graph itself (an emulated twin).
+    """
+    session = create_session(onnx_path)
     results, summary = [], []
-    cases = [(None, sample_inputs(batch, ensemble, latent_channels, hw, seed=1000 + i, frames=frames))
-             for i, hw in enumerate(sizes)]
+    cases = [(None, feed) for feed in parity_inputs(io, sizes, seed=1000)]
     for i, (label, feed) in enumerate(cases + list(extra_feeds)):
-        ref = torch_features(graph, feed)
-        got = session.run(["features"], feed)[0]
+        ref = torch_features(graph, feed, io)
+        got = session.run(list(io.output_names), dict(feed))[0]
         res = compare(_maps(got), _maps(ref), precision)
-        (b, e), (h8, w8) = feed["noise"].shape[:2], feed["noise"].shape[-2:]
-        row = {"height": h8 * 8, "width": w8 * 8, "batch": b, "ensemble": e, **res.to_dict()}
-        if feed["noise"].ndim == 6:
-            row["frames"] = int(feed["noise"].shape[2])
-        if label:
-            row["inputs"] = label
+        row, line = _row(io.sizes_of(feed), res, label)
         results.append(row)
-        summary.append(f"{h8 * 8}x{w8 * 8} B={b} E={e}{' (' + label + ')' if label else ''}: {res}")
+        summary.append(line)
         if i == 0 and reference_path is not None:
             from safetensors.numpy import save_file
 
-            save_file({k: np.ascontiguousarray(v) for k, v in {**feed, "features": ref}.items()},
+            save_file({k: np.ascontiguousarray(v) for k, v in {**feed, io.output_names[0]: ref}.items()},
                       str(reference_path))
     tol = TOLERANCES[precision]
-    return {
-        "backend": "onnxruntime CPUExecutionProvider",
-        "reference": "PyTorch float32 eager (the same module that was exported)",
-        "tolerance": {"min_cosine": tol.min_cosine, "max_rel_error": tol.max_rel_error,
-                      "min_nn_agreement": tol.min_nn_agreement},
-        "results": results,
-        "passed": all(r["passed"] for r in results),
-        "summary": summary,
-    }
+    return ParityReport(
+        backend=backend or BACKEND, results=tuple(results), summary=tuple(summary),
+        tolerance={"min_cosine": tol.min_cosine, "max_rel_error": tol.max_rel_error,
+                   "min_nn_agreement": tol.min_nn_agreement},
+        precision=dict(precision_report or {}),
+    )
+
+
+def _row(sizes: Sizes, res, label: str | None) -> tuple[dict[str, Any], str]:
+    """One result row of the manifest and its summary line."""
+    row: dict[str, Any] = {"height": sizes.height, "width": sizes.width, "batch": sizes.batch}
+    line = f"{sizes.height}x{sizes.width} B={sizes.batch}"
+    if sizes.ensemble is not None:
+        row[ENSEMBLE] = sizes.ensemble
+        line += f" E={sizes.ensemble}"
+    row.update(res.to_dict())
+    if sizes.frames is not None:
+        row[FRAMES] = sizes.frames
+    if label:
+        row["inputs"] = label
+    line += f"{' (' + label + ')' if label else ''}: {res}"
+    return row, line

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .families.base import ExportInputError
+from .errors import ExportInputError
 
 
 def load_prompt_embeds(path: str | Path) -> dict[str, torch.Tensor]:
@@ -23,9 +23,7 @@ def load_prompt_embeds(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def check_prompt_embeds(
-    tensors: dict[str, torch.Tensor], text_dim: int, pooled_dim: int | None, require_pooled: bool = True
-) -> dict[str, torch.Tensor]:
+def check_prompt_embeds(tensors: dict[str, torch.Tensor], text_dim: int, pooled_dim: int | None) -> dict[str, torch.Tensor]:
     """prompt_embeds [1, L, text_dim] and (where the family has one) pooled_prompt_embeds [1, pooled_dim]."""
     if "prompt_embeds" not in tensors:
         raise ExportInputError(f"--prompt-embeds: no `prompt_embeds` tensor (found: {', '.join(tensors) or 'none'})")
@@ -37,16 +35,14 @@ def check_prompt_embeds(
     out = {"prompt_embeds": pe.float()}
     if pooled_dim is not None:
         if "pooled_prompt_embeds" not in tensors:
-            if require_pooled:
-                raise ExportInputError("--prompt-embeds: no `pooled_prompt_embeds` tensor; this model needs [1, "
-                                       f"{pooled_dim}]")
-        else:
-            pp = tensors["pooled_prompt_embeds"]
-            if pp.ndim != 2 or pp.shape[0] != 1 or pp.shape[1] != pooled_dim:
-                raise ExportInputError(
-                    f"--prompt-embeds: pooled_prompt_embeds has shape {list(pp.shape)}, expected [1, {pooled_dim}]"
-                )
-            out["pooled_prompt_embeds"] = pp.float()
+            raise ExportInputError("--prompt-embeds: no `pooled_prompt_embeds` tensor; this model needs [1, "
+                                   f"{pooled_dim}]")
+        pp = tensors["pooled_prompt_embeds"]
+        if pp.ndim != 2 or pp.shape[0] != 1 or pp.shape[1] != pooled_dim:
+            raise ExportInputError(
+                f"--prompt-embeds: pooled_prompt_embeds has shape {list(pp.shape)}, expected [1, {pooled_dim}]"
+            )
+        out["pooled_prompt_embeds"] = pp.float()
     for name in ("prompt_attention_mask",):
         if name in tensors:
             out[name] = tensors[name]

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 
 from ditf_calib.data import CalibrationError, check_folder, list_images, load_calibration_set
+from ditf_calib.graph_io import Sizes, diffusion_io
 from ditf_runtime.manifest import Geometry, Preprocess
 from ditf_runtime.noise import default_noise
 from ditf_runtime.preprocess import prepare
 
 IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
+FLUX_TINY_IO = diffusion_io(latent_channels=16, feature_channels=64, vae_stride=8, patch_size=2)
 
 
 def test_feeds_are_the_runtime_preprocessing_with_seeded_noise():
-    cs = load_calibration_set(IMAGES, long_side=128, latent_channels=16, ensemble=2, seed=3)
+    cs = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=128, ensemble=2, seed=3)
     files = list_images(IMAGES)
     assert len(cs) == len(files) == 5
     geometry = Geometry(latent_channels=16, feature_channels=0)
@@ -28,6 +30,9 @@ def test_feeds_are_the_runtime_preprocessing_with_seeded_noise():
         assert feed["image"].dtype == np.float32 and feed["image"].shape[0] == 1
         assert max(feed["image"].shape[2:]) == 128 and all(s % 16 == 0 for s in feed["image"].shape[2:])
         np.testing.assert_array_equal(feed["noise"][0], default_noise(expected, geometry, 2, 3))
+        # the runtime's noise rule and the graph's declared shapes agree
+        assert {k: v.shape for k, v in feed.items()} == {
+            k: v for k, v in FLUX_TINY_IO.shapes(FLUX_TINY_IO.sizes_of(feed)).items() if k in feed}
     # reproducible, and the seed matters
     again = list(cs.feeds())
     np.testing.assert_array_equal(again[0]["noise"], feeds[0]["noise"])
@@ -35,10 +40,29 @@ def test_feeds_are_the_runtime_preprocessing_with_seeded_noise():
 
 
 def test_batched_parity_feed():
-    cs = load_calibration_set(IMAGES, long_side=128, latent_channels=16, ensemble=2)
+    cs = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=128, ensemble=2)
     feed = cs.batched((64, 96))
     assert feed["image"].shape == (5, 3, 64, 96) and feed["noise"].shape == (5, 2, 16, 8, 12)
     assert feed["image"].min() >= -1 and feed["image"].max() <= 1
+
+
+def test_video_graphs_get_still_clips_with_fresh_noise_per_frame():
+    """A graph with a frames axis: each photo repeated over F frames, noise drawn per clip from
+    default_rng([seed, image index, F]) in the clip's declared shape."""
+    io = diffusion_io(latent_channels=4, feature_channels=64, vae_stride=8, patch_size=2, max_frames=4)
+    cs = load_calibration_set(IMAGES, io=io, long_side=64, ensemble=2, seed=5, max_images=2)
+    assert cs.frames == 4  # default: the graph's most
+    for i, (feed, img) in enumerate(zip(cs.feeds(), cs.images)):
+        h, w = img.pixels.shape[1:]
+        assert feed["image"].shape == (1, 4, 3, h, w) and feed["noise"].shape == (1, 2, 4, 4, h // 8, w // 8)
+        assert all(np.array_equal(feed["image"][0, f], img.pixels) for f in range(4))
+        expected = np.random.default_rng([5, i, 4]).standard_normal(feed["noise"].shape, dtype=np.float32)
+        np.testing.assert_array_equal(feed["noise"], expected)
+        assert io.sizes_of(feed) == Sizes(batch=1, height=h, width=w, ensemble=2, frames=4)
+    short = load_calibration_set(IMAGES, io=io, long_side=64, ensemble=2, max_images=1, frames=2)
+    assert next(short.feeds())["image"].shape[1] == 2
+    with pytest.raises(CalibrationError, match="frames axis"):
+        load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=64, max_images=1, frames=2)
 
 
 def test_missing_folder(tmp_path):
@@ -69,7 +93,7 @@ def test_corrupt_image_is_named(tmp_path, content):
     with pytest.raises(CalibrationError, match=r"b\.jpg.*remove or replace that file"):
         check_folder(tmp_path)
     with pytest.raises(CalibrationError, match=r"b\.jpg"):
-        load_calibration_set(tmp_path, long_side=64, latent_channels=16)
+        load_calibration_set(tmp_path, io=FLUX_TINY_IO, long_side=64)
 
 
 def test_truncated_image_is_refused(tmp_path):

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ditf_calib import graph as G
 from ditf_calib.data import load_calibration_set
+from ditf_calib.graph_io import diffusion_io
 from ditf_calib.int8 import Int8Config, quantize
 from ditf_runtime.manifest import Manifest
 from ditf_runtime.parity import TOLERANCES, compare
@@ -27,6 +28,7 @@ from ditf_runtime.parity import TOLERANCES, compare
 IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 MASSIVE = (7, 41)
 HIDDEN = 64
+FLUX_TINY_IO = diffusion_io(latent_channels=16, feature_channels=HIDDEN, vae_stride=8, patch_size=2)
 INT8 = TOLERANCES["int8"]
 
 
@@ -104,7 +106,7 @@ def test_massive_channels_stay_fp32(int8_model, int8_dir):
 
 def test_values_entering_quantize_have_massive_channels_zeroed(int8_model):
     """Functional: run the graph and look at what each QuantizeLinear really receives."""
-    cs = load_calibration_set(IMAGES, long_side=128, latent_channels=16, ensemble=2)
+    cs = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=128, ensemble=2)
     feed = next(iter(cs.feeds()))
     idx = G.GraphIndex(int8_model.graph)
     q_inputs = [n.input[0] for n in int8_model.graph.node if n.op_type == "QuantizeLinear"]
@@ -172,9 +174,9 @@ def test_held_out_image(flux_tiny_export, tmp_path):
         if p.name != "cat-b.jpg":
             shutil.copy(p, folder / p.name)
     fp32 = G.load(flux_tiny_export / "model.onnx")
-    cs = load_calibration_set(folder, long_side=128, latent_channels=16, ensemble=2)
+    cs = load_calibration_set(folder, io=FLUX_TINY_IO, long_side=128, ensemble=2)
     qmodel, _ = quantize(fp32, list(cs.feeds()), Int8Config(protect_channels=MASSIVE, protect_width=HIDDEN))
-    held = load_calibration_set(IMAGES, long_side=128, latent_channels=16, ensemble=2)
+    held = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=128, ensemble=2)
     idx = [i.name for i in held.images].index(str(IMAGES / "cat-b.jpg"))
     feed = list(held.feeds(seed=9))[idx]
     ref = G.session(fp32).run(None, feed)[0]

@@ -18,7 +18,7 @@ from ditf_calib.precision import (
     refuse_if_out_of_range,
     to_low_precision,
 )
-from ditf_export.parity import sample_inputs
+from ditf_calib.graph_io import Sizes, diffusion_io
 from ditf_runtime.parity import TOLERANCES, compare
 
 FP32_OPS = ("LayerNormalization", "InstanceNormalization", "ReduceMean", "Pow", "Sqrt", "Gelu", "Sigmoid")
@@ -31,7 +31,9 @@ def fp32_model(flux_tiny_export):
 
 @pytest.fixture(scope="module")
 def feeds():
-    return [sample_inputs(2, 2, 16, hw, seed=i) for i, hw in enumerate(((64, 96), (128, 128)))]
+    io = diffusion_io(latent_channels=16, feature_channels=64, vae_stride=8, patch_size=2)  # flux-tiny's graph
+    return [io.random_inputs(Sizes(batch=2, ensemble=2, height=h, width=w), seed=i)
+            for i, (h, w) in enumerate(((64, 96), (128, 128)))]
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:

@@ -71,7 +71,8 @@ def diffusers_hook_features(folder: Path, layer: int, image, noise, timestep=260
     try:
         transformer(hidden_states=packed, encoder_hidden_states=prompt_embeds.expand(b * e, -1, -1),
                     pooled_projections=pooled.expand(b * e, -1), timestep=torch.full((b * e,), t),
-                    img_ids=img_ids, txt_ids=text_ids, guidance=torch.full((b * e,), guidance))
+                    img_ids=img_ids, txt_ids=text_ids,
+                    guidance=None if guidance is None else torch.full((b * e,), guidance))
     finally:
         h1.remove()
         h2.remove()
@@ -86,10 +87,8 @@ def diffusers_hook_features(folder: Path, layer: int, image, noise, timestep=260
 def _our_graph(folder: Path, layer: int):
     from ditf_export.export import ExportRequest, build_graph, plan
 
-    source, adapter, options, _ = plan(ExportRequest(model=str(folder), out=folder.parent / "unused",
-                                                     layer=layer, discard="7,41", text_max_length=32))
-    graph, _ = build_graph(source, adapter, options)
-    return graph
+    return build_graph(plan(ExportRequest(model=str(folder), out=folder.parent / "unused", layer=layer,
+                                          discard="7,41", text_max_length=32))).graph
 
 
 @pytest.mark.parametrize("layer", [1, 4], ids=["double-block", "single-block"])
@@ -109,9 +108,8 @@ def test_planted_channels_dominate_without_discard(flux_tiny_dir):
     """The planted massive channels are real: raw h_K is dominated by them (what discard removes)."""
     from ditf_export.export import ExportRequest, build_graph, plan
 
-    source, adapter, options, _ = plan(ExportRequest(model=str(flux_tiny_dir), out=flux_tiny_dir.parent / "x",
-                                                     layer=2, discard="none"))
-    graph, _ = build_graph(source, adapter, options)
+    graph = build_graph(plan(ExportRequest(model=str(flux_tiny_dir), out=flux_tiny_dir.parent / "x", layer=2,
+                                           discard="none"))).graph
     captured = {}
 
     def keep_raw(module, args):
@@ -191,7 +189,7 @@ def test_graph_has_no_conditioning_path_and_no_forbidden_ops(flux_tiny_export):
 
 def test_truncated_loading_reads_only_kept_blocks(flux_tiny_dir):
     from ditf_export.loading import load_truncated_transformer, resolve_source
-    from ditf_export.registry import adapter_for
+    from ditf_export.catalog import adapter_for
 
     source = resolve_source(str(flux_tiny_dir))
     adapter = adapter_for("flux")
@@ -199,7 +197,7 @@ def test_truncated_loading_reads_only_kept_blocks(flux_tiny_dir):
     big, r2 = load_truncated_transformer(source, adapter, 5)
     assert len(small.transformer_blocks) == 2 and len(small.single_transformer_blocks) == 0
     assert len(big.single_transformer_blocks) == 4
-    assert r1["bytes_read"] < r2["bytes_read"]
+    assert r1.bytes_read < r2.bytes_read and r1.files == r2.files
     # block K's attention is never read, only its AdaLN linear
     assert small.transformer_blocks[1].attn.to_q.weight.is_meta
     assert not small.transformer_blocks[1].norm1.linear.weight.is_meta
@@ -226,10 +224,10 @@ def test_prompt_changes_features_and_prompt_embeds_path(flux_tiny_dir, tmp_path)
     outs = []
     for model, kw in ((bare, {"prompt_embeds": path}), (flux_tiny_dir, {"prompt": "a photo of a cat"}),
                       (flux_tiny_dir, {"prompt": ""})):
-        source, adapter, options, _ = plan(ExportRequest(model=str(model), out=tmp_path / "o", layer=2,
-                                                         text_max_length=32, **kw))
+        graph = build_graph(plan(ExportRequest(model=str(model), out=tmp_path / "o", layer=2, text_max_length=32,
+                                               **kw))).graph
         with torch.no_grad():
-            outs.append(build_graph(source, adapter, options)[0](image, noise).numpy())
+            outs.append(graph(image, noise).numpy())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     assert np.abs(outs[1] - outs[2]).max() > 1e-3  # the prompt is really baked in
 
@@ -315,6 +313,28 @@ def test_guidance_on_model_without_guidance_embedding_is_an_error(tmp_path):
     folder = build_flux_tiny(tmp_path / "schnell-like", guidance_embeds=False)
     r = _invoke(["--model", str(folder), "--layer", "1", "--guidance", "3.5", "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "no guidance embedding" in r.output
+
+
+def test_model_without_guidance_embedding_matches_diffusers(tmp_path):
+    """A schnell-like FLUX (no guidance embedding) takes the other time-text embedding; `--guidance none`
+    says the same explicitly, and on a guidance-distilled model it is refused."""
+    from ditf_export.export import ExportRequest, build_graph, plan
+    from ditf_export.tiny import build_flux_tiny
+
+    folder = build_flux_tiny(tmp_path / "schnell-like", guidance_embeds=False)
+    for guidance in ({}, {"guidance": None}):  # not given / explicitly none
+        the_plan = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, discard="7,41",
+                                      text_max_length=32, **guidance))
+        assert the_plan.options.guidance is None
+    image, noise = _rng_inputs(2, 2, 48, 80, seed=3)
+    with torch.no_grad():
+        ours = build_graph(the_plan).graph(image, noise).numpy()
+    res = compare(ours, diffusers_hook_features(folder, 1, image, noise, guidance=None), "fp32")
+    assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+    r = _invoke(["--model", "flux-tiny", "--layer", "1", "--guidance", "none", "--out", str(tmp_path / "o2")])
+    assert r.exit_code != 0 and "guidance-distilled: pass --guidance" in r.output, r.output
+    r = _invoke(["--model", "flux-tiny", "--layer", "1", "--guidance", "lots", "--out", str(tmp_path / "o2")])
+    assert r.exit_code != 0 and "is not a number (or 'none')" in r.output, r.output
 
 
 def test_existing_out_needs_force_and_force_replaces_atomically(tmp_path, flux_tiny_dir):

@@ -214,11 +214,9 @@ def family_exports(tmp_path_factory, family_tiny_dir):
 def _our_graph(folder: Path, layer: int, fam: Family, tmp: Path, **kw):
     from ditf_export.export import ExportRequest, build_graph, plan
 
-    source, adapter, options, _ = plan(ExportRequest(
+    return build_graph(plan(ExportRequest(
         model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP,
-        discard=",".join(map(str, fam.massive)), image_size=128, **{**fam.export_kw(tmp), **kw}))
-    graph, _ = build_graph(source, adapter, options)
-    return graph
+        discard=",".join(map(str, fam.massive)), image_size=128, **{**fam.export_kw(tmp), **kw}))).graph
 
 
 def _reference(name: str, folder: Path, layer: int, image, noise, tmp: Path):
@@ -286,7 +284,7 @@ def test_onnx_matches_pytorch_at_two_sizes_from_one_graph(name, layer, family_ex
 
 def test_every_registered_family_has_a_tiny_fixture():
     """Like optimum's test_all_models_tested: a new adapter without a tiny model here fails CI."""
-    from ditf_export.registry import families, models
+    from ditf_export.catalog import families, models
 
     from ditf_export.tiny import TINY_BUILDERS
 
@@ -349,10 +347,9 @@ def _latte_graph(folder: Path, layer: int, tmp: Path):
     from ditf_export.tiny import LATTE_TINY_MASSIVE
 
     path = _embeds_file(tmp, "latte", _latte_embeds(tmp))
-    source, adapter, options, _ = plan(ExportRequest(
+    return build_graph(plan(ExportRequest(
         model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP, image_size=128,
-        discard=",".join(map(str, LATTE_TINY_MASSIVE)), prompt_embeds=path))
-    return build_graph(source, adapter, options)[0]
+        discard=",".join(map(str, LATTE_TINY_MASSIVE)), prompt_embeds=path))).graph
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2, 3], ids=["spatial0", "temporal0", "spatial1", "temporal1"])
@@ -436,7 +433,7 @@ def test_prompt_encoding_matches_prompt_embeds_path(name, family_tiny_dir, tmp_p
 
     from ditf_export.export import ExportRequest, build_graph, plan
     from ditf_export.loading import resolve_source
-    from ditf_export.registry import adapter_for
+    from ditf_export.catalog import adapter_for
 
     folder = family_tiny_dir(name)
     source = resolve_source(str(folder))
@@ -445,18 +442,19 @@ def test_prompt_encoding_matches_prompt_embeds_path(name, family_tiny_dir, tmp_p
     image, noise = _video_inputs(1, 2, 2, 48, 64) if video else _inputs(1, 2, 16 if name == "sd3" else 4, 48, 64)
     outs = {}
     for key, kw in (("prompt", {"prompt": "a photo of a cat"}), ("empty", {"prompt": ""})):
-        src, ad, options, _ = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=TIMESTEP,
-                                                 text_max_length=16, **kw))
+        the_plan = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=TIMESTEP,
+                                      text_max_length=16, **kw))
+        options = the_plan.options
         with torch.no_grad():
-            outs[key] = build_graph(src, ad, options)[0](image, noise).numpy()
+            outs[key] = build_graph(the_plan).graph(image, noise).numpy()
         if key == "prompt":
             embeds = adapter.conditioning(source, source.transformer_config, options)
     path = tmp_path / "embeds.safetensors"
     save_file({k: v.contiguous() for k, v in embeds.items()}, str(path))
-    src, ad, options, _ = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=TIMESTEP,
-                                             prompt_embeds=path))
+    from_file_plan = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=TIMESTEP,
+                                        prompt_embeds=path))
     with torch.no_grad():
-        from_file = build_graph(src, ad, options)[0](image, noise).numpy()
+        from_file = build_graph(from_file_plan).graph(image, noise).numpy()
     np.testing.assert_allclose(from_file, outs["prompt"], rtol=1e-5, atol=1e-5)
     assert np.abs(outs["prompt"] - outs["empty"]).max() > 1e-3
     if name == "latte":  # LattePipeline keeps exactly the unmasked tokens: the same as dropping masked ones
@@ -480,7 +478,7 @@ def test_registry_names_defaults_and_local_folders(tmp_path):
     import json
 
     from ditf_export.loading import resolve_source
-    from ditf_export.registry import model_spec
+    from ditf_export.catalog import model_spec
 
     expected = {"sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
                 "sd3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
@@ -511,13 +509,13 @@ def test_registry_names_defaults_and_local_folders(tmp_path):
     ("dit", {"class_label": 11}, "classes 0..9 and the null class 10"),
     ("dit", {"prompt": "a cat"}, "takes no prompt"),
     ("pixart", {"class_label": 1}, "not class-conditional"),
-    ("pixart", {"guidance": 3.5, "guidance_given": True}, "no guidance embedding"),
+    ("pixart", {"guidance": 3.5}, "no guidance embedding"),
     ("latte", {"precision": "fp16"}, "video families (latte) export fp32 only"),
     ("sd3", {"discard": "auto"}, "pass --calib-images"),
 ])
 def test_family_options_are_checked_before_loading(name, kw, message, family_tiny_dir, tmp_path):
     from ditf_export.export import ExportRequest, plan
-    from ditf_export.families.base import ExportInputError
+    from ditf_export.errors import ExportInputError
 
     with pytest.raises(ExportInputError, match=re.escape(message)):
         plan(ExportRequest(model=str(family_tiny_dir(name)), out=tmp_path / "o", layer=1, **kw))
@@ -529,15 +527,15 @@ def test_dit_defaults_to_the_null_class_and_vp_noise_from_the_scheduler(family_t
     from ditf_export.export import ExportRequest, plan
 
     folder = family_tiny_dir("dit")
-    source, adapter, options, _ = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=500))
-    assert options.class_label == 10 and options.prompt is None
-    a, b = adapter.noise_coefficients(source, options)
+    dit = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=500))
+    assert dit.options.class_label == 10 and dit.options.prompt is None
+    a, b = dit.adapter.noise_coefficients(dit.source, dit.options)
     abar = DDPMScheduler.from_pretrained(folder / "scheduler").alphas_cumprod[500]
     assert a == pytest.approx(float(abar) ** 0.5, rel=1e-6) and b == pytest.approx(float(1 - abar) ** 0.5, rel=1e-6)
     # PixArt's tiny uses scaled-linear betas: a different abar at the same t, read from its own config
     px = family_tiny_dir("pixart")
-    s2, ad2, o2, _ = plan(ExportRequest(model=str(px), out=tmp_path / "o", layer=1, timestep=500))
-    assert ad2.noise_coefficients(s2, o2)[0] != pytest.approx(a, rel=1e-3)
+    pixart = plan(ExportRequest(model=str(px), out=tmp_path / "o", layer=1, timestep=500))
+    assert pixart.adapter.noise_coefficients(pixart.source, pixart.options)[0] != pytest.approx(a, rel=1e-3)
 
 
 @pytest.mark.parametrize("size, interp, dim, max_size", [

@@ -59,8 +59,7 @@ def torch_graph(family_tiny_dir, tmp_path_factory):
     """The exporter's PyTorch module for the same settings: the reference the export was judged by."""
     from ditf_export.export import build_graph, plan
 
-    source, adapter, options, _ = plan(_request(family_tiny_dir("latte"), tmp_path_factory.mktemp("unused") / "o"))
-    return build_graph(source, adapter, options)[0]
+    return build_graph(plan(_request(family_tiny_dir("latte"), tmp_path_factory.mktemp("unused") / "o"))).graph
 
 
 def shifted_frames(count: int, step: int = 16, height: int = 100, width: int = 150, seed: int = 0) -> list:

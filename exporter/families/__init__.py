@@ -1,3 +1,2 @@
-"""One adapter module per model family; importing this package registers them all."""
-
-from . import dit, flux, latte, pixart, sd3  # noqa: F401
+"""One adapter module per model family. Importing this package registers nothing: `ditf_export.catalog`
+imports every adapter module, so a module needing only `families.base` never pulls the adapters in."""

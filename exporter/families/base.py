@@ -8,19 +8,22 @@ channel discard, LayerNorm, modulation, export, parity, manifest) is generic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ditf_calib.graph_io import GraphIO, diffusion_io
 
-class ExportInputError(ValueError):
-    """A user choice (layer, guidance, prompt embeds, discard, ...) that cannot work; message says the fix."""
+from ..errors import ExportInputError
+from ..registry import Default
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
+    """What the graph bakes, resolved and validated (export.plan); derived versions via dataclasses.replace."""
+
     layer: int
     timestep: float  # in [0, 1000]
     discard: tuple[int, ...]
@@ -32,26 +35,28 @@ class ExportOptions:
     image_size: int | None = None  # the runtime's default long side (PixArt-α bakes its size conditioning at it)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureParts:
     """What an adapter hands to the generic feature graph."""
 
-    backbone: nn.Module  # x_t [B*E, c, h, w] -> image tokens entering block K [B*E, N, C], row-major grid
+    # x_t [B*E, c, h, w] -> image tokens entering block K [B*E, N, C], row-major grid
+    # (video: x_t [N, F, c, h, w] -> [N, F, tokens, C], F dynamic up to the adapter's max_frames)
+    backbone: nn.Module
     shift: torch.Tensor  # [C], block K's pre-attention AdaLN shift
     scale: torch.Tensor  # [C], block K's pre-attention AdaLN scale
-    patch_size: int
     norm_eps: float = 1e-6
-    notes: list[str] = field(default_factory=list)
-    # Video families: the backbone maps x_t [N, F, c, h, w] -> [N, F, tokens, C]; F is dynamic up to this.
-    max_frames: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+def vae_stride(vae_config: dict[str, Any]) -> int:
+    """Pixels per latent cell: an AutoencoderKL encoder halves the size in every down block but the last."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 class FamilyAdapter:
     family: ClassVar[str]
     transformer_class_name: ClassVar[str]
     noising: ClassVar[str] = "flow-matching"  # or "variance-preserving"
-    takes_frames: ClassVar[bool] = False  # video: image [B, F, 3, H, W] -> features [B, F, C, h, w]
-    uses_text: ClassVar[bool] = True
 
     # -- numbering and truncation --------------------------------------------------------------
     def num_layers(self, config: dict[str, Any]) -> int:
@@ -69,13 +74,35 @@ class FamilyAdapter:
     def needed_weight(self, key: str, config: dict[str, Any], layer: int) -> bool:
         raise NotImplementedError
 
+    # -- shapes ---------------------------------------------------------------------------------
+    def patch_size(self, config: dict[str, Any]) -> int:
+        """Latent cells per token side."""
+        return int(config["patch_size"])
+
+    def max_frames(self, config: dict[str, Any]) -> int | None:
+        """Video families: the most frames a clip may have (the graph gets a frames axis); None for images."""
+        return None
+
+    def graph_io(self, config: dict[str, Any], vae_config: dict[str, Any]) -> GraphIO:
+        """The graph's inputs and outputs (ditf_calib.graph_io), from the transformer's and the VAE's configs:
+        image + noise -> features at stride vae_stride * patch_size."""
+        return diffusion_io(latent_channels=int(vae_config["latent_channels"]),
+                            feature_channels=self.hidden_size(config), vae_stride=vae_stride(vae_config),
+                            patch_size=self.patch_size(config), max_frames=self.max_frames(config))
+
     # -- conditioning ---------------------------------------------------------------------------
-    def check_options(self, config: dict[str, Any], options: ExportOptions) -> None:
-        """Refuse options this family cannot honour; may fill in what is baked by default (e.g. DiT's class)."""
+    def default_guidance(self, config: dict[str, Any]) -> Default | None:
+        """Guidance for a model whose registry entry (if any) gives none; None: no guidance."""
+        return None
+
+    def check_options(self, config: dict[str, Any], options: ExportOptions) -> ExportOptions:
+        """Refuse options this family cannot honour; returns them, with what is baked by default filled in
+        (e.g. DiT's class label)."""
         if options.guidance is not None:
             raise ExportInputError(f"--guidance: {self.family} models have no guidance embedding; drop --guidance")
         if options.class_label is not None:
             raise ExportInputError(f"--class-label: {self.family} models are not class-conditional; drop --class-label")
+        return options
 
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         return {}
@@ -132,31 +159,9 @@ class SingleStackAdapter(FamilyAdapter):
         return False  # final norm and projection: past the feature
 
 
-class ConstantModulation(nn.Module):
-    """Stands in for an AdaLN `linear`: returns the precomputed `linear(silu(temb))`, whatever it is given."""
-
-    def __init__(self, value: torch.Tensor):
-        super().__init__()
-        self.register_buffer("value", value.detach().clone())
-
-    def forward(self, _ignored: torch.Tensor) -> torch.Tensor:
-        return self.value
-
-
-@torch.no_grad()
-def bake_adaln(norm: nn.Module, temb: torch.Tensor) -> torch.Tensor:
-    """Replace `norm.linear(norm.silu(temb))` by its constant value; diffusers' block code stays unchanged.
-
-    Returns the constant, [1, n * C].
-    """
-    value = norm.linear(norm.silu(temb))
-    norm.linear = ConstantModulation(value)
-    norm.silu = nn.Identity()
-    return value
-
-
-class _ConstantEmbedding(nn.Module):
-    """Stands in for AdaLayerNormZero's own `emb` (DiT) once the modulation is baked: its output is unused."""
+class Constant(nn.Module):
+    """Stands in for a submodule whose output is fixed once the conditioning is baked: an AdaLN `linear`
+    (its `linear(silu(temb))`) or AdaLayerNormZero's own `emb` (DiT). Returns `value`, whatever it is given."""
 
     def __init__(self, value: torch.Tensor):
         super().__init__()
@@ -167,14 +172,27 @@ class _ConstantEmbedding(nn.Module):
 
 
 @torch.no_grad()
+def bake_adaln(norm: nn.Module, temb: torch.Tensor) -> torch.Tensor:
+    """Replace `norm.linear(norm.silu(temb))` by its constant value; diffusers' block code stays unchanged.
+
+    Returns the constant, [1, n * C].
+    """
+    value = norm.linear(norm.silu(temb))
+    norm.linear = Constant(value)
+    norm.silu = nn.Identity()
+    return value
+
+
+@torch.no_grad()
 def bake_adaln_with_embedding(norm: nn.Module, *emb_args, **emb_kwargs) -> torch.Tensor:
     """bake_adaln for an AdaLayerNormZero that computes its embedding itself (DiT: `emb(timestep, class_labels)`).
 
-    The embedding is computed once, the modulation baked, and `emb` replaced by a constant. Returns [1, n * C].
+    The embedding is computed once, the modulation baked, and `emb` replaced by a Constant (its output is
+    then unused). Returns [1, n * C].
     """
     temb = norm.emb(*emb_args, **emb_kwargs)
     value = bake_adaln(norm, temb)
-    norm.emb = _ConstantEmbedding(temb)
+    norm.emb = Constant(temb)
     return value
 
 
@@ -212,11 +230,6 @@ def vp_noise_coefficients(pipeline_dir, timestep: float) -> tuple[float, float]:
     a = abar[int(timestep)]
     # the same float32 operations as DDPMScheduler.add_noise
     return float(a**0.5), float((1 - a) ** 0.5)
-
-
-def layer_split(layer: int, first_stack: int) -> tuple[str, int]:
-    """Unified numbering over two block lists: k < first_stack is in the first, else the second."""
-    return ("first", layer) if layer < first_stack else ("second", layer - first_stack)
 
 
 def block_index(key: str, prefix: str) -> int | None:

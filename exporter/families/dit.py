@@ -9,15 +9,16 @@ Variance-preserving noising, 4-channel SD VAE.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import ExportInputError
 from ..registry import Default, ModelSpec, register, register_model
-from .base import ExportInputError, ExportOptions, FeatureParts, SingleStackAdapter, bake_adaln_with_embedding
+from .base import ExportOptions, FeatureParts, SingleStackAdapter, bake_adaln_with_embedding
 from .posembed import MAX_GRID, SinCosPatchEmbed
-
 
 
 class DiTBackbone(nn.Module):
@@ -40,7 +41,6 @@ class DiTBackbone(nn.Module):
 class DiTAdapter(SingleStackAdapter):
     transformer_class_name = "DiTTransformer2DModel"
     noising = "variance-preserving"
-    uses_text = False
 
     top_level_weights = ("pos_embed.",)
 
@@ -50,7 +50,7 @@ class DiTAdapter(SingleStackAdapter):
     def null_class(self, config: dict[str, Any]) -> int:
         return int(config.get("num_embeds_ada_norm") or 1000)
 
-    def check_options(self, config: dict[str, Any], options: ExportOptions) -> None:
+    def check_options(self, config: dict[str, Any], options: ExportOptions) -> ExportOptions:
         if options.guidance is not None:
             raise ExportInputError("--guidance: DiT models have no guidance embedding; drop --guidance")
         if options.prompt_embeds is not None or (options.prompt or ""):
@@ -61,9 +61,7 @@ class DiTAdapter(SingleStackAdapter):
             raise ExportInputError(f"--class-label {options.class_label}: this DiT has classes 0..{n - 1} "
                                    f"and the null class {n}")
         # Record what is baked (the manifest reads these): no prompt at all, and the label actually used.
-        options.prompt = None
-        if options.class_label is None:
-            options.class_label = n
+        return replace(options, prompt=None, class_label=n if options.class_label is None else options.class_label)
 
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         label = self.null_class(config) if options.class_label is None else int(options.class_label)
@@ -86,11 +84,10 @@ class DiTAdapter(SingleStackAdapter):
         shift, scale = modulation[:c], modulation[c : 2 * c]
         label = int(labels[0])
         null = self.null_class(transformer.config)
-        notes = [f"class label {label}" + (" (the null class)" if label == null else ""),
-                 f"position embedding: sin-cos tables for token grids up to {MAX_GRID} per side"]
+        notes = (f"class label {label}" + (" (the null class)" if label == null else ""),
+                 f"position embedding: sin-cos tables for token grids up to {MAX_GRID} per side")
         backbone = DiTBackbone(SinCosPatchEmbed(transformer.pos_embed), kept)
-        return FeatureParts(backbone=backbone, shift=shift, scale=scale, patch_size=int(transformer.config.patch_size),
-                            norm_eps=1e-6, notes=notes)
+        return FeatureParts(backbone=backbone, shift=shift, scale=scale, norm_eps=1e-6, notes=notes)
 
 
 # -- registry names ------------------------------------------------------------------------------

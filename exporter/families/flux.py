@@ -12,8 +12,9 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
+from ..errors import ExportInputError
 from ..registry import Default, ModelSpec, register, register_model
-from .base import ExportInputError, ExportOptions, FamilyAdapter, FeatureParts, bake_adaln, block_index
+from .base import ExportOptions, FamilyAdapter, FeatureParts, bake_adaln, block_index
 
 DOUBLE = "transformer_blocks."
 SINGLE = "single_transformer_blocks."
@@ -21,6 +22,11 @@ TOP_LEVEL = ("x_embedder.", "context_embedder.", "time_text_embed.")
 
 # Largest token grid side the RoPE tables cover: 1024 tokens = 16384 px at FLUX's stride 16.
 MAX_GRID = 1024
+# FluxPipeline packs 2x2 latent cells into one token before x_embedder (`_pack_latents`); the config's
+# own patch_size is 1 because the packing happens outside the transformer.
+PACK = 2
+# What the FLUX.1-dev pipeline passes for a guidance-distilled model.
+DEV_GUIDANCE = Default(3.5, "FLUX.1-dev default")
 
 
 class FluxRope(nn.Module):
@@ -82,9 +88,10 @@ class FluxBackbone(nn.Module):
 
     def forward(self, x_t: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x_t.shape
-        hp, wp = h // 2, w // 2
+        hp, wp = h // PACK, w // PACK
         # 2x2 patchify exactly as FluxPipeline._pack_latents
-        tokens = x_t.reshape(n, c, hp, 2, wp, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, hp * wp, c * 4)
+        tokens = x_t.reshape(n, c, hp, PACK, wp, PACK).permute(0, 2, 4, 1, 3, 5)
+        tokens = tokens.reshape(n, hp * wp, c * PACK * PACK)
         hidden = self.x_embedder(tokens)
         text = self.text_tokens.expand(n, -1, -1)
         rotary = self.rope(hp, wp)
@@ -127,13 +134,20 @@ class FluxAdapter(FamilyAdapter):
             return j < k or (j == k and ".norm.linear." in key)
         return False  # norm_out, proj_out: past the feature
 
-    def check_options(self, config: dict[str, Any], options: ExportOptions) -> None:
+    def patch_size(self, config: dict[str, Any]) -> int:
+        return PACK
+
+    def default_guidance(self, config: dict[str, Any]) -> Default | None:
+        return DEV_GUIDANCE if config.get("guidance_embeds", False) else None
+
+    def check_options(self, config: dict[str, Any], options: ExportOptions) -> ExportOptions:
         if options.guidance is not None and not config.get("guidance_embeds", False):
             raise ExportInputError(
                 "--guidance: this FLUX model has no guidance embedding (e.g. FLUX.1-schnell); drop --guidance"
             )
         if options.guidance is None and config.get("guidance_embeds", False):
             raise ExportInputError("this FLUX model is guidance-distilled: pass --guidance (FLUX.1-dev uses 3.5)")
+        return options
 
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         from ..text import check_prompt_embeds, encode_clip_t5
@@ -153,6 +167,8 @@ class FluxAdapter(FamilyAdapter):
         pooled = conditioning["pooled_prompt_embeds"].to(dtype)
         # diffusers multiplies timestep and guidance by 1000 inside forward(); our timestep is already x1000
         t = torch.tensor([options.timestep], dtype=dtype)
+        # guidance-distilled models (FLUX.1-dev) embed the guidance too; check_options made sure
+        # options.guidance is given exactly when the config has a guidance embedding
         if options.guidance is not None:
             g = torch.tensor([options.guidance * 1000.0], dtype=dtype)
             temb = transformer.time_text_embed(t, g, pooled)
@@ -176,7 +192,7 @@ class FluxAdapter(FamilyAdapter):
 
         rope = FluxRope(tuple(cfg.axes_dims_rope), theta=10000, text_len=text_tokens.shape[1])
         backbone = FluxBackbone(transformer.x_embedder, text_tokens, rope, kept)
-        return FeatureParts(backbone=backbone, shift=shift, scale=scale, patch_size=2, norm_eps=1e-6)
+        return FeatureParts(backbone=backbone, shift=shift, scale=scale, norm_eps=1e-6)
 
 
 # -- registry names ------------------------------------------------------------------------------

@@ -72,7 +72,6 @@ class LatteBackbone(nn.Module):
 class LatteAdapter(PixArtAdapter):
     transformer_class_name = "LatteTransformer3DModel"
     noising = "variance-preserving"
-    takes_frames = True
 
     def num_layers(self, config: dict[str, Any]) -> int:
         return 2 * int(config["num_layers"])
@@ -82,6 +81,9 @@ class LatteAdapter(PixArtAdapter):
 
     def truncated_config(self, config: dict[str, Any], layer: int) -> dict[str, Any]:
         return {**config, "num_layers": layer // 2 + 1}
+
+    def max_frames(self, config: dict[str, Any]) -> int | None:
+        return int(config["video_length"])
 
     def needed_weight(self, key: str, config: dict[str, Any], layer: int) -> bool:
         if key.startswith(TOP_LEVEL):
@@ -126,9 +128,8 @@ class LatteAdapter(PixArtAdapter):
                   f"position embedding: sin-cos tables for token grids up to {MAX_GRID} per side"]
         backbone = LatteBackbone(SinCosPatchEmbed(transformer.pos_embed), t6, caption, temp_pos, spatial, temporal,
                                  head_temporal)
-        return FeatureParts(backbone=backbone, shift=modulation[0, 0], scale=modulation[0, 1],
-                            patch_size=int(transformer.config.patch_size), norm_eps=1e-6, notes=notes,
-                            max_frames=frames)
+        return FeatureParts(backbone=backbone, shift=modulation[0, 0], scale=modulation[0, 1], norm_eps=1e-6,
+                            notes=tuple(notes))
 
 
 register_model(ModelSpec(

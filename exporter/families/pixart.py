@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ExportInputError
 from ..registry import Default, ModelSpec, register, register_model
-from .base import ExportInputError, ExportOptions, FeatureParts, SingleStackAdapter
+from .base import ExportOptions, FeatureParts, SingleStackAdapter
 from .posembed import MAX_GRID, SinCosPatchEmbed
 
 TOP_LEVEL = ("pos_embed.", "adaln_single.", "caption_projection.")
@@ -109,8 +110,7 @@ class PixArtAdapter(SingleStackAdapter):
         shift, scale = modulation[0, 0], modulation[0, 1]
         notes.append(f"position embedding: sin-cos tables for token grids up to {MAX_GRID} per side")
         backbone = PixArtBackbone(SinCosPatchEmbed(transformer.pos_embed), t6, caption, kept)
-        return FeatureParts(backbone=backbone, shift=shift, scale=scale, patch_size=int(transformer.config.patch_size),
-                            norm_eps=1e-6, notes=notes)
+        return FeatureParts(backbone=backbone, shift=shift, scale=scale, norm_eps=1e-6, notes=tuple(notes))
 
 
 # -- registry names ------------------------------------------------------------------------------

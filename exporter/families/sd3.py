@@ -77,11 +77,10 @@ class SD3Adapter(SingleStackAdapter):
         modulation = head_block.norm1.linear(head_block.norm1.silu(temb))[0]
         c = transformer.inner_dim
         shift, scale = modulation[:c], modulation[c : 2 * c]
-        notes = [f"position embedding: centre crop of the {transformer.pos_embed.pos_embed_max_size}^2 table "
-                 "(token grids up to that size)"]
+        notes = (f"position embedding: centre crop of the {transformer.pos_embed.pos_embed_max_size}^2 table "
+                 "(token grids up to that size)",)
         backbone = SD3Backbone(CroppedPatchEmbed(transformer.pos_embed), text_tokens, kept)
-        return FeatureParts(backbone=backbone, shift=shift, scale=scale, patch_size=int(transformer.config.patch_size),
-                            norm_eps=1e-6, notes=notes)
+        return FeatureParts(backbone=backbone, shift=shift, scale=scale, norm_eps=1e-6, notes=notes)
 
 
 # -- registry names ------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Step 3 of an export: torch.onnx.export (dynamo, opset 20) with every dynamic axis the graph declares.
+
+Example inputs and dynamic axes both come from the graph's GraphIO (ditf_calib.graph_io): each named
+axis becomes one torch.export Dim, and "height/8" is (size_multiple / 8) times the height Dim, so the
+exporter can prove every stride relation instead of specialising sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, IMAGE, NOISE, SPATIAL, Axis, GraphIO, Sizes
+
+OPSET = 20
+# Example sizes for tracing: B, E >= 2 and a non-square image, else torch.export specialises them.
+TRACE_BATCH, TRACE_ENSEMBLE = 2, 2
+TRACE_GRID = (4, 6)  # example token grid (rows, cols): 64x96 pixels at stride 16
+TRACE_FRAMES = 3  # video: frames in the example (>= 2, and unlike B and E)
+# Ranges of the dynamic axes; height and width in units of the size multiple (1024 -> 16384 px at 16).
+DYNAMIC_RANGES = {BATCH: (1, 1024), ENSEMBLE: (1, 256), "height": (1, 1024), "width": (1, 1024)}
+MIN_FRAMES = 2
+
+
+def trace_sizes(io: GraphIO) -> Sizes:
+    m = io.size_multiple
+    frames = min(TRACE_FRAMES, io.max_frames) if io.has_axis(FRAMES) else None
+    return Sizes(batch=TRACE_BATCH, ensemble=TRACE_ENSEMBLE, height=TRACE_GRID[0] * m, width=TRACE_GRID[1] * m,
+                 frames=frames)
+
+
+def dynamic_shapes(io: GraphIO) -> dict[str, dict[int, object]]:
+    """torch.export dynamic_shapes for every input: one Dim per axis name; spatial axes as multiples of
+    a Dim counting size-multiple cells (image H = 16 * height_16, noise H/8 = 2 * height_16)."""
+    from torch.export import Dim
+
+    m = io.size_multiple
+    dims = {name: Dim(name, min=lo, max=hi) for name, (lo, hi) in DYNAMIC_RANGES.items() if name not in SPATIAL}
+    dims.update({side: Dim(f"{side}_{m}", min=DYNAMIC_RANGES[side][0], max=DYNAMIC_RANGES[side][1])
+                 for side in SPATIAL})
+    if io.has_axis(FRAMES):
+        dims[FRAMES] = Dim(FRAMES, min=MIN_FRAMES, max=io.max_frames)
+
+    def expr(axis: Axis):
+        cells = m // axis.stride if axis.name in SPATIAL else 1
+        return dims[axis.name] if cells == 1 else cells * dims[axis.name]
+
+    return {t.name: {i: expr(a) for i, a in enumerate(t.axes) if isinstance(a, Axis)} for t in io.inputs}
+
+
+def example_inputs(io: GraphIO) -> tuple[torch.Tensor, ...]:
+    """Random example tensors at trace_sizes, in input order (their values do not shape the graph)."""
+    shapes = io.shapes(trace_sizes(io))
+    made = []
+    for t in io.inputs:
+        if t.role == IMAGE:
+            made.append(torch.rand(shapes[t.name]) * 2 - 1)
+        elif t.role == NOISE:
+            made.append(torch.randn(shapes[t.name]))
+        else:
+            raise ValueError(f"input {t.name}: no example rule for {t.role!r} inputs")
+    return tuple(made)
+
+
+def export_onnx(graph: torch.nn.Module, path: Path, io: GraphIO) -> None:
+    """Trace `graph` to `path` (+ `path`.data, external weights)."""
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, example_inputs(io), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(io),
+            input_names=list(io.input_names), output_names=list(io.output_names), external_data=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=True)

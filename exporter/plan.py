@@ -1,0 +1,201 @@
+"""Step 1 of an export: the request (request.py), resolved and validated into a frozen plan before any
+heavy work.
+
+`plan()` resolves the model and every default, checks all user input, reads the graph's shapes from the
+configs, and returns one `ExportPlan`. Later steps never change it; a derived plan (after `--discard auto`
+detection) is a `dataclasses.replace` of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ditf_calib.graph_io import FRAMES, GraphIO
+from ditf_runtime.precision import Precision
+
+from .catalog import adapter_for
+from .errors import ExportInputError
+from .families.base import ExportOptions, FamilyAdapter
+from .loading import ModelSource, read_vae_config, resolve_source
+from .request import NOT_GIVEN, PARITY_GRIDS, ExportRequest
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What the export will do, resolved and validated; built once by plan()."""
+
+    source: ModelSource
+    adapter: FamilyAdapter
+    options: ExportOptions
+    io: GraphIO  # the graph's tensors and geometry, from the transformer's and the VAE's configs
+    precision: Precision
+    ensemble: int  # the runtime's default E
+    image_size: int  # the runtime's default long side
+    discard_source: str  # "registry" | "user" | "auto" | "none"
+    parity_sizes: tuple[tuple[int, int], ...]
+    notes: tuple[str, ...] = ()
+    prompt_embeds_file: Path | None = None
+    calib_images: Path | None = None
+    massive_threshold: float = 100.0
+
+    @property
+    def block(self) -> str:
+        return self.adapter.block_name(self.source.transformer_config, self.options.layer)
+
+    def with_discard(self, channels: tuple[int, ...], note: str) -> "ExportPlan":
+        """The plan after `--discard auto` found its channels."""
+        return replace(self, options=replace(self.options, discard=tuple(channels)), notes=(*self.notes, note))
+
+
+def plan(request: ExportRequest) -> ExportPlan:
+    """Resolve the model and every default, and validate all user input, before any heavy work."""
+    _check_out(Path(request.out), request.force)
+    source = resolve_source(request.model)
+    adapter = adapter_for(source.family)
+    config, spec = source.transformer_config, source.spec
+    notes: list[str] = []
+    if spec is None:
+        notes.append("no registry defaults apply to this model (unknown folder or different hidden size): "
+                     "no default discard channels; pass --discard or --discard auto")
+    layer = _choose(request.layer, spec, "layer", None)
+    if layer is None:
+        raise ExportInputError(f"--layer is required for {source.name} (no registry default); valid: "
+                               f"0..{adapter.num_layers(config) - 1}")
+    adapter.check_layer(config, int(layer))
+    timestep = _choose(request.timestep, spec, "timestep", 260)
+    if not 0 <= float(timestep) <= 1000:
+        raise ExportInputError(f"--timestep {timestep}: must be in [0, 1000]")
+    guidance = _guidance(request, source, adapter, notes)
+    discard, discard_source = _discard(request, source, adapter.hidden_size(config))
+    io = adapter.graph_io(config, read_vae_config(source))
+    ensemble = int(_choose(request.ensemble, spec, "ensemble", 8))
+    if ensemble < 1:
+        raise ExportInputError("--ensemble must be >= 1")
+    image_size = _image_size(request, spec, io)
+    options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size)
+    _check_precision(request, source, io, discard_source, notes)
+    return ExportPlan(
+        source=source, adapter=adapter, options=options, io=io, precision=request.precision, ensemble=ensemble,
+        image_size=image_size, discard_source=discard_source, parity_sizes=_parity_sizes(request, io),
+        notes=tuple(notes), prompt_embeds_file=request.prompt_embeds, calib_images=request.calib_images,
+        massive_threshold=request.massive_threshold,
+    )
+
+
+def parse_discard(text: str, hidden: int) -> tuple[int, ...]:
+    try:
+        channels = tuple(sorted({int(c) for c in text.split(",") if c.strip()}))
+    except ValueError as exc:
+        raise ExportInputError(f"--discard {text!r}: expected a comma list of channel indices, 'none' or 'auto'") from exc
+    bad = [c for c in channels if not 0 <= c < hidden]
+    if bad:
+        raise ExportInputError(f"--discard: channels {bad} are outside this model's hidden size 0..{hidden - 1}")
+    return channels
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ExportInputError(f"--out {out} already exists; pass --force to replace it (or choose another folder)")
+    if out.exists() and not out.is_dir():
+        raise ExportInputError(f"--out {out} exists and is not a folder")
+
+
+def _choose(given: Any, spec, attr: str, fallback: Any) -> Any:
+    """The user's value if given, else the registry's default, else the family fallback."""
+    if given is not None:
+        return given
+    default = getattr(spec, attr, None) if spec is not None else None
+    return fallback if default is None else default.value
+
+
+def _guidance(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter, notes: list[str]) -> float | None:
+    if request.guidance is not NOT_GIVEN:
+        return request.guidance  # a number, or None: explicitly no guidance
+    spec = source.spec
+    if spec is not None and spec.guidance is not None:
+        return spec.guidance.value
+    default = adapter.default_guidance(source.transformer_config)
+    if default is None:
+        return None
+    notes.append(f"guidance {default.value:g} ({default.source}) used: the model has a guidance embedding")
+    return default.value
+
+
+def _discard(request: ExportRequest, source: ModelSource, hidden: int) -> tuple[tuple[int, ...], str]:
+    if request.discard is None:
+        if source.spec is None:
+            return (), "none"
+        channels = tuple(source.spec.discard.value)
+        if any(not 0 <= c < hidden for c in channels):
+            raise ExportInputError(f"discard channels {channels} are outside this model's hidden size {hidden}")
+        return channels, "registry"
+    if request.discard == "none":
+        return (), "none"
+    if request.discard == "auto":
+        if request.calib_images is None:
+            raise ExportInputError("--discard auto finds the massive channels from data: pass --calib-images DIR "
+                                   "(a folder of real photos, e.g. examples/images)")
+        if not request.massive_threshold > 1:
+            raise ExportInputError(f"--massive-threshold {request.massive_threshold}: must be > 1 (paper: 100)")
+        return (), "auto"  # detected after loading (build.detect_discard)
+    return parse_discard(request.discard, hidden), "user"
+
+
+def _image_size(request: ExportRequest, spec, io: GraphIO) -> int:
+    size, multiple = int(_choose(request.image_size, spec, "image_size", 640)), io.size_multiple
+    if size % multiple or size < multiple:
+        raise ExportInputError(f"--image-size {size}: must be a positive multiple of {multiple}")
+    return size
+
+
+def _parity_sizes(request: ExportRequest, io: GraphIO) -> tuple[tuple[int, int], ...]:
+    m = io.size_multiple
+    if request.parity_sizes is None:
+        return tuple((rows * m, cols * m) for rows, cols in PARITY_GRIDS)
+    for h, w in request.parity_sizes:
+        if h % m or w % m or min(h, w) < m:
+            raise ExportInputError(f"parity size {h}x{w}: sides must be positive multiples of {m}")
+    return tuple((int(h), int(w)) for h, w in request.parity_sizes)
+
+
+def _options(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter, layer, timestep,
+             discard: tuple[int, ...], guidance: float | None, image_size: int) -> ExportOptions:
+    """The baked conditioning, checked by the family (which may fill in its own defaults)."""
+    prompt_embeds = None
+    if request.prompt_embeds is not None:
+        from .text import load_prompt_embeds
+
+        prompt_embeds = load_prompt_embeds(request.prompt_embeds)
+    spec, config = source.spec, source.transformer_config
+    options = adapter.check_options(config, ExportOptions(
+        layer=int(layer), timestep=float(timestep), discard=tuple(discard), guidance=guidance,
+        prompt=None if prompt_embeds is not None else (request.prompt or ""), prompt_embeds=prompt_embeds,
+        class_label=request.class_label, image_size=image_size,
+        text_max_length=request.text_max_length or (spec.text_max_length if spec is not None else None),
+    ))
+    adapter.noise_coefficients(source, options)  # the timestep must fit the family's noise schedule
+    if prompt_embeds is not None:  # check shapes now, not after loading the transformer
+        adapter.conditioning(source, config, options)
+    return options
+
+
+def _check_precision(request: ExportRequest, source: ModelSource, io: GraphIO, discard_source: str,
+                     notes: list[str]) -> None:
+    precision = request.precision
+    if io.has_axis(FRAMES) and precision != Precision.FP32:
+        raise ExportInputError(f"--precision {precision}: video families ({source.family}) export fp32 only "
+                               "in this build; use --precision fp32")
+    if precision == Precision.INT8 and request.calib_images is None:
+        raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
+                               "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
+    if request.calib_images is not None:
+        from ditf_calib.data import CalibrationError, check_folder
+
+        try:
+            check_folder(request.calib_images)  # every image decodes, before any heavy work
+        except CalibrationError as exc:
+            raise ExportInputError(str(exc)) from None
+        if precision == Precision.FP32 and discard_source != "auto":
+            notes.append("--calib-images ignored: fp32 needs no calibration")

@@ -1,0 +1,118 @@
+"""Step 6 of an export: the manifest (the contract the runtime reads) and the atomic rename into place.
+
+Everything shape-related in the manifest (geometry, I/O specs, TensorRT profiles) comes from the plan's
+GraphIO; everything measured from the parity report; nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ditf_calib.graph_io import FRAMES, GraphIO, Sizes
+from ditf_runtime.manifest import (
+    MODEL_DATA_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    Feature,
+    Manifest,
+    Preprocess,
+    file_record,
+    sha256_file,
+)
+
+from . import graph_checks
+from .build import BuiltGraph
+from .loading import vae_weight_files
+from .onnx_export import MIN_FRAMES, OPSET
+from .parity import ParityReport
+from .plan import ExportPlan
+
+# TensorRT profile: sides from 256 to 1024 px (rounded to the size multiple), batch up to 4 images or
+# one clip, E up to 8 (or the export's default, if larger).
+PROFILE_SIDES = (256, 1024)
+PROFILE_MAX_BATCH = {False: 4, True: 1}  # keyed by "the graph has frames"
+PROFILE_MAX_ENSEMBLE = 8
+
+
+def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, massive_ratios: dict[str, float],
+                   folder: Path) -> Manifest:
+    """The manifest of the finished graph in `folder`: ONNX metadata written first (graph_checks.finalize),
+    then every file hashed once, then manifest.json."""
+    io, options, source = plan.io, plan.options, plan.source
+    prompt_note = ("prompt: empty (the authors caption each image; a baked prompt means one graph per prompt)",)
+    draft = Manifest(
+        family=source.family,
+        model_name=source.name,
+        model_source=str(source.path),
+        precision=plan.precision.value,
+        opset=OPSET,
+        feature=Feature(
+            layer=options.layer, block=plan.block, timestep=options.timestep, discard=options.discard,
+            discard_source=plan.discard_source, ensemble=plan.ensemble, prompt=options.prompt,
+            prompt_embeds_sha256=sha256_file(plan.prompt_embeds_file) if plan.prompt_embeds_file else None,
+            guidance=options.guidance, class_label=options.class_label, noising=plan.adapter.noising,
+            massive_channel_ratios=massive_ratios,
+            notes=plan.notes + built.notes + (prompt_note if options.prompt == "" else ()),
+        ),
+        geometry=io.geometry,
+        preprocess=Preprocess(long_side=plan.image_size),
+        inputs=tuple(t.spec() for t in io.inputs),
+        outputs=tuple(t.spec() for t in io.outputs),
+        files={},
+        source_weights={str(p.relative_to(source.path)): sha256_file(p)
+                        for p in [*built.load.files, *vae_weight_files(source)]},
+        parity=parity.to_dict(),
+        tools=tool_versions(),
+        tensorrt_profiles=trt_profiles(io, plan.image_size, plan.ensemble),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    graph_checks.finalize(folder / MODEL_FILE, draft)  # changes model.onnx: hash it afterwards
+    manifest = replace(draft, files={name: file_record(folder / name)
+                                     for name in (MODEL_FILE, MODEL_DATA_FILE, REFERENCE_FILE)})
+    manifest.save(folder)
+    return manifest
+
+
+def trt_profiles(io: GraphIO, image_size: int, ensemble: int) -> dict[str, Any]:
+    """min/opt/max shapes for a TensorRT optimization profile, from the graph's one shape function."""
+    m = io.size_multiple
+    low, high = -(-PROFILE_SIDES[0] // m) * m, PROFILE_SIDES[1] // m * m
+    video = io.has_axis(FRAMES)
+    few, most = (MIN_FRAMES, io.max_frames) if video else (None, None)
+    return io.profiles(
+        Sizes(batch=1, ensemble=1, height=low, width=low, frames=few),
+        Sizes(batch=1, ensemble=ensemble, height=image_size, width=image_size, frames=most),
+        Sizes(batch=PROFILE_MAX_BATCH[video], ensemble=max(ensemble, PROFILE_MAX_ENSEMBLE), height=high, width=high,
+              frames=most),
+    )
+
+
+def tool_versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import torch
+
+    import ditf_runtime
+
+    from . import __version__
+
+    return {"ditf_export": __version__, "ditf_runtime": ditf_runtime.__version__,
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place; an existing one (only with --force) is swapped out first."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

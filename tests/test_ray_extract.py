@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from ditf_runtime.cli import RUN_RECORD, main
+from ditf_runtime.cli import main
+from ditf_runtime.jobs import RUN_RECORD
 from ditf_runtime.storage import load_features
 from PIL import Image
 from runtime_graphs import build_tiny_export

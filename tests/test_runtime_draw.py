@@ -7,7 +7,7 @@ import pytest
 from ditf_runtime import draw_matches, pca_image
 from ditf_runtime.draw import GAP, pca_components
 from ditf_runtime.errors import InputError
-from ditf_runtime.extractor import FeatureMap
+from ditf_runtime.features import FeatureMap
 from PIL import Image
 
 

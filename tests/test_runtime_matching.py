@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ditf_runtime import mutual_nn_matches, transfer_keypoints
 from ditf_runtime.errors import InputError
-from ditf_runtime.extractor import FeatureMap
+from ditf_runtime.features import FeatureMap
 from ditf_runtime.matching import cell_centers, sample_vectors
 
 TIE_TOLERANCE = 1e-12  # float64 cosine; ties (e.g. in the clamped border band) count as agreement

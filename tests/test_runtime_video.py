@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from ditf_runtime.cli import main
 from ditf_runtime.errors import InputError
-from ditf_runtime.extractor import FeatureMap
+from ditf_runtime.features import FeatureMap
 from ditf_runtime.manifest import REFERENCE_FILE, Manifest
 from ditf_runtime.matching import track_points, transfer_keypoints
 from ditf_runtime.noise import default_clip_noise

@@ -10,7 +10,7 @@ import threading
 import ditf_runtime
 import numpy as np
 import pytest
-from ditf_runtime.serving.triton_repo import write_model_repository
+from ditf_runtime.serving.triton_repo import TritonOptions, write_model_repository
 from runtime_graphs import build_tiny_export
 from serving_helpers import session_pids, tritonserver
 
@@ -28,7 +28,7 @@ def export_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(export_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("triton")
-    repo = write_model_repository(export_dir, work / "repo", pipeline="local", graph=False, threads=1)
+    repo = write_model_repository(export_dir, work / "repo", TritonOptions(pipeline="local", graph=False, threads=1))
     process = tritonserver(repo, work, work / "tritonserver.log")
     with process:
         yield process

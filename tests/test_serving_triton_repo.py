@@ -12,7 +12,7 @@ from ditf_runtime.errors import InputError
 from ditf_runtime.manifest import MANIFEST_FILE, MODEL_DATA_FILE, MODEL_FILE, Manifest, sha256_file
 from ditf_runtime.serving import triton_repo
 from ditf_runtime.serving.protocol import extract_ports, match_ports
-from ditf_runtime.serving.triton_repo import write_model_repository
+from ditf_runtime.serving.triton_repo import TritonOptions, write_model_repository
 from runtime_graphs import build_tiny_export
 
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -39,7 +39,8 @@ def files(root: Path) -> list[str]:
 
 
 def test_onnx_repository_layout_and_config(export_dir, tmp_path):
-    repo = write_model_repository(export_dir, tmp_path / "repo", max_batch_size=4, instance_count=2, threads=1)
+    options = TritonOptions(max_batch_size=4, instance_count=2, threads=1)
+    repo = write_model_repository(export_dir, tmp_path / "repo", options)
     manifest = Manifest.load(export_dir)
     name = "tiny-random"
     # Triton's directory form of an ONNX model with external data: 1/model.onnx/ holds both files.
@@ -81,7 +82,7 @@ def test_onnx_repository_layout_and_config(export_dir, tmp_path):
 
 
 def test_pipeline_models_declare_the_served_protocol(export_dir, tmp_path):
-    repo = write_model_repository(export_dir, tmp_path / "repo", name="graph")
+    repo = write_model_repository(export_dir, tmp_path / "repo", TritonOptions(name="graph"))
     geometry = Manifest.load(export_dir).geometry
     for task, (inputs, outputs) in (("extract", extract_ports(geometry)), ("match", match_ports(geometry))):
         config = parse(repo / task / "config.pbtxt")
@@ -116,7 +117,7 @@ def test_tensorrt_repository_uses_the_engine_limits(export_dir, tmp_path):
     }
     (engine / "engine.json").write_text(json.dumps(record))
 
-    repo = write_model_repository(export, tmp_path / "repo", backend="tensorrt", pipeline="bls")
+    repo = write_model_repository(export, tmp_path / "repo", TritonOptions(backend="tensorrt", pipeline="bls"))
     config = parse(repo / "tiny-random" / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.backend == ""
     assert (repo / "tiny-random" / "1" / "model.plan").read_bytes() == b"plan bytes"
@@ -127,19 +128,19 @@ def test_tensorrt_repository_uses_the_engine_limits(export_dir, tmp_path):
     assert parse(repo / "extract" / "config.pbtxt").parameters["ditf_ensemble"].string_value == "3"
 
     with pytest.raises(InputError, match="exceeds the engine's largest profile batch 4"):
-        write_model_repository(export, tmp_path / "r2", backend="tensorrt", max_batch_size=8)
+        write_model_repository(export, tmp_path / "r2", TritonOptions(backend="tensorrt", max_batch_size=8))
     with pytest.raises(InputError, match="GPU instances"):
-        write_model_repository(export, tmp_path / "r3", backend="tensorrt", instance_kind="cpu")
+        write_model_repository(export, tmp_path / "r3", TritonOptions(backend="tensorrt", instance_kind="cpu"))
     record["model_sha256"] = "0" * 64
     (engine / "engine.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="another model.onnx"):
-        write_model_repository(export, tmp_path / "r4", backend="tensorrt")
+        write_model_repository(export, tmp_path / "r4", TritonOptions(backend="tensorrt"))
     with pytest.raises(InputError, match="no engines"):
-        write_model_repository(export_dir, tmp_path / "r5", backend="tensorrt")
+        write_model_repository(export_dir, tmp_path / "r5", TritonOptions(backend="tensorrt"))
 
 
 def test_no_batching_keeps_the_batch_axis(export_dir, tmp_path):
-    repo = write_model_repository(export_dir, tmp_path / "repo", max_batch_size=0, pipeline=None)
+    repo = write_model_repository(export_dir, tmp_path / "repo", TritonOptions(max_batch_size=0, pipeline=None))
     assert sorted(p.name for p in repo.iterdir()) == ["tiny-random"]
     config = parse(repo / "tiny-random" / "config.pbtxt")
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
@@ -164,7 +165,7 @@ def test_written_atomically_and_never_over_an_existing_repo(export_dir, tmp_path
     assert list(tmp_path.iterdir()) == []  # neither the repo nor its temporary folder
 
     monkeypatch.undo()
-    write_model_repository(export_dir, target, pipeline=None)
+    write_model_repository(export_dir, target, TritonOptions(pipeline=None))
     with pytest.raises(InputError, match="exists"):
         write_model_repository(export_dir, target)
     write_model_repository(export_dir, target, overwrite=True)

@@ -5,15 +5,17 @@
     src, trg = extractor.extract(["cat1.jpg", "cat2.jpg"])    # FeatureMaps, float32 [1, C, h, w]
     trg_xy = ditf_runtime.transfer_keypoints(src, trg, [[120, 80]])
 
-Everything else (backends, preprocessing, storage) is importable from its module but not part
-of the promised surface.
+Everything else (backends, preprocessing, storage, batch jobs) is importable from its module but
+not part of the promised surface. `ditf_runtime.__version__` is the runtime's version.
 """
 
 from ._version import __version__  # noqa: F401 - public attribute, not in __all__
 from .draw import draw_matches, pca_image
 from .errors import DitfError
 from .evaluate import evaluate
-from .extractor import Extractor, FeatureMap, load
+from .extractor import Extractor
+from .features import FeatureMap
+from .loading import load
 from .manifest import ManifestError
 from .matching import mutual_nn_matches, track_points, transfer_keypoints
 

@@ -191,6 +191,28 @@ def pck(predicted: np.ndarray, truth: np.ndarray, threshold_base: float, alpha: 
     return distance / threshold_base <= alpha
 
 
+class _CategoryFeatures:
+    """Each image's features computed once; dropped when the category changes (bounds memory)."""
+
+    def __init__(self, extractor: Any, root: Path, max_pixels: int | None, extract_options: dict[str, Any]) -> None:
+        self.extractor, self.root, self.max_pixels, self.extract_options = extractor, root, max_pixels, extract_options
+        self.category: str | None = None
+        self.cache: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+
+    def __call__(self, category: str, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """(features, image (height, width)) of one image."""
+        if category != self.category:
+            self.cache.clear()
+            self.category = category
+        if name not in self.cache:
+            # Read here without EXIF rotation: the annotations use the file's pixel frame.
+            path = image_path(self.root, category, name)
+            image = np.asarray(open_image(path, exif_transpose=False, max_pixels=self.max_pixels))
+            features = np.asarray(self.extractor.extract([image], **self.extract_options)[0], dtype=np.float32)
+            self.cache[name] = (features, image.shape[:2])
+        return self.cache[name]
+
+
 def evaluate(
     extractor: Any,
     dataset: str | os.PathLike,
@@ -215,23 +237,7 @@ def evaluate(
         raise InputError(f"evaluate() needs an object with an extract() method, got {type(extractor).__name__}")
     root = Path(dataset)
     pairs = read_pairs(root, split, categories, limit)
-    cache: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
-    cache_category = None
-
-    def features_of(category: str, name: str) -> tuple[np.ndarray, tuple[int, int]]:
-        nonlocal cache_category
-        if category != cache_category:
-            cache.clear()
-            cache_category = category
-        if name not in cache:
-            # Read here without EXIF rotation: the annotations use the file's pixel frame.
-            image = np.asarray(
-                open_image(image_path(root, category, name), exif_transpose=False, max_pixels=max_pixels)
-            )
-            features = np.asarray(extractor.extract([image], **extract_options)[0], dtype=np.float32)
-            cache[name] = (features, image.shape[:2])
-        return cache[name]
-
+    features_of = _CategoryFeatures(extractor, root, max_pixels, extract_options)
     per_category: dict[str, list[tuple[int, int]]] = {}
     pair_pck: dict[str, float] = {}
     skipped = 0
@@ -244,22 +250,27 @@ def evaluate(
         if len(pair.src_kps) == 0:
             skipped += 1
             continue
-        src_features, src_size = features_of(pair.category, pair.src_name)
-        trg_features, trg_size = features_of(pair.category, pair.trg_name)
-        for annotated, actual, name in (
-            (pair.src_imsize, src_size, pair.src_name),
-            (pair.trg_imsize, trg_size, pair.trg_name),
-        ):
-            if annotated is not None and tuple(annotated) != tuple(actual):
-                raise InputError(f"{pair.annotation}: {name} is {actual} (h, w) but annotated as {annotated}")
-        try:
-            predicted = transfer_keypoints(src_features, trg_features, pair.src_kps, src_size, trg_size)
-        except InputError as exc:
-            raise InputError(f"{pair.annotation}: {exc}") from exc
-        correct = pck(predicted, pair.trg_kps, pair.threshold_base, alpha)
+        correct = _score_pair(pair, features_of, alpha)
         per_category.setdefault(pair.category, []).append((int(correct.sum()), len(correct)))
         pair_pck[pair.annotation.name] = float(correct.mean())
     return _summarise(per_category, alpha, min_pck, skipped, pair_pck)
+
+
+def _score_pair(pair: Pair, features_of: _CategoryFeatures, alpha: float) -> np.ndarray:
+    """Per keypoint of one pair: transferred within alpha * threshold_base of the annotation."""
+    src_features, src_size = features_of(pair.category, pair.src_name)
+    trg_features, trg_size = features_of(pair.category, pair.trg_name)
+    for annotated, actual, name in (
+        (pair.src_imsize, src_size, pair.src_name),
+        (pair.trg_imsize, trg_size, pair.trg_name),
+    ):
+        if annotated is not None and tuple(annotated) != tuple(actual):
+            raise InputError(f"{pair.annotation}: {name} is {actual} (h, w) but annotated as {annotated}")
+    try:
+        predicted = transfer_keypoints(src_features, trg_features, pair.src_kps, src_size, trg_size)
+    except InputError as exc:
+        raise InputError(f"{pair.annotation}: {exc}") from exc
+    return pck(predicted, pair.trg_kps, pair.threshold_base, alpha)
 
 
 def _summarise(per_category, alpha, min_pck, skipped, pair_pck) -> PckResult:

@@ -1,81 +1,24 @@
-"""`load(export_dir)` -> Extractor: images (or, for video exports, clips of frames) in, FeatureMaps out."""
+"""Extractor: images (or, for video exports, clips of frames) in, FeatureMaps out.
+
+It owns a started runner (backends/) and the manifest; `loading.load()` chooses and starts both.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from .backends.base import BaseRunner
 from .errors import BackendError, InputError
-from .manifest import (
-    FEATURES_OUTPUT,
-    IMAGE_INPUT,
-    MODEL_DATA_FILE,
-    MODEL_FILE,
-    NOISE_INPUT,
-    REFERENCE_FILE,
-    SCHEMA_VERSION,
-    Manifest,
-    ManifestError,
-)
+from .features import FeatureMap
+from .manifest import FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, REFERENCE_FILE, Manifest, ManifestError
 from .noise import DEFAULT_SEED, check_clip_noise, check_image_noise, default_clip_noise, default_noise
 from .parity import ParityResult, Tolerance, compare
-from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, frame_files, prepare
-
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
-DEVICES = ("cpu", "cuda")
-
-
-class FeatureMap:
-    """One image's features: float32 [1, C, h, w]; `np.asarray(fm)` gives the array.
-
-    `image_size` is the original (height, width) the features describe (after EXIF orientation
-    when it was applied), `input_size` the preprocessed (H, W) the model saw, `stride` the pixels
-    of model input per feature cell (so h = H / stride).
-    """
-
-    __slots__ = ("array", "image_size", "input_size", "stride", "name")
-
-    def __init__(self, array: np.ndarray, image_size, input_size, stride: int, name: str | None = None) -> None:
-        array = np.asarray(array, dtype=np.float32)
-        if array.ndim == 3:
-            array = array[None]
-        if array.ndim != 4 or array.shape[0] != 1:
-            raise InputError(f"a FeatureMap holds [1, C, h, w] features, got {array.shape}")
-        self.array = array
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.stride = int(stride)
-        self.name = name
-
-    def __array__(self, dtype=None, copy=None):
-        if dtype is not None and np.dtype(dtype) != self.array.dtype:
-            return self.array.astype(dtype)
-        return self.array.copy() if copy else self.array
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.array.shape
-
-    @property
-    def channels(self) -> int:
-        return self.array.shape[1]
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """(h, w) feature cells."""
-        return self.array.shape[2], self.array.shape[3]
-
-    def __repr__(self) -> str:
-        return (
-            f"FeatureMap(shape={self.shape}, image_size={self.image_size}, input_size={self.input_size}, "
-            f"stride={self.stride}{'' if self.name is None else f', name={self.name!r}'})"
-        )
+from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, as_image_list, frame_files, prepare
 
 
 class Extractor:
@@ -232,7 +175,7 @@ class Extractor:
                 f"{self.manifest.model_name} is a video export ({self.manifest.family}: clips of "
                 f"{self._frames_text()} frames): use extract_video(frames)"
             )
-        sources = _as_list(images)
+        sources = as_image_list(images)
         if not sources:
             return []
         prepared = [self.prepare(s, size, exif_transpose) for s in sources]
@@ -278,7 +221,7 @@ class Extractor:
                 f"{self.manifest.model_name} is an image export ({self.manifest.family}): use extract(images); "
                 "extract_video needs a video export (manifest geometry.frame_axis)"
             )
-        sources = frame_files(frames) if isinstance(frames, (str, os.PathLike)) else _as_list(frames)
+        sources = frame_files(frames) if isinstance(frames, (str, os.PathLike)) else as_image_list(frames)
         self._check_frames(len(sources))
         first = self.prepare(sources[0], size, exif_transpose)
         prepared = [first] + [self.prepare(s, size, exif_transpose, input_size=first.input_size) for s in sources[1:]]
@@ -378,108 +321,3 @@ class Extractor:
         if self.is_video:  # [B, F, C, h, w] -> [B*F, C, h, w]: parity is judged per frame map
             features, expected = (a.reshape(-1, *a.shape[-3:]) for a in (features, expected))
         return compare(features, expected, tolerance or self.manifest.precision)
-
-
-def _as_list(images) -> list:
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        if images.ndim == 3:
-            return [images]
-        raise InputError(f"an image array must be uint8 HxWx3, got shape {images.shape}; pass a list for several")
-    try:
-        return list(images)
-    except TypeError:
-        raise InputError(f"cannot read images from {type(images).__name__}") from None
-
-
-# -- loading -----------------------------------------------------------------------------------
-
-
-def load(
-    path: str | os.PathLike,
-    backend: str = "auto",
-    device: str | None = None,
-    providers: Sequence[Any] | None = None,
-    threads: int | None = None,
-    *,
-    verify: bool = True,
-    exif_transpose: bool | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    batch_size: int = 1,
-) -> Extractor:
-    """Load an export folder written by ditf-export.
-
-    backend: "onnxruntime", "tensorrt" (an engine built by `ditf build-engine` for this GPU and
-    TensorRT version), or "auto": TensorRT when device="cuda", TensorRT is installed and such an
-    engine exists, otherwise onnxruntime on the requested device. device: "cpu" (default, except
-    for tensorrt) or "cuda"; nothing falls back silently: CUDA requested but unavailable is an
-    error. `verify` checks the files' sha256 against the manifest first (seconds per GB).
-    """
-    export_dir = Path(path)
-    if not export_dir.is_dir():
-        raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
-    manifest = Manifest.load(export_dir)
-    _check_contract(manifest)
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if device is not None and device not in DEVICES:
-        raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
-    if backend == "tensorrt" and device == "cpu":
-        raise BackendError("the tensorrt backend runs on a GPU: use device='cuda' or backend='onnxruntime'")
-    if backend == "auto":
-        backend = "tensorrt" if device == "cuda" and _engine_ready(export_dir) else "onnxruntime"
-    if backend == "tensorrt":
-        if providers is not None or threads is not None:
-            raise BackendError("providers= and threads= are onnxruntime options; the tensorrt backend takes neither")
-        from .backends.trt import EngineFromPath, TrtRunner
-
-        runner: BaseRunner = TrtRunner(EngineFromPath(export_dir, manifest, verify=verify))
-    else:
-        from .backends.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-        if verify:
-            manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
-        loader = SessionFromOnnx(export_dir / MODEL_FILE, device=device or "cpu", providers=providers, threads=threads)
-        runner = OnnxrtRunner(loader)
-    extractor = Extractor(
-        export_dir, manifest, runner, exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size
-    )
-    _check_graph(extractor)
-    return extractor
-
-
-def _check_contract(manifest: Manifest) -> None:
-    inputs = [spec.name for spec in manifest.inputs]
-    outputs = [spec.name for spec in manifest.outputs]
-    if sorted(inputs) != sorted([IMAGE_INPUT, NOISE_INPUT]) or outputs != [FEATURES_OUTPUT]:
-        raise ManifestError(
-            f"manifest declares inputs {inputs} and outputs {outputs}; this runtime expects inputs "
-            f"{[IMAGE_INPUT, NOISE_INPUT]} and output [{FEATURES_OUTPUT!r}]"
-        )
-
-
-def _check_graph(extractor: Extractor) -> None:
-    """The graph's own inputs and metadata must agree with its manifest."""
-    graph_inputs = extractor.runner.input_metadata()
-    if set(graph_inputs) != {IMAGE_INPUT, NOISE_INPUT}:
-        extractor.close()
-        raise ManifestError(f"graph inputs {sorted(graph_inputs)} differ from the manifest's; re-export the model")
-    metadata = getattr(extractor.runner, "custom_metadata", None)
-    version = metadata().get("schema_version") if metadata else None
-    if version is not None and str(version) != str(SCHEMA_VERSION):
-        extractor.close()
-        raise ManifestError(
-            f"model.onnx metadata schema_version {version} differs from this runtime's {SCHEMA_VERSION}"
-        )
-
-
-def _engine_ready(export_dir: Path) -> bool:
-    from .backends import trt
-
-    if not trt.tensorrt_available():
-        return False
-    try:
-        return trt.find_engine(export_dir, trt.current_device()) is not None
-    except BackendError:
-        return False

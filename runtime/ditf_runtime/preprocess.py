@@ -30,7 +30,7 @@ ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 # Pillow's own warning threshold (Image.MAX_IMAGE_PIXELS, ~89.5 Mpx): a 9459x9459 image.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-# What counts as an image file in a folder (a video's frames; `ditf extract` keeps its own list).
+# What counts as an image file in a folder (batch extraction's inputs, a video's frames).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 
 # Transparent pixels are composited onto white: what a viewer shows on a white page. Dropping
@@ -47,6 +47,20 @@ def describe(source: ImageSource) -> str:
     if isinstance(source, np.ndarray):
         return f"array {source.dtype} {tuple(source.shape)}"
     return type(source).__name__
+
+
+def as_image_list(images) -> list:
+    """One image or a sequence of images as a list: a path, PIL image or HxWx3 array is one image."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return [images]
+        raise InputError(f"an image array must be uint8 HxWx3, got shape {images.shape}; pass a list for several")
+    try:
+        return list(images)
+    except TypeError:
+        raise InputError(f"cannot read images from {type(images).__name__}") from None
 
 
 def open_image(

@@ -5,10 +5,11 @@
 
 The images become a Ray Data dataset of (image path, output path) rows; `map_batches` runs
 `ExtractWorker`, a callable class, on an actor pool, so each actor loads the export once and
-writes each image's features itself (atomically, in `ditf extract`'s format and layout, with
-the same ditf-extract.json run record), and only a small status row travels back. A rerun skips
-outputs that exist. Default noise is drawn per image from its own pixels (noise.py), so the
-features equal the plain runtime's whatever actor, batch or machine computes them.
+writes each image's features itself (with jobs.py, exactly as `ditf extract` does: atomically,
+in its format and layout, under the same ditf-extract.json run record), and only a small status
+row travels back. A rerun skips outputs that exist. Default noise is drawn per image from its own
+pixels (noise.py), so the features equal the plain runtime's whatever actor, batch or machine
+computes them.
 
 Local Ray starts on first use; `address=` (or RAY_ADDRESS) joins a cluster, whose workers need
 ditf-runtime installed and must see the same paths (a shared filesystem) for images and outputs.
@@ -16,76 +17,67 @@ ditf-runtime installed and must see the same paths (a shared filesystem) for ima
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BackendError, DitfError, ImageError, InputError
+from .errors import BackendError, DitfError, InputError
+from .jobs import (
+    DONE,
+    FAILED,
+    SKIPPED,
+    ExtractSettings,
+    FolderReport,
+    Job,
+    Progress,
+    extract_chunk,
+    pending_jobs,
+    plan_folder,
+)
+from .loading import LoadOptions
 
 RAY_MISSING = "Ray is not installed: `pip install 'ditf-runtime[ray]'`"
 
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
-
 
 @dataclass(frozen=True)
-class RayReport:
-    total: int
-    skipped: int  # already there before this run
-    written: int
-    failed: tuple[str, ...]  # "path: reason" of images that could not be extracted
+class RayOptions:
+    """Where and how wide: actors (each loads the model once), CPUs per actor, the cluster to join."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    address: str | None = None  # default: RAY_ADDRESS, else a local Ray started for the run
 
 
 class ExtractWorker:
     """Ray Data callable class: loads the export once per actor, then extracts and writes batches."""
 
-    def __init__(
-        self,
-        export_dir: str,
-        load_options: dict[str, Any],
-        size: int | None,
-        ensemble: int | None,
-        seed: int,
-        fmt: str,
-        extra: dict[str, Any],
-        overwrite: bool,
-    ) -> None:
-        from .extractor import load
-
-        self.extractor = load(export_dir, **load_options)
-        self.size, self.ensemble, self.seed = size, ensemble, seed
-        self.fmt, self.extra, self.overwrite = fmt, extra, overwrite
+    def __init__(self, export_dir: str, load: LoadOptions, settings: ExtractSettings, metadata: dict[str, Any]) -> None:
+        self.extractor = load.load(export_dir)
+        self.settings = settings
+        self.metadata = metadata
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .storage import save_features
-
-        images = [str(p) for p in batch["image"]]
-        outputs = [str(p) for p in batch["output"]]
-        status = [SKIPPED] * len(images)
-        messages = [""] * len(images)
+        jobs = [Job(Path(str(image)), Path(str(output))) for image, output in zip(batch["image"], batch["output"])]
+        outcome = {job.output: (SKIPPED, "") for job in jobs}
         # Re-check here: a retried task (actor restart) must not redo finished images.
-        todo = [i for i, out in enumerate(outputs) if self.overwrite or not Path(out).is_file()]
-        try:
-            results = list(zip(todo, self._extract([images[i] for i in todo])))
-        except DitfError:  # one bad image spoils its batch: redo it one by one
-            results = []
-            for i in todo:
-                try:
-                    results.append((i, self._extract([images[i]])[0]))
-                except (ImageError, DitfError) as exc:
-                    status[i], messages[i] = FAILED, str(exc)
-        for i, features in results:
-            save_features(outputs[i], features, fmt=self.fmt, extra={**self.extra, "source": images[i]})
-            status[i] = DONE
-        return {"output": np.asarray(outputs, dtype=object), "status": np.asarray(status), "message": np.asarray(messages, dtype=object)}  # fmt: skip
-
-    def _extract(self, images: list[str]):
-        if not images:
-            return []
-        return self.extractor.extract(images, self.size, self.ensemble, self.seed)
+        todo = pending_jobs(jobs, self.settings.overwrite)
+        if todo:
+            extract = partial(self.settings.extract, self.extractor)
+            # Any runtime error is reported per image: one image must not fail the whole Ray job.
+            outcomes = extract_chunk(extract, todo, self.settings.fmt, self.metadata, errors=(DitfError,))
+            for job, status, message in outcomes:
+                outcome[job.output] = (status, message)
+        return {
+            "output": np.asarray([str(job.output) for job in jobs], dtype=object),
+            "status": np.asarray([outcome[job.output][0] for job in jobs]),
+            "message": np.asarray([outcome[job.output][1] for job in jobs], dtype=object),
+        }
 
 
 def _import_ray():
@@ -97,38 +89,9 @@ def _import_ray():
     return ray
 
 
-def run_jobs(
-    jobs: Sequence[Any],
-    export_dir: str | os.PathLike,
-    *,
-    fmt: str,
-    extra: dict[str, Any],
-    size: int | None = None,
-    ensemble: int | None = None,
-    seed: int = 0,
-    exif_transpose: bool = True,
-    backend: str = "auto",
-    device: str | None = None,
-    threads: int | None = None,
-    verify: bool = True,
-    workers: int = 2,
-    cpus_per_worker: float = 1.0,
-    batch_size: int = 1,
-    address: str | None = None,
-    overwrite: bool = False,
-    progress: Callable[[str, str, str], None] | None = None,
-) -> tuple[int, list[str]]:
-    """Extract `jobs` (objects with .image and .output paths) on Ray; returns (written, failures).
-
-    `progress(output, status, message)` is called as each image finishes (status done/failed/
-    skipped). Joins a running Ray (ray.is_initialized()), else `ray.init(address=address)`,
-    shutting down only a Ray it started.
-    """
-    if workers < 1 or batch_size < 1:
-        raise InputError("workers and batch size must be >= 1")
-    if not jobs:
-        return 0, []
-    workers = min(workers, len(jobs))  # an idle actor would only hold a CPU
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[Any]:
+    """Join a running Ray (ray.is_initialized()), else ray.init; shut down only a Ray started here."""
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -139,35 +102,50 @@ def run_jobs(
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller reports progress
-        threads = threads or max(1, int(cpus_per_worker))  # one actor per core, not all cores each
-        load_options = {
-            "backend": backend,
-            "device": device,
-            "threads": threads if backend != "tensorrt" and device != "cuda" else None,
-            "verify": verify,
-            "exif_transpose": exif_transpose,
-            "batch_size": batch_size,
-        }
-        rows = [{"image": str(job.image), "output": str(job.output)} for job in jobs]
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    export_dir: str | os.PathLike,
+    settings: ExtractSettings,
+    load: LoadOptions,
+    metadata: dict[str, Any],
+    ray_options: RayOptions = RayOptions(),
+    progress: Progress | None = None,
+) -> tuple[int, list[str]]:
+    """Extract `jobs` on Ray actors, `load.batch_size` images per call; returns (written, failures).
+
+    `metadata` goes into every feature file (jobs.FolderPlan.metadata). `progress(output,
+    status, message)` is called as each image finishes (status done/failed/skipped).
+    """
+    if ray_options.workers < 1 or load.batch_size < 1:
+        raise InputError("workers and batch size must be >= 1")
+    if not jobs:
+        return 0, []
+    workers = min(ray_options.workers, len(jobs))  # an idle actor would only hold a CPU
+    # One onnxruntime thread per CPU an actor holds, not all cores each.
+    threads = None if load.uses_gpu else load.threads or max(1, int(ray_options.cpus_per_worker))
+    rows = [{"image": str(job.image), "output": str(job.output)} for job in jobs]
+    written, failures = 0, []
+    with _ray_session(ray_options.address) as ray:
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * workers)).map_batches(
             ExtractWorker,
             fn_constructor_kwargs={
                 "export_dir": str(Path(export_dir).resolve()),
-                "load_options": load_options,
-                "size": size,
-                "ensemble": ensemble,
-                "seed": seed,
-                "fmt": fmt,
-                "extra": extra,
-                "overwrite": overwrite,
+                "load": replace(load, threads=threads),
+                "settings": settings,
+                "metadata": metadata,
             },
-            batch_size=batch_size,
+            batch_size=load.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=cpus_per_worker,
-            num_gpus=1 if device == "cuda" or backend == "tensorrt" else None,
+            num_cpus=ray_options.cpus_per_worker,
+            num_gpus=1 if load.uses_gpu else None,
         )
-        written, failures = 0, []
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for output, status, message in zip(batch["output"], batch["status"], batch["message"]):
                 written += status == DONE
@@ -175,10 +153,7 @@ def run_jobs(
                     failures.append(str(message))
                 if progress is not None:
                     progress(str(output), str(status), str(message))
-        return written, failures
-    finally:
-        if started:
-            ray.shutdown()
+    return written, failures
 
 
 def extract_with_ray(
@@ -186,35 +161,28 @@ def extract_with_ray(
     export_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    fmt: str = "safetensors",
-    size: int | None = None,
-    ensemble: int | None = None,
-    seed: int = 0,
-    exif_transpose: bool = True,
-    overwrite: bool = False,
+    progress: Progress | None = None,
     **options: Any,
-) -> RayReport:
+) -> FolderReport:
     """Python API of `ditf extract --ray`: images and folders in, OUT filled like `ditf extract`.
 
-    `options` go to run_jobs (backend, device, threads, verify, workers, cpus_per_worker,
-    batch_size, address, progress).
+    `options` are fields of jobs.ExtractSettings (fmt, size, ensemble, seed, exif_transpose,
+    overwrite), loading.LoadOptions (backend, device, threads, verify, batch_size, ...) and
+    RayOptions (workers, cpus_per_worker, address).
     """
-    from .cli import _check_run_record, _collect_jobs, _extract_settings
-    from .manifest import Manifest
-    from .storage import output_suffix
+    settings, load, ray_options = _split_options(options)
+    plan = plan_folder(inputs, export_dir, out_dir, settings)
+    written, failures = run_jobs(plan.pending, export_dir, settings, load, plan.metadata, ray_options, progress)
+    return FolderReport(len(plan.jobs), plan.done, written, tuple(failures))
 
-    out_dir = Path(out_dir)
-    jobs = _collect_jobs(tuple(Path(p) for p in inputs), out_dir, output_suffix(fmt))
-    if not jobs:
-        raise InputError(f"no images found in {', '.join(map(str, inputs))}")
-    manifest = Manifest.load(export_dir)
-    settings = _extract_settings(manifest, size, ensemble, seed, not exif_transpose, fmt)
-    pending = jobs if overwrite else [job for job in jobs if not job.output.is_file()]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_record(out_dir, settings, overwrite)
-    extra = {k: settings[k] for k in ("model_name", "precision", "layer", "timestep", "ensemble", "seed")}
-    written, failures = run_jobs(
-        pending, export_dir, fmt=fmt, extra=extra, size=size, ensemble=ensemble, seed=seed,
-        exif_transpose=exif_transpose, overwrite=overwrite, **options,
-    )  # fmt: skip
-    return RayReport(len(jobs), len(jobs) - len(pending), written, tuple(failures))
+
+def _split_options(options: dict[str, Any]) -> tuple[ExtractSettings, LoadOptions, RayOptions]:
+    """Keyword options -> the three option objects (a name of two goes to the first: ExtractSettings)."""
+    groups = (ExtractSettings, LoadOptions, RayOptions)
+    values: list[dict[str, Any]] = [{} for _ in groups]
+    for name, value in options.items():
+        owner = next((i for i, group in enumerate(groups) if name in {f.name for f in fields(group)}), None)
+        if owner is None:
+            raise TypeError(f"extract_with_ray() got an unexpected keyword argument {name!r}")
+        values[owner][name] = value
+    return ExtractSettings(**values[0]), LoadOptions(**values[1]), RayOptions(**values[2])

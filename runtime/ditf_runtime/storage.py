@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .extractor import FeatureMap
+from .features import FeatureMap
 from .manifest import write_bytes_atomic, write_text_atomic
 
 FORMATS = ("safetensors", "npy")

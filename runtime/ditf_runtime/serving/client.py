@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, DitfError, InputError
-from ..extractor import FeatureMap, _as_list
-from ..preprocess import DEFAULT_MAX_PIXELS, ImageSource, describe, open_image
+from ..errors import BackendError, DitfError, ImageError, InputError
+from ..features import FeatureMap
+from ..jobs import FolderReport, Job, collect_jobs, pending_jobs, save_job
+from ..preprocess import DEFAULT_MAX_PIXELS, ImageSource, as_image_list, describe, open_image
+from ..storage import output_suffix
 from .protocol import ERROR_OUTPUT, EXTRACT_MODEL, MATCH_MODEL
 
 TRITONCLIENT_MISSING = "tritonclient is not installed: `pip install 'ditf-runtime[client]'` (or '[serve]')"
@@ -206,7 +208,7 @@ class FeatureClient:
         `noise` is a list of per-image [E, c, H/8, W/8] arrays (or one [B, E, ...] array);
         otherwise the server draws the default noise from `seed` (0) and the image's pixels.
         """
-        sources = _as_list(images)
+        sources = as_image_list(images)
         if noise is not None:
             if seed is not None:
                 raise InputError("pass either noise= or seed=, not both (seed only draws default noise)")
@@ -286,14 +288,6 @@ def _feature_map(out: dict[str, np.ndarray], row: int, name: str | None) -> Feat
 # -- writing a folder of features through a server ----------------------------------------------
 
 
-@dataclass(frozen=True)
-class FolderReport:
-    total: int
-    skipped: int
-    written: int
-    failed: tuple[str, ...]
-
-
 def extract_folder(
     client: FeatureClient,
     inputs: Sequence[str | os.PathLike],
@@ -312,17 +306,13 @@ def extract_folder(
     a server that dies mid-run leaves only complete files (ServerUnavailable is raised once the
     requests in flight have settled). Unreadable images are reported, not fatal.
     """
-    from ..cli import _collect_jobs
-    from ..errors import ImageError
-    from ..storage import output_suffix, save_features
-
     out_dir = Path(out_dir)
-    jobs = _collect_jobs(tuple(Path(p) for p in inputs), out_dir, output_suffix(fmt))
-    pending = jobs if overwrite else [job for job in jobs if not job.output.is_file()]
+    jobs = collect_jobs(inputs, out_dir, output_suffix(fmt))
+    pending = pending_jobs(jobs, overwrite)
     failed: list[str] = []
     lost: list[ServerError] = []
 
-    def one(job) -> bool:
+    def one(job: Job) -> bool:
         if lost:  # the server is gone: don't queue more requests against it
             return False
         try:
@@ -333,7 +323,7 @@ def extract_folder(
         except (ImageError, ServerError) as exc:  # this image only: unreadable, or refused by the server
             failed.append(f"{job.image}: {exc}")
             return False
-        save_features(job.output, features, fmt=fmt, extra={"source": str(job.image)})
+        save_job(job, features, fmt, metadata={})
         return True
 
     if pending:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BackendError, DitfError, InputError
-from ..extractor import FeatureMap
+from ..features import FeatureMap
 from ..manifest import Manifest
 from ..matching import cell_centers, mutual_nn_matches, transfer_keypoints
 from ..noise import DEFAULT_SEED, check_image_noise, default_noise

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from ..errors import BackendError, DitfError
+from ..loading import LoadOptions
 from ..manifest import Manifest
 from .pipeline import FeaturePipeline
 from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports
@@ -103,7 +104,11 @@ def _infer_function(pipeline: FeaturePipeline, task: str):
 
 
 class FeatureServer:
-    """Triton with `extract` and `match` for one export; `start()`, then `serve_forever()` or `stop()`."""
+    """Triton with `extract` and `match` for one export; `start()`, then `serve_forever()` or `stop()`.
+
+    `load` says how the export is loaded (backend, device, threads, verify); requests are batched
+    by Triton's dynamic batcher, up to `max_batch_size` rows after at most `queue_delay_us`.
+    """
 
     def __init__(
         self,
@@ -113,12 +118,9 @@ class FeatureServer:
         http_port: int = DEFAULT_HTTP_PORT,
         grpc_port: int = DEFAULT_GRPC_PORT,
         metrics_port: int | None = None,
-        backend: str = "auto",
-        device: str | None = None,
-        threads: int | None = None,
+        load: LoadOptions = LoadOptions(),
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-        verify: bool = True,
         log_verbose: int = 0,
     ) -> None:
         self.export_dir = Path(export_dir)
@@ -126,7 +128,7 @@ class FeatureServer:
         self.http_port = int(http_port)
         self.grpc_port = int(grpc_port)
         self.metrics_port = metrics_port
-        self.load_options = {"backend": backend, "device": device, "threads": threads, "verify": verify}
+        self.load_options = load
         self.max_batch_size = int(max_batch_size)
         self.queue_delay_us = int(queue_delay_us)
         self.log_verbose = int(log_verbose)
@@ -143,12 +145,10 @@ class FeatureServer:
         return f"grpc://{self.host}:{self.grpc_port}"
 
     def start(self) -> FeatureServer:
-        from ..extractor import load
-
         Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor = _import_pytriton()
         use_own_libpython()
         manifest = Manifest.load(self.export_dir)
-        self.extractor = load(self.export_dir, **self.load_options)
+        self.extractor = self.load_options.load(self.export_dir)
         fixed_ensemble = None
         if self.extractor.backend == "tensorrt":  # the engine's profiles fix E
             from ..backends.trt import read_engine_record

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -164,109 +164,87 @@ def _engine_limits(folder: Path, manifest: Manifest) -> tuple[int, int]:
     return max_batch, ensemble
 
 
-def write_model_repository(
-    export_dir: str | os.PathLike,
-    repo_dir: str | os.PathLike,
-    *,
-    name: str | None = None,
-    backend: str = "onnxruntime",
-    engine: str | None = None,
-    max_batch_size: int | None = None,
-    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instance_kind: str | None = None,
-    instance_count: int = 1,
-    threads: int | None = None,
-    pipeline: str | None = "bls",
-    graph: bool = True,
-    pipeline_instance_count: int = 1,
-    overwrite: bool = False,
-    verify: bool = True,
-) -> Path:
-    """Write a Triton model repository for EXPORT_DIR into REPO_DIR; returns REPO_DIR.
+@dataclass(frozen=True)
+class TritonOptions:
+    """What `ditf triton-repo` writes for an export: the graph model and the pipeline models.
 
     backend "onnxruntime" (the export's model.onnx) or "tensorrt" (an engine built by
-    `ditf build-engine`, `engine` names its folder under engines/ when there are several).
+    `ditf build-engine`; `engine` names its folder under engines/ when there are several).
     pipeline: also write the python-backend `extract` and `match` models, "bls" (graph in the
     graph model) or "local" (the runtime in the python model; needs only Triton's python
     backend); None for the graph model alone. graph=False leaves the graph model out ("local").
     """
+
+    name: str | None = None  # graph model name (default: from the manifest's model name)
+    backend: str = "onnxruntime"
+    engine: str | None = None
+    max_batch_size: int | None = None  # default 8, capped by a TensorRT engine's profiles; 0: no batching
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    instance_kind: str | None = None  # default cpu, gpu for tensorrt
+    instance_count: int = 1
+    threads: int | None = None  # onnxruntime intra-op threads per instance
+    pipeline: str | None = "bls"
+    graph: bool = True
+    pipeline_instance_count: int = 1
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise InputError(f"unknown instance kind {self.instance_kind!r}: cpu or gpu")
+        if self.backend == "tensorrt" and self.instance_kind != "gpu":
+            raise InputError("TensorRT engines run on GPU instances: use --instance-kind gpu")
+        if self.pipeline is not None and self.pipeline not in PIPELINE_MODES:
+            raise InputError(f"unknown pipeline mode {self.pipeline!r}: use one of {', '.join(PIPELINE_MODES)}")
+        if not self.graph and self.pipeline != "local":
+            raise InputError("without the graph model, the pipeline models must run it themselves: pipeline='local'")
+        if self.instance_count < 1 or self.pipeline_instance_count < 1:
+            raise InputError("instance counts must be >= 1")
+        if self.queue_delay_us < 0:
+            raise InputError(f"queue delay must be >= 0 microseconds, got {self.queue_delay_us}")
+
+
+@dataclass(frozen=True)
+class _GraphSource:
+    """What the graph model serves: the export's ONNX, or an engine file with the E it was built for."""
+
+    plan: Path | None = None  # the TensorRT engine (None: the ONNX)
+    ensemble: int | None = None  # an engine's fixed E
+
+
+def write_model_repository(
+    export_dir: str | os.PathLike,
+    repo_dir: str | os.PathLike,
+    options: TritonOptions = TritonOptions(),
+    *,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> Path:
+    """Write a Triton model repository for EXPORT_DIR into REPO_DIR (atomically); returns REPO_DIR.
+
+    `overwrite` replaces an existing REPO_DIR once the new one is complete; `verify` checks the
+    model files' sha256 against the manifest first.
+    """
     export_dir, repo_dir = Path(export_dir), Path(repo_dir)
     manifest = Manifest.load(export_dir)
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    instance_kind = instance_kind or ("gpu" if backend == "tensorrt" else "cpu")
-    if instance_kind not in INSTANCE_KINDS:
-        raise InputError(f"unknown instance kind {instance_kind!r}: cpu or gpu")
-    if backend == "tensorrt" and instance_kind != "gpu":
-        raise InputError("TensorRT engines run on GPU instances: use --instance-kind gpu")
-    if pipeline is not None and pipeline not in PIPELINE_MODES:
-        raise InputError(f"unknown pipeline mode {pipeline!r}: use one of {', '.join(PIPELINE_MODES)}")
-    if not graph and pipeline != "local":
-        raise InputError("without the graph model, the pipeline models must run it themselves: pipeline='local'")
-    if instance_count < 1 or pipeline_instance_count < 1:
-        raise InputError("instance counts must be >= 1")
-    if queue_delay_us < 0:
-        raise InputError(f"queue delay must be >= 0 microseconds, got {queue_delay_us}")
+    default_kind = "gpu" if options.backend == "tensorrt" else "cpu"
+    options = replace(options, instance_kind=options.instance_kind or default_kind)
+    options.check()
     if repo_dir.exists() and not overwrite:
         raise InputError(f"{repo_dir} exists: choose another folder or overwrite it (--force)")
-    name = name or _model_name(manifest)
-    if name in (EXTRACT_MODEL, MATCH_MODEL) or not all(c.isalnum() or c in "._-" for c in name):
-        raise InputError(f"model name {name!r}: use letters, digits, '.', '_', '-', and not extract/match")
-
-    ensemble = None
-    plan = None
-    if backend == "tensorrt":
-        folder = _engine_folder(export_dir, engine)
-        engine_batch, ensemble = _engine_limits(folder, manifest)
-        if max_batch_size is None:
-            max_batch_size = min(engine_batch, DEFAULT_MAX_BATCH_SIZE)
-        elif max_batch_size > engine_batch:
-            raise InputError(f"max batch size {max_batch_size} exceeds the engine's largest profile batch {engine_batch}")
-        plan = folder / "model.plan"
-    elif verify:
-        manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
-    max_batch_size = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else int(max_batch_size)
-    if max_batch_size < 0:
-        raise InputError(f"max batch size must be >= 0, got {max_batch_size}")
-    if pipeline is not None and max_batch_size == 0:
-        raise InputError("the pipeline models batch their requests: use max batch size >= 1")
-
+    options = replace(options, name=options.name or _model_name(manifest))
+    if options.name in (EXTRACT_MODEL, MATCH_MODEL) or not all(c.isalnum() or c in "._-" for c in options.name):
+        raise InputError(f"model name {options.name!r}: use letters, digits, '.', '_', '-', and not extract/match")
+    options, source = _graph_source(options, export_dir, manifest, verify)
     repo_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = repo_dir.parent / f".{repo_dir.name}.tmp-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
-        if graph:
-            inputs, outputs = graph_tensors(manifest, max_batch_size, ensemble)
-            model_dir = tmp / name
-            (model_dir / VERSION).mkdir(parents=True)
-            parameters = {"intra_op_thread_count": str(threads)} if threads and backend == "onnxruntime" else None
-            if backend == "onnxruntime":
-                onnx_dir = model_dir / VERSION / MODEL_FILE
-                onnx_dir.mkdir()
-                for file in (MODEL_FILE, MODEL_DATA_FILE):
-                    shutil.copyfile(export_dir / file, onnx_dir / file)
-                text = render_config(
-                    name, backend="onnxruntime", default_model_filename=MODEL_FILE, inputs=inputs, outputs=outputs,
-                    max_batch_size=max_batch_size, instance_kind=instance_kind, instance_count=instance_count,
-                    queue_delay_us=queue_delay_us, parameters=parameters,
-                )  # fmt: skip
-            else:
-                shutil.copyfile(plan, model_dir / VERSION / "model.plan")
-                text = render_config(
-                    name, platform="tensorrt_plan", default_model_filename="model.plan", inputs=inputs,
-                    outputs=outputs, max_batch_size=max_batch_size, instance_kind=instance_kind,
-                    instance_count=instance_count, queue_delay_us=queue_delay_us,
-                )  # fmt: skip
-            (model_dir / "config.pbtxt").write_text(text)
-            shutil.copyfile(export_dir / MANIFEST_FILE, model_dir / MANIFEST_FILE)
-        if pipeline is not None:
+        if options.graph:
+            _write_graph_model(tmp / options.name, manifest, export_dir, options, source)
+        if options.pipeline is not None:
             for task in (EXTRACT_MODEL, MATCH_MODEL):
-                _write_pipeline_model(
-                    tmp / task, task, manifest, export_dir,
-                    mode=pipeline, graph_model=name, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us,
-                    instance_count=pipeline_instance_count, ensemble=ensemble,
-                    device="cuda" if instance_kind == "gpu" else "cpu", threads=threads,
-                )  # fmt: skip
+                _write_pipeline_model(tmp / task, task, manifest, export_dir, options, source.ensemble)
         _swap_into_place(tmp, repo_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,27 +252,75 @@ def write_model_repository(
     return repo_dir
 
 
+def _graph_source(
+    options: TritonOptions, export_dir: Path, manifest: Manifest, verify: bool
+) -> tuple[TritonOptions, _GraphSource]:
+    """The engine (or verified ONNX) to serve, and the options with the max batch size settled."""
+    max_batch_size, source = options.max_batch_size, _GraphSource()
+    if options.backend == "tensorrt":
+        folder = _engine_folder(export_dir, options.engine)
+        engine_batch, ensemble = _engine_limits(folder, manifest)
+        if max_batch_size is None:
+            max_batch_size = min(engine_batch, DEFAULT_MAX_BATCH_SIZE)
+        elif max_batch_size > engine_batch:
+            raise InputError(f"max batch size {max_batch_size} exceeds the engine's largest profile batch {engine_batch}")
+        source = _GraphSource(folder / "model.plan", ensemble)
+    elif verify:
+        manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
+    max_batch_size = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else int(max_batch_size)
+    if max_batch_size < 0:
+        raise InputError(f"max batch size must be >= 0, got {max_batch_size}")
+    if options.pipeline is not None and max_batch_size == 0:
+        raise InputError("the pipeline models batch their requests: use max batch size >= 1")
+    return replace(options, max_batch_size=max_batch_size), source
+
+
+def _write_graph_model(
+    model_dir: Path, manifest: Manifest, export_dir: Path, options: TritonOptions, source: _GraphSource
+) -> None:
+    inputs, outputs = graph_tensors(manifest, options.max_batch_size, source.ensemble)
+    (model_dir / VERSION).mkdir(parents=True)
+    common = dict(
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=options.max_batch_size,
+        instance_kind=options.instance_kind,
+        instance_count=options.instance_count,
+        queue_delay_us=options.queue_delay_us,
+    )
+    if source.plan is None:
+        onnx_dir = model_dir / VERSION / MODEL_FILE
+        onnx_dir.mkdir()
+        for file in (MODEL_FILE, MODEL_DATA_FILE):
+            shutil.copyfile(export_dir / file, onnx_dir / file)
+        parameters = {"intra_op_thread_count": str(options.threads)} if options.threads else None
+        text = render_config(
+            options.name, backend="onnxruntime", default_model_filename=MODEL_FILE, parameters=parameters, **common
+        )
+    else:
+        shutil.copyfile(source.plan, model_dir / VERSION / "model.plan")
+        text = render_config(options.name, platform="tensorrt_plan", default_model_filename="model.plan", **common)
+    (model_dir / "config.pbtxt").write_text(text)
+    shutil.copyfile(export_dir / MANIFEST_FILE, model_dir / MANIFEST_FILE)
+
+
 def _write_pipeline_model(
-    model_dir: Path,
-    task: str,
-    manifest: Manifest,
-    export_dir: Path,
-    *,
-    mode: str,
-    graph_model: str,
-    max_batch_size: int,
-    queue_delay_us: int,
-    instance_count: int,
-    ensemble: int | None,
-    device: str,
-    threads: int | None,
+    model_dir: Path, task: str, manifest: Manifest, export_dir: Path, options: TritonOptions, ensemble: int | None
 ) -> None:
     inputs, outputs = ports(task, manifest.geometry)
-    parameters = {"ditf_task": task, "ditf_mode": mode, "ditf_ensemble": "" if ensemble is None else str(ensemble)}
-    if mode == "bls":
-        parameters["ditf_graph_model"] = graph_model
+    parameters = {
+        "ditf_task": task,
+        "ditf_mode": options.pipeline,
+        "ditf_ensemble": "" if ensemble is None else str(ensemble),
+    }
+    if options.pipeline == "bls":
+        parameters["ditf_graph_model"] = options.name
     else:
-        parameters.update(ditf_export_dir=str(export_dir.resolve()), ditf_device=device, ditf_threads=str(threads or ""))
+        parameters.update(
+            ditf_export_dir=str(export_dir.resolve()),
+            ditf_device="cuda" if options.instance_kind == "gpu" else "cpu",
+            ditf_threads=str(options.threads or ""),
+        )
     version = model_dir / VERSION
     version.mkdir(parents=True)
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
@@ -304,10 +330,10 @@ def _write_pipeline_model(
         backend="python",
         inputs=[_port_tensor(p) for p in inputs],
         outputs=[_port_tensor(p) for p in outputs],
-        max_batch_size=max_batch_size,
+        max_batch_size=options.max_batch_size,
         instance_kind="cpu",  # preprocessing and matching; the graph runs where its model runs
-        instance_count=instance_count,
-        queue_delay_us=queue_delay_us,
+        instance_count=options.pipeline_instance_count,
+        queue_delay_us=options.queue_delay_us,
         parameters=parameters,
     )
     (model_dir / "config.pbtxt").write_text(text)

@@ -1,0 +1,29 @@
+"""`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, show, build-engine,
+triton-repo, serve.
+
+Thin click wrappers, one module per command group, over the library (loading, jobs, matching,
+evaluate, draw, serving, backends). Nothing in the library imports this package. Every
+user-caused failure is a DitfError or ManifestError; `options.friendly_errors` turns them (and
+OS errors) into click's one-line "Error: ..." with exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from .engines import build_engine
+from .evaluate import eval_spair
+from .extract import extract
+from .match import match, show, track
+from .serving import serve, triton_repo
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ditf")
+def main() -> None:
+    """DiTF features from an exported graph: extract, match, evaluate, draw, build engines."""
+
+
+for command in (extract, match, track, eval_spair, show, build_engine, triton_repo, serve):
+    main.add_command(command)

@@ -1,0 +1,5 @@
+"""`python -m ditf_runtime.cli` runs `ditf`."""
+
+from . import main
+
+main()

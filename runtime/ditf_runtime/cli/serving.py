@@ -1,0 +1,89 @@
+"""`ditf triton-repo` and `ditf serve` (serving/): a Triton model repository, or a running feature server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..loading import LoadOptions
+from ..serving.triton_repo import TritonOptions, write_model_repository
+from .options import friendly_errors
+
+
+@click.command("triton-repo")
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Graph model name (default: the manifest's model name).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="tensorrt: serve an engine from EXPORT_DIR/engines/ (platform tensorrt_plan).",
+)
+@click.option("--engine", default=None, help="Engine folder under EXPORT_DIR/engines/ (when there are several).")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Triton max_batch_size (default 8, capped by a TensorRT engine's profiles; 0 disables batching).",
+)
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option(
+    "--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None, help="Default: cpu, gpu for tensorrt."
+)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Graph model instances.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads per instance.")
+@click.option(
+    "--pipeline",
+    type=click.Choice(["bls", "local", "none"]),
+    default="bls",
+    show_default=True,
+    help="Python-backend extract/match models: bls calls the graph model, local runs ditf_runtime in-process.",
+)
+@click.option("--force", is_flag=True, help="Replace REPO_DIR if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
+@friendly_errors
+def triton_repo(
+    export_dir, repo_dir, name, backend, engine, max_batch_size, max_queue_delay_us, instance_kind, instances, threads,
+    pipeline, force, no_verify,
+) -> None:  # fmt: skip
+    """Write a Triton model repository for EXPORT_DIR into REPO_DIR (atomically)."""
+    options = TritonOptions(
+        name=name, backend=backend, engine=engine, max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us,
+        instance_kind=instance_kind, instance_count=instances, threads=threads,
+        pipeline=None if pipeline == "none" else pipeline,
+    )  # fmt: skip
+    folder = write_model_repository(export_dir, repo_dir, options, overwrite=force, verify=not no_verify)
+    click.echo(str(folder))
+
+
+@click.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Prometheus metrics (default off).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
+@friendly_errors
+def serve(
+    export_dir, host, http_port, grpc_port, metrics_port, backend, device, threads, max_batch_size,
+    max_queue_delay_us, no_verify,
+) -> None:  # fmt: skip
+    """Serve `extract` and `match` for EXPORT_DIR over Triton's HTTP/gRPC (PyTriton) until Ctrl-C."""
+    from ..serving.server import FeatureServer
+
+    server = FeatureServer(
+        export_dir, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        load=LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify),
+        max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us,
+    )  # fmt: skip
+    server.start()
+    click.echo(f"serving extract, match on {server.http_url} and {server.grpc_url} (Ctrl-C stops)", err=True)
+    server.serve_forever()

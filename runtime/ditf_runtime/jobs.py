@@ -1,0 +1,226 @@
+"""Batch extraction into a folder: images and folders in, one feature file per image out.
+
+One implementation for `ditf extract`, Ray (ray_extract.py) and the serving client
+(serving/client.py), so all three write the same files in the same layout:
+
+- `collect_jobs`: (image, output) pairs; a folder keeps its structure (IN/a/b.jpg -> OUT/a/b.safetensors).
+- The run record OUT/ditf-extract.json says what the folder's features depend on
+  (`ExtractSettings.record`): a rerun with another model or other settings is refused unless
+  `overwrite`, so a folder never mixes features of two kinds.
+- Resuming: outputs that exist are skipped. Writes are atomic (storage.py), so an existing
+  output is a complete one.
+- `extract_chunk`: one bad image spoils its batch, so a failed batch is redone one image at a
+  time and only the images that fail alone are reported; the rest are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .errors import ImageError, InputError
+from .extractor import Extractor
+from .features import FeatureMap
+from .manifest import MODEL_FILE, Manifest, write_text_atomic
+from .preprocess import IMAGE_SUFFIXES
+from .storage import output_suffix, save_features
+
+RUN_RECORD = "ditf-extract.json"
+
+# What became of one job (progress callbacks and Ray's status rows).
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+# The run-record fields every feature file also carries in its own metadata.
+FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed")
+
+Progress = Callable[[str, str, str], None]  # (output path, status, message), as each job finishes
+
+
+@dataclass(frozen=True)
+class Job:
+    image: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How every image of a batch run is extracted and written."""
+
+    size: int | None = None  # long side (default: the manifest's)
+    ensemble: int | None = None  # noise draws per image (default: the manifest's)
+    seed: int = 0
+    fmt: str = "safetensors"  # or "npy"
+    exif_transpose: bool = True
+    overwrite: bool = False  # recompute outputs that exist, and accept another run record
+
+    @property
+    def suffix(self) -> str:
+        return output_suffix(self.fmt)
+
+    def record(self, manifest: Manifest) -> dict[str, Any]:
+        """What an output folder's features depend on: its ditf-extract.json."""
+        return {
+            "model_name": manifest.model_name,
+            "model_sha256": manifest.files.get(MODEL_FILE, {}).get("sha256"),
+            "precision": manifest.precision,
+            "layer": manifest.feature.layer,
+            "timestep": manifest.feature.timestep,
+            "size": self.size or manifest.preprocess.long_side,
+            "ensemble": self.ensemble or manifest.feature.ensemble,
+            "seed": self.seed,
+            "exif_transpose": self.exif_transpose,
+            "format": self.fmt,
+        }
+
+    def extract(self, extractor: Extractor, images: list[Path]) -> list[FeatureMap]:
+        return extractor.extract(images, self.size, self.ensemble, self.seed, exif_transpose=self.exif_transpose)
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    """A batch run into one folder whose run record has been checked and written."""
+
+    out_dir: Path
+    jobs: tuple[Job, ...]
+    pending: tuple[Job, ...]  # the jobs whose output does not exist yet (all of them with overwrite)
+    record: dict[str, Any]
+
+    @property
+    def done(self) -> int:
+        return len(self.jobs) - len(self.pending)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What each feature file records of the run, besides its source image."""
+        return {key: self.record[key] for key in FILE_FIELDS}
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    total: int
+    skipped: int  # already there before this run
+    written: int
+    failed: tuple[str, ...]  # why each image that could not be extracted failed
+
+
+def collect_jobs(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, suffix: str) -> list[Job]:
+    """One job per image: INPUTS are image files and folders (searched recursively)."""
+    out_dir = Path(out_dir)
+    jobs: list[Job] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            # Keep the folder structure: IN/a/b.jpg -> OUT/a/b.safetensors
+            jobs += [Job(p, out_dir / p.relative_to(item).with_suffix(suffix)) for p in images]
+        elif item.is_file():
+            jobs.append(Job(item, out_dir / (item.stem + suffix)))
+        else:
+            raise InputError(f"{item}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        if job.output in seen and seen[job.output] != job.image:
+            raise InputError(
+                f"{seen[job.output]} and {job.image} would both write {job.output}; extract them separately"
+            )
+        seen[job.output] = job.image
+    return list({job.output: job for job in jobs}.values())
+
+
+def pending_jobs(jobs: Sequence[Job], overwrite: bool) -> list[Job]:
+    return list(jobs) if overwrite else [job for job in jobs if not job.output.is_file()]
+
+
+def check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to resume into a folder filled by another model or other settings; then write the record."""
+    path = out_dir / RUN_RECORD
+    if path.is_file() and not overwrite:
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != record:
+            changed = sorted(k for k in record if not previous or previous.get(k) != record[k]) if previous else ["?"]
+            raise InputError(
+                f"{out_dir} holds features from another model or settings (differs in {', '.join(changed)}); "
+                "use another --out, or --overwrite to redo everything"
+            )
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def plan_folder(
+    inputs: Sequence[str | os.PathLike],
+    export_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: ExtractSettings,
+) -> FolderPlan:
+    """Collect the jobs, create OUT and check (then write) its run record for this export and settings."""
+    out_dir = Path(out_dir)
+    jobs = collect_jobs(inputs, out_dir, settings.suffix)
+    if not jobs:
+        raise InputError(f"no images found in {', '.join(map(str, inputs))}")
+    record = settings.record(Manifest.load(export_dir))
+    pending = pending_jobs(jobs, settings.overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_run_record(out_dir, record, settings.overwrite)
+    return FolderPlan(out_dir, tuple(jobs), tuple(pending), record)
+
+
+def save_job(job: Job, features: FeatureMap, fmt: str, metadata: dict[str, Any]) -> None:
+    save_features(job.output, features, fmt=fmt, extra={**metadata, "source": str(job.image)})
+
+
+def extract_chunk(
+    extract: Callable[[list[Path]], list[FeatureMap]],
+    chunk: Sequence[Job],
+    fmt: str,
+    metadata: dict[str, Any],
+    errors: tuple[type[Exception], ...] = (ImageError,),
+) -> list[tuple[Job, str, str]]:
+    """Extract and write one batch: (job, DONE or FAILED, message) per job, in order.
+
+    On one of `errors` the batch is redone one image at a time; an image that fails alone is
+    FAILED with the error's message. Other errors propagate.
+    """
+    failed: dict[int, str] = {}
+    try:
+        results = list(zip(range(len(chunk)), extract([job.image for job in chunk])))
+    except errors:
+        results = []
+        for index, job in enumerate(chunk):
+            try:
+                results.append((index, extract([job.image])[0]))
+            except errors as exc:
+                failed[index] = str(exc)
+    for index, features in results:
+        save_job(chunk[index], features, fmt, metadata)
+    return [(job, FAILED, failed[i]) if i in failed else (job, DONE, "") for i, job in enumerate(chunk)]
+
+
+def extract_jobs(
+    extractor: Extractor,
+    jobs: Sequence[Job],
+    settings: ExtractSettings,
+    metadata: dict[str, Any],
+    progress: Progress | None = None,
+) -> tuple[int, list[str]]:
+    """Extract and write `jobs` in this process, `extractor.batch_size` at a time: (written, failures).
+
+    Unreadable images are failures (their messages returned); any other error stops the run,
+    leaving only complete outputs behind.
+    """
+    written, failures = 0, []
+    extract = partial(settings.extract, extractor)
+    for start in range(0, len(jobs), extractor.batch_size):
+        chunk = jobs[start : start + extractor.batch_size]
+        for job, status, message in extract_chunk(extract, chunk, settings.fmt, metadata):
+            written += status == DONE
+            if status == FAILED:
+                failures.append(message)
+            if progress is not None:
+                progress(str(job.output), status, message)
+    return written, failures

@@ -1,0 +1,148 @@
+"""`load(export_dir)` -> Extractor: check the export's contract, choose the backend, start its runner.
+
+LoadOptions is the same choice as one value (what `load()` takes besides the folder), for code
+that passes it on: batch extraction, Ray actors, the feature server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .backends.base import BaseRunner
+from .errors import BackendError
+from .extractor import Extractor
+from .manifest import (
+    FEATURES_OUTPUT,
+    IMAGE_INPUT,
+    MODEL_DATA_FILE,
+    MODEL_FILE,
+    NOISE_INPUT,
+    SCHEMA_VERSION,
+    Manifest,
+    ManifestError,
+)
+from .preprocess import DEFAULT_MAX_PIXELS
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything `load()` takes besides the export folder; `options.load(folder)` loads it."""
+
+    backend: str = "auto"
+    device: str | None = None
+    providers: Sequence[Any] | None = None
+    threads: int | None = None
+    verify: bool = True
+    exif_transpose: bool | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    batch_size: int = 1
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device == "cuda" or self.backend == "tensorrt"
+
+    def load(self, path: str | os.PathLike) -> Extractor:
+        return load(path, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def load(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    device: str | None = None,
+    providers: Sequence[Any] | None = None,
+    threads: int | None = None,
+    *,
+    verify: bool = True,
+    exif_transpose: bool | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    batch_size: int = 1,
+) -> Extractor:
+    """Load an export folder written by ditf-export.
+
+    backend: "onnxruntime", "tensorrt" (an engine built by `ditf build-engine` for this GPU and
+    TensorRT version), or "auto": TensorRT when device="cuda", TensorRT is installed and such an
+    engine exists, otherwise onnxruntime on the requested device. device: "cpu" (default, except
+    for tensorrt) or "cuda"; nothing falls back silently: CUDA requested but unavailable is an
+    error. `verify` checks the files' sha256 against the manifest first (seconds per GB).
+    """
+    export_dir = Path(path)
+    if not export_dir.is_dir():
+        raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
+    manifest = Manifest.load(export_dir)
+    _check_contract(manifest)
+    options = LoadOptions(backend, device, providers, threads, verify, exif_transpose, max_pixels, batch_size)
+    runner = _start_runner(export_dir, manifest, options)
+    extractor = Extractor(
+        export_dir, manifest, runner, exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size
+    )
+    _check_graph(extractor)
+    return extractor
+
+
+def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) -> BaseRunner:
+    """The backend's runner (not yet activated); never a silent fallback to another device."""
+    backend, device = options.backend, options.device
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if device is not None and device not in DEVICES:
+        raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if backend == "tensorrt" and device == "cpu":
+        raise BackendError("the tensorrt backend runs on a GPU: use device='cuda' or backend='onnxruntime'")
+    if backend == "auto":
+        backend = "tensorrt" if device == "cuda" and _engine_ready(export_dir) else "onnxruntime"
+    if backend == "tensorrt":
+        if options.providers is not None or options.threads is not None:
+            raise BackendError("providers= and threads= are onnxruntime options; the tensorrt backend takes neither")
+        from .backends.trt import EngineFromPath, TrtRunner
+
+        return TrtRunner(EngineFromPath(export_dir, manifest, verify=options.verify))
+    from .backends.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    if options.verify:
+        manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
+    loader = SessionFromOnnx(
+        export_dir / MODEL_FILE, device=device or "cpu", providers=options.providers, threads=options.threads
+    )
+    return OnnxrtRunner(loader)
+
+
+def _check_contract(manifest: Manifest) -> None:
+    inputs = [spec.name for spec in manifest.inputs]
+    outputs = [spec.name for spec in manifest.outputs]
+    if sorted(inputs) != sorted([IMAGE_INPUT, NOISE_INPUT]) or outputs != [FEATURES_OUTPUT]:
+        raise ManifestError(
+            f"manifest declares inputs {inputs} and outputs {outputs}; this runtime expects inputs "
+            f"{[IMAGE_INPUT, NOISE_INPUT]} and output [{FEATURES_OUTPUT!r}]"
+        )
+
+
+def _check_graph(extractor: Extractor) -> None:
+    """The graph's own inputs and metadata must agree with its manifest."""
+    graph_inputs = extractor.runner.input_metadata()
+    if set(graph_inputs) != {IMAGE_INPUT, NOISE_INPUT}:
+        extractor.close()
+        raise ManifestError(f"graph inputs {sorted(graph_inputs)} differ from the manifest's; re-export the model")
+    metadata = getattr(extractor.runner, "custom_metadata", None)
+    version = metadata().get("schema_version") if metadata else None
+    if version is not None and str(version) != str(SCHEMA_VERSION):
+        extractor.close()
+        raise ManifestError(
+            f"model.onnx metadata schema_version {version} differs from this runtime's {SCHEMA_VERSION}"
+        )
+
+
+def _engine_ready(export_dir: Path) -> bool:
+    from .backends import trt
+
+    if not trt.tensorrt_available():
+        return False
+    try:
+        return trt.find_engine(export_dir, trt.current_device()) is not None
+    except BackendError:
+        return False

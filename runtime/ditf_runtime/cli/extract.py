@@ -51,7 +51,14 @@ def extract(
     Unreadable images are reported at the end and make the exit code 1. With --ray, Ray actors
     extract and write the same files (ditf_runtime.ray_extract).
     """
-    settings = ExtractSettings(model.size, model.ensemble, model.seed, fmt, not no_exif, overwrite)
+    settings = ExtractSettings(
+        size=model.size,
+        ensemble=model.ensemble,
+        seed=model.seed,
+        fmt=fmt,
+        exif_transpose=not no_exif,
+        overwrite=overwrite,
+    )
     plan = plan_folder(inputs, model.export_dir, out_dir, settings)
     click.echo(f"{len(plan.jobs)} image(s), {plan.done} already done, {len(plan.pending)} to extract", err=True)
     if not plan.pending:

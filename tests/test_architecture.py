@@ -224,20 +224,7 @@ def test_walker_sees_every_package(graph):
 # -- the rules ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        "ditf_runtime",
-        "ditf_calib",
-        pytest.param(
-            "ditf_export",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="registry <-> families lazy-import cycle; the exporter half of issue 9 removes it",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("package", ["ditf_runtime", "ditf_calib", "ditf_export"])
 def test_no_import_cycles(graph, package):
     modules, edges = graph
     nodes = sorted(m for m in modules if m.split(".")[0] == package)

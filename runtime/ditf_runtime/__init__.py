@@ -10,6 +10,7 @@ not part of the promised surface. `ditf_runtime.__version__` is the runtime's ve
 """
 
 from ._version import __version__  # noqa: F401 - public attribute, not in __all__
+from .davis import evaluate_davis
 from .draw import draw_matches, pca_image
 from .errors import DitfError
 from .evaluate import evaluate
@@ -27,6 +28,7 @@ __all__ = [
     "mutual_nn_matches",
     "track_points",
     "evaluate",
+    "evaluate_davis",
     "draw_matches",
     "pca_image",
     "DitfError",

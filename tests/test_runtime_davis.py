@@ -1,6 +1,6 @@
 """DAVIS-2017 label propagation (ditf_runtime.davis, `ditf eval-davis`).
 
-A synthetic DAVIS-layout set is drawn in the test: textured shapes moving over a textured
+A synthetic DAVIS-layout set is drawn in the test (davis_synthetic.py): textured shapes moving over a textured
 background, two objects, one of which leaves the frame, JPEG frames and indexed-PNG masks. Random
 tiny weights carry no notion of "the same thing moved", so propagation quality is judged with a
 hand-made colour feature extractor (per-cell colour statistics through a fixed tanh layer);
@@ -26,97 +26,12 @@ from ditf_runtime.davis.metrics import boundary_f, region_similarity, statistics
 from ditf_runtime.davis.overlay import draw_mask_overlay
 from ditf_runtime.davis.propagation import normalized_tokens, one_hot
 from ditf_runtime.errors import InputError
+from davis_synthetic import ClipColourFeatures, ColourFeatures, make_davis
 from PIL import Image
 
-FRAME_SIZE = (96, 160)  # height, width of the synthetic frames
+FRAME_SIZE = (96, 160)  # height, width of the synthetic frames (make_davis's default)
+STRIDE = 8  # ColourFeatures' cells
 SHORT_SIDE = 96  # protocol size for the hand-made extractor: frames keep 96 x 160
-
-
-# -- a synthetic DAVIS-layout set ------------------------------------------------------------
-
-
-def _render(background: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frame t: a red striped disc drifting right, a blue checker square sliding left out of view."""
-    height, width = background.shape[:2]
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    image = background.copy()
-    labels = np.zeros((height, width), np.uint8)
-    disc = (xx - (40 + 7 * t)) ** 2 + (yy - (45 + 2 * t)) ** 2 <= 20**2
-    stripes = np.sin((xx + yy) / 3.0) > 0
-    image[disc] = np.where(stripes[disc, None], [220, 40, 40], [160, 20, 60])
-    labels[disc] = 1
-    x0 = 100 - 18 * t  # gone after frame 7
-    square = (xx >= x0) & (xx < x0 + 28) & (yy >= 20) & (yy < 48)
-    checker = (xx // 5 + yy // 5) % 2 == 0
-    image[square] = np.where(checker[square, None], [30, 60, 230], [60, 160, 240])
-    labels[square] = 2
-    return np.clip(image, 0, 255).astype(np.uint8), labels
-
-
-def make_davis(root: Path, videos=("shapes-a", "shapes-b"), frames: int = 9) -> dict[str, list[np.ndarray]]:
-    """Write ROOT in DAVIS-2017's layout; return the true label maps per video."""
-    height, width = FRAME_SIZE
-    truth = {}
-    for seed, name in enumerate(videos):
-        rng = np.random.default_rng(seed)
-        coarse = rng.uniform(0, 255, (height // 12 + 1, width // 12 + 1, 3)).astype(np.uint8)
-        background = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR))
-        background = 70 + 0.35 * background.astype(np.float64) + np.array([0, 30, 0])
-        frame_dir = root / "JPEGImages" / "480p" / name
-        frame_dir.mkdir(parents=True)
-        truth[name] = []
-        for t in range(frames):
-            image, labels = _render(background, t)
-            Image.fromarray(image).save(frame_dir / f"{t:05d}.jpg", quality=95)
-            write_label_png(root / "Annotations" / "480p" / name / f"{t:05d}.png", labels)
-            truth[name].append(labels)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(videos) + "\n")
-    return truth
-
-
-class ColourFeatures:
-    """Hand-made extractor: per 8x8 cell, mean and spread of R, G, B through a fixed tanh layer."""
-
-    stride = 8
-
-    def __init__(self, channels: int = 32) -> None:
-        rng = np.random.default_rng(0)
-        self.weight = rng.standard_normal((channels, 6)).astype(np.float32)
-        self.bias = (0.1 * rng.standard_normal(channels)).astype(np.float32)
-        self.frames_seen = 0
-
-    def features(self, image) -> np.ndarray:
-        pixels = np.asarray(image, np.float32) / 127.5 - 1
-        s = self.stride
-        height, width = pixels.shape[0] // s, pixels.shape[1] // s
-        cells = pixels[: height * s, : width * s].reshape(height, s, width, s, 3)
-        stats = np.concatenate([cells.mean(axis=(1, 3)), cells.std(axis=(1, 3))], axis=-1)
-        return np.tanh(2 * stats @ self.weight.T + self.bias).transpose(2, 0, 1)[None].astype(np.float32)
-
-    def extract(self, images, size=None, **options):
-        self.frames_seen += len(images)
-        return [self.features(image) for image in images]
-
-
-class ClipColourFeatures(ColourFeatures):
-    """The same features through the video-export interface, recording each clip's length."""
-
-    is_video = True
-
-    def __init__(self, frame_range=(2, 4)) -> None:
-        super().__init__()
-        self.frame_range = frame_range
-        self.clips: list[int] = []
-
-    def extract(self, images, size=None, **options):
-        raise AssertionError("video exports take clips through extract_video")
-
-    def extract_video(self, frames, size=None, **options):
-        low, high = self.frame_range
-        assert low <= len(frames) <= high, len(frames)
-        self.clips.append(len(frames))
-        return [self.features(frame) for frame in frames]
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +161,7 @@ def test_masks_equal_a_dense_port_of_the_authors_loop(colour_run, davis_root):
     extractor = ColourFeatures()
     for video in load_videos(davis_root):
         features = [extractor.features(Image.open(p).convert("RGB")) for p in video.frames]
-        expected = dense_video(features, video.first_labels, video.size, ColourFeatures.stride)
+        expected = dense_video(features, video.first_labels, video.size, STRIDE)
         for path, mask in zip(video.frames, expected):
             assert np.array_equal(read_label_png(out / video.name / f"{path.stem}.png"), mask), path
 

@@ -136,7 +136,8 @@ def test_sparse_propagation_equals_the_dense_reference(grid, contexts, radius, t
     maps = [rng.standard_normal((1, 16, h, w)).astype(np.float32) for _ in range(contexts + 1)]
     labels = [rng.dirichlet(np.ones(3), size=(h, w)).astype(np.float32) for _ in range(contexts)]
     settings = PropagationSettings(radius=radius, topk=topk, temperature=0.1)
-    sparse = propagate(normalized_tokens(maps[0]), [normalized_tokens(m) for m in maps[1:]], labels, settings, tile=tile)
+    context = [normalized_tokens(m) for m in maps[1:]]
+    sparse = propagate(normalized_tokens(maps[0]), context, labels, settings, tile=tile)
     dense = _dense_step(maps[0], maps[1:], [lab.transpose(2, 0, 1)[None] for lab in labels], grid, radius, topk, 0.1)
     dense = dense[0].transpose(1, 2, 0)
     np.testing.assert_allclose(sparse, dense, rtol=2e-5, atol=1e-7)
@@ -376,7 +377,7 @@ def test_overlay_pictures(davis_root, tmp_path, colour_run):
     assert np.array_equal(np.asarray(direct), picture)
 
 
-# -- the real runtime: flux-tiny export end to end -------------------------------------------
+# -- the real runtime: an image export (flux-tiny) and a video export (tiny Latte) end to end ---
 
 
 def test_flux_tiny_export_end_to_end(flux_tiny_export, davis_root, tmp_path):
@@ -393,6 +394,53 @@ def test_flux_tiny_export_end_to_end(flux_tiny_export, davis_root, tmp_path):
     assert record["short_side"] == 128  # the export's manifest long side: frames 128 x 192, grid 8 x 12
     assert record["model"]["model_name"] and record["extract_options"] == {"seed": 3}
     assert len(result.objects) == 2 and all(0 <= o.j_stats[0] <= 1 and 0 <= o.f_stats[0] <= 1 for o in result.objects)
+
+
+@pytest.fixture(scope="module")
+def latte_export(tmp_path_factory, family_tiny_dir):
+    """The tiny Latte (a video family, clips of 2..4 frames), exported at its first temporal block."""
+    from ditf_export.export import ExportRequest, export
+    from ditf_export.tiny import LATTE_TINY_MASSIVE
+
+    out = tmp_path_factory.mktemp("latte-davis") / "latte-l1"
+    export(ExportRequest(model=str(family_tiny_dir("latte")), out=out, layer=1, ensemble=1, image_size=128,
+                         discard=",".join(map(str, LATTE_TINY_MASSIVE))))  # fmt: skip
+    return out
+
+
+def test_video_export_end_to_end(latte_export, davis_root, tmp_path):
+    import ditf_runtime
+
+    with ditf_runtime.load(latte_export, threads=1) as extractor:
+        assert extractor.is_video and extractor.frame_range == (2, 4)
+        result = ditf_runtime.evaluate_davis(extractor, davis_root, videos=["shapes-a"], out_dir=tmp_path)
+    masks = sorted((tmp_path / "shapes-a").glob("*.png"))
+    assert len(masks) == 9  # clips [0:4], [4:8] and [5:9] for the last frame
+    assert np.array_equal(read_label_png(masks[0]), load_video(davis_root, "shapes-a").first_labels)
+    assert all(read_label_png(p).shape == FRAME_SIZE for p in masks)
+    assert len(result.objects) == 2
+
+
+def test_cli_eval_davis(flux_tiny_export, davis_root, tmp_path):
+    from click.testing import CliRunner
+    from ditf_runtime.cli import main
+
+    out, overlay, report = tmp_path / "masks", tmp_path / "overlay", tmp_path / "davis.json"
+    args = ["eval-davis", str(davis_root), "--model", str(flux_tiny_export), "--threads", "1", "--videos", "shapes-a",
+            "--out", str(out), "--overlay", str(overlay), "--json", str(report), "--radius", "6"]  # fmt: skip
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    assert "shapes-a" in run.output and "J&F-Mean" in run.output
+    data = json.loads(report.read_text())
+    assert data["settings"]["radius"] == 6 and data["videos"][0]["video"] == "shapes-a"
+    assert len(list((out / "shapes-a").glob("*.png"))) == 9 and len(list((overlay / "shapes-a").glob("*.png"))) == 9
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "(resumed)" in again.output
+    changed = CliRunner().invoke(main, args[:-2] + ["--radius", "12"])
+    assert changed.exit_code == 1 and "other settings (differs in radius)" in changed.output
+    missing = CliRunner().invoke(main, args[:6] + ["--videos", "bear"])
+    assert missing.exit_code == 1 and "Error: videos ['bear'] are not in ImageSets/2017/val.txt" in missing.output
+    assert "Traceback" not in missing.output
 
 
 # -- bad inputs ------------------------------------------------------------------------------
@@ -466,3 +514,13 @@ def test_missing_split_and_bad_settings(small_davis):
         evaluate_davis(ColourFeatures(), small_davis, size=SHORT_SIDE, topk=0)
     with pytest.raises(InputError, match="temperature 0.01 is too small"):
         evaluate_davis(ColourFeatures(), small_davis, size=SHORT_SIDE, temperature=0.01)
+
+
+def test_video_without_later_annotations_is_propagated_but_not_scored(small_davis, tmp_path):
+    for t in (1, 2, 3):  # a test split: only the first frame is annotated
+        (small_davis / f"Annotations/480p/clip/{t:05d}.png").unlink()
+    result = evaluate_davis(ColourFeatures(), small_davis, size=SHORT_SIDE, out_dir=tmp_path)
+    assert not result and result.unscored == ["clip"] and "not scored" in result.table()
+    assert len(list((tmp_path / "clip").glob("*.png"))) == 4
+    with pytest.raises(InputError, match="no video names given"):
+        evaluate_davis(ColourFeatures(), small_davis, size=SHORT_SIDE, videos=[" "])

@@ -51,7 +51,8 @@ class Video:
 
     @property
     def has_ground_truth(self) -> bool:
-        return all(self.annotations[i] is not None for i in self.scored_frames)
+        """Scorable: at least one scored frame, each annotated (a test split annotates only frame 0)."""
+        return len(self.scored_frames) > 0 and all(self.annotations[i] is not None for i in self.scored_frames)
 
     def ground_truth(self, index: int) -> np.ndarray:
         """uint8 [H, W] ids of frame `index`; ids the first frame does not have are an error."""
@@ -96,6 +97,8 @@ def load_videos(
     names = read_split(root, split)
     if videos is not None:
         wanted = [v.strip() for v in videos if v.strip()]
+        if not wanted:
+            raise InputError("no video names given: pass names from the split, or none for all of it")
         missing = [v for v in wanted if v not in names]
         if missing:
             raise InputError(

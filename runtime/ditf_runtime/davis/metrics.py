@@ -76,7 +76,8 @@ def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
         if half not in runs:
             # sum of mask[:, j - half .. j + half] via the padded cumulative sum
             start = radius - half
-            runs[half] = (sums[:, start + 2 * half + 1 : start + 2 * half + 1 + width] - sums[:, start : start + width]) > 0
+            end = start + 2 * half + 1
+            runs[half] = (sums[:, end : end + width] - sums[:, start : start + width]) > 0
         run = runs[half]
         if dy >= 0:
             out[: height - dy] |= run[dy:]

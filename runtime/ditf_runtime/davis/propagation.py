@@ -88,7 +88,9 @@ def propagate(
     labels, in any order (the result does not depend on it beyond float rounding).
     """
     if not context_features or len(context_features) != len(context_labels):
-        raise InputError(f"need matching context features and labels, got {len(context_features)} and {len(context_labels)}")
+        raise InputError(
+            f"need matching context features and labels, got {len(context_features)} and {len(context_labels)}"
+        )
     height, width, _ = target.shape
     for features, labels in zip(context_features, context_labels):
         if features.shape != target.shape or labels.shape[:2] != (height, width):
@@ -146,13 +148,16 @@ class LabelPropagator:
     features are normalised once and reused while the frame stays in the context.
     """
 
-    def __init__(self, first_features, first_labels: np.ndarray, settings: PropagationSettings, *, tile: int = DEFAULT_TILE):
+    def __init__(
+        self, first_features, first_labels: np.ndarray, settings: PropagationSettings, *, tile: int = DEFAULT_TILE
+    ) -> None:
         self.settings = settings
         self.tile = tile
         self.first = (normalized_tokens(first_features), np.asarray(first_labels, dtype=np.float32))
         if self.first[1].ndim != 3 or self.first[1].shape[:2] != self.first[0].shape[:2]:
             raise InputError(
-                f"first-frame labels {self.first[1].shape} must be [h, w, L] on the feature grid {self.first[0].shape[:2]}"
+                f"first-frame labels {self.first[1].shape} must be [h, w, L] on the feature grid "
+                f"{self.first[0].shape[:2]}"
             )
         self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=settings.n_last_frames)
 

@@ -119,7 +119,7 @@ class DavisResult:
                 f"{100 * v.j_mean:6.2f}  {100 * v.f_mean:6.2f}" + ("  (resumed)" if v.resumed else "")
             )
         for name in self.unscored:
-            lines.append(f"{name:<{width}}  not scored: no ground truth for its frames")
+            lines.append(f"{name:<{width}}  not scored: frames 1..n-2 lack annotations (or n < 3)")
         measures = self.measures()
         lines.append("")
         lines.append("  ".join(f"{name:>8}" for name in MEASURES))

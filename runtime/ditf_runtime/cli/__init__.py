@@ -1,4 +1,4 @@
-"""`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, show, build-engine,
+"""`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, eval-davis, show, build-engine,
 triton-repo, serve.
 
 Thin click wrappers, one module per command group, over the library (loading, jobs, matching,
@@ -12,6 +12,7 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
+from .davis import eval_davis
 from .engines import build_engine
 from .evaluate import eval_spair
 from .extract import extract
@@ -25,5 +26,5 @@ def main() -> None:
     """DiTF features from an exported graph: extract, match, evaluate, draw, build engines."""
 
 
-for command in (extract, match, track, eval_spair, show, build_engine, triton_repo, serve):
+for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, triton_repo, serve):
     main.add_command(command)

@@ -1,0 +1,74 @@
+"""`ditf eval-davis`: DAVIS-2017 label propagation scored with J&F (ditf_runtime.davis)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..davis import evaluate_davis
+from ..manifest import write_text_atomic
+from .options import ModelChoice, friendly_errors, model_options
+
+
+@click.command("eval-davis")
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@model_options()
+@click.option("--split", default="val", show_default=True, help="ImageSets/2017/<split>.txt.")
+@click.option("--videos", default=None, help="Only these videos, comma-separated (they must be in the split).")
+@click.option(
+    "--resolution", default="480p", show_default=True, help="Read JPEGImages/<resolution>, Annotations/<resolution>."
+)
+@click.option(
+    "--n-last-frames", type=click.IntRange(min=0), default=7, show_default=True,
+    help="Previous frames in the context, besides the first.",
+)  # fmt: skip
+@click.option(
+    "--radius", type=click.IntRange(min=0), default=12, show_default=True,
+    help="Square window around each token, in feature cells (0: no window).",
+)  # fmt: skip
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Affinities kept per token.")
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+    help="Affinity = exp(cosine / temperature).",
+)  # fmt: skip
+@click.option(
+    "--clip-frames", type=click.IntRange(min=1), default=None,
+    help="Video exports: frames per clip (default: the export's maximum).",
+)  # fmt: skip
+@click.option(
+    "--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Write the masks here (indexed PNGs; a rerun resumes). Default: a temporary folder, not kept.",
+)  # fmt: skip
+@click.option(
+    "--overlay", "overlay_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Also write each frame with its masks blended in and a legend (PNG).",
+)  # fmt: skip
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also write the scores (measures, per video, per object and frame) as JSON.",
+)  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Redo every video, also in a folder made with other settings.")
+@friendly_errors
+def eval_davis(
+    dataset, model: ModelChoice, split, videos, resolution, n_last_frames, radius, topk, temperature, clip_frames,
+    out_dir, overlay_dir, json_path, overwrite,
+) -> None:  # fmt: skip
+    """J&F of label propagation on DATASET in DAVIS-2017's layout (the DINO / DiTF protocol).
+
+    Here --size is the frames' short side S (the authors use 480; default: the export's long
+    side); the long side becomes floor(long * S / short / 32) * 32.
+    """
+    with model.open() as extractor:
+        result = evaluate_davis(
+            extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,
+            overlay_dir=overlay_dir, size=model.size, n_last_frames=n_last_frames, radius=radius, topk=topk,
+            temperature=temperature, resolution=resolution, clip_frames=clip_frames, overwrite=overwrite,
+            progress=True, ensemble=model.ensemble, seed=model.seed,
+        )  # fmt: skip
+    click.echo(result.table())
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    if out_dir is not None:
+        click.echo(f"masks in {out_dir}", err=True)

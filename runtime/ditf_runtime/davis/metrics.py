@@ -116,6 +116,7 @@ def statistics(values) -> tuple[float, float, float]:
 
     Recall is the fraction of frames above 0.5. Decay: four bins over the frames with edges
     round(linspace(1, n, 5)) - 1 (each bin includes its right edge), first bin's mean minus last's.
+    The edges are plain integers: the official uint8 cast wraps past 256 frames (DAVIS has fewer).
     """
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:

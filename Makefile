@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml runtime/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(FIND_LINKS) -e ./runtime -e '.[test]'
+	$(PIP) install -q $(FIND_LINKS) -e './runtime[tensorrt-rtx]' -e '.[test]'
 	touch $(STAMP)
 
 test: setup
@@ -36,7 +36,8 @@ bench: setup
 	$(PY) bench/bench_matcher.py
 	$(PY) bench/bench_export_memory.py
 
-# GPU runners with CUDA + TensorRT only; here these tests skip with a reason.
+# GPU runners only (engines run there); here these tests skip with a reason. TensorRT-RTX engines
+# are built in `make test` too, on the CPU.
 parity-gpu: setup
 	$(PY) -m pytest -q -rs -m "gpu or tensorrt"
 

@@ -1,66 +1,142 @@
-"""GPU runners only (`make parity-gpu`): the typed / Q-DQ graphs built and run where they are meant to run.
+"""GPU machines only (`make parity-gpu`): engines and typed graphs run where they are meant to run.
 
-- TensorRT, strongly typed (no precision flags; TensorRT 10 and 11): fp16, bf16 and int8 exports of
-  flux-tiny each build an engine and reproduce their reference.safetensors at their precision's
-  tolerance (ditf_runtime.parity.TOLERANCES, the same gate the export used on the CPU).
-- onnxruntime CUDA: the typed fp16 / bf16 graphs run with real low-precision kernels (on the CPU
-  fp16 GEMMs run in FP32 and bf16 has no kernels), and agree with the Cast-emulated twin the CPU
-  checked, which validates the emulation itself.
+- TensorRT engines (TensorRT-RTX, or TensorRT where RTX has no target for this GPU), strongly typed
+  (no precision flags): the fp32, fp16, bf16 and int8 exports of flux-tiny each build an engine whose
+  features match onnxruntime on the CPU on the same inputs (fp32: cosine >= 0.99999 with TF32 off)
+  and their reference.safetensors at their precision's gate (ditf_runtime.parity.TOLERANCES, the same
+  gate the export used on the CPU). One engine is hammered from several threads, and one with two
+  optimisation profiles serves requests from both.
+- TensorRT-RTX's own verdict on a CPU-built engine for this GPU (get_engine_validity), recorded either
+  way: its targets are 8.0/8.6/8.9/12.0+ (no 9.0), so an H100/H200 is expected to be refused.
+- onnxruntime CUDA: the typed fp16 / bf16 graphs run with real low-precision kernels (on the CPU fp16
+  GEMMs run in FP32 and bf16 has no kernels), and agree with the Cast-emulated twin the CPU checked.
 
-Here (no CUDA, no TensorRT) every test skips with its reason, before any export is built.
+Where there is no CUDA GPU (the development machines and CI), every test skips with its reason
+before any export is built.
 """
 
 from __future__ import annotations
 
-import shutil
+import threading
 
 import numpy as np
 import pytest
-
+from ditf_runtime.backends import trt
 from ditf_runtime.manifest import Manifest
 from ditf_runtime.parity import compare
+from safetensors.numpy import load_file
+from trt_helpers import linked_copy
 
 pytestmark = [pytest.mark.gpu]
 
 
-def _need_cuda_gpu():
+def _need_gpu() -> trt.DeviceInfo:
     try:
-        from ditf_runtime.backends.trt import import_cudart
-        from ditf_runtime.errors import BackendError
-
-        try:
-            cudart = import_cudart()
-        except BackendError as exc:
-            pytest.skip(f"cuda-python is not installed here ({exc})")
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) != 0 or count < 1:
-            pytest.skip("no CUDA GPU here")
-    except ImportError as exc:  # pragma: no cover - runtime layout changed
-        pytest.skip(f"runtime TensorRT backend unavailable: {exc}")
+        return trt.current_device()
+    except Exception as exc:  # noqa: BLE001 - any reason there is no GPU is a reason to skip
+        pytest.skip(f"no CUDA GPU here ({exc})")
 
 
-def _need_tensorrt():
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (GPU runners only, DESIGN.md §4)")
-    _need_cuda_gpu()
+def _flavor_for(device: trt.DeviceInfo) -> tuple[str, list[str]]:
+    """(--tensorrt value, --compute-capability list) that can build an engine this GPU runs."""
+    if trt.installed(trt.RTX):
+        offered = {n.lower() for n in trt.import_flavor(trt.RTX).ComputeCapability.__members__}
+        if device.sm in offered:
+            return "rtx", [device.compute_capability]
+    if trt.installed(trt.ENTERPRISE):
+        return "enterprise", []
+    pytest.skip(f"no TensorRT flavour here builds for compute capability {device.compute_capability}")
+
+
+def _engine_export(export, tmp_path, device, profiles=(("1x64x64", "2x64x96", "2x128x128"),)):
+    """A linked copy of `export` with an engine for this GPU; returns (folder, manifest)."""
+    folder = linked_copy(export, tmp_path / "export")
+    manifest = Manifest.load(folder)
+    flavor, targets = _flavor_for(device)
+    built = [trt.cli_profile(manifest, *p, ensemble=manifest.feature.ensemble) for p in profiles]
+    trt.build_engine(folder, manifest, built, tensorrt=flavor, compute_capabilities=targets, log=lambda _: None)
+    return folder, manifest
+
+
+def _onnxruntime_cpu(folder, image, noise):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["features"], {"image": image, "noise": noise})[0]
 
 
 @pytest.mark.tensorrt
-@pytest.mark.parametrize("precision", ["fp16", "bf16", "int8"])
-def test_strongly_typed_engine_matches_reference(request, tmp_path, precision):
-    _need_tensorrt()
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_engine_matches_onnxruntime_and_the_reference(request, tmp_path, precision):
     import ditf_runtime
-    from ditf_runtime.backends import trt
 
-    folder = tmp_path / precision
-    shutil.copytree(request.getfixturevalue("flux_tiny_precision_export")(precision), folder)
-    manifest = Manifest.load(folder)
-    built = trt.build_engine(folder, manifest, [trt.ShapeRange((1, 64, 64), (2, 64, 96), (2, 128, 128))],
-                             log=lambda _: None)
-    record = trt.read_engine_record(built)
-    assert record["strongly_typed"] and record["precision"] == precision
+    device = _need_gpu()
+    export = (request.getfixturevalue("flux_tiny_export") if precision == "fp32"
+              else request.getfixturevalue("flux_tiny_precision_export")(precision))  # fmt: skip
+    folder, manifest = _engine_export(export, tmp_path, device)
+    ref = load_file(str(folder / "reference.safetensors"))
     with ditf_runtime.load(folder, backend="tensorrt", device="cuda") as extractor:
-        res = extractor.verify_reference()
-    assert res, res
+        got = extractor.run(ref["image"], ref["noise"])
+    cpu = _onnxruntime_cpu(folder, ref["image"], ref["noise"])
+    if precision == "fp32":
+        res = compare(got, cpu, "fp32")
+        assert res.min_cosine >= 0.99999, res
+    assert compare(got, ref["features"], precision), "engine vs the PyTorch reference at the export's gate"
+
+
+@pytest.mark.tensorrt
+def test_engine_hammered_from_threads_and_two_profiles(request, tmp_path):
+    import ditf_runtime
+
+    device = _need_gpu()
+    folder, _ = _engine_export(request.getfixturevalue("flux_tiny_export"), tmp_path, device,
+                               profiles=(("1x32x32", "1x48x48", "2x64x64"), ("1x80x80", "1x96x96", "2x128x128")))
+    rng = np.random.default_rng(0)
+    feeds = [(rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32),
+              rng.standard_normal((b, 2, 16, h // 8, w // 8)).astype(np.float32))
+             for b, h, w in [(1, 32, 48), (2, 96, 128), (1, 64, 64), (2, 128, 80)]]  # fmt: skip
+    with ditf_runtime.load(folder, backend="tensorrt", device="cuda") as extractor:
+        single = [extractor.run(image, noise) for image, noise in feeds]
+        answers, errors = [], []
+
+        def work(worker):
+            try:
+                for r in range(8):
+                    key = (worker + r) % len(feeds)
+                    answers.append((key, extractor.run(*feeds[key])))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and len(answers) == 32
+    for key, got in answers:
+        np.testing.assert_array_equal(got, single[key])
+    for (image, noise), got in zip(feeds, single):
+        assert compare(got, _onnxruntime_cpu(folder, image, noise), "fp32").min_cosine >= 0.99999
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_rtx_verdict_on_a_cpu_built_engine_for_this_gpu(request, tmp_path):
+    """Default targets (8.0/8.6/8.9/12.0+): valid here, or refused with UNSUPPORTED_CC (e.g. an H100)."""
+    device = _need_gpu()
+    if not trt.installed(trt.RTX):
+        pytest.skip("TensorRT-RTX is not installed here")
+    rt = trt.import_flavor(trt.RTX)
+    folder = linked_copy(request.getfixturevalue("flux_tiny_export"), tmp_path / "export")
+    manifest = Manifest.load(folder)
+    built = trt.build_engine(folder, manifest, [trt.cli_profile(manifest, "1x64x64", "1x64x64", "1x64x64", 2)],
+                             tensorrt="rtx", log=lambda _: None)  # fmt: skip
+    logger = trt.flavors.collecting_logger(rt)
+    validity, diagnostics = rt.Runtime(logger).get_engine_validity((built / "model.plan").read_bytes())
+    reasons = [n for n, v in rt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
+    print(f"TensorRT-RTX {rt.__version__} on {device.gpu_name} ({device.compute_capability}): {validity} {reasons} "
+          f"{logger.errors}")  # fmt: skip
+    expected = trt.records.rtx_accepts(list(trt.records.RTX_DEFAULT_TARGETS), True, device)
+    assert (validity != rt.EngineValidity.INVALID) == expected, (validity, reasons, logger.errors)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -69,9 +145,7 @@ def test_typed_graph_on_onnxruntime_cuda_matches_its_cpu_twin(request, precision
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu on a GPU runner)")
-    _need_cuda_gpu()
-    from safetensors.numpy import load_file
-
+    _need_gpu()
     from ditf_calib import graph as G
     from ditf_calib.precision import to_low_precision
 

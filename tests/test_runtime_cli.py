@@ -265,11 +265,7 @@ def test_build_engine_messages(export_dir):
     assert bad.exit_code == 1 and "multiples of 16" in bad.output
     malformed = invoke("build-engine", export_dir, "--min", "1x48", "--opt", "1x48x64", "--max", "2x64x64")
     assert malformed.exit_code == 1 and "BATCHxHEIGHTxWIDTH" in malformed.output
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        result = invoke("build-engine", export_dir, "--min", "1x32x32", "--opt", "1x48x64", "--max", "2x64x64")
-        assert result.exit_code == 1 and "TensorRT is not installed here" in result.output
+    # missing TensorRT, flavours and real builds: test_runtime_trt.py, test_trt_rtx_builds.py
 
 
 def test_console_script_exit_code_without_traceback(tmp_path):

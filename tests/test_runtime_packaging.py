@@ -51,9 +51,10 @@ def test_wheel_requires_no_torch(wheel):
     assert unconditional == {"numpy", "pillow", "onnxruntime", "click", "safetensors", "tqdm"}
     assert not any(name in requires for name in ("torch", "diffusers", "transformers"))
     assert "tensorrt" in requires and "extra ==" in requires["tensorrt"]  # only as the [tensorrt] extra
+    assert "extra ==" in requires["tensorrt-rtx-cu13"]  # and TensorRT for RTX only as [tensorrt-rtx]
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        assert "ditf_runtime/backends/trt.py" in names and not any(n.startswith("tests/") for n in names)
+        assert "ditf_runtime/backends/trt/__init__.py" in names and not any(n.startswith("tests/") for n in names)
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "ditf = ditf_runtime.cli:main" in entry_points
 

@@ -1,31 +1,33 @@
-"""TensorRT backend.
+"""TensorRT backend: host-side logic that needs no GPU.
 
-TensorRT cannot be installed on the development machines (DESIGN.md §4), so:
-* the real build-and-run test skips with a reason unless `tensorrt` imports and a GPU exists;
-* the engine bookkeeping (folders, engine.json checks, profiles) is tested directly;
-* the loader/runner/builder code paths run against a small stand-in of the `tensorrt` and
-  `cuda.bindings.runtime` APIs (host memory, onnxruntime underneath), which catches mistakes in
-  our own call sequence without claiming to test TensorRT itself.
+* engine records, folder names, compute capabilities, profiles and flavour choice: plain functions;
+* the runner's profile choice, thread safety and buffer pool: against tests/trt_standin.py, a
+  STAND-IN of the TensorRT runtime and cuda-python that checks our call sequence, not TensorRT.
+
+Real TensorRT-RTX builds are in test_trt_rtx_builds.py; engines running on a GPU in
+test_precision_tensorrt.py (skipped where there is none).
 """
 
 from __future__ import annotations
 
-import ctypes
-import enum
-import json
 import sys
+import threading
 import types
+from contextlib import nullcontext
 
-import ditf_runtime
 import numpy as np
-import onnxruntime
 import pytest
 from click.testing import CliRunner
 from ditf_runtime.backends import trt
+from ditf_runtime.backends.trt import DeviceBufferPool, DeviceInfo, Profile
 from ditf_runtime.cli import main
 from ditf_runtime.errors import BackendError, InputError
 from ditf_runtime.manifest import Manifest
-from runtime_graphs import build_tiny_export
+from runtime_graphs import build_tiny_export, tiny_reference, with_geometry
+from trt_standin import StandInCuda, stand_in_runner
+
+RTX_4090 = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
+H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0")
 
 
 @pytest.fixture(scope="module")
@@ -35,296 +37,252 @@ def export_dir(tmp_path_factory):
     return folder
 
 
-# -- bookkeeping, no TensorRT needed -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def manifest(export_dir):
+    return Manifest.load(export_dir)
+
+
+# -- folders, records, compute capabilities --------------------------------------------------------
 
 
 def test_engine_folder_names():
     assert trt.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert (
-        trt.engine_dir("/x", "NVIDIA H100 80GB HBM3", "10.13.0").as_posix()
-        == "/x/engines/nvidia-h100-80gb-hbm3-trt10.13.0"
-    )
+    enterprise = trt.engine_dir("/x", "NVIDIA H100 80GB HBM3", "10.13.0")
+    assert enterprise.as_posix() == "/x/engines/nvidia-h100-80gb-hbm3-trt10.13.0"
+    assert trt.rtx_engine_dir("/x", "1.7.1.116", ["sm120", "sm86", "sm80", "sm89"]).name == "rtx1.7.1-sm80_86_89_120"
+    assert [trt.parse_compute_capability(t) for t in ("8.6", "86", "sm86", "SM_86", "12.0", "120")] == [
+        "sm86", "sm86", "sm86", "sm86", "sm120", "sm120"]  # fmt: skip
+    with pytest.raises(InputError, match="write it as 8.6"):
+        trt.parse_compute_capability("ampere")
 
 
-def test_engine_record_mismatches_are_refused(export_dir, tmp_path):
-    manifest = Manifest.load(export_dir)
-    device = trt.DeviceInfo("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")
-    good = {"gpu": device.gpu_name, "tensorrt": "10.13.0", "model_sha256": manifest.files["model.onnx"]["sha256"]}
-    trt.check_engine_record(good, device, manifest, tmp_path)
-    with pytest.raises(
-        BackendError, match="built for GPU 'NVIDIA A100.*this machine has 'NVIDIA H100.*ditf build-engine"
-    ):
-        trt.check_engine_record({**good, "gpu": "NVIDIA A100-SXM4-80GB"}, device, manifest, tmp_path)
-    with pytest.raises(BackendError, match="TensorRT 10.8.0, this machine has 10.13.0"):
-        trt.check_engine_record({**good, "tensorrt": "10.8.0"}, device, manifest, tmp_path)
-    with pytest.raises(BackendError, match="different model.onnx"):
-        trt.check_engine_record({**good, "model_sha256": "0" * 64}, device, manifest, tmp_path)
+def _record(manifest, **changes):
+    record = {
+        "schema_version": 2, "flavor": "tensorrt-rtx", "version": "1.7.1.116",
+        "targets": ["sm80", "sm86", "sm89", "sm120"], "targets_default": True,
+        "onnx_sha256": {n: manifest.files[n]["sha256"] for n in ("model.onnx", "model.onnx.data")},
+    }  # fmt: skip
+    return {**record, **changes}
 
 
-def test_profiles_follow_the_manifest_geometry(export_dir):
-    manifest = Manifest.load(export_dir)
-    shapes = trt.ShapeRange(trt.parse_bhw("1x32x32"), trt.parse_bhw("2x48x64"), trt.parse_bhw("4x64x96"))
-    profile = trt.profile_shapes(manifest, shapes, ensemble=2)
-    assert profile["image"] == ((1, 3, 32, 32), (2, 3, 48, 64), (4, 3, 64, 96))
-    assert profile["noise"] == ((1, 2, 4, 4, 4), (2, 2, 4, 6, 8), (4, 2, 4, 8, 12))
+def test_rtx_record_checks_name_each_mismatch(manifest):
+    problems = lambda record, device=RTX_4090: trt.engine_problems(record, trt.RTX, "1.7.1.116", device, manifest)  # noqa: E731
+    assert problems(_record(manifest)) == []
+    assert problems(_record(manifest), DeviceInfo("NVIDIA RTX PRO 6000", "12.0")) == []
+    assert problems(_record(manifest), DeviceInfo("NVIDIA GB10", "12.1")) == []  # default targets: 12.0 and later
+    assert problems(_record(manifest, targets=["sm86"], targets_default=False), DeviceInfo("GB10", "12.1"))
+    (h100,) = problems(_record(manifest), H100)
+    assert "compute capabilities 8.0, 8.6, 8.9, 12.0 and later; this GPU (NVIDIA H100 80GB HBM3) is 9.0" in h100
+    (version,) = problems(_record(manifest, version="1.6.1.120"))
+    assert version == "built with TensorRT-RTX 1.6.1.120, this machine has 1.7.1.116"
+    (flavor,) = problems(_record(manifest, flavor="tensorrt"))
+    assert "built with TensorRT, and this runtime loads engines with TensorRT-RTX" in flavor
+    onnx = problems(_record(manifest, onnx_sha256={"model.onnx": "0" * 64}))
+    assert any("different model.onnx" in p for p in onnx) and any("different model.onnx.data" in p for p in onnx)
+    (old,) = problems({"gpu": "x", "tensorrt": "10.13.0", "model_sha256": "y"})
+    assert "another ditf version" in old
+
+
+def test_enterprise_record_is_checked_against_the_gpu(manifest, tmp_path):
+    record = _record(manifest, flavor="tensorrt", version="10.13.0", targets=None, gpu=H100.gpu_name)
+    folder = tmp_path / "export" / "engines" / "nvidia-h100-80gb-hbm3-trt10.13.0"
+    trt.check_engine_record(record, trt.ENTERPRISE, "10.13.0", H100, manifest, folder)
+    with pytest.raises(BackendError, match=r"built for GPU 'NVIDIA H100.*this machine has 'NVIDIA A100.*"
+                                           r"ditf build-engine .*export --tensorrt enterprise --force"):  # fmt: skip
+        trt.check_engine_record(record, trt.ENTERPRISE, "10.13.0", DeviceInfo("NVIDIA A100-SXM4-80GB", "8.0"),
+                                manifest, folder)  # fmt: skip
+
+
+# -- profiles ------------------------------------------------------------------------------------------
+
+
+def test_cli_profile_follows_the_manifest_geometry(manifest):
+    profile = trt.cli_profile(manifest, "1x32x32", "2x48x64", "4x64x96", ensemble=2)
+    assert profile.shapes["image"] == ((1, 3, 32, 32), (2, 3, 48, 64), (4, 3, 64, 96))
+    assert profile.shapes["noise"] == ((1, 2, 4, 4, 4), (2, 2, 4, 6, 8), (4, 2, 4, 8, 12))
+    assert Profile.from_record(profile.to_record()) == profile
     with pytest.raises(InputError, match="min <= opt <= max"):
-        trt.profile_shapes(manifest, trt.ShapeRange((2, 32, 32), (1, 32, 32), (4, 64, 64)), 2)
+        trt.cli_profile(manifest, "2x32x32", "1x32x32", "4x64x64", 2)
     with pytest.raises(InputError, match="multiples of 16"):
-        trt.profile_shapes(manifest, trt.ShapeRange((1, 30, 32), (1, 32, 32), (4, 64, 64)), 2)
-    with pytest.raises(InputError, match="BATCHxHEIGHTxWIDTH"):
-        trt.parse_bhw("640x480")
+        trt.cli_profile(manifest, "1x30x32", "1x32x32", "4x64x64", 2)
+    with pytest.raises(InputError, match="BATCHxHEIGHTxWIDTH, e.g. 1x640x480"):
+        trt.cli_profile(manifest, "640x480", "1x32x32", "4x64x64", 2)
+    with pytest.raises(InputError, match="no usable tensorrt_profiles"):
+        trt.manifest_profiles(manifest)  # the tiny export's manifest has none
 
 
-# -- a stand-in for the tensorrt and cuda-python APIs ------------------------------------------
+def test_profile_limits_come_from_the_manifest(manifest):
+    from dataclasses import replace
+
+    image = replace(manifest, tensorrt_profiles={
+        "min": {"image": [1, 3, 32, 32], "noise": [1, 1, 4, 4, 4]},
+        "opt": {"image": [1, 3, 64, 64], "noise": [1, 2, 4, 8, 8]},
+        "max": {"image": [4, 3, 128, 128], "noise": [4, 8, 4, 16, 16]}})  # fmt: skip
+    (profile,) = trt.manifest_profiles(image)
+    assert profile.shapes["noise"][2] == (4, 8, 4, 16, 16)
+    trt.cli_profile(image, "1x32x32", "1x32x32", "1x32x32", ensemble=8)
+    with pytest.raises(InputError, match="E = 9 exceeds what this export allows \\(8"):
+        trt.cli_profile(image, "1x32x32", "1x32x32", "1x32x32", ensemble=9)
+    video = replace(manifest, geometry=with_geometry(frame_axis=1), tensorrt_profiles={
+        "min": {"image": [1, 2, 3, 32, 32], "noise": [1, 1, 2, 4, 4, 4]},
+        "opt": {"image": [1, 4, 3, 64, 64], "noise": [1, 2, 4, 4, 8, 8]},
+        "max": {"image": [1, 4, 3, 128, 128], "noise": [1, 8, 4, 4, 16, 16]}})  # fmt: skip
+    clip = trt.cli_profile(video, "1x2x32x32", "1x4x32x32", "1x4x64x64", ensemble=2)
+    assert clip.shapes["image"][2] == (1, 4, 3, 64, 64) and clip.shapes["noise"][2] == (1, 2, 4, 4, 8, 8)
+    with pytest.raises(InputError, match="frames 2..5 are outside what this export takes \\(2..4\\)"):
+        trt.cli_profile(video, "1x2x32x32", "1x4x32x32", "1x5x64x64", ensemble=2)
+    with pytest.raises(InputError, match="BATCHxFRAMESxHEIGHTxWIDTH"):
+        trt.cli_profile(video, "1x32x32", "1x32x32", "1x32x32", ensemble=2)
+    broken = replace(image, tensorrt_profiles={**image.tensorrt_profiles,
+                                               "opt": {"image": [1, 3, 16, 16], "noise": [1, 2, 4, 2, 2]}})
+    with pytest.raises(InputError, match="manifest's tensorrt_profiles cannot be built.*give --min"):
+        trt.manifest_profiles(broken)
 
 
-class _Success(enum.Enum):
-    cudaSuccess = 0
+def test_choose_profile_prefers_the_active_one_and_names_the_ranges():
+    ranges = [{"image": ((1, 3, 32, 32), (2, 3, 64, 64))}, {"image": ((1, 3, 64, 64), (2, 3, 128, 128))}]
+    assert trt.choose_profile(ranges, {"image": (1, 3, 48, 48)}) == 0
+    assert trt.choose_profile(ranges, {"image": (1, 3, 64, 64)}) == 0
+    assert trt.choose_profile(ranges, {"image": (1, 3, 64, 64)}, prefer=1) == 1
+    assert trt.choose_profile(ranges, {"image": (2, 3, 96, 128)}, prefer=0) == 1
+    ranges_named = (r"holds image \(3, 3, 64, 64\).*profile 0: image \(1, 3, 32, 32\)\.\.\(2, 3, 64, 64\) \| "
+                    r"profile 1: image \(1, 3, 64, 64\)\.\.\(2, 3, 128, 128\)")
+    with pytest.raises(InputError, match=ranges_named):
+        trt.choose_profile(ranges, {"image": (3, 3, 64, 64)})
 
 
-def fake_cudart(gpu_name: str) -> types.ModuleType:
-    cudart = types.ModuleType("cuda.bindings.runtime")
-    cudart.cudaError_t = _Success
-    cudart.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-    cudart.allocations = {}
-    ok = _Success.cudaSuccess
-
-    def malloc(nbytes):
-        buffer = ctypes.create_string_buffer(nbytes)
-        cudart.allocations[ctypes.addressof(buffer)] = buffer
-        return ok, ctypes.addressof(buffer)
-
-    def free(pointer):
-        cudart.allocations.pop(pointer)
-        return (ok,)
-
-    def memcpy(dst, src, nbytes, kind, stream):
-        ctypes.memmove(dst, src, nbytes)
-        return (ok,)
-
-    class Stream(int):
-        pass
-
-    cudart.cudaMalloc = malloc
-    cudart.cudaFree = free
-    cudart.cudaMemcpyAsync = memcpy
-    cudart.cudaStreamCreate = lambda: (ok, Stream(7))
-    cudart.cudaStreamSynchronize = lambda stream: (ok,)
-    cudart.cudaStreamDestroy = lambda stream: (ok,)
-    cudart.cudaGetDeviceProperties = lambda index: (ok, types.SimpleNamespace(name=gpu_name.encode(), major=9, minor=0))
-    return cudart
+# -- flavours ------------------------------------------------------------------------------------------
 
 
-def fake_tensorrt(version: str) -> types.ModuleType:
-    """Just the API surface ditf_runtime.backends.trt uses; the 'plan' is JSON naming the ONNX file."""
-    module = types.ModuleType("tensorrt")
-    module.__version__ = version
-    module.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
-    module.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
-    module.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    module.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
-    module.nptype = lambda dtype: np.float32
-    module.built = []
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, low, opt, high):
-            self.shapes[name] = [list(low), list(opt), list(high)]
-
-    class Cache:
-        def serialize(self):
-            return b"timing-cache"
-
-    class Config:
-        def __init__(self):
-            self.profiles, self.cache, self.workspace = [], None, None
-
-        def add_optimization_profile(self, profile):
-            self.profiles.append(profile)
-
-        def set_memory_pool_limit(self, pool, nbytes):
-            self.workspace = nbytes
-
-        def create_timing_cache(self, data):
-            assert isinstance(data, bytes)
-            return Cache()
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Network:
-        onnx_path = None
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            assert flags == 1, "networks must be created strongly typed"
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            module.built.append(config)
-            return json.dumps({"onnx": network.onnx_path, "profile": config.profiles[0].shapes}).encode()
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            self.network = network
-
-        def parse_from_file(self, path):
-            self.network.onnx_path = path
-            return True
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.shapes, self.addresses = engine, {}, {}
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = tuple(shape)
-            return True
-
-        def get_tensor_shape(self, name):
-            batch, _, height, width = self.shapes["image"]
-            return (batch, 32, height // 16, width // 16)
-
-        def set_tensor_address(self, name, pointer):
-            self.addresses[name] = pointer
-
-        def execute_async_v3(self, stream):
-            assert isinstance(stream, int)
-            feed = {}
-            for name, shape in self.shapes.items():
-                nbytes = int(np.prod(shape)) * 4
-                raw = (ctypes.c_char * nbytes).from_address(self.addresses[name])
-                feed[name] = np.frombuffer(raw, dtype=np.float32).reshape(shape).copy()
-            (features,) = self.engine.session.run(["features"], feed)
-            ctypes.memmove(self.addresses["features"], features.ctypes.data, features.nbytes)
-            return True
-
-    class Engine:
-        def __init__(self, plan):
-            self.plan = plan
-            self.session = onnxruntime.InferenceSession(plan["onnx"], providers=["CPUExecutionProvider"])
-            self.num_io_tensors = 3
-
-        def get_tensor_name(self, index):
-            return ("image", "noise", "features")[index]
-
-        def get_tensor_mode(self, name):
-            return module.TensorIOMode.OUTPUT if name == "features" else module.TensorIOMode.INPUT
-
-        def get_tensor_dtype(self, name):
-            return "float32"
-
-        def get_tensor_shape(self, name):
-            return {"image": (-1, 3, -1, -1), "noise": (-1, -1, 4, -1, -1), "features": (-1, 32, -1, -1)}[name]
-
-        def get_tensor_profile_shape(self, name, profile_index):
-            return self.plan["profile"][name]
-
-        def create_execution_context(self):
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            return Engine(json.loads(data))
-
-    module.Builder, module.OnnxParser, module.Runtime = Builder, OnnxParser, Runtime
-    return module
+def test_no_tensorrt_of_either_flavour_is_a_clear_error(monkeypatch, export_dir):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # None in sys.modules makes the import fail
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(BackendError) as caught:
+        trt.choose_flavor("auto")
+    assert "ditf-runtime[tensorrt-rtx]" in str(caught.value) and "ditf-runtime[tensorrt]" in str(caught.value)
+    result = CliRunner().invoke(main, ["build-engine", str(export_dir), "--min", "1x32x32", "--opt", "1x32x32",
+                                       "--max", "1x64x64"])  # fmt: skip
+    assert result.exit_code == 1 and "no TensorRT is installed here" in result.output
+    assert "Traceback" not in result.output and not (export_dir / "engines").exists()
+    rtx = CliRunner().invoke(main, ["build-engine", str(export_dir), "--tensorrt", "rtx", "--min", "1x32x32",
+                                    "--opt", "1x32x32", "--max", "1x64x64"])  # fmt: skip
+    assert rtx.exit_code == 1 and "TensorRT-RTX is not installed here" in rtx.output
 
 
-@pytest.fixture()
-def fake_gpu(monkeypatch):
-    """Install the stand-ins; returns a function that swaps the 'machine' (GPU name, TRT version)."""
-
-    def use(gpu_name="NVIDIA H100 80GB HBM3", version="10.13.0"):
-        cuda = types.ModuleType("cuda")
-        bindings = types.ModuleType("cuda.bindings")
-        cudart = fake_cudart(gpu_name)
-        bindings.runtime = cudart
-        cuda.bindings = bindings
-        tensorrt = fake_tensorrt(version)
-        for name, module in {
-            "tensorrt": tensorrt,
-            "cuda": cuda,
-            "cuda.bindings": bindings,
-            "cuda.bindings.runtime": cudart,
-        }.items():
-            monkeypatch.setitem(sys.modules, name, module)
-        return tensorrt, cudart
-
-    return use
+def test_enterprise_without_a_gpu_is_refused(monkeypatch, export_dir):
+    """`tensorrt` present (a bare module object: only its import is needed) but no CUDA GPU."""
+    if trt.gpu_or_none() is not None:
+        pytest.skip("this machine has a CUDA GPU")
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    result = CliRunner().invoke(main, ["build-engine", str(export_dir), "--tensorrt", "enterprise",
+                                       "--min", "1x32x32", "--opt", "1x32x32", "--max", "1x64x64"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "--tensorrt enterprise builds on the GPU that will run the engine, and this machine has none" \
+        in result.output
+    assert "--tensorrt rtx" in result.output and not (export_dir / "engines").exists()
 
 
-def test_build_load_run_with_stand_in(fake_gpu, export_dir, tmp_path):
-    import shutil
+def test_engines_need_a_gpu_to_load(export_dir):
+    import ditf_runtime
 
-    folder = tmp_path / "export"
-    shutil.copytree(export_dir, folder)
-    tensorrt, cudart = fake_gpu()
-    result = CliRunner().invoke(
-        main,
-        ["build-engine", str(folder), "--min", "1x32x32", "--opt", "2x48x64", "--max", "2x64x64", "--workspace", "1"],
-    )
-    assert result.exit_code == 0, result.output
-    engine_folder = folder / "engines" / "nvidia-h100-80gb-hbm3-trt10.13.0"
-    record = json.loads((engine_folder / "engine.json").read_text())
-    assert record["gpu"] == "NVIDIA H100 80GB HBM3" and record["tensorrt"] == "10.13.0" and record["strongly_typed"]
-    assert record["profiles"][0]["noise"]["max"] == [2, 2, 4, 8, 8]
-    assert (engine_folder / "timing.cache").read_bytes() == b"timing-cache"
-    assert tensorrt.built[0].workspace == 1 << 30
-
-    with ditf_runtime.load(folder, backend="auto", device="cuda") as extractor:
-        assert extractor.backend == "tensorrt"
-        assert extractor.verify_reference()
-        fm = extractor.extract(np.zeros((40, 60, 3), np.uint8))[0]
-        assert fm.shape == (1, 32, 3, 4)
-        with pytest.raises(InputError, match="outside the engine's profile"):
-            extractor.run(np.zeros((3, 3, 32, 32), np.float32), np.zeros((3, 2, 4, 4, 4), np.float32))
-    assert cudart.allocations == {}  # every device buffer freed on close
-
-    fake_gpu(gpu_name="NVIDIA A100-SXM4-80GB")
-    with pytest.raises(
-        BackendError, match="no TensorRT engine for NVIDIA A100.*found: nvidia-h100-80gb-hbm3-trt10.13.0"
-    ):
-        ditf_runtime.load(folder, backend="tensorrt")
-    # a plan copied by hand into the folder for another GPU is refused by its record
-    shutil.copytree(engine_folder, folder / "engines" / "nvidia-a100-sxm4-80gb-trt10.13.0")
-    with pytest.raises(BackendError, match="built for GPU 'NVIDIA H100"):
-        ditf_runtime.load(folder, backend="tensorrt")
-    with ditf_runtime.load(folder, backend="auto", device="cpu") as extractor:
+    if trt.gpu_or_none() is not None:
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(BackendError, match="TensorRT engines run on a CUDA GPU, and this machine has none"):
+        ditf_runtime.load(export_dir, backend="tensorrt", device="cuda")
+    with ditf_runtime.load(export_dir, backend="auto", device="cpu") as extractor:
         assert extractor.backend == "onnxruntime"
 
 
-# -- the real thing, where it exists -----------------------------------------------------------
+# -- the runner (stand-in: host-side logic only) ------------------------------------------------------
+
+TWO_PROFILES = [
+    {"image": ((1, 3, 32, 32), (1, 3, 48, 48), (2, 3, 64, 64)),
+     "noise": ((1, 1, 4, 4, 4), (1, 2, 4, 6, 6), (2, 4, 4, 8, 8))},
+    {"image": ((1, 3, 64, 64), (1, 3, 96, 96), (2, 3, 128, 128)),
+     "noise": ((1, 1, 4, 8, 8), (1, 2, 4, 12, 12), (2, 4, 4, 16, 16))},
+]  # fmt: skip
 
 
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-def test_real_tensorrt_engine_matches_reference(export_dir, tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (GPU runners only, DESIGN.md §4)")
-    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed here")
-    import shutil
+def _feed(batch, height, width, ensemble=2, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(-1, 1, (batch, 3, height, width)).astype(np.float32)
+    noise = rng.standard_normal((batch, ensemble, 4, height // 8, width // 8)).astype(np.float32)
+    return {"image": image, "noise": noise}
 
-    folder = tmp_path / "export"
-    shutil.copytree(export_dir, folder)
-    manifest = Manifest.load(folder)
-    trt.build_engine(folder, manifest, [trt.ShapeRange((1, 32, 32), (2, 48, 64), (2, 64, 64))], log=lambda _: None)
-    with ditf_runtime.load(folder, backend="tensorrt", device="cuda") as extractor:
-        assert extractor.verify_reference()
+
+def test_runner_chooses_and_switches_profiles(monkeypatch, manifest, export_dir):
+    runner, engine, cuda = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES)
+    with runner:
+        for batch, height, width in [(1, 32, 48), (2, 96, 128), (1, 64, 64), (2, 48, 32)]:
+            feed = _feed(batch, height, width, seed=height)
+            got = runner.infer(feed)["features"]
+            np.testing.assert_allclose(got, tiny_reference(export_dir, feed["image"], feed["noise"]), atol=1e-6)
+        # 64x64 lies in both: the active profile (1) is kept; 48x32 needs profile 0 again
+        assert engine.contexts[0].switches == [1, 0]
+        runs = engine.executions
+        with pytest.raises(InputError, match=r"no optimisation profile.*profile 0: image \(1, 3, 32, 32\)"):
+            runner.infer(_feed(1, 160, 160))
+        assert engine.executions == runs  # refused before anything ran
+    assert cuda.allocations == {} and cuda.violations == []
+
+
+def _hammer(runner, feeds, threads=4, rounds=6):
+    answers, errors = {}, []
+
+    def work(worker: int) -> None:
+        try:
+            for r in range(rounds):
+                key = (worker + r) % len(feeds)
+                answers[(worker, r)] = (key, runner.infer(feeds[key])["features"])
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return answers, errors
+
+
+SHAPES = [(1, 32, 48), (2, 64, 64), (2, 96, 128), (1, 128, 64), (2, 48, 32)]
+
+
+def test_one_runner_hammered_from_threads_gives_single_threaded_answers(monkeypatch, manifest):
+    feeds = [_feed(*shape, seed=i) for i, shape in enumerate(SHAPES)]
+    runner, engine, cuda = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES)
+    with runner:
+        single = [runner.infer(feed)["features"] for feed in feeds]
+        answers, errors = _hammer(runner, feeds)
+    assert errors == []
+    assert len(answers) == 24
+    for key, got in answers.values():
+        np.testing.assert_array_equal(got, single[key])
+    assert cuda.violations == [] and cuda.allocations == {}  # buffers grew under load; none freed in flight
+
+
+def test_the_thread_check_catches_an_unlocked_runner(monkeypatch, manifest):
+    """The same hammering without the runner's lock mixes requests up: the check above can fail."""
+    feeds = [_feed(*shape, seed=i) for i, shape in enumerate(SHAPES)]
+    runner, engine, cuda = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES)
+    with runner:
+        single = [runner.infer(feed)["features"] for feed in feeds]
+        runner._lock = nullcontext()
+        answers, errors = _hammer(runner, feeds)
+    wrong = sum(not np.array_equal(got, single[key]) for key, got in answers.values())
+    assert errors or wrong or cuda.violations
+
+
+def test_buffer_pool_grows_and_frees():
+    cuda = StandInCuda()
+    pool = DeviceBufferPool(cuda)
+    small = pool.get("image", 64)
+    assert pool.get("image", 32) == small  # big enough: reused
+    large = pool.get("image", 4096)
+    assert large != small and small not in cuda.allocations and len(cuda.allocations) == 1
+    cuda.cudaMemcpyAsync(large, 0, 16, 1, 7)  # work queued on the stream that writes `large`
+    pool.get("image", 8192)  # growing now would free memory in flight: the stand-in records it
+    assert cuda.violations and "while queued work still uses it" in cuda.violations[0]
+    cuda.queue.clear()
+    pool.free_all()
+    assert cuda.allocations == {}

@@ -111,7 +111,9 @@ def test_tensorrt_repository_uses_the_engine_limits(export_dir, tmp_path):
     (engine / "model.plan").write_bytes(b"plan bytes")
     image = {"min": [1, 3, 256, 256], "opt": [2, 3, 640, 480], "max": [4, 3, 1024, 1024]}
     record = {
-        "model_sha256": manifest.files[MODEL_FILE]["sha256"],
+        "schema_version": 2,
+        "flavor": "tensorrt",
+        "onnx_sha256": {name: manifest.files[name]["sha256"] for name in (MODEL_FILE, "model.onnx.data")},
         "ensemble": 3,
         "profiles": [{"image": image, "noise": {}}],
     }
@@ -131,7 +133,7 @@ def test_tensorrt_repository_uses_the_engine_limits(export_dir, tmp_path):
         write_model_repository(export, tmp_path / "r2", TritonOptions(backend="tensorrt", max_batch_size=8))
     with pytest.raises(InputError, match="GPU instances"):
         write_model_repository(export, tmp_path / "r3", TritonOptions(backend="tensorrt", instance_kind="cpu"))
-    record["model_sha256"] = "0" * 64
+    record["onnx_sha256"] = {**record["onnx_sha256"], MODEL_FILE: "0" * 64}
     (engine / "engine.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match="another model.onnx"):
         write_model_repository(export, tmp_path / "r4", TritonOptions(backend="tensorrt"))

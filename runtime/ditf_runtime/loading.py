@@ -65,9 +65,10 @@ def load(
 ) -> Extractor:
     """Load an export folder written by ditf-export.
 
-    backend: "onnxruntime", "tensorrt" (an engine built by `ditf build-engine` for this GPU and
-    TensorRT version), or "auto": TensorRT when device="cuda", TensorRT is installed and such an
-    engine exists, otherwise onnxruntime on the requested device. device: "cpu" (default, except
+    backend: "onnxruntime", "tensorrt" (an engine built by `ditf build-engine`: TensorRT for this GPU
+    and version, or TensorRT-RTX for this compute capability), or "auto": TensorRT when
+    device="cuda", a TensorRT flavour is installed and such an engine exists, otherwise
+    onnxruntime on the requested device. device: "cpu" (default, except
     for tensorrt) or "cuda"; nothing falls back silently: CUDA requested but unavailable is an
     error. `verify` checks the files' sha256 against the manifest first (seconds per GB).
     """
@@ -95,7 +96,7 @@ def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) ->
     if backend == "tensorrt" and device == "cpu":
         raise BackendError("the tensorrt backend runs on a GPU: use device='cuda' or backend='onnxruntime'")
     if backend == "auto":
-        backend = "tensorrt" if device == "cuda" and _engine_ready(export_dir) else "onnxruntime"
+        backend = "tensorrt" if device == "cuda" and _engine_ready(export_dir, manifest) else "onnxruntime"
     if backend == "tensorrt":
         if options.providers is not None or options.threads is not None:
             raise BackendError("providers= and threads= are onnxruntime options; the tensorrt backend takes neither")
@@ -137,12 +138,11 @@ def _check_graph(extractor: Extractor) -> None:
         )
 
 
-def _engine_ready(export_dir: Path) -> bool:
+def _engine_ready(export_dir: Path, manifest: Manifest) -> bool:
+    """An engine of an installed TensorRT flavour in EXPORT/engines/ that fits this GPU and this export."""
     from .backends import trt
 
     if not trt.tensorrt_available():
         return False
-    try:
-        return trt.find_engine(export_dir, trt.current_device()) is not None
-    except BackendError:
-        return False
+    device = trt.gpu_or_none()
+    return device is not None and trt.find_engine(export_dir, manifest, device)[0] is not None

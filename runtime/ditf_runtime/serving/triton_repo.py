@@ -3,7 +3,8 @@
     REPO/<name>/config.pbtxt                 backend "onnxruntime", or platform "tensorrt_plan"
     REPO/<name>/1/model.onnx/model.onnx      external data: Triton's directory form of an ONNX
     REPO/<name>/1/model.onnx/model.onnx.data    model (the file inside keeps its name)
-    REPO/<name>/1/model.plan                 (tensorrt: the engine from EXPORT/engines/<gpu>-trt<v>/)
+    REPO/<name>/1/model.plan                 (tensorrt: the engine from EXPORT/engines/<gpu>-trt<v>/;
+                                             TensorRT-RTX engines only with --pipeline local, no graph model)
     REPO/<name>/manifest.json                the export's contract, for the record
     REPO/extract/, REPO/match/               optional python-backend models running the whole
                                              pipeline (triton_model.py as 1/model.py + manifest.json)
@@ -134,8 +135,10 @@ def _model_name(manifest: Manifest) -> str:
 
 
 def _engine_folder(export_dir: Path, engine: str | None) -> Path:
+    from ..backends.trt import engine_folders
+
     root = export_dir / ENGINES_DIR
-    found = sorted(p.name for p in root.iterdir() if (p / "model.plan").is_file()) if root.is_dir() else []
+    found = [p.name for p in engine_folders(export_dir)]
     if engine is None:
         if len(found) != 1:
             raise InputError(
@@ -148,20 +151,35 @@ def _engine_folder(export_dir: Path, engine: str | None) -> Path:
     return root / engine
 
 
-def _engine_limits(folder: Path, manifest: Manifest) -> tuple[int, int]:
-    """(largest batch of any profile, the E the engine was built for), after checking its record."""
-    from ..backends.trt import read_engine_record
+def _engine_limits(folder: Path, manifest: Manifest, graph: bool) -> tuple[int, int | None]:
+    """(largest batch of any profile, the E the engine fixes or None), after checking its record.
+
+    A TensorRT-RTX engine is refused for the graph model (tensorrt_plan runs TensorRT engines only);
+    without a graph model, the python models load it themselves through ditf_runtime.
+    """
+    from ..backends.trt import ENTERPRISE, RTX, read_engine_record, record_flavor
 
     record = read_engine_record(folder)
-    model_sha = manifest.files.get(MODEL_FILE, {}).get("sha256")
-    if model_sha and record.get("model_sha256") != model_sha:
-        raise InputError(f"engine in {folder} was built from another model.onnx than this export's; rebuild it")
+    flavor = record_flavor(record)
+    if flavor is RTX and graph:
+        raise InputError(
+            f"{folder.name} is a TensorRT-RTX engine, and Triton's tensorrt_plan platform loads only TensorRT "
+            f"engines: build one on the serving GPU (`ditf build-engine EXPORT --tensorrt enterprise`), or serve "
+            "this one with `ditf serve EXPORT --backend tensorrt --device cuda`"
+        )
+    if flavor not in (ENTERPRISE, RTX):
+        raise InputError(f"{folder}/engine.json was written by another ditf version; rebuild the engine")
+    recorded = record.get("onnx_sha256") or {}
+    for name in (MODEL_FILE, MODEL_DATA_FILE):
+        model_sha = manifest.files.get(name, {}).get("sha256")
+        if model_sha and recorded.get(name) != model_sha:
+            raise InputError(f"engine in {folder} was built from another {name} than this export's; rebuild it")
     try:
         max_batch = max(int(p[IMAGE_INPUT]["max"][0]) for p in record["profiles"])
-        ensemble = int(record["ensemble"])
+        ensemble = record["ensemble"]
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{folder}/engine.json lacks profiles or ensemble ({exc}); rebuild the engine") from None
-    return max_batch, ensemble
+    return max_batch, None if ensemble is None else int(ensemble)
 
 
 @dataclass(frozen=True)
@@ -259,7 +277,7 @@ def _graph_source(
     max_batch_size, source = options.max_batch_size, _GraphSource()
     if options.backend == "tensorrt":
         folder = _engine_folder(export_dir, options.engine)
-        engine_batch, ensemble = _engine_limits(folder, manifest)
+        engine_batch, ensemble = _engine_limits(folder, manifest, options.graph)
         if max_batch_size is None:
             max_batch_size = min(engine_batch, DEFAULT_MAX_BATCH_SIZE)
         elif max_batch_size > engine_batch:

@@ -180,6 +180,9 @@ def test_enterprise_without_a_gpu_is_refused(monkeypatch, export_dir):
     assert "--tensorrt enterprise builds on the GPU that will run the engine, and this machine has none" \
         in result.output
     assert "--tensorrt rtx" in result.output and not (export_dir / "engines").exists()
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # auto, with TensorRT but no GPU and no TensorRT-RTX
+    with pytest.raises(BackendError, match="TensorRT is installed here, but it builds on the GPU .* has none"):
+        trt.choose_flavor("auto")
 
 
 def test_engines_need_a_gpu_to_load(export_dir):
@@ -191,6 +194,8 @@ def test_engines_need_a_gpu_to_load(export_dir):
         ditf_runtime.load(export_dir, backend="tensorrt", device="cuda")
     with ditf_runtime.load(export_dir, backend="auto", device="cpu") as extractor:
         assert extractor.backend == "onnxruntime"
+    if trt.installed(trt.RTX):  # without a GPU, --tensorrt auto builds with TensorRT-RTX
+        assert trt.choose_flavor("auto") is trt.RTX
 
 
 # -- the runner (stand-in: host-side logic only) ------------------------------------------------------

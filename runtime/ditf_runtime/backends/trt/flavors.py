@@ -97,6 +97,11 @@ def choose_flavor(option: str) -> Flavor:
             return ENTERPRISE
         if installed(RTX):
             return RTX
+        if installed(ENTERPRISE):
+            raise BackendError(
+                "TensorRT is installed here, but it builds on the GPU that will run the engine and this machine "
+                f"has none: build on the serving GPU, or install TensorRT for RTX here ({RTX.install_hint()})"
+            )
         raise BackendError(NOT_INSTALLED)
     flavor = FLAVORS[option]
     import_flavor(flavor)

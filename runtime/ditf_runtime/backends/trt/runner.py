@@ -215,9 +215,10 @@ class TrtRunner(BaseRunner):
 
     def _create_context(self):
         """TensorRT-RTX: a context with a runtime cache of JIT-compiled kernels, kept beside the plan."""
-        if not hasattr(self.engine, "create_runtime_config"):
+        make_config = getattr(self.engine, "create_runtime_config", None)
+        config = make_config() if make_config is not None else None
+        if config is None or not hasattr(config, "create_runtime_cache"):  # TensorRT: no runtime cache
             return self.engine.create_execution_context()
-        config = self.engine.create_runtime_config()
         self._runtime_cache = config.create_runtime_cache()
         path = self._runtime_cache_path()
         if path is not None and path.is_file():

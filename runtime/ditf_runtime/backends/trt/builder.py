@@ -118,30 +118,8 @@ def build_engine(
             write_bytes_atomic(tmp / TIMING_CACHE_FILE, cache_bytes)
             if timing_cache:
                 write_bytes_atomic(Path(timing_cache), cache_bytes)
-        record = {
-            "schema_version": ENGINE_RECORD_VERSION,
-            "flavor": flavor.name,
-            "version": target.version,
-            "targets": list(target.targets) if target.targets else None,
-            "targets_default": target.default_targets if flavor is RTX else None,
-            "gpu": target.device.gpu_name if target.device else None,
-            "compute_capability": target.device.compute_capability if target.device else None,
-            "precision": manifest.precision,
-            "strongly_typed": True,
-            "tf32": bool(allow_tf32),
-            "profiles": [p.to_record() for p in profiles],
-            "profiles_from": "manifest" if from_manifest else "command line",
-            "ensemble": _fixed_ensemble(profiles),
-            "onnx_sha256": {name: manifest.files[name]["sha256"] for name in ONNX_FILES if name in manifest.files},
-            "plan_sha256": sha256_file(tmp / ENGINE_FILE),
-            "plan_bytes": len(plan),
-            "timing_cache": TIMING_CACHE_FILE if cache_bytes is not None else None,
-            "build_seconds": round(seconds, 2),
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_name": manifest.model_name,
-            "family": manifest.family,
-            "notes": [RTX_NO_TIMING_CACHE] if flavor is RTX else [],
-        }
+        record = _engine_record(flavor, target, manifest, profiles, from_manifest=from_manifest, allow_tf32=allow_tf32,
+                                plan_path=tmp / ENGINE_FILE, timing_cache=cache_bytes is not None, seconds=seconds)
         # engine.json last: its presence marks a finished engine.
         write_text_atomic(tmp / ENGINE_RECORD_FILE, json.dumps(record, indent=2) + "\n")
         _swap_into_place(tmp, target.folder)
@@ -180,6 +158,35 @@ def _target(trt, flavor, export_dir: Path, compute_capabilities, timing_cache) -
         raise InputError("--compute-capability is for --tensorrt rtx: TensorRT builds for the GPU it runs on")
     device = current_device()
     return _Target(engine_dir(export_dir, device.gpu_name, version), version, None, False, device)
+
+
+def _engine_record(flavor, target: _Target, manifest: Manifest, profiles: Sequence[Profile], *, from_manifest: bool,
+                   allow_tf32: bool, plan_path: Path, timing_cache: bool, seconds: float) -> dict:  # fmt: skip
+    """engine.json: what the loader checks (flavour, version, targets or GPU, ONNX hashes) and what was built."""
+    return {
+        "schema_version": ENGINE_RECORD_VERSION,
+        "flavor": flavor.name,
+        "version": target.version,
+        "targets": list(target.targets) if target.targets else None,
+        "targets_default": target.default_targets if flavor is RTX else None,
+        "gpu": target.device.gpu_name if target.device else None,
+        "compute_capability": target.device.compute_capability if target.device else None,
+        "precision": str(manifest.precision),
+        "strongly_typed": True,
+        "tf32": bool(allow_tf32),
+        "profiles": [p.to_record() for p in profiles],
+        "profiles_from": "manifest" if from_manifest else "command line",
+        "ensemble": _fixed_ensemble(profiles),
+        "onnx_sha256": {name: manifest.files[name]["sha256"] for name in ONNX_FILES if name in manifest.files},
+        "plan_sha256": sha256_file(plan_path),
+        "plan_bytes": plan_path.stat().st_size,
+        "timing_cache": TIMING_CACHE_FILE if timing_cache else None,
+        "build_seconds": round(seconds, 2),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_name": manifest.model_name,
+        "family": manifest.family,
+        "notes": [RTX_NO_TIMING_CACHE] if flavor is RTX else [],
+    }
 
 
 def _fixed_ensemble(profiles: Sequence[Profile]) -> int | None:

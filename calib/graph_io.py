@@ -120,9 +120,12 @@ class GraphIO:
 
     def shapes(self, sizes: Sizes) -> dict[str, tuple[int, ...]]:
         """THE shape function: every input's and output's shape at `sizes`."""
+        limit = self.geometry.max_size
         for side in SPATIAL:
             if sizes.of(side) % self.size_multiple:
                 raise ValueError(f"{side} {sizes.of(side)} is not a multiple of {self.size_multiple}")
+            if limit is not None and sizes.of(side) > limit:
+                raise ValueError(f"{side} {sizes.of(side)} is beyond the {limit} pixels this graph was verified for")
         return {t.name: t.shape(sizes) for t in self.inputs + self.outputs}
 
     def input_shapes(self, sizes: Sizes) -> dict[str, list[int]]:
@@ -180,4 +183,17 @@ def diffusion_io(latent_channels: int, feature_channels: int, vae_stride: int, p
         geometry=Geometry(latent_channels=latent_channels, feature_channels=feature_channels, vae_stride=vae_stride,
                           feature_stride=stride, size_multiple=stride, frame_axis=None if max_frames is None else 1),
         max_frames=max_frames,
+    )
+
+
+def image_io(feature_channels: int, stride: int, max_size: int | None = None) -> GraphIO:
+    """A graph without noise (DINOv2): image [B, 3, H, W] in [-1, 1] -> features [B, C, H/stride, W/stride],
+    H and W multiples of `stride`, at most `max_size` pixels (None: no limit). No latent: the geometry's
+    latent_channels and vae_stride are 0."""
+    batch = Axis(BATCH)
+    return GraphIO(
+        inputs=(TensorIO(IMAGE_INPUT, (batch, 3, Axis(HEIGHT), Axis(WIDTH)), role=IMAGE),),
+        outputs=(TensorIO(FEATURES_OUTPUT, (batch, feature_channels, Axis(HEIGHT, stride), Axis(WIDTH, stride))),),
+        geometry=Geometry(latent_channels=0, feature_channels=feature_channels, vae_stride=0, feature_stride=stride,
+                          size_multiple=stride, max_size=max_size),
     )

@@ -29,6 +29,11 @@ class BuiltGraph:
 def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGraph:
     """The PyTorch module that is both the export source and the parity reference."""
     source, adapter, options = plan.source, plan.adapter, plan.options
+    own = adapter.build_own_graph(source, options, dtype)
+    if own is not None:  # a family whose graph is not the DiTF diffusion graph (it declared its own GraphIO)
+        report = LoadReport(tensors_read=own.tensors_read, tensors_in_checkpoint=own.tensors_in_checkpoint,
+                            bytes_read=own.bytes_read, shards_opened=len(own.files), files=own.files)
+        return BuiltGraph(own.graph, report, own.notes)
     config = source.transformer_config
     transformer, report = load_truncated_transformer(source, adapter, options.layer, dtype)
     conditioning = adapter.conditioning(source, config, options)

@@ -6,8 +6,12 @@ import only `registry` (to register) and `families.base`, never this module.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from . import registry
-from .families import dit, flux, latte, pixart, sd3  # noqa: F401  (importing an adapter module registers it)
+from .families import dinov2, dit, flux, latte, pixart, sd3  # noqa: F401  (importing an adapter module registers it)
 from .families.base import FamilyAdapter
 from .registry import ModelSpec
 
@@ -32,6 +36,29 @@ def family_of_transformer(class_name: str) -> str:
         f"no ditf adapter handles transformer class {class_name!r}; supported: "
         + ", ".join(sorted(c.transformer_class_name for c in families().values()))
     )
+
+
+def identify_folder(path: Path) -> tuple[str, dict[str, Any]]:
+    """(family, config) of a local model folder: the first adapter whose config file is there and handles it.
+
+    A diffusers pipeline is recognised by transformer/config.json's `_class_name`, a transformers model
+    (DINOv2) by config.json's `model_type`; KeyError says what was looked for.
+    """
+    looked = []
+    for name, cls in families().items():
+        config_path = path / cls.config_file
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            if cls.handles(config):
+                return name, config
+            looked.append(f"{cls.config_file} ({config.get('_class_name') or config.get('model_type') or '?'})")
+    supported = "; ".join(dict.fromkeys(cls.describe() for cls in families().values()))
+    if not looked:
+        files = " or ".join(sorted({cls.config_file for cls in families().values()}))
+        raise KeyError(f"not a diffusers pipeline folder nor a transformers model folder (no {files}; a pipeline "
+                       f"needs at least model_index.json, transformer/ and vae/); supported: {supported}")
+    raise KeyError(f"no ditf adapter handles this folder (found {', '.join(dict.fromkeys(looked))}); "
+                   f"supported: {supported}")
 
 
 def models() -> dict[str, ModelSpec]:

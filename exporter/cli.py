@@ -145,8 +145,10 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
                 prompt=prompt, prompt_embeds=prompt_embeds, text_max_length=text_max_length, discard="none",
                 class_label=class_label, ensemble=ensemble, image_size=image_size))
         source, options = the_plan.source, the_plan.options
-        say(f"model {source.name} ({source.family}), layer {options.layer} = {the_plan.block}, "
-            f"timestep {options.timestep:g}, long side {the_plan.image_size}, ensemble {the_plan.ensemble}")
+        noise = "no noise" if options.timestep is None else (f"timestep {options.timestep:g}, "
+                                                             f"ensemble {the_plan.ensemble}")
+        say(f"model {source.name} ({source.family}), layer {options.layer} = {the_plan.block}, {noise}, "
+            f"long side {the_plan.image_size}")
         built = build_graph(the_plan)
         found = detect_for_graph(built.graph, the_plan.io, images, long_side=the_plan.image_size,
                                  ensemble=the_plan.ensemble, threshold=threshold, max_images=max_images)

@@ -48,10 +48,11 @@ def resolve_source(model: str) -> ModelSource:
     spec = catalog.model_spec(model)
     if spec is not None and spec.builtin is not None:
         path = builtin_cache_dir() / spec.name
-        if not (path / "model_index.json").is_file():
+        if not (path / catalog.families()[spec.family].config_file).is_file():
             spec.builtin(str(path))
     elif spec is not None:
-        path = _from_hf_cache(spec.hf_id, registry_name=model)
+        path = _from_hf_cache(spec.hf_id, registry_name=model,
+                              include=catalog.families()[spec.family].download_include)
     elif Path(model).expanduser().is_dir():
         path = Path(model).expanduser().resolve()
     elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
@@ -62,9 +63,8 @@ def resolve_source(model: str) -> ModelSource:
             f"--model {model!r}: not a registry name ({known}), not an existing folder, and not an HF id "
             "(owner/name)"
         )
-    config = read_transformer_config(path)
     try:
-        family = catalog.family_of_transformer(config.get("_class_name", "?"))
+        family, config = catalog.identify_folder(path)
     except KeyError as exc:
         raise ExportInputError(f"{path}: {exc.args[0]}") from None
     if spec is None:
@@ -76,16 +76,6 @@ def resolve_source(model: str) -> ModelSource:
     return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config)
 
 
-def read_transformer_config(path: Path) -> dict[str, Any]:
-    cfg = path / "transformer" / "config.json"
-    if not cfg.is_file():
-        raise ExportInputError(
-            f"{path} is not a diffusers pipeline folder: {cfg} is missing "
-            "(a folder needs at least model_index.json, transformer/ and vae/)"
-        )
-    return json.loads(cfg.read_text())
-
-
 def read_vae_config(source: ModelSource) -> dict[str, Any]:
     """vae/config.json: the latent channels and the VAE's stride (families.base.vae_stride) come from it."""
     cfg = source.path / "vae" / "config.json"
@@ -95,7 +85,8 @@ def read_vae_config(source: ModelSource) -> dict[str, Any]:
     return json.loads(cfg.read_text())
 
 
-def _from_hf_cache(repo_id: str, registry_name: str | None = None) -> Path:
+def _from_hf_cache(repo_id: str, registry_name: str | None = None,
+                   include: tuple[str, ...] = FamilyAdapter.download_include) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -107,7 +98,7 @@ def _from_hf_cache(repo_id: str, registry_name: str | None = None) -> Path:
         raise ExportInputError(
             f"{what} is not in the local Hugging Face cache ({cache_dir}); ditf never downloads. "
             f"On a machine with network run: huggingface-cli download {repo_id} "
-            "--include 'model_index.json' 'transformer/*' 'vae/*' 'text_encoder*/*' 'tokenizer*/*' "
+            f"--include {' '.join(repr(p) for p in include)} "
             "then copy the cache here (or pass the downloaded folder as --model)"
         ) from exc
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ditf_calib.graph_io import FRAMES, GraphIO
+from ditf_calib.graph_io import FRAMES, NOISE, GraphIO
 from ditf_runtime.precision import Precision
 
 from .catalog import adapter_for
@@ -42,7 +42,7 @@ class ExportPlan:
 
     @property
     def block(self) -> str:
-        return self.adapter.block_name(self.source.transformer_config, self.options.layer)
+        return self.adapter.feature_name(self.source.transformer_config, self.options)
 
     def with_discard(self, channels: tuple[int, ...], note: str) -> "ExportPlan":
         """The plan after `--discard auto` found its channels."""
@@ -59,22 +59,28 @@ def plan(request: ExportRequest) -> ExportPlan:
     if spec is None:
         notes.append("no registry defaults apply to this model (unknown folder or different hidden size): "
                      "no default discard channels; pass --discard or --discard auto")
-    layer = _choose(request.layer, spec, "layer", None)
+    layer = _choose(request.layer, spec, "layer", adapter.default_layer(config))
     if layer is None:
         raise ExportInputError(f"--layer is required for {source.name} (no registry default); valid: "
                                f"0..{adapter.num_layers(config) - 1}")
     adapter.check_layer(config, int(layer))
-    timestep = _choose(request.timestep, spec, "timestep", 260)
-    if not 0 <= float(timestep) <= 1000:
-        raise ExportInputError(f"--timestep {timestep}: must be in [0, 1000]")
+    io = adapter.graph_io(config, read_vae_config(source) if adapter.needs_vae else None)
+    noisy = io.input(NOISE) is not None
+    if noisy:
+        timestep = _choose(request.timestep, spec, "timestep", 260)
+        if not 0 <= float(timestep) <= 1000:
+            raise ExportInputError(f"--timestep {timestep}: must be in [0, 1000]")
+        ensemble = int(_choose(request.ensemble, spec, "ensemble", 8))
+        if ensemble < 1:
+            raise ExportInputError("--ensemble must be >= 1")
+    else:
+        _refuse_noise_options(request, source.family)
+        timestep, ensemble = None, 1
     guidance = _guidance(request, source, adapter, notes)
     discard, discard_source = _discard(request, source, adapter.hidden_size(config))
-    io = adapter.graph_io(config, read_vae_config(source))
-    ensemble = int(_choose(request.ensemble, spec, "ensemble", 8))
-    if ensemble < 1:
-        raise ExportInputError("--ensemble must be >= 1")
-    image_size = _image_size(request, spec, io)
-    options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size)
+    image_size = _image_size(request, spec, io, adapter.default_image_size)
+    final_norm = request.layer is None and adapter.default_final_norm
+    options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size, final_norm, noisy)
     _check_precision(request, source, io, discard_source, notes)
     return ExportPlan(
         source=source, adapter=adapter, options=options, io=io, precision=request.precision, ensemble=ensemble,
@@ -107,7 +113,14 @@ def _choose(given: Any, spec, attr: str, fallback: Any) -> Any:
     if given is not None:
         return given
     default = getattr(spec, attr, None) if spec is not None else None
-    return fallback if default is None else default.value
+    return fallback if default is None or default.value is None else default.value
+
+
+def _refuse_noise_options(request: ExportRequest, family: str) -> None:
+    """A graph without a noise input has no timestep and no ensemble to choose."""
+    for value, flag in ((request.timestep, "--timestep"), (request.ensemble, "--ensemble")):
+        if value is not None:
+            raise ExportInputError(f"{flag}: {family} graphs take no noise (not a diffusion model); drop {flag}")
 
 
 def _guidance(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter, notes: list[str]) -> float | None:
@@ -143,25 +156,30 @@ def _discard(request: ExportRequest, source: ModelSource, hidden: int) -> tuple[
     return parse_discard(request.discard, hidden), "user"
 
 
-def _image_size(request: ExportRequest, spec, io: GraphIO) -> int:
-    size, multiple = int(_choose(request.image_size, spec, "image_size", 640)), io.size_multiple
+def _image_size(request: ExportRequest, spec, io: GraphIO, fallback: int) -> int:
+    size, multiple = int(_choose(request.image_size, spec, "image_size", fallback)), io.size_multiple
     if size % multiple or size < multiple:
         raise ExportInputError(f"--image-size {size}: must be a positive multiple of {multiple}")
+    limit = io.geometry.max_size
+    if limit is not None and size > limit:
+        raise ExportInputError(f"--image-size {size}: this graph is verified for sides up to {limit} pixels")
     return size
 
 
 def _parity_sizes(request: ExportRequest, io: GraphIO) -> tuple[tuple[int, int], ...]:
-    m = io.size_multiple
+    m, limit = io.size_multiple, io.geometry.max_size
     if request.parity_sizes is None:
         return tuple((rows * m, cols * m) for rows, cols in PARITY_GRIDS)
     for h, w in request.parity_sizes:
-        if h % m or w % m or min(h, w) < m:
-            raise ExportInputError(f"parity size {h}x{w}: sides must be positive multiples of {m}")
+        if h % m or w % m or min(h, w) < m or (limit is not None and max(h, w) > limit):
+            raise ExportInputError(f"parity size {h}x{w}: sides must be positive multiples of {m}"
+                                   + (f", at most {limit}" if limit is not None else ""))
     return tuple((int(h), int(w)) for h, w in request.parity_sizes)
 
 
 def _options(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter, layer, timestep,
-             discard: tuple[int, ...], guidance: float | None, image_size: int) -> ExportOptions:
+             discard: tuple[int, ...], guidance: float | None, image_size: int, final_norm: bool,
+             noisy: bool) -> ExportOptions:
     """The baked conditioning, checked by the family (which may fill in its own defaults)."""
     prompt_embeds = None
     if request.prompt_embeds is not None:
@@ -170,12 +188,14 @@ def _options(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter
         prompt_embeds = load_prompt_embeds(request.prompt_embeds)
     spec, config = source.spec, source.transformer_config
     options = adapter.check_options(config, ExportOptions(
-        layer=int(layer), timestep=float(timestep), discard=tuple(discard), guidance=guidance,
-        prompt=None if prompt_embeds is not None else (request.prompt or ""), prompt_embeds=prompt_embeds,
-        class_label=request.class_label, image_size=image_size,
+        layer=int(layer), timestep=None if timestep is None else float(timestep), discard=tuple(discard),
+        guidance=guidance, prompt=None if prompt_embeds is not None else (request.prompt or ""),
+        prompt_embeds=prompt_embeds, class_label=request.class_label, image_size=image_size,
         text_max_length=request.text_max_length or (spec.text_max_length if spec is not None else None),
+        final_norm=final_norm,
     ))
-    adapter.noise_coefficients(source, options)  # the timestep must fit the family's noise schedule
+    if noisy:
+        adapter.noise_coefficients(source, options)  # the timestep must fit the family's noise schedule
     if prompt_embeds is not None:  # check shapes now, not after loading the transformer
         adapter.conditioning(source, config, options)
     return options

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ditf_calib.graph_io import FRAMES, GraphIO, Sizes
+from ditf_calib.graph_io import FRAMES, NOISE, GraphIO, Sizes
 from ditf_runtime.manifest import (
     MODEL_DATA_FILE,
     MODEL_FILE,
@@ -56,7 +56,7 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
             discard_source=plan.discard_source, ensemble=plan.ensemble, prompt=options.prompt,
             prompt_embeds_sha256=sha256_file(plan.prompt_embeds_file) if plan.prompt_embeds_file else None,
             guidance=options.guidance, class_label=options.class_label, noising=plan.adapter.noising,
-            massive_channel_ratios=massive_ratios,
+            latent="mean" if io.input(NOISE) is not None else "none", massive_channel_ratios=massive_ratios,
             notes=plan.notes + built.notes + (prompt_note if options.prompt == "" else ()),
         ),
         geometry=io.geometry,
@@ -81,7 +81,7 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
 def trt_profiles(io: GraphIO, image_size: int, ensemble: int) -> dict[str, Any]:
     """min/opt/max shapes for a TensorRT optimization profile, from the graph's one shape function."""
     m = io.size_multiple
-    low, high = -(-PROFILE_SIDES[0] // m) * m, PROFILE_SIDES[1] // m * m
+    low, high = min(-(-PROFILE_SIDES[0] // m) * m, image_size), max(PROFILE_SIDES[1] // m * m, image_size)
     video = io.has_axis(FRAMES)
     few, most = (MIN_FRAMES, io.max_frames) if video else (None, None)
     return io.profiles(
@@ -102,9 +102,11 @@ def tool_versions() -> dict[str, str]:
 
     from . import __version__
 
+    import transformers
+
     return {"ditf_export": __version__, "ditf_runtime": ditf_runtime.__version__,
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def publish(tmp: Path, out: Path) -> None:

@@ -274,6 +274,44 @@ def build_latte_tiny(path: str | Path, seed: int = 0, with_text: bool = True,
     )
 
 
+# A ViT at toy width: 3 layers, a 7x7 position table (image_size 98), so the test sizes interpolate it both
+# down (4x6) and up (9x13); 4 registers in the registers model, as in facebook/dinov2-with-registers-*.
+DINOV2_TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, image_size=98,
+                   patch_size=14, layerscale_value=0.5)
+
+
+def build_dinov2_tiny(path: str | Path, seed: int = 0, registers: bool = False, **overrides) -> Path:
+    """A transformers model folder (config.json, model.safetensors) of Dinov2Model, or Dinov2WithRegistersModel
+    with `registers`; random weights, position table and CLS/register tokens drawn at unit scale (the
+    initialiser's 0.02 would leave the position embeddings invisible next to the patch embeddings)."""
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    path = Path(path)
+    cfg = {**DINOV2_TINY, **overrides}
+    torch.manual_seed(seed)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=4, **cfg)).eval()
+    else:
+        model = Dinov2Model(Dinov2Config(**cfg)).eval()
+    with torch.no_grad():
+        embeddings = model.embeddings
+        embeddings.position_embeddings.normal_()
+        embeddings.cls_token.normal_()
+        if registers:
+            embeddings.register_tokens.normal_()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
 # One tiny builder per registered family; tests/test_families.py checks that none is missing.
 TINY_BUILDERS = {"flux": build_flux_tiny, "sd3": build_sd3_tiny, "pixart": build_pixart_tiny, "dit": build_dit_tiny,
-                 "latte": build_latte_tiny}
+                 "latte": build_latte_tiny, "dinov2": build_dinov2_tiny}

@@ -87,3 +87,23 @@ def flux_tiny_precision_export(tmp_path_factory, flux_tiny_dir):
         return built[precision]
 
     return get
+
+
+# -- DINOv2 (issue 12): the built-in tiny models (registry builtins), exported once per session --
+
+
+@pytest.fixture(scope="session")
+def dinov2_tiny_export(tmp_path_factory):
+    """`dinov2_tiny_export(registers=False)` -> the export folder of dinov2-tiny (or dinov2-tiny-reg): the
+    default feature (last layer after the final LayerNorm), long side 224, fp32."""
+    root = tmp_path_factory.mktemp("dinov2-exports")
+    built: dict[bool, Path] = {}
+
+    def get(registers: bool = False) -> Path:
+        if registers not in built:
+            name = "dinov2-tiny-reg" if registers else "dinov2-tiny"
+            _export(name, root / name)
+            built[registers] = root / name
+        return built[registers]
+
+    return get

@@ -9,6 +9,7 @@ channel discard, LayerNorm, modulation, export, parity, manifest) is generic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +26,7 @@ class ExportOptions:
     """What the graph bakes, resolved and validated (export.plan); derived versions via dataclasses.replace."""
 
     layer: int
-    timestep: float  # in [0, 1000]
+    timestep: float | None  # in [0, 1000]; None for graphs without a noise input (nothing to noise)
     discard: tuple[int, ...]
     guidance: float | None = None
     prompt: str | None = ""
@@ -33,6 +34,9 @@ class ExportOptions:
     class_label: int | None = None
     text_max_length: int | None = None
     image_size: int | None = None  # the runtime's default long side (PixArt-α bakes its size conditioning at it)
+    # apply the backbone's own final norm after layer K (families with default_final_norm: DINOv2's
+    # last_hidden_state); an explicit --layer K reads the hidden state without it
+    final_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,23 @@ class FeatureParts:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class OwnGraph:
+    """A feature graph built by its family (`FamilyAdapter.build_own_graph`) instead of the generic DiTF one.
+
+    `graph` takes the GraphIO's inputs in order and returns the features; `graph.raw_tokens(...)` gives the
+    tokens before channel discard ([B, N, C], for --discard auto) and `graph.head.set_discard(channels)` sets
+    the zeroed channels, as the generic FeatureGraph does.
+    """
+
+    graph: nn.Module
+    files: tuple[Path, ...]  # the weight files read, sorted
+    tensors_read: int
+    tensors_in_checkpoint: int
+    bytes_read: int
+    notes: tuple[str, ...] = ()
+
+
 def vae_stride(vae_config: dict[str, Any]) -> int:
     """Pixels per latent cell: an AutoencoderKL encoder halves the size in every down block but the last."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
@@ -56,7 +77,38 @@ def vae_stride(vae_config: dict[str, Any]) -> int:
 class FamilyAdapter:
     family: ClassVar[str]
     transformer_class_name: ClassVar[str]
-    noising: ClassVar[str] = "flow-matching"  # or "variance-preserving"
+    noising: ClassVar[str] = "flow-matching"  # or "variance-preserving"; "none" for graphs without noise
+    # Where a model folder of this family keeps the config that identifies it (handles()), and what to
+    # download for it (the message when a model is missing from the local HF cache).
+    config_file: ClassVar[str] = "transformer/config.json"
+    download_include: ClassVar[tuple[str, ...]] = (
+        "model_index.json", "transformer/*", "vae/*", "text_encoder*/*", "tokenizer*/*")
+    needs_vae: ClassVar[bool] = True  # graph_io reads vae/config.json
+    default_image_size: ClassVar[int] = 640  # the runtime's long side when the registry gives none
+    default_final_norm: ClassVar[bool] = False  # see ExportOptions.final_norm
+
+    @classmethod
+    def handles(cls, config: dict[str, Any]) -> bool:
+        """Is `config` (this family's config_file of a folder) a model this adapter exports?"""
+        return config.get("_class_name") == cls.transformer_class_name
+
+    @classmethod
+    def describe(cls) -> str:
+        """What model folder this adapter takes, for messages."""
+        return f"a diffusers pipeline whose {cls.config_file} names {cls.transformer_class_name}"
+
+    def build_own_graph(self, source, options: ExportOptions, dtype: torch.dtype) -> OwnGraph | None:
+        """Families whose graph is not the generic DiTF one (VAE -> noise -> backbone -> head) build it here;
+        None: the generic graph (ditf_export.build)."""
+        return None
+
+    def default_layer(self, config: dict[str, Any]) -> int | None:
+        """The layer when neither --layer nor the registry gives one; None: --layer is required."""
+        return None
+
+    def feature_name(self, config: dict[str, Any], options: ExportOptions) -> str:
+        """What the manifest's `feature.block` says the graph reads."""
+        return self.block_name(config, options.layer)
 
     # -- numbering and truncation --------------------------------------------------------------
     def num_layers(self, config: dict[str, Any]) -> int:

@@ -51,7 +51,10 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Geometry:
-    """What the runtime needs to map pixels to latents and feature cells."""
+    """What the runtime needs to map pixels to latents and feature cells.
+
+    Graphs without a noise input (DINOv2) have no latent: latent_channels and vae_stride are 0.
+    """
 
     latent_channels: int
     feature_channels: int
@@ -59,6 +62,9 @@ class Geometry:
     feature_stride: int = 16
     size_multiple: int = 16
     frame_axis: int | None = None  # video families: index of the frame axis in `image`
+    # the largest image height or width (pixels) the graph was verified for (DINOv2: its position-embedding
+    # tables); None: no limit recorded
+    max_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class Feature:
 
     layer: int
     block: str  # e.g. "transformer_blocks.18" or "single_transformer_blocks.9"
-    timestep: float  # in [0, 1000]
+    timestep: float | None  # in [0, 1000]; None for graphs without noise (DINOv2)
     discard: tuple[int, ...]
     discard_source: str  # "registry" | "user" | "auto" | "none"
     ensemble: int  # default E for the runtime
@@ -88,8 +94,8 @@ class Feature:
     prompt_embeds_sha256: str | None = None
     guidance: float | None = None
     class_label: int | None = None
-    latent: str = "mean"  # we encode the VAE mean; the authors sample (deliberate deviation)
-    noising: str = "flow-matching"  # or "variance-preserving"
+    latent: str = "mean"  # we encode the VAE mean; the authors sample (deliberate deviation); "none": no VAE
+    noising: str = "flow-matching"  # or "variance-preserving"; "none" for graphs without noise
     massive_channel_ratios: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 

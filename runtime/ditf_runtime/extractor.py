@@ -18,7 +18,15 @@ from .features import FeatureMap
 from .manifest import FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, REFERENCE_FILE, Manifest, ManifestError
 from .noise import DEFAULT_SEED, check_clip_noise, check_image_noise, default_clip_noise, default_noise
 from .parity import ParityResult, Tolerance, compare
-from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, PreparedImage, as_image_list, frame_files, prepare
+from .preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    PreparedImage,
+    as_image_list,
+    check_max_size,
+    frame_files,
+    prepare,
+)
 
 
 class Extractor:
@@ -53,6 +61,11 @@ class Extractor:
         return self.manifest.geometry
 
     @property
+    def has_noise(self) -> bool:
+        """The graph takes ensemble noise (diffusion models); DINOv2 graphs take the image only."""
+        return any(spec.name == NOISE_INPUT for spec in self.manifest.inputs)
+
+    @property
     def is_video(self) -> bool:
         """A video export (manifest geometry.frame_axis set): clips in through `extract_video`."""
         return self.geometry.frame_axis is not None
@@ -85,17 +98,21 @@ class Extractor:
         return f"Extractor({str(self.export_dir)!r}, backend={self.backend!r}, model={self.manifest.model_name!r})"
 
     # -- low level -----------------------------------------------------------------------------
-    def run(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Features [B, C, H/fs, W/fs] for preprocessed image [B, 3, H, W] and noise [B, E, c, H/vs, W/vs].
+    def run(self, image: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Features [B, C, H/fs, W/fs] for preprocessed image [B, 3, H, W] and noise [B, E, c, H/vs, W/vs]
+        (graphs without noise, DINOv2: the image alone, noise None).
 
         Video exports: image [B, F, 3, H, W], noise [B, E, F, c, H/vs, W/vs] -> [B, F, C, H/fs, W/fs].
         """
         geometry = self.geometry
         video = self.is_video
-        checks = (
-            (IMAGE_INPUT, image, 4 + video, "[B, F, 3, H, W] (video)" if video else "[B, 3, H, W]"),
-            (NOISE_INPUT, noise, 5 + video, "[B, E, F, c, H/8, W/8] (video)" if video else "[B, E, c, H/8, W/8]"),
-        )
+        checks = [(IMAGE_INPUT, image, 4 + video, "[B, F, 3, H, W] (video)" if video else "[B, 3, H, W]")]
+        if self.has_noise:
+            checks.append(
+                (NOISE_INPUT, noise, 5 + video, "[B, E, F, c, H/8, W/8] (video)" if video else "[B, E, c, H/8, W/8]")
+            )
+        elif noise is not None:
+            raise InputError(f"{self.manifest.model_name} takes no noise (its graph has only an image input)")
         for name, array, rank, layout in checks:
             if not isinstance(array, np.ndarray):
                 raise InputError(f"{name} must be a numpy array, got {type(array).__name__}")
@@ -115,16 +132,20 @@ class Extractor:
                 f"image height and width must be positive multiples of {multiple}, got {height}x{width} "
                 f"(use extract() to resize, or preprocess.model_size())"
             )
-        vs = geometry.vae_stride
-        expected_noise = (batch, *frames, geometry.latent_channels, height // vs, width // vs)
-        got_noise = (noise.shape[0],) + tuple(noise.shape[2:])
-        if got_noise != expected_noise or noise.shape[1] < 1:
-            wanted = ", ".join(map(str, expected_noise[1:]))
-            raise InputError(
-                f"noise has shape {noise.shape}; expected [B={batch}, E>=1, {wanted}] for image {image.shape} "
-                f"(latent_channels={geometry.latent_channels}, vae_stride={geometry.vae_stride})"
-            )
-        outputs = self.runner.infer({IMAGE_INPUT: image, NOISE_INPUT: noise})
+        check_max_size(max(height, width), geometry)
+        feed = {IMAGE_INPUT: image}
+        if self.has_noise:
+            vs = geometry.vae_stride
+            expected_noise = (batch, *frames, geometry.latent_channels, height // vs, width // vs)
+            got_noise = (noise.shape[0],) + tuple(noise.shape[2:])
+            if got_noise != expected_noise or noise.shape[1] < 1:
+                wanted = ", ".join(map(str, expected_noise[1:]))
+                raise InputError(
+                    f"noise has shape {noise.shape}; expected [B={batch}, E>=1, {wanted}] for image {image.shape} "
+                    f"(latent_channels={geometry.latent_channels}, vae_stride={geometry.vae_stride})"
+                )
+            feed[NOISE_INPUT] = noise
+        outputs = self.runner.infer(feed)
         features = outputs.get(FEATURES_OUTPUT)
         stride = geometry.feature_stride
         expected = (batch, *frames, geometry.feature_channels, height // stride, width // stride)
@@ -179,11 +200,21 @@ class Extractor:
         if not sources:
             return []
         prepared = [self.prepare(s, size, exif_transpose) for s in sources]
+        return self.extract_prepared(prepared, ensemble, seed, noise)
+
+    def extract_prepared(
+        self,
+        prepared: Sequence[PreparedImage],
+        ensemble: int | None = None,
+        seed: int | None = None,
+        noise: np.ndarray | Sequence[np.ndarray] | None = None,
+    ) -> list[FeatureMap]:
+        """`extract` for images already read and preprocessed (`prepare`): draws the noise, runs, wraps."""
         noises = self._noise_for(prepared, ensemble, seed, noise)
         results: list[FeatureMap | None] = [None] * len(prepared)
         for indices in self._batches(prepared, noises):
             image = np.stack([prepared[i].pixels for i in indices])
-            batch_noise = np.stack([noises[i] for i in indices])
+            batch_noise = np.stack([noises[i] for i in indices]) if self.has_noise else None
             features = self.run(image, batch_noise)
             for row, i in enumerate(indices):
                 results[i] = FeatureMap(
@@ -256,7 +287,14 @@ class Extractor:
                 "(manifest tensorrt_profiles min/max); pass a clip in that range, splitting longer videos"
             )
 
-    def _noise_for(self, prepared, ensemble, seed, noise) -> list[np.ndarray]:
+    def _noise_for(self, prepared, ensemble, seed, noise) -> list[np.ndarray | None]:
+        if not self.has_noise:  # the seed has nothing to draw; noise and E are refused, not ignored
+            if noise is not None or ensemble is not None:
+                raise InputError(
+                    f"{self.manifest.model_name} ({self.manifest.family}) takes no noise: drop "
+                    f"{'noise=' if noise is not None else 'ensemble='}"
+                )
+            return [None] * len(prepared)
         if noise is None:
             ensemble = self.manifest.feature.ensemble if ensemble is None else int(ensemble)
             if ensemble < 1:
@@ -293,7 +331,7 @@ class Extractor:
         """Indices grouped by (input size, E), in first-seen order, at most batch_size each."""
         groups: dict[tuple, list[int]] = {}
         for i, (p, n) in enumerate(zip(prepared, noises)):
-            groups.setdefault((p.input_size, n.shape[0]), []).append(i)
+            groups.setdefault((p.input_size, 0 if n is None else n.shape[0]), []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 yield indices[start : start + self.batch_size]
@@ -313,10 +351,10 @@ class Extractor:
         if not path.is_file():
             raise ManifestError(f"{path} not found: this export carries no reference outputs")
         reference = load_file(str(path))
-        missing = {IMAGE_INPUT, NOISE_INPUT, FEATURES_OUTPUT} - set(reference)
+        missing = ({spec.name for spec in self.manifest.inputs} | {FEATURES_OUTPUT}) - set(reference)
         if missing:
             raise ManifestError(f"{path} lacks tensors {sorted(missing)}")
-        features = self.run(reference[IMAGE_INPUT], reference[NOISE_INPUT])
+        features = self.run(reference[IMAGE_INPUT], reference.get(NOISE_INPUT) if self.has_noise else None)
         expected = reference[FEATURES_OUTPUT]
         if self.is_video:  # [B, F, C, h, w] -> [B*F, C, h, w]: parity is judged per frame map
             features, expected = (a.reshape(-1, *a.shape[-3:]) for a in (features, expected))

@@ -26,7 +26,8 @@ from typing import Any
 from .errors import ImageError, InputError
 from .extractor import Extractor
 from .features import FeatureMap
-from .manifest import MODEL_FILE, Manifest, write_text_atomic
+from .fusion import MODELS, RECIPE, FusedExtractor, FusedParts, check_weights
+from .manifest import MODEL_FILE, NOISE_INPUT, Manifest, write_text_atomic
 from .preprocess import IMAGE_SUFFIXES
 from .storage import output_suffix, save_features
 
@@ -35,8 +36,10 @@ RUN_RECORD = "ditf-extract.json"
 # What became of one job (progress callbacks and Ray's status rows).
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
-# The run-record fields every feature file also carries in its own metadata.
+# The run-record fields every feature file also carries in its own metadata (fused runs: "models" and
+# "weights" instead of the per-model ones).
 FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed")
+FUSED_FILE_FIELDS = ("models", "weights", "seed")
 
 Progress = Callable[[str, str, str], None]  # (output path, status, message), as each job finishes
 
@@ -47,37 +50,68 @@ class Job:
     output: Path
 
 
+def as_export_dirs(export_dirs: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[Path, ...]:
+    """One export folder, or the two of a fused run, as a tuple of paths."""
+    if isinstance(export_dirs, (str, os.PathLike)):
+        return (Path(export_dirs),)
+    return tuple(Path(d) for d in export_dirs)
+
+
 @dataclass(frozen=True)
 class ExtractSettings:
-    """How every image of a batch run is extracted and written."""
+    """How every image of a batch run is extracted and written.
 
-    size: int | None = None  # long side (default: the manifest's)
+    A fused run (two exports) stores both models' maps and `weights` in each file (storage.py says why);
+    its `size` is None or one long side per model.
+    """
+
+    size: int | tuple[int | None, ...] | None = None  # long side (default: the manifest's)
     ensemble: int | None = None  # noise draws per image (default: the manifest's)
     seed: int = 0
     fmt: str = "safetensors"  # or "npy"
     exif_transpose: bool = True
     overwrite: bool = False  # recompute outputs that exist, and accept another run record
+    weights: tuple[float, ...] | None = None  # fused runs: one weight per export (default 0.5 / 0.5)
 
     @property
     def suffix(self) -> str:
         return output_suffix(self.fmt)
 
-    def record(self, manifest: Manifest) -> dict[str, Any]:
+    def record(self, manifests: Manifest | Sequence[Manifest]) -> dict[str, Any]:
         """What an output folder's features depend on: its ditf-extract.json."""
+        manifests = (manifests,) if isinstance(manifests, Manifest) else tuple(manifests)
+        if len(manifests) == 1:
+            return {**self._model_record(manifests[0], self.size), "seed": self.seed,
+                    "exif_transpose": self.exif_transpose, "format": self.fmt}
+        if self.fmt != "safetensors":
+            raise InputError("fused features are stored as safetensors (both maps and their weights in one file); "
+                             "use --format safetensors")
+        sizes = (None,) * MODELS if self.size is None else tuple(self.size)
+        return {
+            "models": [self._model_record(m, size) for m, size in zip(manifests, sizes)],
+            "weights": list(check_weights(self.weights, len(manifests))),
+            "fusion": RECIPE,
+            "seed": self.seed,
+            "exif_transpose": self.exif_transpose,
+            "format": self.fmt,
+        }
+
+    def _model_record(self, manifest: Manifest, size: int | None) -> dict[str, Any]:
+        noisy = any(spec.name == NOISE_INPUT for spec in manifest.inputs)
         return {
             "model_name": manifest.model_name,
             "model_sha256": manifest.files.get(MODEL_FILE, {}).get("sha256"),
             "precision": manifest.precision,
             "layer": manifest.feature.layer,
             "timestep": manifest.feature.timestep,
-            "size": self.size or manifest.preprocess.long_side,
-            "ensemble": self.ensemble or manifest.feature.ensemble,
-            "seed": self.seed,
-            "exif_transpose": self.exif_transpose,
-            "format": self.fmt,
+            "size": size or manifest.preprocess.long_side,
+            "ensemble": (self.ensemble or manifest.feature.ensemble) if noisy else manifest.feature.ensemble,
         }
 
-    def extract(self, extractor: Extractor, images: list[Path]) -> list[FeatureMap]:
+    def extract(self, extractor: Extractor | FusedExtractor, images: list[Path]) -> list[FeatureMap | FusedParts]:
+        if isinstance(extractor, FusedExtractor):  # both maps and the weights: what fused files store
+            return extractor.extract_parts(images, self.size, self.ensemble, self.seed,
+                                           exif_transpose=self.exif_transpose)
         return extractor.extract(images, self.size, self.ensemble, self.seed, exif_transpose=self.exif_transpose)
 
 
@@ -97,7 +131,7 @@ class FolderPlan:
     @property
     def metadata(self) -> dict[str, Any]:
         """What each feature file records of the run, besides its source image."""
-        return {key: self.record[key] for key in FILE_FIELDS}
+        return {key: self.record[key] for key in (FUSED_FILE_FIELDS if "models" in self.record else FILE_FIELDS)}
 
 
 @dataclass(frozen=True)
@@ -154,23 +188,24 @@ def check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) -> 
 
 def plan_folder(
     inputs: Sequence[str | os.PathLike],
-    export_dir: str | os.PathLike,
+    export_dir: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     settings: ExtractSettings,
 ) -> FolderPlan:
-    """Collect the jobs, create OUT and check (then write) its run record for this export and settings."""
+    """Collect the jobs, create OUT and check (then write) its run record for this export (or the two
+    fused exports) and settings."""
     out_dir = Path(out_dir)
     jobs = collect_jobs(inputs, out_dir, settings.suffix)
     if not jobs:
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
-    record = settings.record(Manifest.load(export_dir))
+    record = settings.record([Manifest.load(d) for d in as_export_dirs(export_dir)])
     pending = pending_jobs(jobs, settings.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_run_record(out_dir, record, settings.overwrite)
     return FolderPlan(out_dir, tuple(jobs), tuple(pending), record)
 
 
-def save_job(job: Job, features: FeatureMap, fmt: str, metadata: dict[str, Any]) -> None:
+def save_job(job: Job, features: FeatureMap | FusedParts, fmt: str, metadata: dict[str, Any]) -> None:
     save_features(job.output, features, fmt=fmt, extra={**metadata, "source": str(job.image)})
 
 

@@ -1,6 +1,7 @@
 """`load(export_dir)` -> Extractor: check the export's contract, choose the backend, start its runner.
+`load(dir_a, dir_b, weights=...)` -> FusedExtractor (fusion.py): two exports, fused maps.
 
-LoadOptions is the same choice as one value (what `load()` takes besides the folder), for code
+LoadOptions is the same choice as one value (what `load()` takes besides the folders), for code
 that passes it on: batch extraction, Ray actors, the feature server.
 """
 
@@ -9,10 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .backends.base import BaseRunner
-from .errors import BackendError
+from .errors import BackendError, InputError
 from .extractor import Extractor
 from .manifest import (
     FEATURES_OUTPUT,
@@ -25,6 +26,9 @@ from .manifest import (
     ManifestError,
 )
 from .preprocess import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from .fusion import FusedExtractor
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -47,23 +51,26 @@ class LoadOptions:
     def uses_gpu(self) -> bool:
         return self.device == "cuda" or self.backend == "tensorrt"
 
-    def load(self, path: str | os.PathLike) -> Extractor:
-        return load(path, **{f.name: getattr(self, f.name) for f in fields(self)})
+    def load(self, path: str | os.PathLike, *more_paths: str | os.PathLike,
+             weights: Sequence[float] | None = None) -> Extractor | FusedExtractor:
+        return load(path, *more_paths, weights=weights, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def load(
     path: str | os.PathLike,
+    *more_paths: str | os.PathLike,
     backend: str = "auto",
     device: str | None = None,
     providers: Sequence[Any] | None = None,
     threads: int | None = None,
-    *,
     verify: bool = True,
     exif_transpose: bool | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     batch_size: int = 1,
-) -> Extractor:
-    """Load an export folder written by ditf-export.
+    weights: Sequence[float] | None = None,
+    parallel: bool = True,
+) -> Extractor | FusedExtractor:
+    """Load an export folder written by ditf-export; two folders give their fused features.
 
     backend: "onnxruntime", "tensorrt" (an engine built by `ditf build-engine`: TensorRT for this GPU
     and version, or TensorRT-RTX for this compute capability), or "auto": TensorRT when
@@ -71,7 +78,30 @@ def load(
     onnxruntime on the requested device. device: "cpu" (default, except
     for tensorrt) or "cuda"; nothing falls back silently: CUDA requested but unavailable is an
     error. `verify` checks the files' sha256 against the manifest first (seconds per GB).
+
+    `load(dir_a, dir_b, weights=(0.5, 0.5))`: a FusedExtractor (fusion.py) whose maps are the two
+    exports' maps fused (each keeps its own preprocessing and noise; the options apply to both);
+    `parallel` runs the two graphs on two threads. `weights` without a second folder is an error.
     """
+    if more_paths:
+        from .fusion import MODELS, FusedExtractor, check_weights
+
+        if len(more_paths) + 1 != MODELS:
+            raise InputError(f"fusion takes exactly {MODELS} exports, got {len(more_paths) + 1}")
+        weights = check_weights(weights)  # before loading anything
+        options = dict(backend=backend, device=device, providers=providers, threads=threads, verify=verify,
+                       exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size)
+        members: list[Extractor] = []
+        try:
+            for folder in (path, *more_paths):
+                members.append(load(folder, **options))
+            return FusedExtractor(members, weights, parallel=parallel)
+        except BaseException:
+            for member in members:
+                member.close()
+            raise
+    if weights is not None:
+        raise InputError("weights= fuse two exports: pass a second export folder (load(dir_a, dir_b, weights=...))")
     export_dir = Path(path)
     if not export_dir.is_dir():
         raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
@@ -113,20 +143,24 @@ def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) ->
     return OnnxrtRunner(loader)
 
 
+# What a graph may take: image + noise (diffusion models) or the image alone (DINOv2).
+GRAPH_INPUTS = ({IMAGE_INPUT, NOISE_INPUT}, {IMAGE_INPUT})
+
+
 def _check_contract(manifest: Manifest) -> None:
     inputs = [spec.name for spec in manifest.inputs]
     outputs = [spec.name for spec in manifest.outputs]
-    if sorted(inputs) != sorted([IMAGE_INPUT, NOISE_INPUT]) or outputs != [FEATURES_OUTPUT]:
+    if set(inputs) not in GRAPH_INPUTS or len(set(inputs)) != len(inputs) or outputs != [FEATURES_OUTPUT]:
         raise ManifestError(
             f"manifest declares inputs {inputs} and outputs {outputs}; this runtime expects inputs "
-            f"{[IMAGE_INPUT, NOISE_INPUT]} and output [{FEATURES_OUTPUT!r}]"
+            f"{[IMAGE_INPUT, NOISE_INPUT]} (or {[IMAGE_INPUT]}) and output [{FEATURES_OUTPUT!r}]"
         )
 
 
 def _check_graph(extractor: Extractor) -> None:
     """The graph's own inputs and metadata must agree with its manifest."""
     graph_inputs = extractor.runner.input_metadata()
-    if set(graph_inputs) != {IMAGE_INPUT, NOISE_INPUT}:
+    if set(graph_inputs) != {spec.name for spec in extractor.manifest.inputs}:
         extractor.close()
         raise ManifestError(f"graph inputs {sorted(graph_inputs)} differ from the manifest's; re-export the model")
     metadata = getattr(extractor.runner, "custom_metadata", None)

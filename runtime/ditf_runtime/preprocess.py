@@ -217,10 +217,22 @@ def prepare(
     long_side = spec.long_side if long_side is None else int(long_side)
     if long_side < geometry.size_multiple:
         raise InputError(f"size {long_side} is smaller than the model's size multiple {geometry.size_multiple}")
+    check_max_size(long_side, geometry)
     image = open_image(source, exif_transpose=exif_transpose, max_pixels=max_pixels)
     width, height = image.size
     size = model_size(height, width, long_side, geometry.size_multiple) if input_size is None else input_size
+    check_max_size(max(size), geometry)
     return PreparedImage(to_model_array(image, size, spec), (height, width), describe(source))
+
+
+def check_max_size(side: int, geometry: Geometry) -> None:
+    """Refuse a model input side beyond what the export was verified for (geometry.max_size)."""
+    limit = geometry.max_size
+    if limit is not None and side > limit:
+        raise InputError(
+            f"size {side}: this export is verified for image sides up to {limit} pixels (its position-embedding "
+            f"tables end at {limit // geometry.feature_stride} patches); use a size <= {limit}"
+        )
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:

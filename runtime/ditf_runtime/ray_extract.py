@@ -36,6 +36,7 @@ from .jobs import (
     FolderReport,
     Job,
     Progress,
+    as_export_dirs,
     extract_chunk,
     pending_jobs,
     plan_folder,
@@ -57,8 +58,9 @@ class RayOptions:
 class ExtractWorker:
     """Ray Data callable class: loads the export once per actor, then extracts and writes batches."""
 
-    def __init__(self, export_dir: str, load: LoadOptions, settings: ExtractSettings, metadata: dict[str, Any]) -> None:
-        self.extractor = load.load(export_dir)
+    def __init__(self, export_dir: str | list[str], load: LoadOptions, settings: ExtractSettings,
+                 metadata: dict[str, Any]) -> None:
+        self.extractor = load.load(*as_export_dirs(export_dir), weights=settings.weights)
         self.settings = settings
         self.metadata = metadata
 
@@ -110,7 +112,7 @@ def _ray_session(address: str | None) -> Iterator[Any]:
 
 def run_jobs(
     jobs: Sequence[Job],
-    export_dir: str | os.PathLike,
+    export_dir: str | os.PathLike | Sequence[str | os.PathLike],
     settings: ExtractSettings,
     load: LoadOptions,
     metadata: dict[str, Any],
@@ -135,7 +137,7 @@ def run_jobs(
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * workers)).map_batches(
             ExtractWorker,
             fn_constructor_kwargs={
-                "export_dir": str(Path(export_dir).resolve()),
+                "export_dir": [str(d.resolve()) for d in as_export_dirs(export_dir)],
                 "load": replace(load, threads=threads),
                 "settings": settings,
                 "metadata": metadata,
@@ -158,13 +160,14 @@ def run_jobs(
 
 def extract_with_ray(
     inputs: Sequence[str | os.PathLike],
-    export_dir: str | os.PathLike,
+    export_dir: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
     progress: Progress | None = None,
     **options: Any,
 ) -> FolderReport:
     """Python API of `ditf extract --ray`: images and folders in, OUT filled like `ditf extract`.
+    `export_dir` may be the two folders of a fused run (with `weights=`).
 
     `options` are fields of jobs.ExtractSettings (fmt, size, ensemble, seed, exif_transpose,
     overwrite), loading.LoadOptions (backend, device, threads, verify, batch_size, ...) and

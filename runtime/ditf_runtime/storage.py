@@ -2,6 +2,14 @@
 
 Writes are atomic (temp file + rename), so an existing output is always a complete one: batch
 extraction resumes by skipping what exists.
+
+Fused extraction (two exports, fusion.py) stores both models' own maps and the weights, not the fused
+map: tensors `features.0` and `features.1`, each part's geometry and the weights in the metadata
+(safetensors only). The models are the expensive part and the fusion is cheap and exact, so the weights
+can change later without running the models again (`load_features(path, weights=...)`), each part stays
+usable on its own (`load_parts`), and the file is smaller than the fused map, which holds the coarser
+model's map upsampled to the finer grid. `load_features` returns the fused map, so every reader of
+feature files (matching, `ditf show`) takes fused files unchanged.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import numpy as np
 
 from .errors import InputError
 from .features import FeatureMap
+from .fusion import RECIPE, FusedParts, check_weights
 from .manifest import write_bytes_atomic, write_text_atomic
 
 FORMATS = ("safetensors", "npy")
 TENSOR_NAME = "features"
+FUSION_KEY = "fusion"  # metadata of fused files: {"weights", "recipe", "parts": [geometry, ...]}
 
 
 def feature_metadata(fm: FeatureMap, extra: dict[str, Any] | None = None) -> dict[str, str]:
@@ -42,11 +52,21 @@ def output_suffix(fmt: str) -> str:
     return "." + fmt
 
 
+def _part_name(index: int) -> str:
+    return f"{TENSOR_NAME}.{index}"
+
+
 def save_features(
-    path: str | os.PathLike, fm: FeatureMap, *, fmt: str = "safetensors", extra: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    fm: FeatureMap | FusedParts,
+    *,
+    fmt: str = "safetensors",
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     path = Path(path)
     output_suffix(fmt)
+    if isinstance(fm, FusedParts):
+        return _save_parts(path, fm, fmt, extra)
     metadata = feature_metadata(fm, extra)
     if fmt == "safetensors":
         from safetensors.numpy import save
@@ -59,9 +79,52 @@ def save_features(
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_features(path: str | os.PathLike) -> FeatureMap:
-    """Read a file written by save_features (or `ditf extract`)."""
+def _save_parts(path: Path, parts: FusedParts, fmt: str, extra: dict[str, Any] | None) -> Path:
+    if fmt != "safetensors":
+        raise InputError("fused features are stored as safetensors (both maps and their weights in one file); "
+                         "use --format safetensors")
+    from safetensors.numpy import save
+
+    geometry = [{"image_size": list(m.image_size), "input_size": list(m.input_size), "stride": m.stride,
+                 "channels": m.channels} for m in parts.maps]
+    metadata = feature_metadata(parts.maps[0], extra)
+    for key in ("input_size", "stride"):  # per part, in "fusion"
+        metadata.pop(key)
+    metadata[FUSION_KEY] = json.dumps({"weights": list(parts.weights), "recipe": RECIPE, "parts": geometry})
+    tensors = {_part_name(k): np.ascontiguousarray(m.array) for k, m in enumerate(parts.maps)}
+    return write_bytes_atomic(path, save(tensors, metadata=metadata))
+
+
+def load_parts(path: str | os.PathLike) -> FusedParts:
+    """The per-model maps and weights of a fused feature file (written by a fused `ditf extract`)."""
     path = Path(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            if FUSION_KEY not in metadata:
+                raise InputError(f"{path}: not a fused feature file (one model's features: use load_features)")
+            fusion = json.loads(metadata[FUSION_KEY])
+            arrays = [handle.get_tensor(_part_name(k)) for k in range(len(fusion["parts"]))]
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors raises assorted types on bad files
+        raise InputError(f"{path}: not a readable feature file ({exc})") from exc
+    name = metadata.get("source", path.name)
+    maps = tuple(FeatureMap(a, g["image_size"], g["input_size"], g["stride"], name)
+                 for a, g in zip(arrays, fusion["parts"]))
+    return FusedParts(maps, check_weights(fusion["weights"], len(maps)))
+
+
+def load_features(path: str | os.PathLike, *, weights: Any = None) -> FeatureMap:
+    """Read a file written by save_features (or `ditf extract`); a fused file gives its fused map, with its
+    stored weights unless `weights` (one per model, summing to 1) says otherwise."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file() and _is_fused(path):
+        return load_parts(path).fused(weights)
+    if weights is not None:
+        raise InputError(f"{path}: weights= re-fuses a fused feature file; this one holds one model's features")
     if not path.is_file():
         raise InputError(f"{path}: no such feature file")
     try:
@@ -89,3 +152,13 @@ def load_features(path: str | os.PathLike) -> FeatureMap:
     )
     image_size = tuple(json.loads(metadata["image_size"])) if "image_size" in metadata else input_size
     return FeatureMap(array, image_size, input_size, stride, metadata.get("source", path.name))
+
+
+def _is_fused(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return FUSION_KEY in (handle.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable: load_features reports it
+        return False

@@ -48,6 +48,8 @@ def extract(
     """Extract features of INPUTS (images and/or folders of images) into OUT.
 
     Resumable: existing outputs are skipped (writes are atomic, so an existing file is complete).
+    With two --model exports each file holds both models' maps and the weights (safetensors; reading
+    it with ditf_runtime.storage.load_features gives the fused map, re-weighted if asked).
     Unreadable images are reported at the end and make the exit code 1. With --ray, Ray actors
     extract and write the same files (ditf_runtime.ray_extract).
     """
@@ -58,17 +60,18 @@ def extract(
         fmt=fmt,
         exif_transpose=not no_exif,
         overwrite=overwrite,
+        weights=model.weights,
     )
-    plan = plan_folder(inputs, model.export_dir, out_dir, settings)
+    plan = plan_folder(inputs, model.export_dirs, out_dir, settings)
     click.echo(f"{len(plan.jobs)} image(s), {plan.done} already done, {len(plan.pending)} to extract", err=True)
     if not plan.pending:
         return
     load = replace(model.load, batch_size=batch_size)
     if use_ray:
-        _extract_with_ray(plan, model.export_dir, settings, load, RayOptions(workers=workers, address=ray_address))
+        _extract_with_ray(plan, model.export_dirs, settings, load, RayOptions(workers=workers, address=ray_address))
         return
     with (
-        load.load(model.export_dir) as extractor,
+        load.load(*model.export_dirs, weights=model.weights) as extractor,
         tqdm(total=len(plan.pending), unit="img", desc="extract", file=sys.stderr) as bar,
     ):
         _, failures = extract_jobs(extractor, plan.pending, settings, plan.metadata, lambda *_: bar.update(1))
@@ -79,7 +82,7 @@ def extract(
 
 
 def _extract_with_ray(
-    plan: FolderPlan, export_dir: Path, settings: ExtractSettings, load: LoadOptions, ray: RayOptions
+    plan: FolderPlan, export_dir: tuple[Path, ...], settings: ExtractSettings, load: LoadOptions, ray: RayOptions
 ) -> None:
     with tqdm(total=len(plan.pending), unit="img", desc="extract (ray)", file=sys.stderr) as bar:
 

@@ -9,8 +9,9 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import DitfError
+from ..errors import DitfError, InputError
 from ..extractor import Extractor
+from ..fusion import MODELS, FusedExtractor, check_weights
 from ..loading import LoadOptions
 from ..manifest import ManifestError, write_text_atomic
 
@@ -32,17 +33,44 @@ def friendly_errors(command: Callable) -> Callable:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The export a command runs and how: what the shared model options say."""
+    """The export (or the two fused exports) a command runs and how: what the shared model options say."""
 
-    export_dir: Path | None  # None only where --model is optional (show with a feature file)
+    export_dirs: tuple[Path, ...]  # empty only where --model is optional (show with a feature file)
     load: LoadOptions
-    size: int | None
+    size: int | tuple[int, ...] | None  # one long side per export; None: the manifests'
     ensemble: int | None
     seed: int
+    weights: tuple[float, ...] | None = None  # two exports: their fusion weights
 
-    def open(self, **changes: Any) -> Extractor:
-        """Load the export; `changes` override LoadOptions fields (exif_transpose, batch_size)."""
-        return replace(self.load, **changes).load(self.export_dir)
+    @property
+    def export_dir(self) -> Path | None:
+        """The first export (the only one unless fused)."""
+        return self.export_dirs[0] if self.export_dirs else None
+
+    @property
+    def fused(self) -> bool:
+        return len(self.export_dirs) > 1
+
+    def open(self, **changes: Any) -> Extractor | FusedExtractor:
+        """Load the export(s); `changes` override LoadOptions fields (exif_transpose, batch_size)."""
+        return replace(self.load, **changes).load(*self.export_dirs, weights=self.weights)
+
+
+def model_choice(model_dirs, sizes, fuse_weight, **fields: Any) -> ModelChoice:
+    """--model (once, or twice to fuse), --size (once per --model) and --fuse-weight, checked together."""
+    model_dirs, sizes = tuple(model_dirs or ()), tuple(sizes or ())
+    if len(model_dirs) > MODELS:
+        raise InputError(f"--model given {len(model_dirs)} times: one export, or two to fuse (DiTF + DINOv2)")
+    if fuse_weight is not None and len(model_dirs) != MODELS:
+        raise InputError("--fuse-weight W weighs the first of two --model exports (the second gets 1 - W); "
+                         "give a second --model")
+    weights = check_weights((fuse_weight, 1.0 - fuse_weight) if fuse_weight is not None else None) \
+        if len(model_dirs) == MODELS else None
+    if len(sizes) > max(1, len(model_dirs)) or (len(model_dirs) == MODELS and len(sizes) not in (0, MODELS)):
+        raise InputError(f"--size given {len(sizes)} times for {len(model_dirs)} --model export(s): give it once "
+                         "per --model, in the same order (each model keeps its own input size)")
+    size = (sizes[0] if sizes else None) if len(model_dirs) < MODELS else (sizes or None)
+    return ModelChoice(model_dirs, size=size, weights=weights, **fields)
 
 
 def model_options(*, required: bool = True, model_help: str = "Export folder written by ditf-export.") -> Callable:
@@ -51,11 +79,17 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
         click.option(
             "--model",
             "-m",
-            "model_dir",
+            "model_dirs",
             required=required,
-            default=None,
+            multiple=True,
             type=click.Path(file_okay=False, path_type=Path),
-            help=model_help,
+            help=model_help + " Give it twice to fuse two exports (DiTF + DINOv2).",
+        ),
+        click.option(
+            "--fuse-weight",
+            type=float,
+            default=None,
+            help="With two --model: the first model's weight in [0, 1]; the second gets 1 - W (default 0.5).",
         ),
         click.option(
             "--backend",
@@ -73,9 +107,10 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
         click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
         click.option(
             "--size",
+            "sizes",
             type=click.IntRange(min=1),
-            default=None,
-            help="Long side of the model input (default: the manifest's).",
+            multiple=True,
+            help="Long side of the model input (default: the manifest's); with two --model, once per model.",
         ),
         click.option(
             "--ensemble",
@@ -91,9 +126,14 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
-        def wrapper(*args, model_dir, backend, device, threads, size, ensemble, seed, no_verify, **kwargs):
+        def wrapper(*args, model_dirs, fuse_weight, backend, device, threads, sizes, ensemble, seed, no_verify,
+                    **kwargs):
             load = LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify)
-            return command(*args, model=ModelChoice(model_dir, load, size, ensemble, seed), **kwargs)
+            try:
+                model = model_choice(model_dirs, sizes, fuse_weight, load=load, ensemble=ensemble, seed=seed)
+            except DitfError as exc:
+                raise click.UsageError(str(exc)) from None
+            return command(*args, model=model, **kwargs)
 
         for option in reversed(options):
             wrapper = option(wrapper)

@@ -6,14 +6,39 @@ from pathlib import Path
 
 import click
 
+from ..errors import InputError
+from ..fusion import MODELS, check_weights
 from ..loading import LoadOptions
 from ..serving.triton_repo import TritonOptions, write_model_repository
 from .options import friendly_errors
 
 
+def _exports(export_dir: Path | None, models: tuple[Path, ...], fuse_weight: float | None):
+    """EXPORT_DIR and/or --model (repeatable): one export, or two to fuse; their weights."""
+    dirs = ((export_dir,) if export_dir is not None else ()) + tuple(models)
+    if not dirs:
+        raise click.UsageError("give the export folder (EXPORT_DIR or --model)")
+    if len(dirs) > MODELS:
+        raise InputError(f"{len(dirs)} exports given: one, or two to fuse (DiTF + DINOv2)")
+    if fuse_weight is not None and len(dirs) != MODELS:
+        raise InputError("--fuse-weight W weighs the first of two exports (the second gets 1 - W); give a second "
+                         "--model")
+    weights = None
+    if len(dirs) == MODELS:
+        weights = check_weights(None if fuse_weight is None else (fuse_weight, 1.0 - fuse_weight))
+    return dirs, weights
+
+
+def _model_options(command):
+    command = click.option("--fuse-weight", type=float, default=None,
+                           help="With two exports: the first one's fusion weight in [0, 1] (the second: 1 - W).")(command)
+    return click.option("--model", "-m", "models", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+                        help="Export folder (instead of EXPORT_DIR, or a second one to fuse: DiTF + DINOv2).")(command)
+
+
 @click.command("triton-repo")
-@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("repo_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@_model_options
 @click.option("--name", default=None, help="Graph model name (default: the manifest's model name).")
 @click.option(
     "--backend",
@@ -46,21 +71,28 @@ from .options import friendly_errors
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
 @friendly_errors
 def triton_repo(
-    export_dir, repo_dir, name, backend, engine, max_batch_size, max_queue_delay_us, instance_kind, instances, threads,
-    pipeline, force, no_verify,
+    paths, models, fuse_weight, name, backend, engine, max_batch_size, max_queue_delay_us, instance_kind, instances,
+    threads, pipeline, force, no_verify,
 ) -> None:  # fmt: skip
-    """Write a Triton model repository for EXPORT_DIR into REPO_DIR (atomically)."""
+    """Write a Triton model repository for EXPORT_DIR into REPO_DIR (atomically): `ditf triton-repo EXPORT_DIR
+    REPO_DIR`, or `ditf triton-repo REPO_DIR --model A --model B` for the fused pair (both graph models and
+    extract/match models that fuse)."""
+    if len(paths) > 2:
+        raise click.UsageError("arguments: [EXPORT_DIR] REPO_DIR")
+    export_dir, repo_dir = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
+    dirs, weights = _exports(export_dir, models, fuse_weight)
     options = TritonOptions(
         name=name, backend=backend, engine=engine, max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us,
         instance_kind=instance_kind, instance_count=instances, threads=threads,
-        pipeline=None if pipeline == "none" else pipeline,
+        pipeline=None if pipeline == "none" else pipeline, weights=weights,
     )  # fmt: skip
-    folder = write_model_repository(export_dir, repo_dir, options, overwrite=force, verify=not no_verify)
+    folder = write_model_repository(dirs, repo_dir, options, overwrite=force, verify=not no_verify)
     click.echo(str(folder))
 
 
 @click.command()
-@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("export_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@_model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
@@ -73,16 +105,18 @@ def triton_repo(
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
 @friendly_errors
 def serve(
-    export_dir, host, http_port, grpc_port, metrics_port, backend, device, threads, max_batch_size,
-    max_queue_delay_us, no_verify,
+    export_dir, models, fuse_weight, host, http_port, grpc_port, metrics_port, backend, device, threads,
+    max_batch_size, max_queue_delay_us, no_verify,
 ) -> None:  # fmt: skip
-    """Serve `extract` and `match` for EXPORT_DIR over Triton's HTTP/gRPC (PyTriton) until Ctrl-C."""
+    """Serve `extract` and `match` for EXPORT_DIR over Triton's HTTP/gRPC (PyTriton) until Ctrl-C; with two
+    exports (EXPORT_DIR --model B, or --model A --model B) their fused features."""
     from ..serving.server import FeatureServer
 
+    dirs, weights = _exports(export_dir, models, fuse_weight)
     server = FeatureServer(
-        export_dir, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        dirs, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         load=LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify),
-        max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us,
+        max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us, weights=weights,
     )  # fmt: skip
     server.start()
     click.echo(f"serving extract, match on {server.http_url} and {server.grpc_url} (Ctrl-C stops)", err=True)

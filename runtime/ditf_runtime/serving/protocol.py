@@ -5,7 +5,7 @@ Shapes are per request row (Triton prepends the batch axis; -1 marks a dynamic a
 
 extract   in   image      uint8   [H, W, 3]          an RGB image, preprocessed on the server
                pixels     float32 [3, H, W]          or an already preprocessed model input
-               noise      float32 [E, c, H/8, W/8]   optional: explicit ensemble noise
+               noise      float32 [E, c, H/8, W/8]   optional: explicit ensemble noise (graphs with noise)
                seed       int64   [1]                optional: seed of the default noise (0)
                ensemble   int64   [1]                optional: E of the default noise
                size       int64   [1]                optional: long side (image input only)
@@ -21,7 +21,8 @@ match     in   source, target uint8 [H, W, 3]        one pair per request row
                seed, ensemble, size                  as for extract
           out  source_points, target_points int64 [N, 2], scores float32 [N], error bytes [1]
 
-A request the server refuses gets a Triton error with the reason. One exception: PyTriton can
+A fused server (two exports) serves the fused map: uint8 images only, one seed and E for the model with
+noise. A request the server refuses gets a Triton error with the reason. One exception: PyTriton can
 only fail a whole dynamic batch, so when a malformed request shares a batch with good ones,
 they get their results and it gets empty outputs with the reason in `error`. The client
 (client.py) raises ServerError in both cases; raw Triton clients should check `error`.
@@ -80,11 +81,22 @@ def _options() -> tuple[Port, ...]:
     )
 
 
+def served_geometry(manifests) -> Geometry:
+    """What the served models' ports are declared from: the export's geometry, or for two fused exports
+    their summed channels and no noise input (each fused model draws its own)."""
+    if len(manifests) == 1:
+        return manifests[0].geometry
+    return Geometry(latent_channels=0, feature_channels=sum(m.geometry.feature_channels for m in manifests),
+                    vae_stride=0, feature_stride=0, size_multiple=0)
+
+
 def extract_ports(geometry: Geometry) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
+    """A graph without noise (latent_channels 0: DINOv2, or a fused pair) has no 'noise' input."""
+    noise = (Port("noise", np.dtype(np.float32), (-1, geometry.latent_channels, -1, -1), optional=True),)
     inputs = (
         Port("image", np.dtype(np.uint8), (-1, -1, 3), optional=True),
         Port("pixels", np.dtype(np.float32), (3, -1, -1), optional=True),
-        Port("noise", np.dtype(np.float32), (-1, geometry.latent_channels, -1, -1), optional=True),
+        *(noise if geometry.latent_channels else ()),
         *_options(),
     )
     outputs = (

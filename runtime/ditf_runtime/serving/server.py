@@ -1,4 +1,5 @@
-"""`ditf serve EXPORT_DIR`: the `extract` and `match` models on a real Triton server (PyTriton).
+"""`ditf serve EXPORT_DIR`: the `extract` and `match` models on a real Triton server (PyTriton); two
+exports (`--model A --model B`) serve their fused features.
 
 nvidia-pytriton bundles a Triton Inference Server (python backend only) that also runs on a
 CPU-only machine. Triton handles HTTP/gRPC, dynamic batching and the request queue; each batch
@@ -21,13 +22,16 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BackendError, DitfError
 from ..loading import LoadOptions
 from ..manifest import Manifest
-from .pipeline import FeaturePipeline
-from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports
+from ..fusion import FusedExtractor
+from ..jobs import as_export_dirs
+from .pipeline import FeaturePipeline, Member
+from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports, served_geometry
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -104,7 +108,8 @@ def _infer_function(pipeline: FeaturePipeline, task: str):
 
 
 class FeatureServer:
-    """Triton with `extract` and `match` for one export; `start()`, then `serve_forever()` or `stop()`.
+    """Triton with `extract` and `match` for one export, or two fused ones (`export_dir` a pair, `weights`);
+    `start()`, then `serve_forever()` or `stop()`.
 
     `load` says how the export is loaded (backend, device, threads, verify); requests are batched
     by Triton's dynamic batcher, up to `max_batch_size` rows after at most `queue_delay_us`.
@@ -112,7 +117,7 @@ class FeatureServer:
 
     def __init__(
         self,
-        export_dir: str | os.PathLike,
+        export_dir: str | os.PathLike | Sequence[str | os.PathLike],
         *,
         host: str = "127.0.0.1",
         http_port: int = DEFAULT_HTTP_PORT,
@@ -122,8 +127,11 @@ class FeatureServer:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
         log_verbose: int = 0,
+        weights: Sequence[float] | None = None,
     ) -> None:
-        self.export_dir = Path(export_dir)
+        self.export_dirs = as_export_dirs(export_dir)
+        self.export_dir = self.export_dirs[0]
+        self.weights = weights
         self.host = host
         self.http_port = int(http_port)
         self.grpc_port = int(grpc_port)
@@ -147,16 +155,14 @@ class FeatureServer:
     def start(self) -> FeatureServer:
         Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor = _import_pytriton()
         use_own_libpython()
-        manifest = Manifest.load(self.export_dir)
-        self.extractor = self.load_options.load(self.export_dir)
-        fixed_ensemble = None
-        if self.extractor.backend == "tensorrt":  # the engine's profiles fix E
-            from ..backends.trt import read_engine_record
-
-            fixed_ensemble = read_engine_record(self.extractor.runner.engine_loader.folder).get("ensemble")
-        pipeline = FeaturePipeline(
-            manifest, self.extractor.run, max_batch_size=self.max_batch_size, fixed_ensemble=fixed_ensemble
-        )
+        manifests = [Manifest.load(d) for d in self.export_dirs]
+        self.extractor = self.load_options.load(*self.export_dirs, weights=self.weights)
+        if isinstance(self.extractor, FusedExtractor):
+            members = [Member(m.manifest, m.run, _fixed_ensemble(m)) for m in self.extractor.members]
+            pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size)
+        else:
+            pipeline = FeaturePipeline(manifests[0], self.extractor.run, max_batch_size=self.max_batch_size,
+                                       fixed_ensemble=_fixed_ensemble(self.extractor))
         config = TritonConfig(
             http_address=self.host,
             http_port=self.http_port,
@@ -177,7 +183,7 @@ class FeatureServer:
                 batcher=DynamicBatcher(max_queue_delay_microseconds=self.queue_delay_us),
             )
             for task in (EXTRACT_MODEL, MATCH_MODEL):
-                inputs, outputs = ports(task, manifest.geometry)
+                inputs, outputs = ports(task, served_geometry(manifests))
                 self.triton.bind(
                     model_name=task,
                     infer_func=_infer_function(pipeline, task),
@@ -222,6 +228,15 @@ class FeatureServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _fixed_ensemble(extractor) -> int | None:
+    """The one E a TensorRT engine's profiles take (None for onnxruntime)."""
+    if extractor.backend != "tensorrt":
+        return None
+    from ..backends.trt import read_engine_record
+
+    return read_engine_record(extractor.runner.engine_loader.folder).get("ensemble")
 
 
 def _pytriton_tensor(Tensor, port: Port):

@@ -12,6 +12,8 @@ config's parameters choose how features are computed:
     ditf_graph_model  the graph model's name (bls)
     ditf_export_dir, ditf_device, ditf_threads   (local)
     ditf_ensemble     the only E the graph accepts (TensorRT engines), empty otherwise
+    ditf_fusion       two fused exports (JSON): weights, graph_models (bls), export_dirs (local) and
+                      ensembles; each member's manifest is in 1/members/<k>/manifest.json
 
 Unlike PyTriton, the python backend answers each request on its own: a malformed request gets
 its own error and never fails the requests batched with it.
@@ -38,8 +40,12 @@ class TritonPythonModel:
         params = _parameters(config)
         self.task = params["ditf_task"]
         self.input_names = [spec["name"] for spec in config["input"]]
-        manifest = Manifest.load(Path(args["model_repository"]) / args["model_version"])
+        version = Path(args["model_repository"]) / args["model_version"]
+        manifest = Manifest.load(version)
         self.extractor = None
+        if params.get("ditf_fusion"):
+            self.pipeline = self._fused_pipeline(json.loads(params["ditf_fusion"]), params, version, config)
+            return
         if params.get("ditf_mode", "bls") == "local":
             import ditf_runtime
 
@@ -59,6 +65,26 @@ class TritonPythonModel:
             max_batch_size=max(1, int(config.get("max_batch_size", 1))),
             fixed_ensemble=int(ensemble) if ensemble else None,
         )
+
+    def _fused_pipeline(self, fusion: dict, params: dict, version: Path, config: dict):
+        """Two graphs (BLS calls, or both exports loaded here) and the fusion of their maps."""
+        from ditf_runtime.manifest import Manifest
+        from ditf_runtime.serving.pipeline import FeaturePipeline, Member
+
+        manifests = [Manifest.load(version / "members" / str(k)) for k in range(len(fusion["weights"]))]
+        if params.get("ditf_mode", "bls") == "local":
+            import ditf_runtime
+
+            threads = params.get("ditf_threads") or None
+            self.extractor = ditf_runtime.load(*fusion["export_dirs"], weights=fusion["weights"],
+                                               device=params.get("ditf_device") or "cpu",
+                                               threads=int(threads) if threads else None)
+            members = [Member(m.manifest, m.run) for m in self.extractor.members]
+        else:
+            members = [Member(manifest, _GraphModel(name), ensemble) for manifest, name, ensemble
+                       in zip(manifests, fusion["graph_models"], fusion["ensembles"])]
+        return FeaturePipeline.fused(members, fusion["weights"],
+                                     max_batch_size=max(1, int(config.get("max_batch_size", 1))))
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
@@ -92,15 +118,16 @@ class _GraphModel:
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
 
-    def __call__(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
         import triton_python_backend_utils as pb_utils
 
         from ditf_runtime.errors import BackendError
 
+        inputs = [pb_utils.Tensor("image", image)]
+        if noise is not None:  # graphs without noise (DINOv2) take the image alone
+            inputs.append(pb_utils.Tensor("noise", noise))
         request = pb_utils.InferenceRequest(
-            model_name=self.model_name,
-            inputs=[pb_utils.Tensor("image", image), pb_utils.Tensor("noise", noise)],
-            requested_output_names=["features"],
+            model_name=self.model_name, inputs=inputs, requested_output_names=["features"]
         )
         response = request.exec()
         if response.has_error():

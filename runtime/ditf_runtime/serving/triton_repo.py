@@ -9,6 +9,10 @@
     REPO/extract/, REPO/match/               optional python-backend models running the whole
                                              pipeline (triton_model.py as 1/model.py + manifest.json)
 
+Two exports (DiTF + DINOv2 fusion): both graph models (named after their manifests), and pipeline
+models that call both (BLS, or run both in-process) and fuse the maps (fusion.py); their
+1/members/<k>/manifest.json are the members' contracts, the parameter ditf_fusion the weights.
+
 Dims come from the manifest: named axes become -1, and with max_batch_size > 0 the batch axis is
 Triton's implicit one. The repository is built in a temporary folder beside REPO_DIR and renamed
 into place, so Triton (or a reader) never sees half a repository.
@@ -16,13 +20,17 @@ into place, so Triton (or a reader) never sees half a repository.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
+from ..fusion import MODELS, check_weights
+from ..jobs import as_export_dirs
 from ..manifest import (
     ENGINES_DIR,
     FEATURES_OUTPUT,
@@ -34,7 +42,7 @@ from ..manifest import (
     Manifest,
     ManifestError,
 )
-from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports
+from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports, served_geometry
 
 VERSION = "1"
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -42,6 +50,7 @@ INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PIPELINE_MODES = ("bls", "local")
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_QUEUE_DELAY_US = 2000
+MEMBERS_DIR = "members"  # fused pipeline models: 1/members/<k>/manifest.json
 _CONFIG_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "uint8": "TYPE_UINT8"}
 
 
@@ -120,8 +129,9 @@ def graph_tensors(
 
     names_in = sorted(spec.name for spec in manifest.inputs)
     names_out = [spec.name for spec in manifest.outputs]
-    if names_in != sorted([IMAGE_INPUT, NOISE_INPUT]) or names_out != [FEATURES_OUTPUT]:
-        raise ManifestError(f"manifest declares inputs {names_in} and outputs {names_out}; expected image, noise -> features")
+    if names_in not in (sorted([IMAGE_INPUT, NOISE_INPUT]), [IMAGE_INPUT]) or names_out != [FEATURES_OUTPUT]:
+        raise ManifestError(f"manifest declares inputs {names_in} and outputs {names_out}; expected image, noise "
+                            "-> features (or image -> features)")
     return [convert(s) for s in manifest.inputs], [convert(s) for s in manifest.outputs]
 
 
@@ -204,6 +214,7 @@ class TritonOptions:
     pipeline: str | None = "bls"
     graph: bool = True
     pipeline_instance_count: int = 1
+    weights: tuple[float, ...] | None = None  # two exports: their fusion weights (default 0.5 / 0.5)
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -230,8 +241,18 @@ class _GraphSource:
     ensemble: int | None = None  # an engine's fixed E
 
 
+@dataclass(frozen=True)
+class _Member:
+    """One export in the repository: its folder, manifest, graph model name and what that model serves."""
+
+    export_dir: Path
+    manifest: Manifest
+    options: TritonOptions  # with this member's graph model name and max batch size settled
+    source: _GraphSource
+
+
 def write_model_repository(
-    export_dir: str | os.PathLike,
+    export_dir: str | os.PathLike | Sequence[str | os.PathLike],
     repo_dir: str | os.PathLike,
     options: TritonOptions = TritonOptions(),
     *,
@@ -240,34 +261,59 @@ def write_model_repository(
 ) -> Path:
     """Write a Triton model repository for EXPORT_DIR into REPO_DIR (atomically); returns REPO_DIR.
 
+    Two export folders (DiTF + DINOv2 fusion) give two graph models, named after their manifests, and
+    pipeline models that run both (BLS, or in-process) and fuse the maps with `options.weights`.
     `overwrite` replaces an existing REPO_DIR once the new one is complete; `verify` checks the
     model files' sha256 against the manifest first.
     """
-    export_dir, repo_dir = Path(export_dir), Path(repo_dir)
-    manifest = Manifest.load(export_dir)
+    export_dirs, repo_dir = as_export_dirs(export_dir), Path(repo_dir)
+    if len(export_dirs) > MODELS:
+        raise InputError(f"a repository serves one export or two fused ones, got {len(export_dirs)}")
+    manifests = [Manifest.load(d) for d in export_dirs]
     default_kind = "gpu" if options.backend == "tensorrt" else "cpu"
     options = replace(options, instance_kind=options.instance_kind or default_kind)
     options.check()
+    if len(export_dirs) > 1:
+        if options.name is not None:
+            raise InputError("--name names the graph model of one export; fused graph models take their manifests' "
+                             "model names")
+        options = replace(options, weights=check_weights(options.weights))
+    elif options.weights is not None:
+        raise InputError("fusion weights need two exports")
     if repo_dir.exists() and not overwrite:
         raise InputError(f"{repo_dir} exists: choose another folder or overwrite it (--force)")
-    options = replace(options, name=options.name or _model_name(manifest))
-    if options.name in (EXTRACT_MODEL, MATCH_MODEL) or not all(c.isalnum() or c in "._-" for c in options.name):
-        raise InputError(f"model name {options.name!r}: use letters, digits, '.', '_', '-', and not extract/match")
-    options, source = _graph_source(options, export_dir, manifest, verify)
+    members = _members(export_dirs, manifests, options, verify)
+    options = replace(options, max_batch_size=min(m.options.max_batch_size for m in members))
     repo_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = repo_dir.parent / f".{repo_dir.name}.tmp-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
         if options.graph:
-            _write_graph_model(tmp / options.name, manifest, export_dir, options, source)
+            for member in members:
+                _write_graph_model(tmp / member.options.name, member.manifest, member.export_dir, member.options,
+                                   member.source)
         if options.pipeline is not None:
             for task in (EXTRACT_MODEL, MATCH_MODEL):
-                _write_pipeline_model(tmp / task, task, manifest, export_dir, options, source.ensemble)
+                _write_pipeline_model(tmp / task, task, members, options)
         _swap_into_place(tmp, repo_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return repo_dir
+
+
+def _members(export_dirs, manifests, options: TritonOptions, verify: bool) -> list[_Member]:
+    members, names = [], set()
+    for export_dir, manifest in zip(export_dirs, manifests):
+        name = options.name or _model_name(manifest)
+        if name in names:  # the same model twice (e.g. two layers of one model)
+            name = f"{name}-{len(members)}"
+        names.add(name)
+        if name in (EXTRACT_MODEL, MATCH_MODEL) or not all(c.isalnum() or c in "._-" for c in name):
+            raise InputError(f"model name {name!r}: use letters, digits, '.', '_', '-', and not extract/match")
+        member_options, source = _graph_source(replace(options, name=name), export_dir, manifest, verify)
+        members.append(_Member(export_dir, manifest, member_options, source))
+    return members
 
 
 def _graph_source(
@@ -322,27 +368,38 @@ def _write_graph_model(
     shutil.copyfile(export_dir / MANIFEST_FILE, model_dir / MANIFEST_FILE)
 
 
-def _write_pipeline_model(
-    model_dir: Path, task: str, manifest: Manifest, export_dir: Path, options: TritonOptions, ensemble: int | None
-) -> None:
-    inputs, outputs = ports(task, manifest.geometry)
+def _write_pipeline_model(model_dir: Path, task: str, members: list[_Member], options: TritonOptions) -> None:
+    """The python-backend `extract` / `match` model; for two members it runs both graphs and fuses
+    (parameter ditf_fusion: graph models, weights, export folders and engine E per member)."""
+    first = members[0]
+    inputs, outputs = ports(task, served_geometry([m.manifest for m in members]))
     parameters = {
         "ditf_task": task,
         "ditf_mode": options.pipeline,
-        "ditf_ensemble": "" if ensemble is None else str(ensemble),
+        "ditf_ensemble": "" if first.source.ensemble is None else str(first.source.ensemble),
     }
     if options.pipeline == "bls":
-        parameters["ditf_graph_model"] = options.name
+        parameters["ditf_graph_model"] = first.options.name
     else:
         parameters.update(
-            ditf_export_dir=str(export_dir.resolve()),
+            ditf_export_dir=str(first.export_dir.resolve()),
             ditf_device="cuda" if options.instance_kind == "gpu" else "cpu",
             ditf_threads=str(options.threads or ""),
         )
     version = model_dir / VERSION
     version.mkdir(parents=True)
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
-    shutil.copyfile(export_dir / MANIFEST_FILE, version / MANIFEST_FILE)
+    shutil.copyfile(first.export_dir / MANIFEST_FILE, version / MANIFEST_FILE)
+    if len(members) > 1:
+        for k, member in enumerate(members):  # each member's contract: 1/members/<k>/manifest.json
+            (version / MEMBERS_DIR / str(k)).mkdir(parents=True)
+            shutil.copyfile(member.export_dir / MANIFEST_FILE, version / MEMBERS_DIR / str(k) / MANIFEST_FILE)
+        parameters["ditf_fusion"] = json.dumps({
+            "weights": list(options.weights),
+            "graph_models": [m.options.name for m in members],
+            "export_dirs": [str(m.export_dir.resolve()) for m in members],
+            "ensembles": [m.source.ensemble for m in members],
+        })
     text = render_config(
         task,
         backend="python",

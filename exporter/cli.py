@@ -42,11 +42,12 @@ class _Precision(click.Choice):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", required=True,
               help="Registry name (flux, flux-schnell, flux-tiny, sd3, sd3.5-medium, sd3.5-large, pixart-alpha, "
-                   "pixart-sigma, dit-xl-2-256, latte, ...), a local diffusers pipeline folder, "
-                   "or an HF id already in the local cache.")
+                   "pixart-sigma, dit-xl-2-256, latte, dinov2-base, dinov2-base-reg, dinov2-tiny, ...), a local "
+                   "diffusers pipeline folder or transformers DINOv2 folder, or an HF id already in the local cache.")
 @click.option("--layer", type=int, default=None,
-              help="Feature layer K in the unified numbering (FLUX: 0..18 double, 19..56 single). "
-                   "Default: the registry's.")
+              help="Feature layer K in the unified numbering (FLUX: 0..18 double, 19..56 single; DINOv2: "
+                   "hidden_states[K], no final norm). Default: the registry's (DINOv2: the last layer after the "
+                   "final LayerNorm).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Export folder to create.")
 @click.option("--timestep", type=float, default=None, help="Diffusion timestep in [0, 1000] (default 260).")
 @click.option("--guidance", type=_Guidance(), default=NOT_GIVEN, show_default=False,
@@ -67,7 +68,8 @@ class _Precision(click.Choice):
 @click.option("--class-label", type=int, default=None,
               help="Class-conditional models (DiT): the class baked into the graph. Default: the null class.")
 @click.option("--ensemble", type=int, default=None, help="Default ensemble size E for the runtime (default 8).")
-@click.option("--image-size", type=int, default=None, help="Default long side for the runtime (default 640).")
+@click.option("--image-size", type=int, default=None,
+              help="Default long side for the runtime (default 640; DINOv2 840).")
 @click.option("--precision", type=_Precision(), default="fp32", show_default=True,
               help="Precision written into the ONNX (TensorRT builds it strongly typed): fp16/bf16 GEMMs and "
                    "attention with an FP32 residual stream, norms and head; int8 explicit Q/DQ.")

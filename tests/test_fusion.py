@@ -183,8 +183,8 @@ def test_bad_fusions_are_refused(exports, tmp_path):
         ditf_runtime.load(flux_dir, dino_dir, flux_dir)
     with pytest.raises(InputError, match="pass a second export folder"):
         ditf_runtime.load(flux_dir, weights=(0.5, 0.5))
-    with ditf_runtime.load(flux_dir, dino_dir) as fused, pytest.raises(InputError, match="one long side per model"):
-        fused.extract([np.zeros((32, 32, 3), np.uint8)], size=256)
+    with ditf_runtime.load(flux_dir, dino_dir) as fused, pytest.raises(InputError, match="one size per model"):
+        fused.extract([np.zeros((32, 32, 3), np.uint8)], size=(256, 224, 112))
     # a video export (geometry.frame_axis) with an image export
     video = tmp_path / "video"
     build_tiny_export(video, geometry=with_geometry(frame_axis=1))

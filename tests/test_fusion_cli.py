@@ -45,7 +45,7 @@ def test_match_with_two_models_is_the_fused_extractor(exports, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--fuse-weight", "1.5"], r"must lie in \[0, 1\]"),
     (["--fuse-weight", "-0.1"], r"must lie in \[0, 1\]"),
-    (["--size", "128"], "--size given 1 times for 2 --model"),
+    (["--size", "128", "--size", "112", "--size", "96"], "--size given 3 times for 2 --model"),
     (["--model", "{flux}"], "--model given 3 times"),
 ])
 def test_bad_fusion_options(extra, message, exports):
@@ -126,3 +126,27 @@ def test_eval_spair_with_two_models(exports, tmp_path):
     with ditf_runtime.load(flux, dino) as fused:
         want = ditf_runtime.evaluate(fused, root)
     assert got["image"]["All"] == pytest.approx(want.all_per_image) and got["point"] == want.to_dict()["point"]
+
+
+def test_eval_davis_with_two_models(exports, tmp_path):
+    from davis_synthetic import make_davis
+
+    flux, dino = exports
+    root = tmp_path / "davis"
+    make_davis(root, videos=("clip",), frames=4)
+    out = tmp_path / "masks"
+    args = ["eval-davis", str(root), "--model", flux, "--model", dino, "--fuse-weight", "0.6", "--size", "64",
+            "--threads", "1", "--out", str(out), "--json", str(tmp_path / "davis.json")]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "J&F-Mean" in result.output and len(list((out / "clip").glob("*.png"))) == 4
+    record = json.loads((out / "ditf-davis.json").read_text())["model"]
+    assert record["extractor"] == "FusedExtractor" and record["weights"] == [0.6, 0.4]
+    assert [m["model_name"] for m in record["models"]][1] == "dinov2-tiny"
+    with ditf_runtime.load(flux, dino, weights=(0.6, 0.4), threads=1) as fused:
+        want = ditf_runtime.evaluate_davis(fused, root, size=64)
+    assert json.loads((tmp_path / "davis.json").read_text())["measures"] == want.to_dict()["measures"]
+    other = _run(*args[:6], "--fuse-weight", "0.5", *args[8:])
+    assert other.exit_code == 1 and "differs in model" in other.output  # another weight: another run
+    pair = _run(*args[:8], "--size", "64", "--size", "64", *args[10:])
+    assert pair.exit_code != 0 and "short side here: give it once" in pair.output

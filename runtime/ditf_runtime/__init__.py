@@ -4,6 +4,7 @@
     extractor = ditf_runtime.load("export/flux-k28")          # onnxruntime on the CPU
     src, trg = extractor.extract(["cat1.jpg", "cat2.jpg"])    # FeatureMaps, float32 [1, C, h, w]
     trg_xy = ditf_runtime.transfer_keypoints(src, trg, [[120, 80]])
+    fused = ditf_runtime.load("export/flux-k28", "export/dinov2-base", weights=(0.5, 0.5))  # DiTF + DINOv2
 
 Everything else (backends, preprocessing, storage, batch jobs) is importable from its module but
 not part of the promised surface. `ditf_runtime.__version__` is the runtime's version.
@@ -16,6 +17,7 @@ from .errors import DitfError
 from .evaluate import evaluate
 from .extractor import Extractor
 from .features import FeatureMap
+from .fusion import FusedExtractor
 from .loading import load
 from .manifest import ManifestError
 from .matching import mutual_nn_matches, track_points, transfer_keypoints
@@ -23,6 +25,7 @@ from .matching import mutual_nn_matches, track_points, transfer_keypoints
 __all__ = [
     "load",
     "Extractor",
+    "FusedExtractor",
     "FeatureMap",
     "transfer_keypoints",
     "mutual_nn_matches",

@@ -32,8 +32,7 @@ import numpy as np
 
 from .errors import InputError
 from .extractor import Extractor
-from .features import FeatureMap
-from .matching import bilinear_stencil
+from .features import FeatureMap, bilinear_stencil
 from .preprocess import ImageSource, as_image_list, frame_files, open_image
 
 MODELS = 2  # exactly two exports are fused
@@ -221,7 +220,8 @@ class FusedExtractor:
                 seed: int | None = None, noise=None, *, exif_transpose: bool | None = None) -> list[FeatureMap]:
         """Fused maps of one image or a list (paths, PIL images, uint8 HxWx3 arrays).
 
-        `size`: None (each manifest's long side) or one long side per model; `ensemble` applies to the
+        `size`: None (each manifest's long side), one long side for both (each model rounds it to its own
+        size multiple) or one per model; `ensemble` applies to the
         members with noise; `seed` to every member's default noise; `noise`: one entry per model (None for
         a model without noise), each as Extractor.extract takes it.
         """
@@ -282,10 +282,7 @@ class FusedExtractor:
 
     def _per_member(self, size, noise, ensemble) -> tuple[list, list, list]:
         if size is None or isinstance(size, (int, np.integer)):
-            if size is not None:
-                raise InputError(f"size={size}: the fused models keep their own input sizes; give one long side "
-                                 f"per model, e.g. size=({size}, {size}) (ditf: --size per --model)")
-            sizes = [None] * MODELS
+            sizes = [size] * MODELS  # one long side for both, each rounded to its own size multiple
         else:
             sizes = list(size)
             if len(sizes) != MODELS:

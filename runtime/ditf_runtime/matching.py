@@ -23,28 +23,12 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .features import bilinear_stencil  # noqa: F401 - also this module's name for it
 
 # F.normalize's eps: a zero vector has cosine 0 with everything instead of NaN.
 _NORM_EPS = 1e-12
 # Elements of the per-chunk [rows, W, N] float64 score block (8 MiB; a few such temporaries live at once).
 _CHUNK_ELEMENTS = 1 << 20
-
-
-def bilinear_stencil(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch's bilinear (align_corners=False) source index and weights along one axis.
-
-    Output index o reads input i0[o] with weight w0[o] and i0[o] + 1 with weight w1[o], where
-    src = max((o + 0.5) * in / out - 0.5, 0), i0 = floor(src), w1 = src - i0. PyTorch clamps
-    i0 + 1 to in - 1; callers pad the map by repeating its last row/column instead, which gives
-    the same values and keeps i0 + 1 valid everywhere.
-    """
-    if in_size < 1 or out_size < 1:
-        raise InputError(f"cannot upsample {in_size} cells to {out_size} pixels")
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    w1 = src - i0
-    return i0, 1.0 - w1, w1
 
 
 def _as_chw(features: Any, label: str) -> np.ndarray:

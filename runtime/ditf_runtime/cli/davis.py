@@ -58,8 +58,11 @@ def eval_davis(
     """J&F of label propagation on DATASET in DAVIS-2017's layout (the DINO / DiTF protocol).
 
     Here --size is the frames' short side S (the authors use 480; default: the export's long
-    side); the long side becomes floor(long * S / short / 32) * 32.
+    side; required with two --model); the long side becomes floor(long * S / short / 32) * 32.
+    Two --model exports propagate their fused features (DiTF + DINOv2).
     """
+    if isinstance(model.size, tuple):
+        raise click.UsageError("--size is the frames' short side here: give it once, also with two --model")
     with model.open() as extractor:
         result = evaluate_davis(
             extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,

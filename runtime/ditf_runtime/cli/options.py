@@ -66,10 +66,10 @@ def model_choice(model_dirs, sizes, fuse_weight, **fields: Any) -> ModelChoice:
                          "give a second --model")
     weights = check_weights((fuse_weight, 1.0 - fuse_weight) if fuse_weight is not None else None) \
         if len(model_dirs) == MODELS else None
-    if len(sizes) > max(1, len(model_dirs)) or (len(model_dirs) == MODELS and len(sizes) not in (0, MODELS)):
-        raise InputError(f"--size given {len(sizes)} times for {len(model_dirs)} --model export(s): give it once "
-                         "per --model, in the same order (each model keeps its own input size)")
-    size = (sizes[0] if sizes else None) if len(model_dirs) < MODELS else (sizes or None)
+    if len(sizes) > max(1, len(model_dirs)):
+        raise InputError(f"--size given {len(sizes)} times for {len(model_dirs)} --model export(s): once (for every "
+                         "model), or once per --model in the same order")
+    size = sizes[0] if len(sizes) == 1 else (sizes or None)
     return ModelChoice(model_dirs, size=size, weights=weights, **fields)
 
 
@@ -110,7 +110,8 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
             "sizes",
             type=click.IntRange(min=1),
             multiple=True,
-            help="Long side of the model input (default: the manifest's); with two --model, once per model.",
+            help="Long side of the model input (default: the manifest's); with two --model, once for both (each "
+            "rounds it to its own size multiple) or once per model.",
         ),
         click.option(
             "--ensemble",

@@ -110,18 +110,25 @@ def _short_side(extractor: Any, size: int | None) -> int:
     return size
 
 
+def _model_record(manifest) -> dict[str, Any]:
+    return dict(
+        model_name=manifest.model_name,
+        model_sha256=manifest.files.get(MODEL_FILE, {}).get("sha256"),
+        precision=manifest.precision,
+        layer=manifest.feature.layer,
+        timestep=manifest.feature.timestep,
+        ensemble=manifest.feature.ensemble,
+    )
+
+
 def _run_record(extractor, split, resolution, short_side, settings, clip_frames, extract_options) -> dict[str, Any]:
     manifest = getattr(extractor, "manifest", None)
     model: dict[str, Any] = {"extractor": type(extractor).__name__}
     if manifest is not None:
-        model.update(
-            model_name=manifest.model_name,
-            model_sha256=manifest.files.get(MODEL_FILE, {}).get("sha256"),
-            precision=manifest.precision,
-            layer=manifest.feature.layer,
-            timestep=manifest.feature.timestep,
-            ensemble=manifest.feature.ensemble,
-        )
+        model.update(_model_record(manifest))
+    fused = getattr(extractor, "manifests", None)  # two fused exports (ditf_runtime.fusion)
+    if fused is not None:
+        model.update(models=[_model_record(m) for m in fused], weights=list(extractor.weights))
     return {
         "model": model,
         "split": split,

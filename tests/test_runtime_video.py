@@ -252,3 +252,27 @@ def test_cli_track_writes_tracks_and_a_picture(latte_export, tmp_path):
     result = CliRunner().invoke(main, [str(a) for a in args[:6]])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"got {MAX_FRAMES + 1} frame(s)" in result.output
+
+
+def test_cli_track_with_two_fused_video_exports(latte_export, tmp_path):
+    """Two video exports fuse frame by frame (here the same export twice, weights 0.7 / 0.3): `ditf track`
+    with --model twice follows the fused maps, as the library's fused extract_video gives them."""
+    from ditf_runtime.fusion import fuse_maps
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for k, frame in enumerate(shifted_frames(3)):
+        Image.fromarray(frame).save(folder / f"frame_{k:03d}.png")
+    report = tmp_path / "track.json"
+    args = ["track", folder, "--model", latte_export, "--model", latte_export, "--fuse-weight", "0.7",
+            "--points", "20,30 120,70", "--json", report, "--threads", "1"]  # fmt: skip
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    with ditf_runtime.load(latte_export, latte_export, weights=(0.7, 0.3), threads=1) as fused:
+        assert fused.is_video and fused.frame_range == (2, 4)
+        maps = fused.extract_video(folder)
+        single = fused.members[0].extract_video(folder)
+    for got, one in zip(maps, single):
+        np.testing.assert_array_equal(got.array, fuse_maps([one, one], (0.7, 0.3)).array)
+    tracks = track_points(maps, [[20, 30], [120, 70]])
+    assert [t["points"] for t in json.loads(report.read_text())["tracks"]] == tracks.transpose(1, 0, 2).tolist()

@@ -221,9 +221,9 @@ class FusedExtractor:
         """Fused maps of one image or a list (paths, PIL images, uint8 HxWx3 arrays).
 
         `size`: None (each manifest's long side), one long side for both (each model rounds it to its own
-        size multiple) or one per model; `ensemble` applies to the
-        members with noise; `seed` to every member's default noise; `noise`: one entry per model (None for
-        a model without noise), each as Extractor.extract takes it.
+        size multiple) or one per model; `ensemble` applies to the members with noise; `seed` to every
+        member's default noise; `noise`: one entry per model (None for a model without noise), each as
+        Extractor.extract takes it.
         """
         return [parts.fused() for parts in self.extract_parts(images, size, ensemble, seed, noise,
                                                               exif_transpose=exif_transpose)]
@@ -249,15 +249,15 @@ class FusedExtractor:
         """Fused per-frame maps of one clip (two video exports): frames decoded once, each member runs the
         clip its own way (Extractor.extract_video), the maps are fused frame by frame."""
         sources = frame_files(frames) if isinstance(frames, (str, os.PathLike)) else as_image_list(frames)
-        decoded = [image for image, _ in self.decode(sources, exif_transpose)]
+        decoded = self.decode(sources, exif_transpose)
+        images, names = [image for image, _ in decoded], [name for _, name in decoded]
         sizes, noises, ensembles = self._per_member(size, noise, ensemble)
 
         def member_maps(k: int, member: Extractor) -> list[FeatureMap]:
-            return member.extract_video(decoded, sizes[k], ensembles[k], None if noises[k] is not None else seed,
+            return member.extract_video(images, sizes[k], ensembles[k], None if noises[k] is not None else seed,
                                         noises[k], exif_transpose=False)
 
         per_member = self._each(member_maps)
-        names = [str(s) for s in sources]
         return [replace_name(fuse_maps(maps, self.weights), name) for maps, name in zip(zip(*per_member), names)]
 
     def run(self, images: Sequence[np.ndarray], noise: Sequence[np.ndarray | None] | None = None) -> np.ndarray:

@@ -88,6 +88,11 @@ def test_manifest_says_what_the_graph_is(dinov2_tiny_export):
     assert m.preprocess.long_side == 224 and m.parity["passed"]
     assert [(r["height"], r["width"]) for r in m.parity["results"]] == [(56, 84), (98, 70)]
     assert list(m.tensorrt_profiles["max"]) == ["image"]
+    from ditf_runtime.backends import trt  # `ditf build-engine` profiles: the image alone
+
+    assert trt.cli_profile(m, "1x224x224", "1x840x630", "2x1022x1022", 1).shapes == {
+        "image": ((1, 3, 224, 224), (1, 3, 840, 630), (2, 3, 1022, 1022))}
+    assert list(trt.manifest_profiles(m)[0].shapes) == ["image"]
     assert "model.safetensors" in m.source_weights
 
 

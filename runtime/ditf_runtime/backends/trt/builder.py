@@ -191,7 +191,7 @@ def _engine_record(flavor, target: _Target, manifest: Manifest, profiles: Sequen
 
 def _fixed_ensemble(profiles: Sequence[Profile]) -> int | None:
     """E when every profile fixes the same one (Triton configs then state it), else None."""
-    values = {shape[1] for p in profiles for shape in p.shapes[NOISE_INPUT]}
+    values = {shape[1] for p in profiles for shape in p.shapes.get(NOISE_INPUT, ())}
     return values.pop() if len(values) == 1 else None
 
 

@@ -1,7 +1,7 @@
 """Optimisation profiles: from the command line or the manifest, checked against the export, chosen per request.
 
 A profile gives every graph input a (min, opt, max) shape. Image exports take `image` [B, 3, H, W]
-and `noise` [B, E, c, H/8, W/8]; video exports put the frame axis F after B (image) and after E
+and `noise` [B, E, c, H/8, W/8] (DINOv2 exports the image alone); video exports put the frame axis F after B (image) and after E
 (noise), as the manifest's geometry.frame_axis says. On the command line a size is BxHxW
 (BxFxHxW for video); E comes from --ensemble.
 """
@@ -56,16 +56,25 @@ def parse_size(text: str, manifest: Manifest) -> Shape:
     return tuple(int(p) for p in parts)
 
 
+def has_noise(manifest: Manifest) -> bool:
+    """Diffusion graphs take noise; DINOv2 graphs take the image alone (and have no E)."""
+    return any(spec.name == NOISE_INPUT for spec in manifest.inputs)
+
+
+def input_names(manifest: Manifest) -> tuple[str, ...]:
+    return (IMAGE_INPUT, NOISE_INPUT) if has_noise(manifest) else (IMAGE_INPUT,)
+
+
 def input_shapes(manifest: Manifest, size: Shape, ensemble: int) -> dict[str, Shape]:
-    """(B, H, W) or (B, F, H, W) plus E -> the shapes of `image` and `noise`."""
+    """(B, H, W) or (B, F, H, W) plus E -> the shapes of `image` and (graphs with noise) `noise`."""
     geometry = manifest.geometry
     batch, *frames, height, width = size
-    stride = geometry.vae_stride
-    latent = (geometry.latent_channels, height // stride, width // stride)
-    return {
-        IMAGE_INPUT: (batch, *frames, 3, height, width),
-        NOISE_INPUT: (batch, ensemble, *frames, *latent),
-    }
+    shapes = {IMAGE_INPUT: (batch, *frames, 3, height, width)}
+    if has_noise(manifest):
+        stride = geometry.vae_stride
+        latent = (geometry.latent_channels, height // stride, width // stride)
+        shapes[NOISE_INPUT] = (batch, ensemble, *frames, *latent)
+    return shapes
 
 
 def cli_profile(manifest: Manifest, low: str, opt: str, high: str, ensemble: int) -> Profile:
@@ -79,7 +88,7 @@ def cli_profile(manifest: Manifest, low: str, opt: str, high: str, ensemble: int
     if ensemble < 1:
         raise InputError(f"ensemble must be >= 1, got {ensemble}")
     shaped = [input_shapes(manifest, size, ensemble) for size in sizes]
-    profile = Profile({name: tuple(s[name] for s in shaped) for name in (IMAGE_INPUT, NOISE_INPUT)})
+    profile = Profile({name: tuple(s[name] for s in shaped) for name in input_names(manifest)})
     check_profile(manifest, profile)
     return profile
 
@@ -101,7 +110,7 @@ def manifest_profiles(manifest: Manifest) -> list[Profile]:
     data = manifest.tensorrt_profiles or {}
     try:
         profile = Profile({name: tuple(tuple(int(d) for d in data[k][name]) for k in LABELS)
-                           for name in (IMAGE_INPUT, NOISE_INPUT)})  # fmt: skip
+                           for name in input_names(manifest)})  # fmt: skip
     except (KeyError, TypeError, ValueError):
         raise InputError(
             "the manifest has no usable tensorrt_profiles (older export?): give --min, --opt and --max"
@@ -120,7 +129,8 @@ def _limits(manifest: Manifest) -> dict[str, Any]:
     data = manifest.tensorrt_profiles or {}
     limits: dict[str, Any] = {}
     try:
-        limits["max_ensemble"] = int(data["max"][NOISE_INPUT][1])
+        if has_noise(manifest):
+            limits["max_ensemble"] = int(data["max"][NOISE_INPUT][1])
         if is_video(manifest):
             axis = manifest.geometry.frame_axis
             limits["frames"] = (int(data["min"][IMAGE_INPUT][axis]), int(data["max"][IMAGE_INPUT][axis]))
@@ -131,7 +141,10 @@ def _limits(manifest: Manifest) -> dict[str, Any]:
 
 def check_profile(manifest: Manifest, profile: Profile) -> None:
     """Refuse a profile the export cannot run: ranks, min <= opt <= max, sizes, E and frames."""
-    image, noise = profile.shapes[IMAGE_INPUT], profile.shapes[NOISE_INPUT]
+    if set(profile.shapes) != set(input_names(manifest)):
+        raise InputError(f"profile {profile.describe()}: gives {sorted(profile.shapes)}, the graph takes "
+                         f"{list(input_names(manifest))}")
+    image, noise = profile.shapes[IMAGE_INPUT], profile.shapes.get(NOISE_INPUT, ())
     rank = 5 if is_video(manifest) else 4
     if any(len(s) != rank for s in image) or any(len(s) != rank + 1 for s in noise):
         raise InputError(f"profile {profile.describe()}: image needs rank {rank}, noise rank {rank + 1}")
@@ -142,7 +155,7 @@ def check_profile(manifest: Manifest, profile: Profile) -> None:
     for label, shape in zip(LABELS, image):
         _check_size(manifest, label, (shape[0], *shape[1:-3], *shape[-2:]))
     limits = _limits(manifest)
-    largest_e = noise[2][1]
+    largest_e = noise[2][1] if noise else 0
     if "max_ensemble" in limits and largest_e > limits["max_ensemble"]:
         raise InputError(
             f"ensemble E = {largest_e} exceeds what this export allows ({limits['max_ensemble']}, "

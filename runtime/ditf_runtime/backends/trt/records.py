@@ -171,7 +171,9 @@ def available_engines(export_dir: str | os.PathLike) -> list[str]:
 
 
 def record_ensemble_range(record: dict[str, Any]) -> tuple[int, int]:
-    """(smallest, largest) E over the engine's profiles (noise axis 1)."""
+    """(smallest, largest) E over the engine's profiles (noise axis 1); (0, 0) for a graph without noise."""
+    if not all(NOISE_INPUT in p for p in record["profiles"]):
+        return 0, 0
     lows = [int(p[NOISE_INPUT]["min"][1]) for p in record["profiles"]]
     highs = [int(p[NOISE_INPUT]["max"][1]) for p in record["profiles"]]
     return min(lows), max(highs)

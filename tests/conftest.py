@@ -94,16 +94,18 @@ def flux_tiny_precision_export(tmp_path_factory, flux_tiny_dir):
 
 @pytest.fixture(scope="session")
 def dinov2_tiny_export(tmp_path_factory):
-    """`dinov2_tiny_export(registers=False)` -> the export folder of dinov2-tiny (or dinov2-tiny-reg): the
-    default feature (last layer after the final LayerNorm), long side 224, fp32."""
+    """`dinov2_tiny_export(registers=False, precision="fp32")` -> the export folder of dinov2-tiny (or
+    dinov2-tiny-reg): the default feature (last layer after the final LayerNorm), long side 224; int8
+    calibrated on examples/images."""
     root = tmp_path_factory.mktemp("dinov2-exports")
-    built: dict[bool, Path] = {}
+    built: dict[tuple[bool, str], Path] = {}
 
-    def get(registers: bool = False) -> Path:
-        if registers not in built:
-            name = "dinov2-tiny-reg" if registers else "dinov2-tiny"
-            _export(name, root / name)
-            built[registers] = root / name
-        return built[registers]
+    def get(registers: bool = False, precision: str = "fp32") -> Path:
+        if (registers, precision) not in built:
+            name = ("dinov2-tiny-reg" if registers else "dinov2-tiny") + ("" if precision == "fp32" else f"-{precision}")
+            calib = EXAMPLE_IMAGES if precision == "int8" else None
+            _export(name.removesuffix(f"-{precision}"), root / name, precision=precision, calib_images=calib)
+            built[(registers, precision)] = root / name
+        return built[(registers, precision)]
 
     return get

@@ -179,11 +179,9 @@ def test_registry_local_folders_and_the_hf_cache(tmp_path, monkeypatch):
         resolve_source("dinov2-base")
 
 
-def test_int8_keeps_the_position_interpolation_fp32(tmp_path):
+def test_int8_keeps_the_position_interpolation_fp32(dinov2_tiny_export):
     """INT8 quantizes linear layers only: the interpolation MatMul (constant table first) stays FP32."""
-    from ditf_export.export import ExportRequest, export
-
-    m = export(ExportRequest(model="dinov2-tiny", out=tmp_path / "int8", precision="int8", calib_images=EXAMPLE_IMAGES))
+    m = Manifest.load(dinov2_tiny_export(precision="int8"))
     report = m.parity["precision"]
     assert report["linear_layers_quantized"] == 3 * 6  # q, k, v, o, fc1, fc2 in each of the 3 layers
     assert not any("index_select" in name for name in report["activation_amax"])

@@ -124,6 +124,27 @@ def test_cli_builds_a_real_engine_with_a_complete_record(family, precision, rtx_
     assert int(garbage) & int(rt.EngineInvalidityDiagnostics.MALFORMED_ENGINE)  # the check above can fail
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_dinov2_builds_with_an_image_only_profile(precision, dinov2_tiny_export, tmp_path):
+    """DINOv2 (issue 12) takes no noise: its profiles hold the image alone, from the command line (sides
+    multiples of 14) or from its manifest; no E is recorded."""
+    export = linked_copy(dinov2_tiny_export(precision=precision), tmp_path / f"dinov2-{precision}")
+    result = build(export, "--min", "1x56x56", "--opt", "1x112x112", "--max", "2x252x252")
+    assert result.exit_code == 0, result.output
+    record = trt.read_engine_record(Path(result.stdout.strip().splitlines()[-1]))
+    assert record["precision"] == precision and record["ensemble"] is None
+    assert record["profiles"] == [{"image": {"min": [1, 3, 56, 56], "opt": [1, 3, 112, 112], "max": [2, 3, 252, 252]}}]
+    assert record["plan_bytes"] > 100_000
+    if precision == "fp32":
+        default = build(export, "--force")
+        assert default.exit_code == 0, default.output
+        (profile,) = trt.read_engine_record(Path(default.stdout.strip().splitlines()[-1]))["profiles"]
+        assert profile == {"image": {k: Manifest.load(export).tensorrt_profiles[k]["image"]
+                                     for k in ("min", "opt", "max")}}
+        bad = build(export, "--force", "--min", "1x64x64", "--opt", "1x128x128", "--max", "2x256x256")
+        assert bad.exit_code == 1 and "multiples of 14" in bad.output
+
+
 def test_default_profiles_come_from_the_manifest_for_images_and_video(family_export, tmp_path):
     for family in ("dit", "latte"):
         export = linked_copy(family_export(family, "fp32"), tmp_path / family)

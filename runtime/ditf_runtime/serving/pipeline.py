@@ -15,7 +15,7 @@ one model's inputs, and each fused model keeps its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,9 +28,17 @@ from ..manifest import NOISE_INPUT, Manifest
 from ..matching import cell_centers, mutual_nn_matches, transfer_keypoints
 from ..noise import DEFAULT_SEED, check_image_noise, default_noise
 from ..preprocess import DEFAULT_MAX_PIXELS, prepare
-from .protocol import DEFAULT_MAX_MATCHES, ERROR_OUTPUT, EXTRACT_MODEL, MATCH_MODEL
-
-Feed = Mapping[str, np.ndarray]
+from .protocol import (
+    DEFAULT_MAX_MATCHES,
+    ERROR_OUTPUT,
+    EXTRACT_MODEL,
+    MATCH_MODEL,
+    Feed,
+    batch_size,
+    error_column,
+    read_array,
+    read_option,
+)
 
 # Requests are untrusted: bound what one of them may make the server allocate.
 MAX_ENSEMBLE = 64
@@ -145,7 +153,7 @@ class FeaturePipeline:
                     "features": np.stack([features for features, _, _ in images]),
                     "image_size": np.asarray([image_size for _, _, image_size in images], dtype=np.int64),
                     "input_size": np.asarray([input_size for _, input_size, _ in images], dtype=np.int64),
-                    ERROR_OUTPUT: _error_column(len(images)),
+                    ERROR_OUTPUT: error_column(len(images)),
                 }
         return results
 
@@ -164,24 +172,24 @@ class FeaturePipeline:
                              "(no 'pixels' or 'noise')")
         if has_image == has_pixels:
             raise InputError("send exactly one of 'image' (uint8 [B, H, W, 3]) or 'pixels' (float32 [B, 3, H, W])")
-        batch = _batch_size(feed)
-        seeds, ensembles, sizes = (_option(feed, name, batch) for name in ("seed", "ensemble", "size"))
+        batch = batch_size(feed)
+        seeds, ensembles, sizes = (read_option(feed, name, batch) for name in ("seed", "ensemble", "size"))
         if not has_image:
             if any(size is not None for size in sizes):
                 raise InputError("'size' resizes an 'image'; 'pixels' are already the model input")
-            pixels = _array(feed, "pixels", np.float32, 4)
+            pixels = read_array(feed, "pixels", np.float32, 4)
             noise = feed.get("noise")
             if noise is not None:
-                noise = _array(feed, "noise", np.float32, 5)
+                noise = read_array(feed, "noise", np.float32, 5)
             return [
                 _Row(index, self._check_pixels(pixels[i]), self._noise(self.members[0], pixels[i], noise, i, seeds[i],
                                                                        ensembles[i]), tuple(pixels.shape[2:]))
                 for i in range(batch)
             ]
-        images = _array(feed, "image", np.uint8, 4)
+        images = read_array(feed, "image", np.uint8, 4)
         noise = feed.get("noise")
         if noise is not None:
-            noise = _array(feed, "noise", np.float32, 5)
+            noise = read_array(feed, "noise", np.float32, 5)
         rows = []
         for i in range(batch):
             for k, member in enumerate(self.members):
@@ -275,7 +283,7 @@ class FeaturePipeline:
                 "source_points": np.asarray(points, dtype=np.int64).reshape(1, -1, 2),
                 "target_points": np.asarray(target, dtype=np.int64).reshape(1, -1, 2),
                 "scores": np.asarray(scores, dtype=np.float32).reshape(1, -1),
-                ERROR_OUTPUT: _error_column(1),
+                ERROR_OUTPUT: error_column(1),
             }
         return results
 
@@ -283,20 +291,20 @@ class FeaturePipeline:
         for name in ("source", "target"):
             if feed.get(name) is None:
                 raise InputError(f"a match request needs 'source' and 'target' (uint8 [1, H, W, 3]); {name!r} is missing")
-        batch = _batch_size(feed)
+        batch = batch_size(feed)
         if batch != 1:
             raise InputError(f"send one pair per match request (batch 1), got {batch}; the server batches requests")
-        seed, ensemble, size = (_option(feed, name, 1)[0] for name in ("seed", "ensemble", "size"))
-        max_matches = _option(feed, "max_matches", 1)[0]
+        seed, ensemble, size = (read_option(feed, name, 1)[0] for name in ("seed", "ensemble", "size"))
+        max_matches = read_option(feed, "max_matches", 1)[0]
         max_matches = DEFAULT_MAX_MATCHES if max_matches is None else max_matches
         if max_matches < 1:
             raise InputError(f"max_matches must be >= 1, got {max_matches}")
         points = feed.get("points")
         if points is not None:
-            points = _array(feed, "points", np.int64, 3)[0]
+            points = read_array(feed, "points", np.int64, 3)[0]
         rows = []
         for name in ("source", "target"):
-            image = _array(feed, name, np.uint8, 4)[0]
+            image = read_array(feed, name, np.uint8, 4)[0]
             image_rows = []
             for k, member in enumerate(self.members):
                 pixels, image_size = self._prepare(member, image, size)
@@ -317,7 +325,7 @@ class FeaturePipeline:
         cannot serialise; a client that ignores `error` still cannot mistake them for results.
         """
         try:
-            batch = _batch_size(feed)
+            batch = batch_size(feed)
         except DitfError:
             batch = 1
         message = f"{type(error).__name__}: {error}"
@@ -334,7 +342,7 @@ class FeaturePipeline:
                 "image_size": np.zeros((batch, 2), dtype=np.int64),
                 "input_size": np.zeros((batch, 2), dtype=np.int64),
             }
-        outputs[ERROR_OUTPUT] = _error_column(batch, message)
+        outputs[ERROR_OUTPUT] = error_column(batch, message)
         return outputs
 
     # -- running ---------------------------------------------------------------------------------
@@ -380,38 +388,3 @@ class FeaturePipeline:
 def _by_image(rows: Sequence[_Row], models: int) -> list[Sequence[_Row]]:
     """A request's rows (image by image, one per model) grouped per image."""
     return [rows[start : start + models] for start in range(0, len(rows), models)]
-
-
-def _error_column(batch: int, message: str = "") -> np.ndarray:
-    return np.full((batch, 1), message.encode(), dtype=object)
-
-
-def _batch_size(feed: Feed) -> int:
-    sizes = {name: int(np.shape(array)[0]) for name, array in feed.items() if array is not None and np.ndim(array)}
-    if len(set(sizes.values())) > 1:
-        raise InputError(f"inputs disagree on the batch size: {sizes}")
-    batch = next(iter(sizes.values()), 0)
-    if batch < 1:
-        raise InputError("empty batch: the request holds 0 rows")
-    return batch
-
-
-def _array(feed: Feed, name: str, dtype, ndim: int) -> np.ndarray:
-    array = feed[name]
-    if not isinstance(array, np.ndarray) or array.dtype != np.dtype(dtype):
-        got = getattr(array, "dtype", type(array).__name__)
-        raise InputError(f"{name!r} must be {np.dtype(dtype).name}, got {got}")
-    if array.ndim != ndim:
-        raise InputError(f"{name!r} must have {ndim} axes (batch first), got shape {array.shape}")
-    return array
-
-
-def _option(feed: Feed, name: str, batch: int) -> list[int | None]:
-    """A per-row int64 [B, 1] option as a list of ints (None when absent)."""
-    array = feed.get(name)
-    if array is None:
-        return [None] * batch
-    array = _array(feed, name, np.int64, 2)
-    if array.shape != (batch, 1):
-        raise InputError(f"{name!r} must be int64 [B={batch}, 1], got shape {array.shape}")
-    return [int(v) for v in array[:, 0]]

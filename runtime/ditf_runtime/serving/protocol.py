@@ -30,11 +30,15 @@ they get their results and it gets empty outputs with the reason in `error`. The
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..manifest import Geometry
+
+Feed = Mapping[str, np.ndarray]  # one request: input name -> array, batch axis first
 
 EXTRACT_MODEL = "extract"
 MATCH_MODEL = "match"
@@ -131,3 +135,41 @@ def ports(task: str, geometry: Geometry) -> tuple[tuple[Port, ...], tuple[Port, 
     if task == MATCH_MODEL:
         return match_ports(geometry)
     raise ValueError(f"unknown task {task!r}: {EXTRACT_MODEL!r} or {MATCH_MODEL!r}")
+
+
+# Reading a request: every field checked, named in the error (requests are untrusted).
+
+
+def error_column(batch: int, message: str = "") -> np.ndarray:
+    return np.full((batch, 1), message.encode(), dtype=object)
+
+
+def batch_size(feed: Feed) -> int:
+    sizes = {name: int(np.shape(array)[0]) for name, array in feed.items() if array is not None and np.ndim(array)}
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"inputs disagree on the batch size: {sizes}")
+    batch = next(iter(sizes.values()), 0)
+    if batch < 1:
+        raise InputError("empty batch: the request holds 0 rows")
+    return batch
+
+
+def read_array(feed: Feed, name: str, dtype, ndim: int) -> np.ndarray:
+    array = feed[name]
+    if not isinstance(array, np.ndarray) or array.dtype != np.dtype(dtype):
+        got = getattr(array, "dtype", type(array).__name__)
+        raise InputError(f"{name!r} must be {np.dtype(dtype).name}, got {got}")
+    if array.ndim != ndim:
+        raise InputError(f"{name!r} must have {ndim} axes (batch first), got shape {array.shape}")
+    return array
+
+
+def read_option(feed: Feed, name: str, batch: int) -> list[int | None]:
+    """A per-row int64 [B, 1] option as a list of ints (None when absent)."""
+    array = feed.get(name)
+    if array is None:
+        return [None] * batch
+    array = read_array(feed, name, np.int64, 2)
+    if array.shape != (batch, 1):
+        raise InputError(f"{name!r} must be int64 [B={batch}, 1], got shape {array.shape}")
+    return [int(v) for v in array[:, 0]]

@@ -10,6 +10,10 @@ precision keeps FP32 graph I/O; the written graph is what TensorRT builds strong
         the check inputs (random inputs at the parity sizes, plus the calibration images if given).
 - int8: explicit Q/DQ calibrated on --calib-images (calib/int8.py).
 
+Memory: the graph is never loaded with its weights. Every rewrite streams them tensor by tensor from the
+old data file to a new one (tensors.GraphRewrite), and every check runs one onnxruntime session at a
+time on a graph on disk, so the step needs about what one session of the graph needs, whatever the size.
+
 Calibration feeds arrive in the graph's own layout (data.CalibrationSet), so nothing here knows about
 frames, strides or input names.
 """
@@ -17,18 +21,16 @@ frames, strides or input names.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import onnx
 
 from ditf_runtime.precision import Precision
 
-from . import graph as G
 from .data import CalibrationSet
+from .tensors import GraphRewrite, TensorStore, load_graph
 
 Feed = Mapping[str, np.ndarray]
 Progress = Callable[[Iterable, str], Iterable]
@@ -52,8 +54,7 @@ class PrecisionResult:
     parity_model: Path  # what parity runs on: the written graph, or the low-float graph's emulated twin
     backend: str | None = None  # set when parity does not run the written graph itself
     report: Mapping[str, Any] = field(default_factory=dict)  # the manifest's parity["precision"], less "precision"
-    parity_feeds: tuple[tuple[str, Feed], ...] = ()  # (label, feed): real images for an extra parity row
-    scratch: Path | None = None  # temporary folder holding parity_model when it is not the written graph
+    scratch: Path | None = None  # folder holding parity_model when it is not the written graph
 
     def cleanup(self) -> None:
         if self.scratch is not None:
@@ -67,43 +68,49 @@ class PrecisionResult:
 
 
 def apply_precision(model_path: Path, precision: Precision, *, check_feeds: Sequence[Feed],
-                    calibration: CalibrationSet | None = None, int8_config=None, parity_size: int | None = None,
+                    calibration: CalibrationSet | None = None, int8_config=None,
                     say: Callable[[str], None] = lambda m: None,
                     progress: Progress | None = tqdm_progress) -> PrecisionResult:
     """Rewrite `model_path` in place (model.onnx + model.onnx.data) to `precision`.
 
     check_feeds: random inputs for the fp16/bf16 range check; calibration (its feeds in the graph's own
-    layout): INT8 calibration, the range check, and a parity row on real images at parity_size.
+    layout): INT8 calibration, and more range-check inputs.
     """
     precision = Precision.parse(precision)
     model_path = Path(model_path)
-    parity_feeds = ()
-    if calibration is not None and parity_size:
-        # real images through the same graph, fresh noise: parity on what deployment sees
-        parity_feeds = ((f"{len(calibration)} calibration images at {parity_size}x{parity_size}",
-                         calibration.batched((parity_size, parity_size))),)
     if precision == Precision.FP32:
-        return PrecisionResult(precision, model_path, parity_feeds=parity_feeds)
-    model = G.load(model_path)
+        return PrecisionResult(precision, model_path)
     calib_feeds = list(calibration.feeds()) if calibration is not None else []
     if precision.is_low_float:
-        return _low_float(model, model_path, precision, list(check_feeds) + calib_feeds, parity_feeds, say, progress)
+        return _low_float(model_path, precision, list(check_feeds) + calib_feeds, say, progress)
     if calibration is None:
         raise ValueError("int8 needs calibration images")
-    return _int8(model, model_path, calibration, calib_feeds, int8_config, parity_feeds, say, progress)
+    return _int8(model_path, calibration, calib_feeds, int8_config, say, progress)
 
 
-def _low_float(model: onnx.ModelProto, model_path: Path, precision: Precision, feeds: list[Feed],
-               parity_feeds: tuple, say: Callable[[str], None], progress: Progress | None) -> PrecisionResult:
-    """fp16 / bf16: write the typed graph; check ranges and run parity on the Cast-emulated twin."""
+def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: Callable[[str], None],
+               progress: Progress | None) -> PrecisionResult:
+    """fp16 / bf16: write the twin, check ranges on it, then write the typed graph in place."""
     from .precision import FP16_WARN_HEADROOM, check_ranges, refuse_if_out_of_range, to_low_precision
 
-    typed, islands = to_low_precision(model, precision)
-    twin, twin_islands = to_low_precision(model, precision, emulate=True)
     where = f"the Cast-emulated {precision} twin on onnxruntime CPU"
-    say(f"{islands.summary()}; checking ranges on {len(feeds)} inputs ({where})")
-    ranges = check_ranges(twin, twin_islands, feeds, progress)
-    refuse_if_out_of_range(twin_islands, ranges)
+    # beside the graph (same file system; removed with the export's staging folder if the process dies)
+    scratch = model_path.parent / f".{precision}-twin"
+    scratch.mkdir()
+    try:
+        twin_path = scratch / "twin.onnx"
+        with GraphRewrite(model_path, twin_path) as rw:
+            twin, twin_islands = to_low_precision(rw.model, precision, emulate=True, store=rw.store)
+            rw.commit(twin)
+        say(f"{twin_islands.summary()}; checking ranges on {len(feeds)} inputs ({where})")
+        ranges = check_ranges(load_graph(twin_path), twin_islands, feeds, progress, store=TensorStore(scratch))
+        refuse_if_out_of_range(twin_islands, ranges)
+        with GraphRewrite(model_path, model_path) as rw:
+            typed, islands = to_low_precision(rw.model, precision, store=rw.store)
+            rw.commit(typed)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     report: dict[str, Any] = {"graph": islands.summary(), "range_check": {"on": where, **ranges.to_dict()},
                               "fp32_kept": FP32_KEPT}
     if precision == Precision.FP16 and ranges.headroom < FP16_WARN_HEADROOM:
@@ -112,28 +119,28 @@ def _low_float(model: onnx.ModelProto, model_path: Path, precision: Precision, f
     if precision == Precision.FP16:  # the typed graph loads and runs on onnxruntime (FP32 GEMMs behind casts)
         from ditf_runtime.parity import compare
 
-        a = G.session(typed).run(None, dict(feeds[0]))[0]
-        b = G.session(twin).run(None, dict(feeds[0]))[0]
-        report["typed_graph_on_onnxruntime_vs_twin_min_cosine"] = compare(a, b, precision).min_cosine
+        from .graph import session
+
+        typed_out = session(model_path).run(None, dict(feeds[0]))[0]
+        report["typed_graph_on_onnxruntime_vs_twin_min_cosine"] = compare(typed_out, ranges.first_output,
+                                                                          precision).min_cosine
     report["parity_on"] = "Cast-emulated twin"
-    scratch = Path(tempfile.mkdtemp(prefix=f"ditf-{precision}-twin-"))
-    twin_path = G.save(twin, scratch / "twin.onnx")
     backend = (f"onnxruntime CPUExecutionProvider on the Cast-emulated {precision} twin (same islands, "
                f"f32->{precision}->f32 rounding of every island input, weight and output; "
                + ("the typed bf16 graph needs a GPU)" if precision == Precision.BF16 else
                   "onnxruntime CPU computes FP16 GEMMs of the typed graph in FP32)"))
-    G.save(typed, model_path)
-    return PrecisionResult(precision, twin_path, backend, report, parity_feeds, scratch)
+    return PrecisionResult(precision, twin_path, backend, report, scratch)
 
 
-def _int8(model: onnx.ModelProto, model_path: Path, calibration: CalibrationSet, feeds: list[Feed], config,
-          parity_feeds: tuple, say: Callable[[str], None], progress: Progress | None) -> PrecisionResult:
+def _int8(model_path: Path, calibration: CalibrationSet, feeds: list[Feed], config,
+          say: Callable[[str], None], progress: Progress | None) -> PrecisionResult:
     """int8: explicit Q/DQ calibrated on the calibration images; parity runs the written graph."""
     from .int8 import Int8Config, quantize
 
     config = config or Int8Config()
     say(f"INT8 calibration on {len(calibration)} images ({config.calibration}, SmoothQuant alpha "
         f"{config.smooth_alpha}, massive channels {list(config.protect_channels)} kept FP32)")
-    qmodel, report = quantize(model, feeds, config, progress)
-    G.save(qmodel, model_path)
-    return PrecisionResult(Precision.INT8, model_path, report=report.to_dict(), parity_feeds=parity_feeds)
+    with GraphRewrite(model_path, model_path) as rw:
+        qmodel, report = quantize(rw.model, feeds, config, progress, store=rw.store)
+        rw.commit(qmodel)
+    return PrecisionResult(Precision.INT8, model_path, report=report.to_dict())

@@ -1,7 +1,9 @@
 """Small ONNX graph tools shared by the precision rewrites (fp16/bf16 islands, INT8 Q/DQ).
 
-Everything works on an in-memory `onnx.ModelProto` whose weights are loaded; `save` writes the one
-external-data file beside the model (DESIGN.md §6: always external data, one file).
+The rewrites work on a proto and a `TensorStore` (calib/tensors.py): for an export, the graph loaded
+without its weights, initializers read and written one at a time; for a small in-memory model (tests),
+the store reads and writes inline tensors. `save` writes the one external-data file beside an in-memory
+model (every initializer over 1 KiB external, one file).
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from typing import Iterable
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
+
+from .tensors import EXTERNAL_THRESHOLD, TensorStore
 
 
 def load(path: str | os.PathLike) -> onnx.ModelProto:
-    """The model with its external weights read into memory."""
+    """The model with its external weights read into memory (small models only: see tensors.load_graph)."""
     return onnx.load(str(path), load_external_data=True)
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, keep_in_memory: bool = False) -> Path:
-    """Write `path` + `path.data` (every initializer over 1 KiB external, one file).
+    """Write an in-memory model to `path` + `path.data` (every initializer over 1 KiB external, one file).
 
     onnx moves the weights out of `model` while writing; `keep_in_memory` reads them back.
     """
@@ -32,7 +37,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, keep_in_memory: bool =
         if p.exists():
             p.unlink()  # onnx appends to an existing data file
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024, convert_attribute=False)
+                    location=data.name, size_threshold=EXTERNAL_THRESHOLD, convert_attribute=False)
     if keep_in_memory:
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -41,10 +46,14 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, keep_in_memory: bool =
 
 
 class GraphIndex:
-    """Producers, consumers and initializers of the top-level graph (subgraphs are left alone)."""
+    """Producers, consumers and initializers of the top-level graph (subgraphs are left alone).
 
-    def __init__(self, graph: onnx.GraphProto):
+    Initializer values are read through `store` only when asked for (`array`); `dims` never reads.
+    """
+
+    def __init__(self, graph: onnx.GraphProto, store: TensorStore | None = None):
         self.graph = graph
+        self.store = store if store is not None else TensorStore.in_memory()
         self.inits = {i.name: i for i in graph.initializer}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -63,14 +72,26 @@ class GraphIndex:
 
     def array(self, name: str) -> np.ndarray:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
+            return self.store.read(self.inits[name])
+        return numpy_helper.to_array(self._constant(name))
+
+    def dims(self, name: str) -> tuple[int, ...]:
+        """The shape of a constant, without reading its values."""
+        tensor = self.inits[name] if name in self.inits else self._constant(name)
+        return tuple(int(d) for d in tensor.dims)
+
+    def data_type(self, name: str) -> int:
+        return (self.inits[name] if name in self.inits else self._constant(name)).data_type
+
+    def _constant(self, name: str) -> TensorProto:
         node = self.producer[name]
-        return numpy_helper.to_array(next(a.t for a in node.attribute if a.name == "value"))
+        return next(a.t for a in node.attribute if a.name == "value")
 
 
-def gemm_to_matmul(model: onnx.ModelProto) -> int:
+def gemm_to_matmul(model: onnx.ModelProto, store: TensorStore | None = None) -> int:
     """Rewrite Gemm(A, B, C) (transA = 0) as MatMul(A, B') + Add(C'), so one code path handles linears."""
-    idx = GraphIndex(model.graph)
+    idx = GraphIndex(model.graph, store)
+    store = idx.store
     fresh = Namer(model)
     nodes, count = [], 0
     for node in model.graph.node:
@@ -78,10 +99,11 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
         if node.op_type != "Gemm" or attrs.get("transA", 0) or node.input[1] not in idx.inits:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(idx.inits[node.input[1]]).astype(np.float32)
+        w = idx.array(node.input[1]).astype(np.float32)
         w = (w.T if attrs.get("transB", 0) else w) * np.float32(attrs.get("alpha", 1.0))
         wname = fresh(node.input[1] + "_gemm")
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), wname))
+        model.graph.initializer.append(store.new(np.ascontiguousarray(w), wname))
+        del w
         if len(node.input) > 2 and node.input[2]:
             mm_out = fresh(node.output[0] + "_mm")
             nodes.append(helper.make_node("MatMul", [node.input[0], wname], [mm_out], name=node.name + "_mm"))
@@ -89,7 +111,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
             if attrs.get("beta", 1.0) != 1.0:
                 cval = idx.array(c).astype(np.float32) * np.float32(attrs["beta"])
                 c = fresh(c + "_beta")
-                model.graph.initializer.append(numpy_helper.from_array(cval, c))
+                model.graph.initializer.append(store.new(cval, c))
             nodes.append(helper.make_node("Add", [mm_out, c], [node.output[0]], name=node.name + "_bias"))
         else:
             nodes.append(helper.make_node("MatMul", [node.input[0], wname], [node.output[0]], name=node.name))
@@ -199,16 +221,27 @@ def _const(model: onnx.ModelProto, fresh: Namer, values) -> str:
     return name
 
 
-def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):
-    """A CPU onnxruntime session (ditf_runtime's create_session) of a file or an in-memory model.
+def has_external_tensors(model: onnx.ModelProto) -> bool:
+    return any(uses_external_data(t) for t in model.graph.initializer)
 
-    An in-memory model at or over the runtime's in-memory limit (protobuf's 2 GB) is never serialised:
-    it is written with external data to a temporary folder and opened by path.
+
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None, store: TensorStore | None = None):
+    """A CPU onnxruntime session (ditf_runtime's create_session) of a file or a model proto.
+
+    A proto whose weights live on disk (loaded with tensors.load_graph, or being rewritten through `store`)
+    is handed over without them: onnxruntime reads them from the store's folder. An in-memory model at or
+    over the runtime's in-memory limit (protobuf's 2 GB) is never serialised: it is written with external
+    data to a temporary folder and opened by path.
     """
     from ditf_runtime.backends.onnxrt import MAX_IN_MEMORY_MODEL_BYTES, create_session
 
     if not isinstance(model, onnx.ModelProto):
         return create_session(model, threads=threads)
+    if has_external_tensors(model):
+        if store is None or store.base_dir is None:
+            raise ValueError("this model's weights are on disk: pass the TensorStore that reads them")
+        store.flush()
+        return create_session(model.SerializeToString(), threads=threads, external_data_dir=store.base_dir)
     if model.ByteSize() < MAX_IN_MEMORY_MODEL_BYTES:
         return create_session(model.SerializeToString(), threads=threads)
     import tempfile

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .graph import (
     GraphIndex,
@@ -42,6 +42,7 @@ from .graph import (
     session,
 )
 from .stats import METHODS, QMAX, Histogram, amax_from_histogram
+from .tensors import TensorStore
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,13 @@ def _groups(model: onnx.ModelProto, exclude: tuple[str, ...]) -> tuple[list[Gemm
     return list(by_tensor.values()), skipped
 
 
-def _weight_absmax_rows(model: onnx.ModelProto, group: GemmGroup) -> np.ndarray:
-    idx = GraphIndex(model.graph)
-    return np.max([np.abs(numpy_helper.to_array(idx.inits[n.input[1]])).max(axis=1) for n in group.nodes], axis=0)
+def _weight_absmax_rows(idx: GraphIndex, group: GemmGroup) -> np.ndarray:
+    """Per input channel, max |W[c, :]| over the group's weights (read one at a time)."""
+    rows = None
+    for n in group.nodes:
+        row = np.abs(idx.array(n.input[1])).max(axis=1)
+        rows = row if rows is None else np.maximum(rows, row)
+    return rows
 
 
 def _run_progress(progress, iterable, desc):
@@ -142,26 +147,31 @@ def _run_progress(progress, iterable, desc):
 
 
 def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
-              progress: Callable | None = None) -> tuple[list[GemmGroup], list[str]]:
-    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms."""
+              progress: Callable | None = None,
+              store: TensorStore | None = None) -> tuple[list[GemmGroup], list[str]]:
+    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms.
+
+    Each pass opens one onnxruntime session at a time on the graph (its weights read from `store`'s folder
+    for a model loaded without them)."""
     groups, skipped = _groups(model, config.exclude)
     if not groups:
         return groups, skipped
-    _channel_ranges(model, groups, feeds, progress)
+    _channel_ranges(model, groups, feeds, progress, store)
+    idx = GraphIndex(model.graph, store)
     for g in groups:
-        _outliers_and_smoothing(model, g, config)
-    _activation_ranges(model, groups, feeds, config, progress)
+        _outliers_and_smoothing(idx, g, config)
+    _activation_ranges(model, groups, feeds, config, progress, store)
     return groups, skipped
 
 
 def _channel_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: list[Mapping[str, np.ndarray]],
-                    progress: Callable | None) -> None:
+                    progress: Callable | None, store: TensorStore | None) -> None:
     """Pass 1: each group's per-channel max |x| (scalar-sized outputs, cheap on any model)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     probes = reduction_probes(probe, {g.tensor: TensorProto.FLOAT for g in groups},
                               channels={g.tensor: g.channels for g in groups})
-    sess = session(probe)
+    sess = session(probe, store=store)
     names = [probes[g.tensor][0] for g in groups]
     for g in groups:
         g.channel_max = np.zeros(g.channels, np.float32)
@@ -170,7 +180,7 @@ def _channel_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: list
             g.channel_max = np.maximum(g.channel_max, amax)
 
 
-def _outliers_and_smoothing(model: onnx.ModelProto, g: GemmGroup, config: Int8Config) -> None:
+def _outliers_and_smoothing(idx: GraphIndex, g: GemmGroup, config: Int8Config) -> None:
     """From pass 1: the channels kept FP32 (outliers, protected channels) and SmoothQuant's s_c."""
     cm = np.maximum(g.channel_max, 1e-8)
     limit = max(4, int(config.max_outlier_fraction * g.channels))
@@ -182,7 +192,7 @@ def _outliers_and_smoothing(model: onnx.ModelProto, g: GemmGroup, config: Int8Co
     g.outliers = np.sort(candidates).astype(np.int64)
     if config.smooth_alpha is not None:
         a = float(config.smooth_alpha)
-        w = np.maximum(_weight_absmax_rows(model, g), 1e-8)
+        w = np.maximum(_weight_absmax_rows(idx, g), 1e-8)
         s = cm ** a / w ** (1 - a)
         s = np.clip(s, 1e-4, 1e4).astype(np.float32)
         s[g.outliers] = 1.0
@@ -190,7 +200,7 @@ def _outliers_and_smoothing(model: onnx.ModelProto, g: GemmGroup, config: Int8Co
 
 
 def _activation_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: list[Mapping[str, np.ndarray]],
-                       config: Int8Config, progress: Callable | None) -> None:
+                       config: Int8Config, progress: Callable | None, store: TensorStore | None) -> None:
     """Pass 2: histograms of what will actually be quantized, |x * mask| on [0, max_c(max|x_c| |mask_c|)],
     `tensors_per_run` raw activations at a time; each group's amax from its histogram."""
     hists = {g.tensor: Histogram(float((g.channel_max * np.abs(g.mask)).max()), config.bins) for g in groups}
@@ -202,7 +212,7 @@ def _activation_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: l
         for g in chunk:
             if g.tensor not in have:
                 out.graph.output.append(helper.make_tensor_value_info(g.tensor, TensorProto.FLOAT, None))
-        sess = session(out)
+        sess = session(out, store=store)
         names = [g.tensor for g in chunk]
         desc = "calibration: histograms" + (f" {ci + 1}/{len(chunks)}" if len(chunks) > 1 else "")
         for feed in _run_progress(progress, feeds, desc):
@@ -214,27 +224,31 @@ def _activation_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: l
 
 
 class _QdqWriter:
-    """Fresh names and new initializers of one insert_qdq pass."""
+    """Fresh names and new initializers of one insert_qdq pass (written through the store as they are made)."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, store: TensorStore):
         self.fresh = Namer(model)
+        self.store = store
         self.inits: list[onnx.TensorProto] = []
 
     def init(self, arr: np.ndarray, base: str) -> str:
         name = self.fresh(base)
-        self.inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))  # keeps 0-d scalars 0-d
+        self.inits.append(self.store.new(arr, name))
         return name
 
 
-def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup]) -> onnx.ModelProto:
-    """A copy of `model` with Q/DQ on every group's input and int8 per-channel weights."""
+def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup], store: TensorStore | None = None) -> onnx.ModelProto:
+    """A copy of `model` with Q/DQ on every group's input and int8 per-channel weights.
+
+    store: reads each FP32 weight and writes its int8 version at once (an export's graph, tensor by tensor);
+    default: an in-memory model."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    idx = GraphIndex(g)
+    idx = GraphIndex(g, store)
     before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
     replace: dict[str, list[onnx.NodeProto]] = {}
-    writer = _QdqWriter(out)
+    writer = _QdqWriter(out, idx.store)
     order = {n.name: i for i, n in enumerate(g.node)}  # names are unique: ensure_node_names ran
     for grp in groups:
         first = min(grp.nodes, key=lambda n: order[n.name])
@@ -242,8 +256,9 @@ def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup]) -> onnx.ModelPro
         before.setdefault(first.name, []).extend(pre)
         scale = np.float32(max(grp.amax, 1e-8) / QMAX)
         for node in grp.nodes:
-            w = numpy_helper.to_array(idx.inits[node.input[1]]).astype(np.float32)
+            w = idx.array(node.input[1]).astype(np.float32, copy=False)
             replace[node.name] = _quantized_matmul(node, w, grp, x, scale, outlier_in, writer)
+            del w
     new_nodes = []
     for n in g.node:
         new_nodes.extend(before.get(n.name, []))
@@ -314,19 +329,27 @@ def sensitivity(model: onnx.ModelProto, groups: list[GemmGroup], feed: Mapping[s
 
 
 def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], config: Int8Config = Int8Config(),
-             progress: Callable | None = None) -> tuple[onnx.ModelProto, Int8Report]:
-    """Calibrate on `feeds` and return the Q/DQ model (FP32 I/O) and what was done."""
+             progress: Callable | None = None,
+             store: TensorStore | None = None) -> tuple[onnx.ModelProto, Int8Report]:
+    """Calibrate on `feeds` and return the Q/DQ model (FP32 I/O) and what was done.
+
+    store: for a graph whose weights are on disk (tensors.GraphRewrite: calibration sessions read them
+    from there, int8 weights are written there one at a time); default: an in-memory model.
+    """
     model_f = onnx.ModelProto()
     model_f.CopyFrom(model)
-    gemm_to_matmul(model_f)
+    gemm_to_matmul(model_f, store)
     ensure_node_names(model_f)
     feeds = list(feeds)
     if not feeds:
         raise ValueError("INT8 calibration needs at least one input feed")
-    groups, skipped = calibrate(model_f, feeds, config, progress)
+    if config.keep_sensitive and store is not None and store.sink is not None:
+        # one trial quantisation per GEMM input: a full model each, fine in memory, not streamed to disk
+        raise ValueError("keep_sensitive works on in-memory models only")
+    groups, skipped = calibrate(model_f, feeds, config, progress, store)
     if config.keep_sensitive and groups:
         sensitivity(model_f, groups, feeds[0], progress)
         worst = sorted(groups, key=lambda g: -(g.sensitivity or 0.0))[: config.keep_sensitive]
         skipped += [f"{g.tensor} (sensitivity {g.sensitivity:.3g})" for g in worst]
         groups = [g for g in groups if g not in worst]
-    return insert_qdq(model_f, groups), Int8Report(config, groups, skipped, len(feeds))
+    return insert_qdq(model_f, groups, store), Int8Report(config, groups, skipped, len(feeds))

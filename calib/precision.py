@@ -38,13 +38,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ditf_runtime.precision import Precision
 
 from .graph import GraphIndex, Namer, cast, prune_initializers, reduction_probes, session
+from .tensors import TensorStore
 
 LOW_TYPES = {Precision.FP16: TensorProto.FLOAT16, Precision.BF16: TensorProto.BFLOAT16}
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 FP16_MAX = 65504.0
 # Conv has bfloat16 only from opset 22 (we export opset 20): in bf16 graphs the VAE's convs stay FP32.
 ISLAND_OPS = {Precision.FP16: ("MatMul", "Gemm", "Conv"), Precision.BF16: ("MatMul", "Gemm")}
@@ -81,15 +83,16 @@ def _round_array(arr: np.ndarray, precision: Precision) -> np.ndarray:
         return arr.astype(dtype)
 
 
-def _low_initializer(arr: np.ndarray, name: str, precision: Precision, emulate: bool) -> onnx.TensorProto:
+def _low_initializer(arr: np.ndarray, name: str, precision: Precision, emulate: bool,
+                     store: TensorStore) -> onnx.TensorProto:
+    """The weight rounded to `precision`, written through `store` (to disk at once, for an export)."""
     low = _round_array(arr.astype(np.float32), precision)
     if emulate:
-        return numpy_helper.from_array(low.astype(np.float32), name)
+        return store.new(low.astype(np.float32), name)
     if precision == Precision.FP16:
-        return numpy_helper.from_array(low, name)
+        return store.new(low, name)
     # bfloat16: raw bits, so no dependency on onnx's own ml_dtypes handling
-    bits = np.ascontiguousarray(low).view(np.uint16).tobytes()
-    return helper.make_tensor(name, TensorProto.BFLOAT16, list(arr.shape), vals=bits, raw=True)
+    return store.new(np.ascontiguousarray(low).view(np.uint16), name, data_type=TensorProto.BFLOAT16)
 
 
 def select_islands(model: onnx.ModelProto, precision: Precision, ops: Iterable[str] | None = None,
@@ -108,7 +111,7 @@ def select_islands(model: onnx.ModelProto, precision: Precision, ops: Iterable[s
             p = idx.producer.get(x)
             if (p is not None and pos[id(p)] in island and p.op_type in ("MatMul", "Gemm")
                     and len(idx.consumers[x]) == 1 and x not in idx.outputs
-                    and idx.is_const(y) and idx.array(y).ndim <= 1):
+                    and idx.is_const(y) and len(idx.dims(y)) <= 1):
                 island.add(i)
                 break
     if softmax_low:
@@ -124,11 +127,14 @@ def select_islands(model: onnx.ModelProto, precision: Precision, ops: Iterable[s
 
 
 def to_low_precision(model: onnx.ModelProto, precision: Precision | str, *, emulate: bool = False,
-                     ops: Iterable[str] | None = None, softmax_low: bool = True) -> tuple[onnx.ModelProto, Islands]:
+                     ops: Iterable[str] | None = None, softmax_low: bool = True,
+                     store: TensorStore | None = None) -> tuple[onnx.ModelProto, Islands]:
     """A copy of `model` with its islands in `precision`; graph I/O stays FP32.
 
     emulate=True gives the Cast-emulated twin: same islands, every low tensor rounded through
     Cast(low) -> Cast(float) and computed in FP32, so it runs where the low kernels do not exist.
+    store: reads the weights and writes their low copies one at a time (tensors.GraphRewrite); default:
+    an in-memory model.
     """
     precision = Precision.parse(precision)
     if precision not in LOW_TYPES:
@@ -137,7 +143,7 @@ def to_low_precision(model: onnx.ModelProto, precision: Precision | str, *, emul
     out.CopyFrom(model)
     island = select_islands(out, precision, ops, softmax_low)
     g = out.graph
-    rewrite = _IslandRewrite(out, precision, emulate)
+    rewrite = _IslandRewrite(out, precision, emulate, store)
     nodes = list(g.node)
     pos = {id(n): i for i, n in enumerate(nodes)}
     for i, node in enumerate(nodes):
@@ -163,9 +169,9 @@ class _IslandRewrite:
     """The state of one to_low_precision pass: new nodes and initializers in order, and the low name of
     every tensor already converted (each is converted once, whoever reads it)."""
 
-    def __init__(self, model: onnx.ModelProto, precision: Precision, emulate: bool):
+    def __init__(self, model: onnx.ModelProto, precision: Precision, emulate: bool, store: TensorStore | None):
         self.precision, self.emulate, self.low = precision, emulate, LOW_TYPES[precision]
-        self.idx = GraphIndex(model.graph)
+        self.idx = GraphIndex(model.graph, store)
         self.fresh = Namer(model)
         self.info = Islands(precision, emulate)
         self.low_name: dict[str, str] = {}
@@ -186,13 +192,14 @@ class _IslandRewrite:
             return self.low_name.get(x, x)
         name = self.fresh(f"{x}_{self.precision}")
         if self.idx.is_const(x):
-            arr = self.idx.array(x)
-            if arr.dtype.kind != "f":  # (no such input on the island ops; be safe)
+            if self.idx.data_type(x) not in FLOAT_TYPES:  # (no such input on the island ops; be safe)
                 return x
+            arr = self.idx.array(x)
             amax = float(np.abs(arr).max()) if arr.size else 0.0
             if self.precision == Precision.FP16 and amax > FP16_MAX:
                 self.info.weight_overflow.append((x, amax))
-            self.inits.append(_low_initializer(arr, name, self.precision, self.emulate))
+            self.inits.append(_low_initializer(arr, name, self.precision, self.emulate, self.idx.store))
+            del arr
             self.info.weights += 1
         else:
             self.nodes.extend(self.to_low(x, name))
@@ -241,6 +248,7 @@ class RangeReport:
     max_abs: dict[str, float]
     nonfinite: list[str]
     output_nonfinite: bool
+    first_output: np.ndarray | None = field(default=None, repr=False)  # the graph's output on the first feed
 
     @property
     def worst(self) -> tuple[str, float]:
@@ -264,20 +272,27 @@ class RangeReport:
 
 
 def check_ranges(model: onnx.ModelProto, islands: Islands, feeds: Iterable[Mapping[str, np.ndarray]],
-                 progress: Callable[[Iterable, str], Iterable] | None = None) -> RangeReport:
-    """Run `model` (typed or emulated) on every feed; max |x| and non-finite flags of each island output."""
+                 progress: Callable[[Iterable, str], Iterable] | None = None,
+                 store: TensorStore | None = None) -> RangeReport:
+    """Run `model` (typed or emulated) on every feed; max |x| and non-finite flags of each island output.
+
+    One session; what it returns per feed is a few scalars per tensor plus the graph output (the first
+    feed's output is kept in the report), so memory stays flat on large models. `store`: where the
+    weights of a model loaded without them are (tensors.load_graph).
+    """
     probe_model = onnx.ModelProto()
     probe_model.CopyFrom(model)
     low_type = TensorProto.FLOAT if islands.emulated else LOW_TYPES[islands.precision]
     tensors = {lo: low_type for lo in islands.low_tensors.values()}
     final = [o.name for o in probe_model.graph.output]
     probes = reduction_probes(probe_model, tensors)
-    sess = session(probe_model)
+    sess = session(probe_model, store=store)
     names = [n for pair in probes.values() for n in pair] + final
     max_abs = {t: 0.0 for t in islands.low_tensors}
     bad: set[str] = set()
     out_bad = False
     count = 0
+    first = None
     back = {lo: o for o, lo in islands.low_tensors.items()}
     items = feeds if progress is None else progress(feeds, f"{islands.precision} range check")
     for feed in items:
@@ -293,8 +308,11 @@ def check_ranges(model: onnx.ModelProto, islands: Islands, feeds: Iterable[Mappi
                     bad.add(orig)
                 max_abs[orig] = max(max_abs[orig], a)
         out_bad |= any(not np.isfinite(res[o]).all() for o in final)
+        if first is None:
+            first = res[final[0]]
     # in graph order: the first one named is where the overflow starts
-    return RangeReport(islands.precision, count, max_abs, [t for t in islands.low_tensors if t in bad], out_bad)
+    return RangeReport(islands.precision, count, max_abs, [t for t in islands.low_tensors if t in bad], out_bad,
+                       first)
 
 
 def refuse_if_out_of_range(islands: Islands, ranges: RangeReport) -> None:

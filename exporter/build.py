@@ -6,7 +6,7 @@ backbone and block K's modulation; `--discard auto` then finds the massive chann
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -21,9 +21,13 @@ from .plan import ExportPlan
 
 @dataclass(frozen=True)
 class BuiltGraph:
-    graph: FeatureGraph
+    graph: FeatureGraph | None  # None once exported and freed (without_module)
     load: LoadReport  # what was read from the transformer's shards
     notes: tuple[str, ...] = ()  # what the adapter and the graph baked or chose, for the manifest
+
+    def without_module(self) -> "BuiltGraph":
+        """The same record without the PyTorch module, so its weights can be freed."""
+        return replace(self, graph=None)
 
 
 def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGraph:

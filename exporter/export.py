@@ -4,32 +4,40 @@ and the graph's declared inputs and outputs (its GraphIO).
 Order (after optimum's export_pytorch), one module per step:
   plan.py            resolve the model and every default, validate all input before any work
   build.py           load truncated weights, bake the conditioning, build the feature graph (+ --discard auto)
+  parity.py          the PyTorch module's outputs on every parity input (kept; the module is not)
   onnx_export.py     torch.onnx.export (dynamo, opset 20) with the graph's dynamic axes
+                     -> the PyTorch module is freed here, before any onnxruntime session exists
   graph_checks.py    forbidden ops and dtypes
-  precision_step.py  the precision rewrite (ditf_calib)
-  parity.py          onnxruntime vs PyTorch on the same inputs
+  precision_step.py  the precision rewrite (ditf_calib), streamed tensor by tensor on disk
+  parity.py          onnxruntime vs the kept PyTorch outputs, same inputs
   publish.py         manifest, ONNX metadata, then one atomic rename of the finished folder
+
+Memory: the peak is one copy of the kept weights in PyTorch plus what torch.onnx.export adds, or one
+onnxruntime session of the graph, whichever is larger; never the module and a session together, never the
+graph's weights in a protobuf (bench/bench_export_memory.py measures it).
 """
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, HEIGHT, WIDTH
 from ditf_runtime.manifest import MODEL_FILE, REFERENCE_FILE, Manifest
+from ditf_runtime.precision import Precision
 
-from . import graph_checks, parity
-from .build import BuiltGraph, build_graph, detect_discard
+from . import graph_checks, parity, precision_step
+from .build import build_graph, detect_discard
 from .errors import ParityError
 from .logs import quiet_libraries
 from .onnx_export import OPSET, export_onnx
 from .plan import ExportPlan, plan
-from .precision_step import rewrite_precision
 from .publish import publish, write_manifest
 from .request import ExportRequest
 
@@ -44,7 +52,8 @@ def export(request: ExportRequest) -> Manifest:
     say(f"model {the_plan.source.name} ({the_plan.source.family}) from {the_plan.source.path}; "
         f"layer {the_plan.options.layer} = {the_plan.block}")
     t0 = time.perf_counter()
-    built = build_graph(the_plan)
+    with _step(say, "loading weights"):
+        built = build_graph(the_plan)
     say(f"loaded {built.load.tensors_read}/{built.load.tensors_in_checkpoint} transformer tensors "
         f"({built.load.bytes_read / 1e6:.1f} MB)")
     massive_ratios: dict[str, float] = {}
@@ -52,31 +61,65 @@ def export(request: ExportRequest) -> Manifest:
         the_plan, massive_ratios = detect_discard(the_plan, built, say)
     out = Path(request.out)
     with _staging_folder(out) as tmp:
-        say(f"exporting ONNX (torch.onnx dynamo, opset {OPSET}, dynamic {'/'.join(_dynamic_axes(the_plan))})")
-        export_onnx(built.graph, tmp / MODEL_FILE, the_plan.io)
+        calibration = precision_step.calibration_set(the_plan)
+        cases = _reference_and_export(the_plan, built.graph, calibration, tmp, say)
+        module = weakref.ref(built.graph)
+        built = built.without_module()  # the last reference: nothing after this needs PyTorch weights
+        _check_freed(module, say)
         graph_checks.check_graph(tmp / MODEL_FILE)
-        report = _precision_and_parity(the_plan, built, tmp, say)
-        manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)
+        parity.save_reference(cases[0], the_plan.io, tmp / REFERENCE_FILE)
+        report = _precision_and_parity(the_plan, cases, calibration, tmp, say)
+        with _step(say, "hashing files and writing the manifest"):
+            manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)
         publish(tmp, out)
     say(f"done in {time.perf_counter() - t0:.1f} s: {out}")
     return manifest
 
 
-def _precision_and_parity(the_plan: ExportPlan, built: BuiltGraph, folder: Path,
+def _reference_and_export(the_plan: ExportPlan, graph, calibration, folder: Path,
+                          say: Callable[[str], None]) -> tuple[parity.ParityCase, ...]:
+    """The PyTorch module's outputs on every parity input (kept for parity), then the ONNX export."""
+    extra = precision_step.calibration_parity_feeds(the_plan, calibration)
+    with _step(say, f"PyTorch reference outputs on {len(the_plan.parity_sizes) + len(extra)} parity inputs"):
+        cases = parity.reference_cases(graph, the_plan.io, the_plan.parity_sizes, extra)
+    with _step(say, f"exporting ONNX (torch.onnx dynamo, opset {OPSET}, dynamic {'/'.join(_dynamic_axes(the_plan))})"):
+        export_onnx(graph, folder / MODEL_FILE, the_plan.io)
+    return cases
+
+
+def _check_freed(module: weakref.ref, say: Callable[[str], None]) -> None:
+    gc.collect()
+    if module() is not None:  # something kept the module alive: its weights would sit beside every session
+        say("warning: the PyTorch module is still referenced after the ONNX export; its memory stays held")
+
+
+def _precision_and_parity(the_plan: ExportPlan, cases: tuple[parity.ParityCase, ...], calibration, folder: Path,
                           say: Callable[[str], None]) -> parity.ParityReport:
-    """Rewrite to the plan's precision, check the graph again, and judge it against PyTorch."""
-    with rewrite_precision(the_plan, folder / MODEL_FILE, say) as step:
+    """Rewrite to the plan's precision, check the graph again, and judge it against the PyTorch outputs."""
+    if the_plan.precision == Precision.FP32:
+        step = precision_step.rewrite_precision(the_plan, folder / MODEL_FILE, calibration, say)  # nothing to do
+    else:
+        with _step(say, f"precision rewrite to {the_plan.precision} (streamed tensor by tensor)"):
+            step = precision_step.rewrite_precision(the_plan, folder / MODEL_FILE, calibration, say)
+    with step:  # leaving it removes the precision step's scratch files (an emulated twin)
         graph_checks.check_graph(folder / MODEL_FILE)
-        say(f"running parity: onnxruntime vs PyTorch ({the_plan.precision})")
-        report = parity.run_parity(built.graph, step.parity_model, the_plan.io, the_plan.parity_sizes,
-                                   the_plan.precision, reference_path=folder / REFERENCE_FILE, backend=step.backend,
-                                   extra_feeds=step.parity_feeds,
-                                   precision_report={"precision": the_plan.precision.value, **step.report})
-    for line in report.summary:
-        say("  " + line)
+        with _step(say, f"parity: onnxruntime vs PyTorch ({the_plan.precision}) on {len(cases)} inputs"):
+            report = parity.run_parity(cases, step.parity_model, the_plan.io, the_plan.precision,
+                                       backend=step.backend,
+                                       precision_report={"precision": the_plan.precision.value, **step.report},
+                                       say=lambda line: say("  " + line))
     if not report.passed:
         raise ParityError("the exported graph failed parity against PyTorch:\n  " + "\n  ".join(report.summary))
     return report
+
+
+@contextmanager
+def _step(say: Callable[[str], None], what: str) -> Iterator[None]:
+    """Say what starts, and how long it took once it is done (long steps on big models take minutes)."""
+    say(what)
+    start = time.perf_counter()
+    yield
+    say(f"  ({what.split(' (')[0]}: {time.perf_counter() - start:.1f} s)")
 
 
 def _dynamic_axes(the_plan: ExportPlan) -> list[str]:

@@ -1,8 +1,12 @@
 """Step 5 of an export: the exported graph on onnxruntime vs the PyTorch reference, same inputs.
 
+Two halves, so the PyTorch module never shares memory with an onnxruntime session: `reference_cases`
+runs the module on every parity input before it is freed (the outputs are kept, not the module), and
+`run_parity` later runs the graph on disk on the very same inputs and compares.
+
 Metrics live in ditf_runtime.parity (numpy only) so a TensorRT runner without torch judges the same way.
 Inputs come from the graph's GraphIO (random ones at each parity size, plus labelled extra feeds such as
-real calibration images); the first size's inputs and reference outputs are saved (reference.safetensors)
+real calibration images); the first case's inputs and reference outputs are saved (reference.safetensors)
 for later checks.
 """
 
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -46,6 +50,15 @@ class ParityReport:
                 "precision": dict(self.precision)}
 
 
+@dataclass(frozen=True)
+class ParityCase:
+    """One parity input and what the PyTorch module computed on it."""
+
+    label: str | None  # None: random inputs; else what the inputs are (e.g. "5 calibration images at 256x256")
+    feed: Mapping[str, np.ndarray]
+    reference: np.ndarray
+
+
 @torch.no_grad()
 def torch_features(graph: torch.nn.Module, feed: Mapping[str, np.ndarray], io: GraphIO) -> np.ndarray:
     out = graph(*(torch.from_numpy(feed[name]) for name in io.input_names))
@@ -68,29 +81,39 @@ def parity_inputs(io: GraphIO, sizes: tuple[tuple[int, int], ...], seed: int, ba
             for i, (h, w) in enumerate(sizes)]
 
 
-def run_parity(graph: torch.nn.Module, onnx_path: Path, io: GraphIO, sizes: tuple[tuple[int, int], ...],
-               precision: Precision, reference_path: Path | None = None, backend: str | None = None,
-               extra_feeds: tuple[tuple[str, Mapping[str, np.ndarray]], ...] = (),
-               precision_report: Mapping[str, Any] | None = None) -> ParityReport:
-    """Random inputs at each size, then `extra_feeds` (label, feed), e.g. real calibration images.
+def reference_cases(graph: torch.nn.Module, io: GraphIO, sizes: tuple[tuple[int, int], ...],
+                    extra_feeds: tuple[tuple[str, Mapping[str, np.ndarray]], ...] = ()) -> tuple[ParityCase, ...]:
+    """The PyTorch module's outputs on random inputs at each size, then on `extra_feeds` (label, feed)."""
+    cases = [(None, feed) for feed in parity_inputs(io, sizes, seed=1000)] + list(extra_feeds)
+    return tuple(ParityCase(label, dict(feed), torch_features(graph, feed, io)) for label, feed in cases)
+
+
+def save_reference(case: ParityCase, io: GraphIO, path: Path) -> None:
+    """reference.safetensors: one case's inputs and PyTorch output, for the runtime's verify_reference."""
+    from safetensors.numpy import save_file
+
+    tensors = {**case.feed, io.output_names[0]: case.reference}
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+
+
+def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, precision: Precision,
+               backend: str | None = None, precision_report: Mapping[str, Any] | None = None,
+               say: Callable[[str], None] = lambda line: None) -> ParityReport:
+    """Run `onnx_path` on every case's inputs (one onnxruntime session) and compare with its reference.
 
     backend: what runs onnx_path, when it is not the written graph itself (an emulated twin).
+    say: gets each case's summary line as soon as it is judged (cases take minutes on large models).
     """
     session = create_session(onnx_path)
     results, summary = [], []
-    cases = [(None, feed) for feed in parity_inputs(io, sizes, seed=1000)]
-    for i, (label, feed) in enumerate(cases + list(extra_feeds)):
-        ref = torch_features(graph, feed, io)
-        got = session.run(list(io.output_names), dict(feed))[0]
-        res = compare(_maps(got), _maps(ref), precision)
-        row, line = _row(io.sizes_of(feed), res, label)
+    for case in cases:
+        got = session.run(list(io.output_names), dict(case.feed))[0]
+        res = compare(_maps(got), _maps(case.reference), precision)
+        row, line = _row(io.sizes_of(case.feed), res, case.label)
         results.append(row)
         summary.append(line)
-        if i == 0 and reference_path is not None:
-            from safetensors.numpy import save_file
-
-            save_file({k: np.ascontiguousarray(v) for k, v in {**feed, io.output_names[0]: ref}.items()},
-                      str(reference_path))
+        say(line)
+    del session
     tol = TOLERANCES[precision]
     return ParityReport(
         backend=backend or BACKEND, results=tuple(results), summary=tuple(summary),

@@ -10,6 +10,9 @@ exporter, the calibrator and a GPU runner with TensorRT (no torch) all judge gra
   runtime's exact matcher (the authors' semantics) under both maps; a point agrees when the two
   answers lie within PCK@0.1 of each other (0.1 x the image's long side), i.e. PCK of the candidate
   with the reference's answers as ground truth.
+
+A share over zero points is no evidence either way: it reads "n/a" (NaN in the result, null in JSON),
+is not gated, and the result lists it under `not_measured`.
 """
 
 from __future__ import annotations
@@ -60,19 +63,31 @@ class ParityResult:
     def __bool__(self) -> bool:
         return not self.failures
 
+    @property
+    def not_measured(self) -> list[str]:
+        """Metrics computed over zero points: no evidence, not gated."""
+        return [name for name, n in (("nn_agreement", self.nn_points), ("pck_agreement", self.pck_points)) if n == 0]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
         d["passed"] = bool(self)
+        for name in self.not_measured:
+            d[name] = None  # JSON has no NaN
+        d["not_measured"] = self.not_measured
         return d
 
     def __str__(self) -> str:
         status = "PASS" if self else "FAIL: " + "; ".join(self.failures)
         return (
             f"shape {list(self.shape)}: cosine min {self.min_cosine:.7f} mean {self.mean_cosine:.7f}, "
-            f"rel err {self.rel_error:.3e}, NN agreement {self.nn_agreement:.4f} ({self.nn_points} pts), "
-            f"PCK agreement {self.pck_agreement:.4f} ({self.pck_points} pts) {status}"
+            f"rel err {self.rel_error:.3e}, NN agreement {_share(self.nn_agreement, self.nn_points)}, "
+            f"PCK agreement {_share(self.pck_agreement, self.pck_points)} {status}"
         )
+
+
+def _share(value: float, points: int) -> str:
+    return "n/a (0 pts)" if points == 0 else f"{value:.4f} ({points} pts)"
 
 
 def _tokens(x: np.ndarray) -> np.ndarray:
@@ -94,6 +109,8 @@ def nn_agreement(candidate: np.ndarray, reference: np.ndarray, max_queries: int 
     agree = counted = 0
     for i in range(b):
         j = (i + 1) % b
+        if n < (3 if i == j else 2):  # no second-best candidate: no decisive margin
+            continue
         q = rng.choice(n, size=min(n, max_queries), replace=False)
         ref_scores = ref[i, q] @ ref[j].T
         cand_scores = cand[i, q] @ cand[j].T
@@ -105,7 +122,7 @@ def nn_agreement(candidate: np.ndarray, reference: np.ndarray, max_queries: int 
         same = ref_scores.argmax(1) == cand_scores.argmax(1)
         agree += int((same & decisive).sum())
         counted += int(decisive.sum())
-    return (agree / counted if counted else 1.0), counted
+    return (agree / counted if counted else float("nan")), counted
 
 
 def pck_agreement(candidate: np.ndarray, reference: np.ndarray, stride: int = 16, points: int = 20,
@@ -126,7 +143,7 @@ def pck_agreement(candidate: np.ndarray, reference: np.ndarray, stride: int = 16
         dist = np.linalg.norm((ref_xy - cand_xy).astype(np.float64), axis=1)
         agree += int((dist <= alpha * max(size)).sum())
         total += points
-    return (agree / total if total else 1.0), total
+    return (agree / total if total else float("nan")), total
 
 
 def compare(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance | str = "fp32") -> ParityResult:
@@ -135,7 +152,7 @@ def compare(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance |
     candidate, reference = np.asarray(candidate), np.asarray(reference)
     failures: list[str] = []
     if candidate.shape != reference.shape:
-        return ParityResult(float("nan"), float("nan"), float("inf"), 0.0, 0, tol, tuple(candidate.shape),
+        return ParityResult(float("nan"), float("nan"), float("inf"), float("nan"), 0, tol, tuple(candidate.shape),
                             [f"shape {list(candidate.shape)} != reference {list(reference.shape)}"])
     if not np.isfinite(candidate).all():
         failures.append(f"{int((~np.isfinite(candidate)).sum())} non-finite values")
@@ -143,13 +160,13 @@ def compare(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance |
     cos = (_unit(a) * _unit(b)).sum(-1)
     rel = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
     nn, pts = nn_agreement(candidate, reference)
-    pck, pck_pts = pck_agreement(candidate, reference) if np.isfinite(candidate).all() else (0.0, 0)
+    pck, pck_pts = pck_agreement(candidate, reference) if np.isfinite(candidate).all() else (float("nan"), 0)
     result = ParityResult(float(cos.min()), float(cos.mean()), rel, nn, pts, tol, tuple(reference.shape), failures,
                           pck, pck_pts)
     if not result.min_cosine >= tol.min_cosine:
         failures.append(f"min cosine {result.min_cosine:.7f} < {tol.min_cosine}")
     if not rel <= tol.max_rel_error:
         failures.append(f"relative error {rel:.3e} > {tol.max_rel_error}")
-    if not nn >= tol.min_nn_agreement:
+    if pts and not nn >= tol.min_nn_agreement:  # over zero points it is no evidence either way
         failures.append(f"NN agreement {nn:.4f} < {tol.min_nn_agreement}")
     return result

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import onnx
 
+from ditf_runtime.manifest import graph_metadata
+
 FORBIDDEN_OPS = {"Einsum"}
 FORBIDDEN_TYPES = {onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.COMPLEX64: "complex64",
                    onnx.TensorProto.COMPLEX128: "complex128"}
@@ -30,9 +32,15 @@ def _graphs(graph: onnx.GraphProto):
 
 
 def check_graph(path: Path) -> dict[str, int]:
-    """Raise GraphCheckError listing every forbidden op or dtype; return op counts."""
+    """Raise GraphCheckError listing every forbidden op or dtype, or weights outside the one data file
+    beside the graph (the manifest records exactly model.onnx and model.onnx.data); return op counts."""
     model = onnx.load(str(path), load_external_data=False)
     problems: list[str] = []
+    data_file = Path(path).name + ".data"
+    for init in model.graph.initializer:
+        location = next((e.value for e in init.external_data if e.key == "location"), None)
+        if init.data_location == onnx.TensorProto.EXTERNAL and location != data_file:
+            problems.append(f"initializer {init.name} is stored in {location!r}, not {data_file}")
     counts: dict[str, int] = {}
     for g in _graphs(model.graph):
         for node in g.node:
@@ -51,7 +59,8 @@ def check_graph(path: Path) -> dict[str, int]:
             if t in FORBIDDEN_TYPES:
                 problems.append(f"tensor {vi.name} is {FORBIDDEN_TYPES[t]}")
     if problems:
-        raise GraphCheckError("the exported graph uses ops/dtypes TensorRT will not take: " + "; ".join(problems[:10]))
+        raise GraphCheckError("the exported graph is not shippable (ops/dtypes TensorRT will not take, or weights "
+                              "outside its data file): " + "; ".join(problems[:10]))
     return counts
 
 
@@ -63,18 +72,7 @@ def finalize(path: Path, manifest) -> None:
         for dim, want in zip(out_vi.type.tensor_type.shape.dim, spec.shape):
             if isinstance(want, str):
                 dim.dim_param = want
-    static = {
-        "schema_version": str(manifest.schema_version),
-        "ditf.family": manifest.family,
-        "ditf.model": manifest.model_name,
-        "ditf.layer": str(manifest.feature.layer),
-        "ditf.block": manifest.feature.block,
-        "ditf.timestep": str(manifest.feature.timestep),
-        "ditf.discard": ",".join(map(str, manifest.feature.discard)),
-        "ditf.precision": manifest.precision,
-        "ditf.feature_channels": str(manifest.geometry.feature_channels),
-        "ditf.latent_channels": str(manifest.geometry.latent_channels),
-    }
+    static = graph_metadata(manifest)  # the runtime compares these with the manifest on load
     del model.metadata_props[:]
     for k, v in static.items():
         model.metadata_props.add(key=k, value=v)

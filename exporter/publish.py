@@ -24,6 +24,7 @@ from ditf_runtime.manifest import (
     file_record,
     sha256_file,
 )
+from ditf_runtime.verification import stamp_export
 
 from . import graph_checks
 from .build import BuiltGraph
@@ -73,8 +74,11 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
     )
     graph_checks.finalize(folder / MODEL_FILE, draft)  # changes model.onnx: hash it afterwards
     manifest = replace(draft, files={name: file_record(folder / name)
-                                     for name in (MODEL_FILE, MODEL_DATA_FILE, REFERENCE_FILE)})
+                                     for name in (MODEL_FILE, MODEL_DATA_FILE, REFERENCE_FILE)}).sealed()
     manifest.save(folder)
+    # The files were hashed just now: stamp them, so the first load does not hash them again. The stamp's
+    # keys (inode, mtime, ctime) survive the rename of the staging folder into place.
+    stamp_export(folder, manifest)
     return manifest
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ditf_runtime.manifest import Manifest
+from ditf_runtime.manifest import SCHEMA_VERSION, Manifest
 from ditf_runtime.parity import compare
 
 MIN_COSINE = 0.99999
@@ -144,7 +144,8 @@ def test_onnx_matches_pytorch_at_many_sizes(flux_tiny_export, flux_tiny_dir, sha
 
 def test_export_folder_contract(flux_tiny_export):
     names = sorted(p.name for p in flux_tiny_export.iterdir())
-    assert names == ["manifest.json", "model.onnx", "model.onnx.data", "reference.safetensors"]
+    # plus the verification stamp (files hashed at export: the first load need not hash them again)
+    assert names == [".ditf-verified.json", "manifest.json", "model.onnx", "model.onnx.data", "reference.safetensors"]
     m = Manifest.load(flux_tiny_export)
     m.verify_files(flux_tiny_export)
     assert m.family == "flux" and m.feature.layer == 3 and m.feature.block == "single_transformer_blocks.1"
@@ -184,7 +185,7 @@ def test_graph_has_no_conditioning_path_and_no_forbidden_ops(flux_tiny_export):
     assert sum(".linear.value" in i.name for i in model.graph.initializer) >= 3
     assert "Sin" not in counts and "Cos" not in counts  # RoPE comes from float32 tables
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["schema_version"] == "1" and meta["ditf.layer"] == "3"
+    assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["ditf.layer"] == "3"
 
 
 def test_truncated_loading_reads_only_kept_blocks(flux_tiny_dir):

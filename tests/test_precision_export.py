@@ -34,8 +34,8 @@ def _nothing_left(parent: Path, name: str) -> bool:
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_half_precision_exports_pass_their_thresholds(flux_tiny_precision_export, flux_tiny_export, precision):
     folder = flux_tiny_precision_export(precision)
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data",
-                                                        "reference.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".ditf-verified.json", "manifest.json", "model.onnx",
+                                                        "model.onnx.data", "reference.safetensors"]
     m = Manifest.load(folder)
     m.verify_files(folder)
     assert m.precision == precision and m.parity["passed"]

@@ -20,3 +20,7 @@ class ImageError(InputError):
 
 class BackendError(DitfError, RuntimeError):
     """The requested backend, device or engine is unavailable or does not match this machine."""
+
+
+class ManifestError(ValueError):
+    """The export folder or its manifest is missing, malformed or does not match its files."""

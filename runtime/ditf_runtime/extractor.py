@@ -346,10 +346,9 @@ class Extractor:
         from safetensors.numpy import load_file
 
         path = self.export_dir / REFERENCE_FILE
-        if REFERENCE_FILE in self.manifest.files:
-            self.manifest.verify_files(self.export_dir, names=(REFERENCE_FILE,))
         if not path.is_file():
             raise ManifestError(f"{path} not found: this export carries no reference outputs")
+        self.manifest.verify_files(self.export_dir, names=(REFERENCE_FILE,))  # recorded, and unchanged
         reference = load_file(str(path))
         missing = ({spec.name for spec in self.manifest.inputs} | {FEATURES_OUTPUT}) - set(reference)
         if missing:

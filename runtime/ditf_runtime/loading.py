@@ -24,6 +24,7 @@ from .manifest import (
     SCHEMA_VERSION,
     Manifest,
     ManifestError,
+    graph_metadata,
 )
 from .preprocess import DEFAULT_MAX_PIXELS
 
@@ -164,12 +165,19 @@ def _check_graph(extractor: Extractor) -> None:
         extractor.close()
         raise ManifestError(f"graph inputs {sorted(graph_inputs)} differ from the manifest's; re-export the model")
     metadata = getattr(extractor.runner, "custom_metadata", None)
-    version = metadata().get("schema_version") if metadata else None
+    meta = metadata() if metadata else {}
+    version = meta.get("schema_version")
     if version is not None and str(version) != str(SCHEMA_VERSION):
         extractor.close()
         raise ManifestError(
             f"model.onnx metadata schema_version {version} differs from this runtime's {SCHEMA_VERSION}"
         )
+    disagree = [f"{key} {meta[key]!r} in the graph, {want!r} in the manifest"
+                for key, want in graph_metadata(extractor.manifest).items() if key in meta and meta[key] != want]
+    if disagree:
+        extractor.close()
+        raise ManifestError("model.onnx and manifest.json describe different graphs: " + "; ".join(disagree)
+                            + ". The folder mixes two exports; re-export it")
 
 
 def _engine_ready(export_dir: Path, manifest: Manifest) -> bool:

@@ -8,6 +8,13 @@ so the two cannot drift. Layout of an export folder (DESIGN.md §6):
     DIR/reference.safetensors PyTorch reference inputs/outputs (image, noise, features)
     DIR/manifest.json         this contract; never rewritten after export
     DIR/engines/<gpu>-trt<version>/model.plan + engine.json
+    DIR/.ditf-verified.json   which files were hashed and matched (verification.py; a cache, not the contract)
+
+The manifest is sealed by `digest`, the sha256 of its own canonical JSON (every other field, sorted keys,
+no whitespace): a manifest edited by hand no longer matches it and is refused on load, because it
+describes the graph (layer, discard, preprocessing, limits) and a lie about the graph gives wrong
+features silently. Run-time choices are options (--size, --ensemble), not edits; to change what the
+graph bakes, re-export.
 """
 
 from __future__ import annotations
@@ -16,14 +23,16 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# ManifestError and the file helpers are imported from here by the exporter and the runtime (re-exported)
+from .errors import ManifestError
+from .files import file_record, sha256_file, write_bytes_atomic, write_text_atomic  # noqa: F401
 from .precision import PRECISIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: digest, defaults
 
 MODEL_FILE = "model.onnx"
 MODEL_DATA_FILE = "model.onnx.data"
@@ -35,10 +44,6 @@ ENGINES_DIR = "engines"
 IMAGE_INPUT = "image"
 NOISE_INPUT = "noise"
 FEATURES_OUTPUT = "features"
-
-
-class ManifestError(ValueError):
-    """The export folder or its manifest is missing, malformed or does not match its files."""
 
 
 @dataclass(frozen=True)
@@ -118,14 +123,24 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     tensorrt_profiles: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    # which registry model's defaults applied, and the rule that picked it ({"model": None} when none did)
+    defaults: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    digest: str = ""  # sha256 of the canonical JSON of every other field; set by to_dict, checked by from_dict
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """The manifest as JSON-ready data, sealed: `digest` is computed from the other fields."""
+        d = _plain(dataclasses.asdict(self))
+        d["digest"] = content_digest(d)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def sealed(self) -> "Manifest":
+        """This manifest with its digest filled in (what save() writes and load() returns)."""
+        return dataclasses.replace(self, digest=self.to_dict()["digest"])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
@@ -136,6 +151,13 @@ class Manifest:
             raise ManifestError(
                 f"manifest schema_version {version!r} is not supported by this runtime "
                 f"(expects {SCHEMA_VERSION}); re-export with a matching ditf-export or upgrade ditf-runtime"
+            )
+        if data.get("digest") != content_digest(data):
+            raise ManifestError(
+                "manifest.json was changed after export: its content no longer matches its digest. A hand-edited "
+                "manifest is refused (it describes the graph: a wrong layer or size gives wrong features "
+                "silently). Undo the edit; pass run-time choices as options (--size, --ensemble); to change what "
+                "the graph bakes, re-export with ditf-export"
             )
         try:
             d = dict(data)
@@ -153,6 +175,7 @@ class Manifest:
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike) -> "Manifest":
+        """Read DIR/manifest.json and check its digest (refused if edited by hand)."""
         path = Path(export_dir) / MANIFEST_FILE
         if not path.is_file():
             raise ManifestError(
@@ -170,26 +193,12 @@ class Manifest:
 
     # -- checks --------------------------------------------------------------------------------
     def verify_files(self, export_dir: str | os.PathLike, names: tuple[str, ...] | None = None) -> None:
-        """Refuse files whose size or sha256 differ from what the export recorded."""
-        export_dir = Path(export_dir)
-        for name, meta in self.files.items():
-            if names is not None and name not in names:
-                continue
-            path = export_dir / name
-            if not path.is_file():
-                raise ManifestError(f"{path} is missing; the export folder is incomplete, re-export it")
-            size = path.stat().st_size
-            if "bytes" in meta and size != meta["bytes"]:
-                raise ManifestError(
-                    f"{path} has {size} bytes but the manifest records {meta['bytes']}: "
-                    "the file was changed or truncated after export; re-export it"
-                )
-            digest = sha256_file(path)
-            if digest != meta["sha256"]:
-                raise ManifestError(
-                    f"{path} sha256 {digest[:12]}… does not match the manifest ({meta['sha256'][:12]}…): "
-                    "the file was changed after export; re-export it"
-                )
+        """Refuse files (default: every recorded one) that are unrecorded, missing, or whose size or sha256
+        differ from what the export recorded. A file hashed before and unchanged since (same size, mtime,
+        ctime, inode) is trusted without re-hashing: see verification.py."""
+        from .verification import check_files
+
+        check_files(export_dir, self, names)
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -198,39 +207,28 @@ class Manifest:
         raise KeyError(name)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def graph_metadata(manifest: Manifest) -> dict[str, str]:
+    """The static fields ditf-export also writes into model.onnx's metadata (never run-time results): the
+    runtime compares them with the manifest, so a graph and a manifest from different exports are refused."""
+    return {
+        "schema_version": str(manifest.schema_version),
+        "ditf.family": manifest.family,
+        "ditf.model": manifest.model_name,
+        "ditf.layer": str(manifest.feature.layer),
+        "ditf.block": manifest.feature.block,
+        "ditf.timestep": str(manifest.feature.timestep),
+        "ditf.discard": ",".join(map(str, manifest.feature.discard)),
+        "ditf.precision": manifest.precision,
+        "ditf.feature_channels": str(manifest.geometry.feature_channels),
+        "ditf.latent_channels": str(manifest.geometry.latent_channels),
+    }
 
 
-def file_record(path: str | os.PathLike) -> dict[str, Any]:
-    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode())
+def content_digest(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON: every field but `digest`, keys sorted, no whitespace."""
+    body = {k: v for k, v in data.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _tuples(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, eval-davis, show, build-engine,
-triton-repo, serve.
+triton-repo, serve, verify.
 
 Thin click wrappers, one module per command group, over the library (loading, jobs, matching,
 evaluate, draw, serving, backends). Nothing in the library imports this package. Every
@@ -18,6 +18,7 @@ from .evaluate import eval_spair
 from .extract import extract
 from .match import match, show, track
 from .serving import serve, triton_repo
+from .verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,5 +27,5 @@ def main() -> None:
     """DiTF features from an exported graph: extract, match, evaluate, draw, build engines."""
 
 
-for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, triton_repo, serve):
+for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, triton_repo, serve, verify):
     main.add_command(command)

@@ -7,6 +7,7 @@ import only `registry` (to register) and `families.base`, never this module.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,34 @@ def model_spec(name: str) -> ModelSpec | None:
     return models().get(name)
 
 
-def spec_for_family(family: str, hidden_size: int | None = None) -> ModelSpec | None:
-    """The first registered model of a family (of that hidden size, when one matches): where a local folder
-    takes its defaults from. SD3.5-Large (2432) and SD3-Medium (1536) share a family, not their channels."""
+@dataclass(frozen=True)
+class Identified:
+    """Which registered model's defaults a model takes, and the rule that decided (for the manifest)."""
+
+    spec: ModelSpec | None
+    rule: str
+
+
+def identify(family: str, config: dict, hidden_size: int, hints: tuple[tuple[str, str], ...] = ()) -> Identified:
+    """The registered model a transformer config is, from its HF id when one is known (`hints`: (where it
+    was found, HF id), most reliable first) and otherwise from the config's facts (ModelSpec.signature):
+    guidance embedding, dual-attention layers, sample size, ... never from the hidden size alone.
+
+    An HF id whose registered model contradicts the config (a FLUX.1-dev id on a config without guidance)
+    loses to the config: the config is what the graph is built from."""
     candidates = [s for s in models().values() if s.family == family and s.builtin is None]
-    for spec in candidates:
-        if hidden_size is not None and spec.hidden_size == hidden_size:
-            return spec
-    return candidates[0] if candidates else None
+    contradicted = ""
+    for where, hf_id in hints:
+        spec = next((s for s in candidates if s.hf_id == hf_id), None)
+        if spec is None:
+            continue
+        if spec.signature is None or spec.matches(config, hidden_size):
+            return Identified(spec, f"{where} {hf_id} ({spec.name})")
+        contradicted = f"; {where} {hf_id} names {spec.name}, whose config facts ({spec.describe_signature()}) " \
+                       "this config does not have"
+    matched = [s for s in candidates if s.matches(config, hidden_size)]
+    if not matched:
+        return Identified(None, f"no registered {family} model has this config's facts{contradicted}")
+    # several fit (a config without the keys that tell them apart): the one of this width, else the first
+    spec = next((s for s in matched if s.hidden_size == hidden_size), matched[0])
+    return Identified(spec, f"config: {spec.describe_signature()} ({spec.name}){contradicted}")

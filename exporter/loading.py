@@ -27,6 +27,7 @@ class ModelSource:
     family: str
     spec: ModelSpec | None  # registry entry whose defaults apply, if any
     transformer_config: dict[str, Any]
+    defaults_rule: str = ""  # how `spec` was chosen (registry name, HF id, config facts): for the manifest
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ def builtin_cache_dir() -> Path:
 
 
 def resolve_source(model: str) -> ModelSource:
+    """Find the model's pipeline folder and which registered model's defaults apply (catalog.identify)."""
     spec = catalog.model_spec(model)
+    hints: list[tuple[str, str]] = []
     if spec is not None and spec.builtin is not None:
         path = builtin_cache_dir() / spec.name
         if not (path / catalog.families()[spec.family].config_file).is_file():
@@ -57,6 +60,7 @@ def resolve_source(model: str) -> ModelSource:
         path = Path(model).expanduser().resolve()
     elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
         path = _from_hf_cache(model)
+        hints.append(("HF id", model))
     else:
         known = ", ".join(sorted(catalog.models()))
         raise ExportInputError(
@@ -67,13 +71,36 @@ def resolve_source(model: str) -> ModelSource:
         family, config = catalog.identify_folder(path)
     except KeyError as exc:
         raise ExportInputError(f"{path}: {exc.args[0]}") from None
-    if spec is None:
-        hidden = catalog.adapter_for(family).hidden_size(config)
-        spec = catalog.spec_for_family(family, hidden)
-        if spec is not None and spec.hidden_size is not None:
-            if hidden != spec.hidden_size:
-                spec = None  # defaults (above all the discard channels) belong to another size of model
-    return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config)
+    if spec is not None:
+        rule = f"registry name {model}"
+    else:
+        found = catalog.identify(family, config, catalog.adapter_for(family).hidden_size(config),
+                                 tuple(hints) + _hf_ids_of_folder(path, config))
+        spec, rule = found.spec, found.rule
+    return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config,
+                       defaults_rule=rule)
+
+
+def _hf_ids_of_folder(path: Path, config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """HF ids a local folder reveals: the HF cache's own layout (models--owner--name/snapshots/<rev>), and
+    the `_name_or_path` diffusers writes when a pipeline loaded from the Hub is saved again."""
+    hints = []
+    for part in path.parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            hints.append(("HF cache folder of", "/".join(part[len("models--"):].split("--", 1))))
+    for where, data in (("transformer config _name_or_path", config), ("model_index.json _name_or_path",
+                                                                      _read_json(path / "model_index.json"))):
+        name = data.get("_name_or_path") if isinstance(data, dict) else None
+        if isinstance(name, str) and name.count("/") == 1 and not Path(name).is_absolute():
+            hints.append((where, name))
+    return tuple(hints)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_vae_config(source: ModelSource) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def plan(request: ExportRequest) -> ExportPlan:
     config, spec = source.transformer_config, source.spec
     notes: list[str] = []
     if spec is None:
-        notes.append("no registry defaults apply to this model (unknown folder or different hidden size): "
+        notes.append(f"no registry defaults apply to this model ({source.defaults_rule}): "
                      "no default discard channels; pass --discard or --discard auto")
     layer = _choose(request.layer, spec, "layer", adapter.default_layer(config))
     if layer is None:
@@ -77,7 +77,7 @@ def plan(request: ExportRequest) -> ExportPlan:
         _refuse_noise_options(request, source.family)
         timestep, ensemble = None, 1
     guidance = _guidance(request, source, adapter, notes)
-    discard, discard_source = _discard(request, source, adapter.hidden_size(config))
+    discard, discard_source = _discard(request, source, adapter.hidden_size(config), notes)
     image_size = _image_size(request, spec, io, adapter.default_image_size)
     final_norm = request.layer is None and adapter.default_final_norm
     options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size, final_norm, noisy)
@@ -136,11 +136,19 @@ def _guidance(request: ExportRequest, source: ModelSource, adapter: FamilyAdapte
     return default.value
 
 
-def _discard(request: ExportRequest, source: ModelSource, hidden: int) -> tuple[tuple[int, ...], str]:
+def _discard(request: ExportRequest, source: ModelSource, hidden: int,
+             notes: list[str]) -> tuple[tuple[int, ...], str]:
     if request.discard is None:
-        if source.spec is None:
+        spec = source.spec
+        if spec is None:
             return (), "none"
-        channels = tuple(source.spec.discard.value)
+        channels = tuple(spec.discard.value)
+        if channels and spec.hidden_size is not None and hidden != spec.hidden_size:
+            # massive channels are indices into one width: another width's list would zero arbitrary channels
+            notes.append(f"{spec.name}'s discard channels {list(channels)} belong to its hidden size "
+                         f"{spec.hidden_size}; this model has {hidden}: none discarded (pass --discard or "
+                         "--discard auto)")
+            return (), "none"
         if any(not 0 <= c < hidden for c in channels):
             raise ExportInputError(f"discard channels {channels} are outside this model's hidden size {hidden}")
         return channels, "registry"

@@ -38,8 +38,52 @@ class Default:
 
 
 @dataclass(frozen=True)
+class ConfigFact:
+    """One fact of a transformer config that tells the models of a family apart (FLUX.1-dev has a guidance
+    embedding, schnell has none; SD3.5-Medium has dual-attention layers, ...)."""
+
+    key: str
+    holds: Callable[[object], bool]
+    text: str  # what the fact says, for the manifest: "guidance_embeds true"
+    missing: object = None  # the diffusers class's default when a config omits the key
+    # for a value the class derives from other keys when the config leaves it null (PixArt's size conditioning)
+    derive: Callable[[dict], object] | None = None
+
+    def check(self, config: dict) -> bool:
+        value = self.derive(config) if self.derive is not None else config.get(self.key, self.missing)
+        return bool(self.holds(value))
+
+
+def fact_equals(key: str, value: object, missing: object = None) -> ConfigFact:
+    return ConfigFact(key, lambda v: v == value, f"{key} {_text(value)}", missing)
+
+
+def fact_nonempty(key: str) -> ConfigFact:
+    return ConfigFact(key, lambda v: bool(v), f"{key} non-empty", ())
+
+
+def fact_empty(key: str) -> ConfigFact:
+    return ConfigFact(key, lambda v: not v, f"{key} empty", ())
+
+
+def fact_hidden_size(value: int) -> ConfigFact:
+    """The width itself, where it is what tells two models apart (SD3.5-Large's 2432 channels)."""
+    return ConfigFact("hidden_size", lambda v: v == value, f"hidden size {value}")
+
+
+def _text(value: object) -> str:
+    return "true" if value is True else "false" if value is False else "null" if value is None else str(value)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """What a registry name stands for. Defaults carry their provenance."""
+    """What a registry name stands for. Defaults carry their provenance.
+
+    `signature`: the config facts that identify this model among its family, for local folders and HF ids
+    not named in the registry (None: never matched from a config: built-in models). The hidden size is
+    not part of it: a narrower model of the same shape (a tiny test model) takes the same defaults, except
+    the discard channels, which belong to the width (`hidden_size`).
+    """
 
     name: str
     family: str
@@ -53,6 +97,16 @@ class ModelSpec:
     hidden_size: int | None = None  # the family's hidden size: a local folder that differs gets no default discard
     text_max_length: int | None = None  # T5 tokens; None: the family's own default
     builtin: Callable[[str], None] | None = None  # builds the model folder offline (flux-tiny)
+    signature: tuple[ConfigFact, ...] | None = None
+
+    def matches(self, config: dict, hidden_size: int) -> bool:
+        if self.signature is None:
+            return False
+        return all(fact.check(config) if fact.key != "hidden_size" else fact.holds(hidden_size)
+                   for fact in self.signature)
+
+    def describe_signature(self) -> str:
+        return ", ".join(f.text for f in self.signature or ()) or f"any {self.family} config"
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

@@ -492,16 +492,19 @@ def test_registry_names_defaults_and_local_folders(tmp_path):
     large = model_spec("sd3.5-large")
     assert large.discard.value == (676,) and large.discard.source.startswith("paper")
     assert model_spec("sd3").discard.value == () and "detect" in model_spec("sd3").discard.source
-    # a local folder takes the defaults of the registered model of its family *and size*
+    # a local folder takes the defaults of the registered model whose config facts it has
     folder = tmp_path / "sd35-large-like"
     (folder / "transformer").mkdir(parents=True)
     (folder / "model_index.json").write_text("{}")
     (folder / "transformer" / "config.json").write_text(json.dumps(
         {"_class_name": "SD3Transformer2DModel", "num_attention_heads": 38, "attention_head_dim": 64}))
-    assert resolve_source(str(folder)).spec.name == "sd3.5-large"
+    source = resolve_source(str(folder))
+    assert source.spec.name == "sd3.5-large" and "hidden size 2432" in source.defaults_rule
     (folder / "transformer" / "config.json").write_text(json.dumps(
-        {"_class_name": "SD3Transformer2DModel", "num_attention_heads": 3, "attention_head_dim": 64}))
-    assert resolve_source(str(folder)).spec is None  # unknown size: no default discard
+        {"_class_name": "SD3Transformer2DModel", "num_attention_heads": 3, "attention_head_dim": 64,
+         "qk_norm": "rms_norm"}))
+    source = resolve_source(str(folder))  # SD3.5-like (q/k norm) without dual attention, of no known width
+    assert source.spec is None and "no registered sd3 model" in source.defaults_rule
 
 
 @pytest.mark.parametrize("name, kw, message", [
@@ -557,3 +560,64 @@ def test_position_tables_are_bit_identical_to_diffusers(size, interp, dim, max_s
         x = torch.randn(1, 4, *hw)
         with torch.no_grad():
             assert torch.equal(ours(x), theirs(x)), hw
+
+
+# -- family defaults from the config (the model's own facts, not its width) --------------------------------
+
+
+def _plan(folder, tmp_path, **kw):
+    from ditf_export.export import ExportRequest, plan
+
+    return plan(ExportRequest(model=str(folder), out=tmp_path / "never-written", **kw))
+
+
+def test_flux_schnell_shaped_folder_gets_schnell_defaults(tmp_path):
+    """No guidance embedding: schnell's defaults (no guidance, 256 T5 tokens), not FLUX.1-dev's 3.5."""
+    from ditf_export.errors import ExportInputError
+    from ditf_export.tiny import build_flux_tiny
+
+    folder = build_flux_tiny(tmp_path / "schnell-like", with_text=False, guidance_embeds=False)
+    the_plan = _plan(folder, tmp_path, layer=1, prompt_embeds=None)
+    assert the_plan.source.spec.name == "flux-schnell"
+    assert the_plan.source.defaults_rule == "config: guidance_embeds false (flux-schnell)"
+    assert the_plan.options.guidance is None and the_plan.options.text_max_length == 256
+    # schnell's discard channels belong to its 3072 channels, not to this 64-wide model
+    assert the_plan.options.discard == () and any("belong to its hidden size 3072" in n for n in the_plan.notes)
+    with pytest.raises(ExportInputError, match="no guidance embedding"):
+        _plan(folder, tmp_path, layer=1, guidance=3.5)
+    # the same config found in the HF cache layout: identified by its id
+    hub = tmp_path / "hub" / "models--black-forest-labs--FLUX.1-schnell" / "snapshots" / "0123abc"
+    hub.parent.mkdir(parents=True)
+    folder.rename(hub)
+    rule = _plan(hub, tmp_path, layer=1).source.defaults_rule
+    assert rule == "HF cache folder of black-forest-labs/FLUX.1-schnell (flux-schnell)"
+
+
+def test_an_hf_id_contradicted_by_the_config_loses_to_the_config(tmp_path):
+    from ditf_export.tiny import build_flux_tiny
+
+    hub = tmp_path / "hub" / "models--black-forest-labs--FLUX.1-dev" / "snapshots" / "0123abc"
+    build_flux_tiny(hub, with_text=False, guidance_embeds=False)
+    source = _plan(hub, tmp_path, layer=1).source
+    assert source.spec.name == "flux-schnell"
+    assert "black-forest-labs/FLUX.1-dev names flux, whose config facts (guidance_embeds true)" in source.defaults_rule
+
+
+def test_flux_dev_shaped_folder_keeps_dev_defaults(flux_tiny_export):
+    from ditf_runtime.manifest import Manifest
+
+    m = Manifest.load(flux_tiny_export)
+    assert m.defaults == {"model": "flux", "rule": "config: guidance_embeds true (flux)"}
+    assert m.feature.guidance == 3.5
+
+
+def test_sd3_and_sd35_medium_shaped_folders_get_their_own_defaults(tmp_path, family_tiny_dir):
+    from ditf_export.tiny import build_sd3_tiny
+
+    medium35 = _plan(family_tiny_dir("sd3"), tmp_path, layer=1)  # the tiny SD3 has a dual-attention block
+    assert medium35.source.spec.name == "sd3.5-medium"
+    assert medium35.source.defaults_rule == "config: dual_attention_layers non-empty (sd3.5-medium)"
+    assert medium35.options.discard == () and any("[676] belong to its hidden size 1536" in n for n in medium35.notes)
+    sd3 = build_sd3_tiny(tmp_path / "sd3-like", with_text=False, dual_attention_layers=(), qk_norm=None)
+    plain = _plan(sd3, tmp_path, layer=1, prompt_embeds=None)
+    assert plain.source.spec.name == "sd3" and "qk_norm null" in plain.source.defaults_rule

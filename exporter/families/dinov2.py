@@ -24,7 +24,7 @@ from torch import nn
 from ditf_calib.graph_io import GraphIO, image_io
 
 from ..errors import ExportInputError
-from ..registry import Default, ModelSpec, register, register_model
+from ..registry import Default, ModelSpec, fact_equals, fact_hidden_size, register, register_model
 from .base import ExportOptions, FamilyAdapter, OwnGraph
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -175,11 +175,14 @@ _COMMON = dict(
     guidance=None,
 )
 _SIZES = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
+# A local folder is told apart by its model_type and width (the four sizes differ only in width).
 for _size, _hidden in _SIZES.items():
     register_model(ModelSpec(name=f"dinov2-{_size}", hf_id=f"facebook/dinov2-{_size}", hidden_size=_hidden,
+                             signature=(fact_equals("model_type", "dinov2"), fact_hidden_size(_hidden)),
                              **_COMMON))
     register_model(ModelSpec(name=f"dinov2-{_size}-reg", hf_id=f"facebook/dinov2-with-registers-{_size}",
-                             hidden_size=_hidden, **_COMMON))
+                             hidden_size=_hidden, signature=(fact_equals("model_type", "dinov2_with_registers"),
+                                                             fact_hidden_size(_hidden)), **_COMMON))
 
 
 def _build_tiny(registers: bool):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportInputError
-from ..registry import Default, ModelSpec, register, register_model
+from ..registry import Default, ModelSpec, fact_equals, register, register_model
 from .base import ExportOptions, FeatureParts, SingleStackAdapter, bake_adaln_with_embedding
 from .posembed import MAX_GRID, SinCosPatchEmbed
 
@@ -103,6 +103,8 @@ _DIT_COMMON = dict(
 )
 
 register_model(ModelSpec(name="dit-xl-2-256", hf_id="facebook/DiT-XL-2-256",
-                         image_size=Default(256, "model card: trained at 256 px"), **_DIT_COMMON))
+                         image_size=Default(256, "model card: trained at 256 px"), **_DIT_COMMON,
+                         signature=(fact_equals("sample_size", 32),)))  # 32 latent cells = 256 px
 register_model(ModelSpec(name="dit-xl-2-512", hf_id="facebook/DiT-XL-2-512",
-                         image_size=Default(512, "model card: trained at 512 px"), **_DIT_COMMON))
+                         image_size=Default(512, "model card: trained at 512 px"), **_DIT_COMMON,
+                         signature=(fact_equals("sample_size", 64),)))

@@ -13,7 +13,7 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
 from ..errors import ExportInputError
-from ..registry import Default, ModelSpec, register, register_model
+from ..registry import Default, ModelSpec, fact_equals, register, register_model
 from .base import ExportOptions, FamilyAdapter, FeatureParts, bake_adaln, block_index
 
 DOUBLE = "transformer_blocks."
@@ -210,6 +210,7 @@ register_model(
         guidance=Default(3.5, "FLUX.1-dev pipeline default"),
         hidden_size=3072,
         text_max_length=512,
+        signature=(fact_equals("guidance_embeds", True, missing=False),),  # guidance-distilled
     )
 )
 register_model(
@@ -225,6 +226,7 @@ register_model(
         guidance=None,
         hidden_size=3072,
         text_max_length=256,
+        signature=(fact_equals("guidance_embeds", False, missing=False),),  # timestep-distilled, no guidance
     )
 )
 

@@ -142,4 +142,5 @@ register_model(ModelSpec(
     guidance=None,
     hidden_size=1152,
     text_max_length=120,
+    signature=(),  # the one registered Latte
 ))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportInputError
-from ..registry import Default, ModelSpec, register, register_model
+from ..registry import ConfigFact, Default, ModelSpec, fact_equals, register, register_model
 from .base import ExportOptions, FeatureParts, SingleStackAdapter
 from .posembed import MAX_GRID, SinCosPatchEmbed
 
@@ -117,6 +117,16 @@ class PixArtAdapter(SingleStackAdapter):
 # No DiTF numbers exist for PixArt: layer is a guess (half of 28 blocks), the timestep is DIFT's SD choice
 # (t = 261 on the same kind of variance-preserving schedule), massive channels are unknown (detect them).
 
+def _size_conditioned(config: dict) -> bool:
+    """PixArtTransformer2DModel's use_additional_conditions: as configured, else on exactly for sample size 128."""
+    value = config.get("use_additional_conditions")
+    return bool(value) if value is not None else config.get("sample_size") == 128
+
+
+SIZE_CONDITIONED = ConfigFact("use_additional_conditions", bool, "size conditioning on", derive=_size_conditioned)
+NOT_SIZE_CONDITIONED = ConfigFact("use_additional_conditions", lambda v: not v, "size conditioning off",
+                                  derive=_size_conditioned)
+
 _PIXART_COMMON = dict(
     family="pixart",
     layer=Default(14, "guessed: half of 28 blocks"),
@@ -131,14 +141,17 @@ register_model(ModelSpec(
     name="pixart-alpha", hf_id="PixArt-alpha/PixArt-XL-2-1024-MS",
     image_size=Default(1024, "model card: 1024 px multi-scale model (size conditioning baked at it)"),
     text_max_length=120, **_PIXART_COMMON,
+    signature=(fact_equals("sample_size", 128), SIZE_CONDITIONED),
 ))
 register_model(ModelSpec(
     name="pixart-alpha-512", hf_id="PixArt-alpha/PixArt-XL-2-512x512",
     image_size=Default(512, "model card: 512 px model"),
     text_max_length=120, **_PIXART_COMMON,
+    signature=(fact_equals("sample_size", 64),),
 ))
 register_model(ModelSpec(
     name="pixart-sigma", hf_id="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
     image_size=Default(1024, "model card: 1024 px model"),
     text_max_length=300, **_PIXART_COMMON,
+    signature=(fact_equals("sample_size", 128), NOT_SIZE_CONDITIONED),  # Σ dropped α's size conditioning
 ))

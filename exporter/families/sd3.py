@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import Default, ModelSpec, register, register_model
+from ..registry import Default, ModelSpec, fact_empty, fact_equals, fact_hidden_size, fact_nonempty, register, register_model
 from .base import ExportOptions, FeatureParts, SingleStackAdapter, bake_adaln
 from .posembed import CroppedPatchEmbed
 
@@ -101,6 +101,8 @@ register_model(ModelSpec(
     layer=Default(12, "guessed: half of 24 joint blocks"),
     discard=Default((), "unknown: detect with --discard auto / ditf-detect-massive"),
     hidden_size=1536, **_SD3_COMMON,
+    # SD3: no q/k normalisation and no dual-attention (MMDiT-X) blocks, both added in SD3.5
+    signature=(fact_empty("dual_attention_layers"), fact_equals("qk_norm", None)),
 ))
 register_model(ModelSpec(
     name="sd3.5-medium", hf_id="stabilityai/stable-diffusion-3.5-medium",
@@ -108,10 +110,12 @@ register_model(ModelSpec(
     discard=Default((676,), "guessed: the paper's SD3.5 channel, not verified on Medium; "
                             "check with ditf-detect-massive"),
     hidden_size=1536, **_SD3_COMMON,
+    signature=(fact_nonempty("dual_attention_layers"),),  # SD3.5-Medium is MMDiT-X: dual-attention blocks
 ))
 register_model(ModelSpec(
     name="sd3.5-large", hf_id="stabilityai/stable-diffusion-3.5-large",
     layer=Default(19, "guessed: half of 38 joint blocks"),
     discard=Default((676,), "paper (SD3.5)"),
     hidden_size=2432, **_SD3_COMMON,
+    signature=(fact_empty("dual_attention_layers"), fact_hidden_size(2432)),  # its width is what sets it apart
 ))

@@ -165,11 +165,12 @@ class GraphIO:
 
 
 def diffusion_io(latent_channels: int, feature_channels: int, vae_stride: int, patch_size: int,
-                 max_frames: int | None = None) -> GraphIO:
+                 max_frames: int | None = None, max_grid: int | None = None) -> GraphIO:
     """The DiTF graph of a diffusion transformer: image [B, 3, H, W] in [-1, 1] and noise
     [B, E, c, H/vae_stride, W/vae_stride] -> features [B, C, H/stride, W/stride], stride = vae_stride *
     patch_size, which H and W must be multiples of. Video (max_frames set): a frames axis after the
-    batch axis (image, features) or the ensemble axis (noise)."""
+    batch axis (image, features) or the ensemble axis (noise). max_grid: the most tokens per side the
+    model's position tables cover (None: no limit); the geometry records it in pixels (max_size)."""
     stride = vae_stride * patch_size
     f = () if max_frames is None else (Axis(FRAMES),)
     batch, ensemble = Axis(BATCH), Axis(ENSEMBLE)
@@ -181,7 +182,8 @@ def diffusion_io(latent_channels: int, feature_channels: int, vae_stride: int, p
         ),
         outputs=(TensorIO(FEATURES_OUTPUT, (batch, *f, feature_channels, Axis(HEIGHT, stride), Axis(WIDTH, stride))),),
         geometry=Geometry(latent_channels=latent_channels, feature_channels=feature_channels, vae_stride=vae_stride,
-                          feature_stride=stride, size_multiple=stride, frame_axis=None if max_frames is None else 1),
+                          feature_stride=stride, size_multiple=stride, frame_axis=None if max_frames is None else 1,
+                          max_size=None if max_grid is None else max_grid * stride),
         max_frames=max_frames,
     )
 

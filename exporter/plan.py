@@ -78,7 +78,7 @@ def plan(request: ExportRequest) -> ExportPlan:
         timestep, ensemble = None, 1
     guidance = _guidance(request, source, adapter, notes)
     discard, discard_source = _discard(request, source, adapter.hidden_size(config), notes)
-    image_size = _image_size(request, spec, io, adapter.default_image_size)
+    image_size = _image_size(request, spec, io, adapter.default_image_size, notes)
     final_norm = request.layer is None and adapter.default_final_norm
     options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size, final_norm, noisy)
     _check_precision(request, source, io, discard_source, notes)
@@ -164,14 +164,23 @@ def _discard(request: ExportRequest, source: ModelSource, hidden: int,
     return parse_discard(request.discard, hidden), "user"
 
 
-def _image_size(request: ExportRequest, spec, io: GraphIO, fallback: int) -> int:
+def _image_size(request: ExportRequest, spec, io: GraphIO, fallback: int, notes: list[str]) -> int:
     size, multiple = int(_choose(request.image_size, spec, "image_size", fallback)), io.size_multiple
     if size % multiple or size < multiple:
         raise ExportInputError(f"--image-size {size}: must be a positive multiple of {multiple}")
     limit = io.geometry.max_size
     if limit is not None and size > limit:
-        raise ExportInputError(f"--image-size {size}: this graph is verified for sides up to {limit} pixels")
+        if request.image_size is not None:
+            raise ExportInputError(f"--image-size {size}: {_limit_text(io)}; use --image-size {limit} or less")
+        notes.append(f"default image size {size} lowered to {limit}: {_limit_text(io)}")
+        size = limit
     return size
+
+
+def _limit_text(io: GraphIO) -> str:
+    g = io.geometry
+    return (f"this graph is verified for sides up to {g.max_size} pixels (its position tables cover token grids "
+            f"up to {g.max_size // g.feature_stride} per side at stride {g.feature_stride})")
 
 
 def _parity_sizes(request: ExportRequest, io: GraphIO) -> tuple[tuple[int, int], ...]:
@@ -179,9 +188,10 @@ def _parity_sizes(request: ExportRequest, io: GraphIO) -> tuple[tuple[int, int],
     if request.parity_sizes is None:
         return tuple((rows * m, cols * m) for rows, cols in PARITY_GRIDS)
     for h, w in request.parity_sizes:
-        if h % m or w % m or min(h, w) < m or (limit is not None and max(h, w) > limit):
-            raise ExportInputError(f"parity size {h}x{w}: sides must be positive multiples of {m}"
-                                   + (f", at most {limit}" if limit is not None else ""))
+        if h % m or w % m or min(h, w) < m:
+            raise ExportInputError(f"parity size {h}x{w}: sides must be positive multiples of {m}")
+        if limit is not None and max(h, w) > limit:
+            raise ExportInputError(f"parity size {h}x{w}: {_limit_text(io)}")
     return tuple((int(h), int(w)) for h, w in request.parity_sizes)
 
 

@@ -86,7 +86,11 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
 def trt_profiles(io: GraphIO, image_size: int, ensemble: int) -> dict[str, Any]:
     """min/opt/max shapes for a TensorRT optimization profile, from the graph's one shape function."""
     m = io.size_multiple
-    low, high = min(-(-PROFILE_SIDES[0] // m) * m, image_size), max(PROFILE_SIDES[1] // m * m, image_size)
+    # within the position tables' limit; the export's own size always fits (the plan checked it)
+    top = max(PROFILE_SIDES[1], image_size)
+    top = top if io.geometry.max_size is None else min(top, io.geometry.max_size)
+    high = top // m * m
+    low = min(-(-PROFILE_SIDES[0] // m) * m, image_size, high)
     video = io.has_axis(FRAMES)
     few, most = (MIN_FRAMES, io.max_frames) if video else (None, None)
     return io.profiles(

@@ -621,3 +621,40 @@ def test_sd3_and_sd35_medium_shaped_folders_get_their_own_defaults(tmp_path, fam
     sd3 = build_sd3_tiny(tmp_path / "sd3-like", with_text=False, dual_attention_layers=(), qk_norm=None)
     plain = _plan(sd3, tmp_path, layer=1, prompt_embeds=None)
     assert plain.source.spec.name == "sd3" and "qk_norm null" in plain.source.defaults_rule
+
+
+# -- size limits: the largest token grid each export's position tables cover --------------------------------
+
+
+@pytest.mark.parametrize("name, grid", [("sd3", 32), ("pixart", 128), ("dit", 128)])
+def test_oversize_images_are_refused_by_exporter_and_runtime(name, grid, family_exports, family_tiny_dir, tmp_path):
+    """SD3's stored table (pos_embed_max_size) would wrap; PixArt's/DiT's sin-cos tables stop at 128."""
+    from ditf_export.errors import ExportInputError
+
+    import ditf_runtime
+    from ditf_runtime.errors import InputError
+    from ditf_runtime.manifest import Manifest
+
+    limit = grid * 16
+    with pytest.raises(ExportInputError, match=rf"--image-size {limit + 16}: .* up to {limit} pixels .* up to {grid} "
+                                               rf"per side at stride 16\); use --image-size {limit} or less"):
+        _plan(family_tiny_dir(name), tmp_path, layer=1, image_size=limit + 16, **FAMILIES[name].export_kw(tmp_path))
+    folder = family_exports(name, 1)
+    manifest = Manifest.load(folder)
+    assert manifest.geometry.max_size == limit
+    assert max(manifest.tensorrt_profiles["max"]["image"][-2:]) <= limit
+    with ditf_runtime.load(folder) as extractor:
+        image = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+        with pytest.raises(InputError, match=rf"size {limit + 16} is past this export's limit: .*use --size {limit}"):
+            extractor.extract(image, size=limit + 16)
+        if name == "sd3":  # small enough to run at the limit itself: the largest size still works
+            assert np.asarray(extractor.extract(image, size=limit, ensemble=1)[0]).shape[-2:] == (grid, grid * 3 // 4)
+            side = limit + 16
+            with pytest.raises(InputError, match=r"image 16x528 is past this export's limit"):
+                extractor.run(np.zeros((1, 3, 16, side), np.float32), np.zeros((1, 1, 16, 2, side // 8), np.float32))
+
+
+def test_a_default_image_size_past_the_limit_is_lowered_with_a_note(family_tiny_dir, tmp_path):
+    the_plan = _plan(family_tiny_dir("sd3"), tmp_path, layer=1)  # sd3.5-medium's default 640 > 512
+    assert the_plan.image_size == 512
+    assert any("default image size 640 lowered to 512" in n for n in the_plan.notes)

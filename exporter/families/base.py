@@ -135,12 +135,19 @@ class FamilyAdapter:
         """Video families: the most frames a clip may have (the graph gets a frames axis); None for images."""
         return None
 
+    def max_grid(self, config: dict[str, Any]) -> int | None:
+        """The most tokens per image side the graph's position tables cover (RoPE or sin-cos tables, SD3's
+        stored table): a larger grid would reuse or wrap positions silently, so exporter and runtime refuse
+        it. None: no limit."""
+        return None
+
     def graph_io(self, config: dict[str, Any], vae_config: dict[str, Any]) -> GraphIO:
         """The graph's inputs and outputs (ditf_calib.graph_io), from the transformer's and the VAE's configs:
         image + noise -> features at stride vae_stride * patch_size."""
         return diffusion_io(latent_channels=int(vae_config["latent_channels"]),
                             feature_channels=self.hidden_size(config), vae_stride=vae_stride(vae_config),
-                            patch_size=self.patch_size(config), max_frames=self.max_frames(config))
+                            patch_size=self.patch_size(config), max_frames=self.max_frames(config),
+                            max_grid=self.max_grid(config))
 
     # -- conditioning ---------------------------------------------------------------------------
     def default_guidance(self, config: dict[str, Any]) -> Default | None:

@@ -75,9 +75,12 @@ class Dinov2Adapter(FamilyAdapter):
     def patch_size(self, config: dict[str, Any]) -> int:
         return int(config["patch_size"])
 
+    def max_grid(self, config: dict[str, Any]) -> int:
+        return MAX_GRID  # the interpolated position tables are built and checked up to this grid
+
     def graph_io(self, config: dict[str, Any], vae_config: dict[str, Any] | None) -> GraphIO:
         stride = self.patch_size(config)
-        return image_io(self.hidden_size(config), stride, max_size=MAX_GRID * stride)
+        return image_io(self.hidden_size(config), stride, max_size=self.max_grid(config) * stride)
 
     # -- options ------------------------------------------------------------------------------------
     def check_options(self, config: dict[str, Any], options: ExportOptions) -> ExportOptions:

@@ -47,6 +47,9 @@ class DiTAdapter(SingleStackAdapter):
     def head_weight(self, key: str) -> bool:
         return ".norm1." in key  # AdaLayerNormZero with its own timestep/class embedding
 
+    def max_grid(self, config: dict[str, Any]) -> int:
+        return MAX_GRID  # SinCosPatchEmbed's precomputed tables
+
     def null_class(self, config: dict[str, Any]) -> int:
         return int(config.get("num_embeds_ada_norm") or 1000)
 

@@ -137,6 +137,9 @@ class FluxAdapter(FamilyAdapter):
     def patch_size(self, config: dict[str, Any]) -> int:
         return PACK
 
+    def max_grid(self, config: dict[str, Any]) -> int:
+        return MAX_GRID  # FluxRope's tables
+
     def default_guidance(self, config: dict[str, Any]) -> Default | None:
         return DEV_GUIDANCE if config.get("guidance_embeds", False) else None
 

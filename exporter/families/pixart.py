@@ -61,6 +61,9 @@ class PixArtAdapter(SingleStackAdapter):
     def head_weight(self, key: str) -> bool:
         return key.endswith(".scale_shift_table")
 
+    def max_grid(self, config: dict[str, Any]) -> int:
+        return MAX_GRID  # SinCosPatchEmbed's precomputed tables (Latte's too)
+
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         from ..text import check_prompt_embeds, encode_t5_masked
 

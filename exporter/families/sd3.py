@@ -50,6 +50,11 @@ class SD3Adapter(SingleStackAdapter):
     def head_weight(self, key: str) -> bool:
         return ".norm1.linear." in key
 
+    def max_grid(self, config: dict[str, Any]) -> int:
+        # the stored position table is pos_embed_max_size^2 tokens; a larger grid has no centre crop (its
+        # gather indices would wrap around)
+        return int(config["pos_embed_max_size"])
+
     def conditioning(self, source, config: dict[str, Any], options: ExportOptions) -> dict[str, torch.Tensor]:
         from ..text import check_prompt_embeds, encode_sd3
 

@@ -23,7 +23,7 @@ from .preprocess import (
     ImageSource,
     PreparedImage,
     as_image_list,
-    check_max_size,
+    check_size_limit,
     frame_files,
     prepare,
 )
@@ -132,7 +132,7 @@ class Extractor:
                 f"image height and width must be positive multiples of {multiple}, got {height}x{width} "
                 f"(use extract() to resize, or preprocess.model_size())"
             )
-        check_max_size(max(height, width), geometry)
+        check_size_limit(geometry, height, width, what="image")
         feed = {IMAGE_INPUT: image}
         if self.has_noise:
             vs = geometry.vae_stride

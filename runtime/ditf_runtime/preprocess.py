@@ -217,21 +217,23 @@ def prepare(
     long_side = spec.long_side if long_side is None else int(long_side)
     if long_side < geometry.size_multiple:
         raise InputError(f"size {long_side} is smaller than the model's size multiple {geometry.size_multiple}")
-    check_max_size(long_side, geometry)
+    check_size_limit(geometry, *(input_size or (long_side,)), what="size" if input_size is None else "input size")
     image = open_image(source, exif_transpose=exif_transpose, max_pixels=max_pixels)
     width, height = image.size
     size = model_size(height, width, long_side, geometry.size_multiple) if input_size is None else input_size
-    check_max_size(max(size), geometry)
+    check_size_limit(geometry, *size, what="model size")
     return PreparedImage(to_model_array(image, size, spec), (height, width), describe(source))
 
 
-def check_max_size(side: int, geometry: Geometry) -> None:
-    """Refuse a model input side beyond what the export was verified for (geometry.max_size)."""
+def check_size_limit(geometry: Geometry, *sides: int, what: str = "size") -> None:
+    """Refuse image sides past what the export supports (geometry.max_size): its position tables end
+    there, and a larger grid would reuse or wrap positions and give wrong features without any error."""
     limit = geometry.max_size
-    if limit is not None and side > limit:
+    if limit is not None and max(sides) > limit:
         raise InputError(
-            f"size {side}: this export is verified for image sides up to {limit} pixels (its position-embedding "
-            f"tables end at {limit // geometry.feature_stride} patches); use a size <= {limit}"
+            f"{what} {'x'.join(map(str, sides))} is past this export's limit: it is verified for image sides "
+            f"up to {limit} px (its position tables cover token grids up to {limit // geometry.feature_stride} "
+            f"per side at stride {geometry.feature_stride}); use --size {limit} or less"
         )
 
 

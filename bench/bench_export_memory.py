@@ -1,13 +1,20 @@
-"""Export peak memory grows with the kept blocks, not the whole model.
+"""Export peak memory and time, per precision, on a FLUX.1-dev stand-in with the real dimensions.
 
-Builds a medium FLUX-architecture checkpoint (random weights, real diffusers classes, saved with
-save_pretrained), then in fresh processes:
-  - loads the whole transformer with diffusers' from_pretrained (what a naive exporter does), and
-  - runs the full `ditf-export` at several layers,
-recording peak RSS (ru_maxrss) and the bytes of transformer weights each export read. Prints a table
-and the ratio (export peak RSS - interpreter baseline) / kept weight bytes.
+    python bench/bench_export_memory.py --standin [--precisions fp32,fp16,bf16,int8]   (minutes per precision)
+    python bench/bench_export_memory.py [--hidden 1024 --double 4 --single 12]         (medium model, layer sweep)
 
-    python bench/bench_export_memory.py [--hidden 1024] [--double 4] [--single 12]
+--standin: bench/standin.py's FLUX.1-dev stand-in (hidden 3072, T5 width 4096, the real VAE, random bf16
+shards; cached in /work/cache), exported at layer 4, which keeps ~4.1 GB of fp32 weights with the same
+per-block shapes as a FLUX.1-dev export at layer 28. Each precision runs `ditf-export` in a fresh process
+(--prompt-embeds, so no text encoder; int8 and the fp16/bf16 range checks use examples/images at
+--image-size). Peak RSS is VmHWM; the ratio is (peak - baseline) / kept fp32 weights, the baseline being
+an interpreter with torch, diffusers, onnx and onnxruntime imported. A sampler thread also gives the
+peak of each export step. Then the measured ratios are applied to FLUX.1-dev's own kept weights at
+layers 28 and 18 (computed from its config, not guessed).
+
+Without --standin: a medium FLUX-architecture model (real diffusers classes, random weights) exported at
+several layers at fp32, beside a plain `from_pretrained` of the whole transformer: peak memory follows
+the kept blocks, not the whole model.
 """
 
 from __future__ import annotations
@@ -19,52 +26,155 @@ import sys
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "examples" / "images"
+
 # Peak RSS is read from /proc/self/status VmHWM: it starts afresh at exec, whereas ru_maxrss carries
 # the forking parent's RSS over into the child.
-PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
+STATUS = '''
+def status(key):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+'''
 
-CHILD_BASELINE = r"""
+CHILD_BASELINE = STATUS + r"""
 import json, torch, diffusers, onnx, onnxruntime, transformers
-print(json.dumps({"peak_rss": PEAK}))
-""".replace("PEAK", PEAK)
+print(json.dumps({"peak_rss": status("VmHWM")}))
+"""
 
-CHILD_FULL_LOAD = r"""
+CHILD_FULL_LOAD = STATUS + r"""
 import json, sys, torch, diffusers, onnx, onnxruntime, transformers
 from diffusers import FluxTransformer2DModel
 m = FluxTransformer2DModel.from_pretrained(sys.argv[1], subfolder="transformer")
 n = sum(p.numel() * p.element_size() for p in m.parameters())
 touched = sum(float(p.float().sum()) for p in m.parameters())  # an exporter reads every weight
-print(json.dumps({"peak_rss": PEAK, "weights": n}))
-""".replace("PEAK", PEAK)
+print(json.dumps({"peak_rss": status("VmHWM"), "weights": n}))
+"""
 
-CHILD_EXPORT = r"""
-import json, sys
+# One export with the peak RSS of every step: a thread samples VmRSS; each progress line closes a step.
+CHILD_EXPORT = STATUS + r"""
+import json, sys, threading, time
 from pathlib import Path
-from ditf_export.catalog import adapter_for
+import torch, diffusers, onnx, onnxruntime, transformers
 from ditf_export.export import ExportRequest, export
-from ditf_export.loading import resolve_source, load_truncated_transformer
-layer = int(sys.argv[2])
-m = export(ExportRequest(model=sys.argv[1], out=Path(sys.argv[3]), layer=layer, discard="none",
-                         text_max_length=32, parity_sizes=((64, 96),)))
-peak = PEAK
-src = resolve_source(sys.argv[1])
-_, report = load_truncated_transformer(src, adapter_for(src.family), layer)
-print(json.dumps({"peak_rss": peak, "weights": report.bytes_read}))
-""".replace("PEAK", PEAK)
+
+kw = json.loads(sys.argv[1])
+steps, peak, t0 = [], [0], time.perf_counter()
+def sample():
+    while True:
+        peak[0] = max(peak[0], status("VmRSS"))
+        time.sleep(0.1)
+threading.Thread(target=sample, daemon=True).start()
+def say(msg):
+    peak[0] = max(peak[0], status("VmRSS"))
+    steps.append({"t": round(time.perf_counter() - t0, 1), "peak_rss": peak[0], "msg": msg})
+    print(msg, file=sys.stderr, flush=True)
+    peak[0] = 0
+for key in ("out", "prompt_embeds", "calib_images"):
+    if kw.get(key):
+        kw[key] = Path(kw[key])
+if "parity_sizes" in kw:
+    kw["parity_sizes"] = tuple(map(tuple, kw["parity_sizes"]))
+export(ExportRequest(progress=say, force=True, **kw))
+say("end")
+print(json.dumps({"peak_rss": status("VmHWM"), "wall": time.perf_counter() - t0, "steps": steps}))
+"""
 
 
-def run(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
+def run(code: str, *args: str, echo: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, stdout=subprocess.PIPE,
+                         stderr=None if echo else subprocess.PIPE, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--double", type=int, default=4)
-    ap.add_argument("--single", type=int, default=12)
-    args = ap.parse_args()
+def kept_fp32_bytes(folder: Path, layer: int) -> int:
+    """fp32 bytes of the transformer tensors an export at `layer` reads, from the shard headers (no load)."""
+    from safetensors import safe_open
 
+    from ditf_export.catalog import adapter_for
+    from ditf_export.loading import _weight_files, resolve_source
+
+    source = resolve_source(str(folder))
+    adapter = adapter_for(source.family)
+    total = 0
+    for key, path in _weight_files(folder / "transformer").items():
+        if adapter.needed_weight(key, source.transformer_config, layer):
+            with safe_open(str(path), framework="pt") as f:
+                shape = f.get_slice(key).get_shape()
+            n = 1
+            for d in shape:
+                n *= d
+            total += 4 * n
+    return total
+
+
+def flux_dev_kept_bytes(layer: int) -> int:
+    """fp32 bytes FLUX.1-dev (19 double + 38 single blocks) keeps at `layer`: its config on the meta device."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from ditf_export.families.flux import FluxAdapter
+    from standin import FLUX_DEV, FLUX_DEV_BLOCKS
+
+    config = {**FLUX_DEV, "num_layers": FLUX_DEV_BLOCKS[0], "num_single_layers": FLUX_DEV_BLOCKS[1]}
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**config)
+    adapter = FluxAdapter()
+    return sum(4 * p.numel() for k, p in model.state_dict().items() if adapter.needed_weight(k, config, layer))
+
+
+def step_table(steps: list[dict], base: int, kept: int) -> list[str]:
+    """Each step's duration and peak, from the progress lines (a step ends where the next line is said)."""
+    lines, last = [], 0.0
+    for step in steps:
+        took = step["t"] - last
+        last = step["t"]
+        if took >= 1.0 or (step["peak_rss"] - base) / kept > 0.5:
+            lines.append(f"    {took:7.1f} s  peak {(step['peak_rss'] - base) / kept:5.2f}x  until: {step['msg'][:90]}")
+    return lines
+
+
+def bench_standin(args) -> None:
+    from standin import STANDIN_LAYER, build_standin
+
+    folder = build_standin(args.cache)
+    kept = kept_fp32_bytes(folder, STANDIN_LAYER)
+    base = run(CHILD_BASELINE)["peak_rss"]
+    gb = 1e-9
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
+        for precision in args.precisions.split(","):
+            kw = dict(model=str(folder), out=str(Path(tmp) / precision), layer=STANDIN_LAYER,
+                      prompt_embeds=str(folder / "prompt_embeds.safetensors"), precision=precision,
+                      image_size=args.image_size, calib_images=str(IMAGES) if precision != "fp32" else None)
+            print(f"\n== {precision}: ditf-export of the stand-in at layer {STANDIN_LAYER}", file=sys.stderr)
+            r = run(CHILD_EXPORT, json.dumps(kw), echo=args.verbose)
+            rows.append((precision, r))
+            print(f"{precision}: {r['wall']:.0f} s, peak {(r['peak_rss'] - base) * gb:.2f} GB above baseline "
+                  f"= {(r['peak_rss'] - base) / kept:.2f}x the kept weights", file=sys.stderr)
+
+    print(f"\nFLUX.1-dev stand-in (hidden 3072, T5 width 4096, real VAE; random bf16 shards), layer {STANDIN_LAYER}: "
+          f"kept fp32 weights {kept * gb:.2f} GB; --image-size {args.image_size}, 512 T5 tokens")
+    print(f"interpreter baseline (torch, diffusers, onnx, onnxruntime imported): {base * gb:.2f} GB")
+    print(f"{'precision':<10}{'wall':>9}{'peak RSS GB':>13}{'above base':>12}{'/ kept':>8}")
+    for precision, r in rows:
+        print(f"{precision:<10}{r['wall'] / 60:>7.1f}m{r['peak_rss'] * gb:>13.2f}{(r['peak_rss'] - base) * gb:>12.2f}"
+              f"{(r['peak_rss'] - base) / kept:>7.2f}x")
+    print("\nwhere the time goes and the peak per step (steps over 1 s or 0.5x):")
+    for precision, r in rows:
+        print(f"  {precision}:")
+        print("\n".join(step_table(r["steps"], base, kept)))
+
+    layers = {28: flux_dev_kept_bytes(28), 18: flux_dev_kept_bytes(18)}
+    print("\nExtrapolated to FLUX.1-dev (RAM = baseline + ratio x kept fp32 weights; time x kept-weights ratio):")
+    print(f"{'precision':<10}" + "".join(f"{f'layer {k} ({v * gb:.1f} GB kept)':>30}" for k, v in layers.items()))
+    for precision, r in rows:
+        ratio, wall = (r["peak_rss"] - base) / kept, r["wall"]
+        cells = "".join(f"{f'{(base + ratio * v) * gb:.1f} GB, ~{wall * v / kept / 60:.0f} min':>30}"
+                        for v in layers.values())
+        print(f"{precision:<10}{cells}")
+
+
+def bench_medium(args) -> None:
     from ditf_export.tiny import build_flux_tiny
 
     heads = args.hidden // 64
@@ -73,20 +183,20 @@ def main() -> None:
             Path(tmp) / "medium", with_text=False, num_layers=args.double, num_single_layers=args.single,
             attention_head_dim=64, num_attention_heads=heads, axes_dims_rope=(8, 28, 28),
         )
-        # --prompt-embeds keeps text encoders out of the measurement
         import torch
         from safetensors.torch import save_file
 
-        embeds = Path(tmp) / "embeds.safetensors"
+        embeds = Path(tmp) / "embeds.safetensors"  # --prompt-embeds keeps text encoders out of the measurement
         save_file({"prompt_embeds": torch.randn(1, 32, 32), "pooled_prompt_embeds": torch.randn(1, 32)}, str(embeds))
         base = run(CHILD_BASELINE)
         full = run(CHILD_FULL_LOAD, str(folder))
         total_layers = args.double + args.single
         rows = []
         for layer in sorted({1, args.double, total_layers // 2 + 1, total_layers - 1}):
-            code = CHILD_EXPORT.replace("text_max_length=32,", f"text_max_length=32, prompt_embeds=Path({str(embeds)!r}),")
-            r = run(code, str(folder), str(layer), str(Path(tmp) / f"out-{layer}"))
-            rows.append((layer, r["weights"], r["peak_rss"]))
+            kw = dict(model=str(folder), out=str(Path(tmp) / f"out-{layer}"), layer=layer, discard="none",
+                      text_max_length=32, prompt_embeds=str(embeds), parity_sizes=[[64, 96]])
+            r = run(CHILD_EXPORT, json.dumps(kw))
+            rows.append((layer, kept_fp32_bytes(folder, layer), r["peak_rss"]))
 
     mb = 1 / 2**20
     print(f"\nFLUX-architecture model: hidden {args.hidden}, {args.double} double + {args.single} single blocks, "
@@ -98,6 +208,23 @@ def main() -> None:
     for layer, w, rss in rows:
         print(f"{'ditf-export --layer ' + str(layer):<28}{w * mb:>18.0f}{rss * mb:>14.0f}"
               f"{(rss - base['peak_rss']) / w:>20.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--standin", action="store_true", help="the real-dimension FLUX.1-dev stand-in, per precision")
+    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8")
+    ap.add_argument("--image-size", type=int, default=256, help="--standin: calibration / range-check image size")
+    ap.add_argument("--cache", type=Path, default=Path("/work/cache/flux-dev-standin"),
+                    help="--standin: where the stand-in is built once and reused")
+    ap.add_argument("--scratch", type=Path, default=None, help="--standin: folder for the exports (default: tmp)")
+    ap.add_argument("--verbose", action="store_true", help="show the exports' progress lines")
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--double", type=int, default=4)
+    ap.add_argument("--single", type=int, default=12)
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/standin.py
+    bench_standin(args) if args.standin else bench_medium(args)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def _reference_and_export(the_plan: ExportPlan, graph, calibration, folder: Path
     """The PyTorch module's outputs on every parity input (kept for parity), then the ONNX export."""
     extra = precision_step.calibration_parity_feeds(the_plan, calibration)
     with _step(say, f"PyTorch reference outputs on {len(the_plan.parity_sizes) + len(extra)} parity inputs"):
-        cases = parity.reference_cases(graph, the_plan.io, the_plan.parity_sizes, extra)
+        cases = parity.reference_cases(graph, the_plan.io, the_plan.parity_sizes, extra,
+                                       say=lambda line: say("  " + line))
     with _step(say, f"exporting ONNX (torch.onnx dynamo, opset {OPSET}, dynamic {'/'.join(_dynamic_axes(the_plan))})"):
         export_onnx(graph, folder / MODEL_FILE, the_plan.io)
     return cases

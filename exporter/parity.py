@@ -82,10 +82,17 @@ def parity_inputs(io: GraphIO, sizes: tuple[tuple[int, int], ...], seed: int, ba
 
 
 def reference_cases(graph: torch.nn.Module, io: GraphIO, sizes: tuple[tuple[int, int], ...],
-                    extra_feeds: tuple[tuple[str, Mapping[str, np.ndarray]], ...] = ()) -> tuple[ParityCase, ...]:
-    """The PyTorch module's outputs on random inputs at each size, then on `extra_feeds` (label, feed)."""
-    cases = [(None, feed) for feed in parity_inputs(io, sizes, seed=1000)] + list(extra_feeds)
-    return tuple(ParityCase(label, dict(feed), torch_features(graph, feed, io)) for label, feed in cases)
+                    extra_feeds: tuple[tuple[str, Mapping[str, np.ndarray]], ...] = (),
+                    say: Callable[[str], None] = lambda line: None) -> tuple[ParityCase, ...]:
+    """The PyTorch module's outputs on random inputs at each size, then on `extra_feeds` (label, feed).
+
+    say: gets a line as each case is done (minutes each on a large model)."""
+    cases = []
+    for label, feed in [(None, feed) for feed in parity_inputs(io, sizes, seed=1000)] + list(extra_feeds):
+        cases.append(ParityCase(label, dict(feed), torch_features(graph, feed, io)))
+        sizes_done = io.sizes_of(feed)
+        say(f"{sizes_done.height}x{sizes_done.width} B={sizes_done.batch}{' (' + label + ')' if label else ''}: done")
+    return tuple(cases)
 
 
 def save_reference(case: ParityCase, io: GraphIO, path: Path) -> None:

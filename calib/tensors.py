@@ -24,7 +24,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-# Initializers of at least this many bytes go to the external-data file (DESIGN: "over 1 KiB external").
+# Initializers of at least this many bytes go to the external-data file (the export folder's contract:
+# every initializer over 1 KiB external, in one file beside model.onnx).
 EXTERNAL_THRESHOLD = 1024
 # Tensors of at least ALIGN_THRESHOLD bytes start at a multiple of ALIGNMENT in the data file (page and
 # Windows allocation-granularity aligned), so they can be memory-mapped; small ones are packed.
@@ -265,17 +266,3 @@ def _all_initializers(graph: onnx.GraphProto):
                 yield from _all_initializers(attr.g)
             for g in attr.graphs:
                 yield from _all_initializers(g)
-
-
-def copy_model(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """model.onnx + its data file, copied to dst (+ dst's data file), initializers re-pointed; streamed."""
-    src, dst = Path(src), Path(dst)
-    with GraphRewrite(src, dst) as rw:
-        return rw.commit(rw.model)
-
-
-def remove_model(path: str | os.PathLike) -> None:
-    path = Path(path)
-    for p in (path, path.with_name(data_file_name(path))):
-        if p.exists():
-            p.unlink()

@@ -184,15 +184,20 @@ def reduction_probes(model: onnx.ModelProto, tensors: dict[str, int],
     Returns name -> (absmax output, nonfinite output). The flag is sum(x * 0): NaN iff any x is
     inf or NaN. Where `channels` gives a tensor's last-axis size C, absmax is per channel ([C]).
     Scalars instead of the tensors themselves keep memory flat on large models.
+
+    Each probe's nodes go right after the node that makes its tensor: onnxruntime orders a graph by a
+    depth-first walk from its outputs taken in node order, so probes appended at the end would run after
+    the whole graph and keep every probed tensor alive until then (measured: 3.6x the kept weights of a
+    FLUX stand-in in an fp16 range check); placed here, each tensor is reduced and freed as it is made.
     """
     channels = channels or {}
     probes: dict[str, tuple[str, str]] = {}
-    nodes = []
+    after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # tensor -> its probe's nodes
     fresh = Namer(model)
     zero = fresh("probe_zero")
     model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
     for t, elem in tensors.items():
-        x = t
+        nodes, x = after[t], t
         if elem != TensorProto.FLOAT:
             x = fresh(t + "_f32")
             nodes.append(cast(t, x, TensorProto.FLOAT, x + "_cast"))
@@ -210,9 +215,21 @@ def reduction_probes(model: onnx.ModelProto, tensors: dict[str, int],
         nodes += [helper.make_node("Mul", [x, zero], [zx], name=zx),
                   helper.make_node("ReduceSum", [zx], [flag], keepdims=0, name=flag)]
         probes[t] = (amax, flag)
-    model.graph.node.extend(nodes)
+    _insert_after_producers(model.graph, after)
     add_outputs(model, [n for pair in probes.values() for n in pair])
     return probes
+
+
+def _insert_after_producers(graph: onnx.GraphProto, after: dict[str, list[onnx.NodeProto]]) -> None:
+    """Put each tensor's extra nodes right after the node that produces it (graph inputs: first)."""
+    produced = {o for node in graph.node for o in node.output}
+    ordered = [n for t, nodes in after.items() if t not in produced for n in nodes]
+    for node in graph.node:
+        ordered.append(node)
+        for o in node.output:
+            ordered.extend(after.get(o, ()))
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _const(model: onnx.ModelProto, fresh: Namer, values) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ditf_calib.graph_io import ENSEMBLE, FRAMES, GraphIO, Sizes
+from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, GraphIO, Sizes
 from ditf_runtime.backends.onnxrt import create_session
 from ditf_runtime.parity import TOLERANCES, compare
 from ditf_runtime.precision import Precision
@@ -27,6 +27,10 @@ from ditf_runtime.precision import Precision
 BACKEND = "onnxruntime CPUExecutionProvider"
 REFERENCE = "PyTorch float32 eager (the same module that was exported)"
 PARITY_BATCH, PARITY_ENSEMBLE = 2, 3
+# Runs see at most this many images at once (a batch of calibration images is split): activations grow
+# with the batch, weights do not, and on a large model the two should not add up. Still > 1, so every
+# run crosses the batch axis.
+RUN_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,30 @@ class ParityCase:
 
 @torch.no_grad()
 def torch_features(graph: torch.nn.Module, feed: Mapping[str, np.ndarray], io: GraphIO) -> np.ndarray:
-    out = graph(*(torch.from_numpy(feed[name]) for name in io.input_names))
-    # the graph's output is a transposed view; safetensors writes raw buffers, so make it C-contiguous
-    return np.ascontiguousarray(out.float().numpy())
+    def run(part: Mapping[str, np.ndarray]) -> np.ndarray:
+        out = graph(*(torch.from_numpy(part[name]) for name in io.input_names))
+        # the graph's output is a transposed view; safetensors writes raw buffers, so make it C-contiguous
+        return np.ascontiguousarray(out.float().numpy())
+
+    return in_batches(run, feed, io)
+
+
+def in_batches(run: Callable[[Mapping[str, np.ndarray]], np.ndarray], feed: Mapping[str, np.ndarray],
+               io: GraphIO, size: int = RUN_BATCH) -> np.ndarray:
+    """`run(feed)` on slices of at most `size` batch elements, outputs joined: the same numbers (every
+    batch element is computed on its own), with a fraction of the activations at once."""
+    inputs = {t.name: t.axis_index(BATCH) for t in io.inputs}
+    axis = io.outputs[0].axis_index(BATCH)
+    if axis is None or None in inputs.values():
+        return run(feed)
+    n = np.shape(feed[io.inputs[0].name])[inputs[io.inputs[0].name]]
+    if n <= size:
+        return run(feed)
+    parts = []
+    for start in range(0, n, size):
+        part = {name: np.take(feed[name], np.arange(start, min(start + size, n)), axis=inputs[name]) for name in feed}
+        parts.append(run(part))
+    return np.ascontiguousarray(np.concatenate(parts, axis=axis))
 
 
 def _maps(features: np.ndarray) -> np.ndarray:
@@ -114,7 +139,7 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
     session = create_session(onnx_path)
     results, summary = [], []
     for case in cases:
-        got = session.run(list(io.output_names), dict(case.feed))[0]
+        got = in_batches(lambda part: session.run(list(io.output_names), dict(part))[0], case.feed, io)
         res = compare(_maps(got), _maps(case.reference), precision)
         row, line = _row(io.sizes_of(case.feed), res, case.label)
         results.append(row)

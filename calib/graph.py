@@ -246,7 +246,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = No
     """A CPU onnxruntime session (ditf_runtime's create_session) of a file or a model proto.
 
     A proto whose weights live on disk (loaded with tensors.load_graph, or being rewritten through `store`)
-    is handed over without them: onnxruntime reads them from the store's folder. An in-memory model at or
+    is written without them to a small file in the store's folder and opened from there. An in-memory model at or
     over the runtime's in-memory limit (protobuf's 2 GB) is never serialised: it is written with external
     data to a temporary folder and opened by path.
     """
@@ -258,7 +258,17 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = No
         if store is None or store.base_dir is None:
             raise ValueError("this model's weights are on disk: pass the TensorStore that reads them")
         store.flush()
-        return create_session(model.SerializeToString(), threads=threads, external_data_dir=store.base_dir)
+        # Opened by path from a small file beside the weights, not as bytes: onnxruntime maps the external
+        # data of a model file, but reads it into memory (and then prepacks a second copy) for bytes.
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".onnx", dir=store.base_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(model.SerializeToString())
+            return create_session(tmp, threads=threads)
+        finally:
+            os.unlink(tmp)
     if model.ByteSize() < MAX_IN_MEMORY_MODEL_BYTES:
         return create_session(model.SerializeToString(), threads=threads)
     import tempfile

@@ -63,13 +63,10 @@ def create_session(
     providers: Sequence[Any] | None = None,
     threads: int | None = None,
     log_level: int = 3,
-    external_data_dir: str | os.PathLike | None = None,
 ):
     """The one way ditf opens an onnxruntime InferenceSession (runtime, exporter parity, calibration).
 
     model: a path (external data is found beside it) or serialised bytes under MAX_IN_MEMORY_MODEL_BYTES.
-    external_data_dir: for bytes whose initializers live in external-data files, the folder holding them
-    (a graph rewritten or probed in memory while its weights stay on disk).
     providers: default CPU only. Every provider asked for must be available and still active once the
     session exists: no silent fallback. threads: intra-op threads (default: onnxruntime's).
     log_level: onnxruntime's severity (3 = errors only; provider placement chatter is not for users).
@@ -95,11 +92,6 @@ def create_session(
     options.log_severity_level = int(log_level)
     if threads is not None:
         options.intra_op_num_threads = int(threads)
-    if external_data_dir is not None:
-        if not isinstance(model, (bytes, bytearray)):
-            raise BackendError("external_data_dir is for in-memory models; a model file finds its data beside it")
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(external_data_dir))
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

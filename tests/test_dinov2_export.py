@@ -94,6 +94,22 @@ def test_manifest_says_what_the_graph_is(dinov2_tiny_export):
         "image": ((1, 3, 224, 224), (1, 3, 840, 630), (2, 3, 1022, 1022))}
     assert list(trt.manifest_profiles(m)[0].shapes) == ["image"]
     assert "model.safetensors" in m.source_weights
+    # sealed, and every file the runtime opens recorded with its sha256 (as for the diffusion families)
+    assert m.digest and set(m.files) == {"model.onnx", "model.onnx.data", "reference.safetensors"}
+    assert all(len(record["sha256"]) == 64 for record in m.files.values())
+
+
+def test_runtime_refuses_sizes_past_the_position_tables(dinov2_tiny_export):
+    import ditf_runtime
+    from ditf_runtime.errors import InputError
+
+    with ditf_runtime.load(dinov2_tiny_export(False)) as extractor:
+        with pytest.raises(InputError, match=r"size 1806 is past this export's limit: .* up to 1792 px \(its position "
+                                             r"tables cover token grids up to 128 per side at stride 14\); use --size "
+                                             r"1792 or less"):
+            extractor.extract(np.zeros((20, 30, 3), np.uint8), size=1806)
+        with pytest.raises(InputError, match=r"image 14x1806 is past this export's limit"):
+            extractor.run(np.zeros((1, 3, 14, 1806), np.float32))
 
 
 @pytest.mark.parametrize("registers", [False, True], ids=["plain", "registers"])

@@ -291,3 +291,40 @@ def test_buffer_pool_grows_and_frees():
     cuda.queue.clear()
     pool.free_all()
     assert cuda.allocations == {}
+
+
+def test_engine_plan_is_checked_against_its_record_once_then_trusted(monkeypatch, manifest, export_dir, tmp_path):
+    """A plan is GBs for a big model: hashed against engine.json's plan_sha256 once, then trusted through the
+    export's stamp while its stat is unchanged; a changed plan is re-hashed and refused; no record, refused."""
+    import json
+
+    from ditf_runtime import verification
+    from ditf_runtime.files import sha256_file
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for item in export_dir.iterdir():
+        if item.name != verification.STAMP_FILE:
+            (export / item.name).symlink_to(item)
+    folder = export / "engines" / "rtx1.7.1-sm80_86_89_120"
+    folder.mkdir(parents=True)
+    plan = folder / "model.plan"
+    plan.write_bytes(b"plan bytes")
+    record = _record(manifest, plan_sha256=sha256_file(plan), plan_bytes=plan.stat().st_size)
+    loader = trt.EngineFromPath(export, manifest)
+    loader._check_plan(plan, record, trt.RTX)
+    stamp = json.loads((export / verification.STAMP_FILE).read_text())["files"]
+    assert stamp[f"engines/{folder.name}/model.plan"]["sha256"] == record["plan_sha256"]
+
+    hashed = []
+    monkeypatch.setattr(verification, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    loader._check_plan(plan, record, trt.RTX)
+    assert hashed == []  # trusted from the stamp
+    plan.write_bytes(b"plan BYTES")  # same size, other content
+    with pytest.raises(BackendError, match=r"sha256 .* does not match its engine.json .* rebuild it with `ditf "
+                                           r"build-engine .* --tensorrt rtx --force`"):
+        loader._check_plan(plan, record, trt.RTX)
+    assert hashed == [plan]
+    record.pop("plan_sha256")
+    with pytest.raises(BackendError, match="records no plan_sha256: every file the runtime opens needs"):
+        loader._check_plan(plan, record, trt.RTX)

@@ -6,6 +6,7 @@ for nothing until the copy is hashed once).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -121,8 +122,24 @@ def test_read_only_export_keeps_its_stamp_in_the_user_cache(export_copy, tmp_pat
 def test_ditf_verify_rehashes_everything_and_reports(export_copy):
     result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
     assert result.exit_code == 0, result.output
-    assert "manifest digest OK" in result.output and "3 files match the manifest" in result.output
+    assert "manifest digest OK" in result.output and "3 files match their records" in result.output
     assert f"stamp: {export_copy / STAMP_FILE}" in result.output
+    engine = export_copy / "engines" / "rtx1.7.1-sm80_86_89_120"  # a TensorRT engine: its plan is checked too
+    engine.mkdir(parents=True)
+    (engine / "model.plan").write_bytes(b"plan bytes")
+    record = {"plan_sha256": hashlib.sha256(b"plan bytes").hexdigest(), "plan_bytes": 10}
+    (engine / "engine.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
+    assert result.exit_code == 0 and "4 files match their records" in result.output, result.output
+    stamp = json.loads((export_copy / STAMP_FILE).read_text())["files"]
+    assert {"model.onnx", "reference.safetensors", f"engines/{engine.name}/model.plan"} <= set(stamp)
+    (engine / "model.plan").write_bytes(b"PLAN bytes")
+    result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
+    assert result.exit_code == 1 and "does not match its engine.json" in result.output
+    (engine / "engine.json").write_text(json.dumps({}))
+    result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
+    assert result.exit_code == 1 and "records no plan_sha256" in result.output
+    shutil.rmtree(export_copy / "engines")
     _flip_one_byte(export_copy / "reference.safetensors")
     result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
     assert result.exit_code == 1 and "reference.safetensors sha256" in result.output

@@ -65,22 +65,31 @@ def check_files(export_dir: str | os.PathLike, manifest: Manifest, names: Iterab
     """Refuse any file in `names` (default: every recorded file) that is missing, has no record, or whose
     size or sha256 differs from the manifest. Files whose stat matches the stamp are not re-hashed, unless
     `rehash`. Returns what was done per file; the stamp is rewritten when anything was hashed."""
-    export_dir = Path(export_dir)
     names = list(manifest.files) if names is None else list(names)
-    stamp = {} if rehash else _read_stamp(export_dir, manifest)
+    records = {name: record_of(manifest, name) for name in names}
+    return check_recorded(export_dir, manifest, records, rehash=rehash, say=say)
+
+
+def check_recorded(export_dir: str | os.PathLike, manifest: Manifest, records: dict[str, dict[str, Any]], *,
+                   rehash: bool = False, say: Callable[[str], None] | None = None,
+                   recorded_in: str = "the manifest", fix: str = "re-export it") -> list[FileCheck]:
+    """check_files for files recorded elsewhere than the manifest (a TensorRT engine's plan: its sha256 is in
+    its engine.json). `records`: path relative to the export -> {"sha256", optional "bytes"}; they share the
+    export's stamp. `recorded_in` and `fix` word the refusals."""
+    export_dir = Path(export_dir)
+    stamp = _read_stamp(export_dir, manifest)  # kept for the files not checked here, even when rehashing
     checks, changed = [], False
-    for name in names:
-        record = record_of(manifest, name)
+    for name, record in records.items():
         path = export_dir / name
         if not path.is_file():
-            raise ManifestError(f"{path} is missing; the export folder is incomplete, re-export it")
+            raise ManifestError(f"{path} is missing; the export folder is incomplete, {fix}")
         before = _stat_key(path)
-        if "bytes" in record and before["size"] != record["bytes"]:
+        if record.get("bytes") is not None and before["size"] != record["bytes"]:
             raise ManifestError(
-                f"{path} has {before['size']} bytes but the manifest records {record['bytes']}: "
-                "the file was changed or truncated after export; re-export it"
+                f"{path} has {before['size']} bytes but {recorded_in} records {record['bytes']}: "
+                f"the file was changed or truncated after it was written; {fix}"
             )
-        if stamp.get(name) == {"sha256": record["sha256"], **before}:
+        if not rehash and stamp.get(name) == {"sha256": record["sha256"], **before}:
             checks.append(FileCheck(name, before["size"], hashed=False))
             continue
         if say is not None and before["size"] >= SAY_HASHING_BYTES:
@@ -89,8 +98,8 @@ def check_files(export_dir: str | os.PathLike, manifest: Manifest, names: Iterab
         digest = sha256_file(path)
         if digest != record["sha256"]:
             raise ManifestError(
-                f"{path} sha256 {digest[:12]}… does not match the manifest ({record['sha256'][:12]}…): "
-                "the file was changed after export; re-export it"
+                f"{path} sha256 {digest[:12]}… does not match {recorded_in} ({record['sha256'][:12]}…): "
+                f"the file was changed after it was written; {fix}"
             )
         if _stat_key(path) == before:  # unchanged while it was read: safe to vouch for
             stamp[name] = {"sha256": digest, **before}

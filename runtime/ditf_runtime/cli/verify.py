@@ -20,13 +20,35 @@ from .options import friendly_errors
 def verify(export_dir: Path) -> None:
     """Check EXPORT_DIR: its manifest's digest, then every recorded file's size and sha256 (always re-hashed
     here). Writes the stamp that lets later loads skip hashing unchanged files."""
-    from ..verification import check_files, stamp_location
+    from ..verification import check_files, check_recorded, stamp_location
 
     manifest = Manifest.load(export_dir)  # refuses a manifest edited by hand
     click.echo(f"{export_dir}: manifest digest OK ({manifest.digest[:19]}…)")
-    checks = check_files(export_dir, manifest, rehash=True, say=lambda msg: click.echo("  " + msg, err=True))
+    say = lambda msg: click.echo("  " + msg, err=True)  # noqa: E731
+    checks = check_files(export_dir, manifest, rehash=True, say=say)
+    plans = engine_plans(export_dir)
+    if plans:
+        checks += check_recorded(export_dir, manifest, plans, rehash=True, say=say, recorded_in="its engine.json",
+                                 fix=f"rebuild the engine with `ditf build-engine {export_dir} ... --force`")
     for c in checks:
         click.echo(f"  {c.name}: {c.bytes / 1e6:,.1f} MB, sha256 matches ({c.seconds:.1f} s)")
     where = stamp_location(export_dir)
-    click.echo(f"{len(checks)} files match the manifest; "
+    click.echo(f"{len(checks)} files match their records; "
                + (f"stamp: {where}" if where else "no stamp written (neither the folder nor the user cache is writable)"))
+
+
+def engine_plans(export_dir: Path) -> dict[str, dict]:
+    """Each TensorRT engine's model.plan with the sha256 its engine.json records (a plan without one is refused:
+    every file the runtime opens needs a record)."""
+    from ..backends.trt.records import ENGINE_FILE, ENGINE_RECORD_FILE, engine_folders, read_engine_record
+    from ..errors import BackendError
+
+    plans = {}
+    for folder in engine_folders(export_dir):
+        record = read_engine_record(folder)
+        if not isinstance(record.get("plan_sha256"), str):
+            raise BackendError(f"{folder / ENGINE_RECORD_FILE} records no plan_sha256; rebuild the engine with "
+                               f"`ditf build-engine {export_dir} ... --force`")
+        plans[(folder / ENGINE_FILE).relative_to(export_dir).as_posix()] = {
+            "sha256": record["plan_sha256"], "bytes": record.get("plan_bytes")}
+    return plans

@@ -13,7 +13,6 @@ buffers grow only under that lock, so no buffer is ever freed while a request st
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import warnings
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendError
+from ...errors import BackendError, ManifestError
 from ...manifest import Manifest, write_bytes_atomic
+from ...verification import check_recorded
 from ..base import BaseRunner, TensorMeta
 from .flavors import (
     ENTERPRISE,
@@ -40,6 +40,7 @@ from .flavors import (
 from .profiles import choose_profile
 from .records import (
     ENGINE_FILE,
+    ENGINE_RECORD_FILE,
     check_engine_record,
     engine_folders,
     engine_problems,
@@ -128,11 +129,9 @@ class EngineFromPath:
         flavor = record_flavor(record)
         trt = import_flavor(flavor)
         plan_path = folder / ENGINE_FILE
+        if self.verify:
+            self._check_plan(plan_path, record, flavor)
         plan = plan_path.read_bytes()
-        if self.verify and record.get("plan_sha256") and hashlib.sha256(plan).hexdigest() != record["plan_sha256"]:
-            raise BackendError(
-                f"{plan_path} does not match the sha256 in its engine.json; {rebuild_hint(self.export_dir, flavor)}"
-            )
         logger = collecting_logger(trt)
         runtime = trt.Runtime(logger)
         if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX: its own header check, before loading
@@ -151,6 +150,22 @@ class EngineFromPath:
         self.folder, self.record, self.flavor = folder, record, flavor
         # The runtime must outlive the engine it made.
         return runtime, engine, trt
+
+
+    def _check_plan(self, plan_path: Path, record: dict, flavor) -> None:
+        """The plan against the sha256 its engine.json records, through the export's stamp: hashed once,
+        then trusted while its size, mtime, ctime and inode are unchanged (a plan is GBs for a big model)."""
+        hint = rebuild_hint(self.export_dir, flavor)
+        sha = record.get("plan_sha256")
+        if not isinstance(sha, str):
+            raise BackendError(f"{plan_path.parent / ENGINE_RECORD_FILE} records no plan_sha256: every file the "
+                               f"runtime opens needs a recorded sha256; {hint}")
+        name = plan_path.relative_to(self.export_dir).as_posix()
+        try:
+            check_recorded(self.export_dir, self.manifest, {name: {"sha256": sha, "bytes": record.get("plan_bytes")}},
+                           recorded_in=f"its {ENGINE_RECORD_FILE}", fix=hint)
+        except ManifestError as exc:
+            raise BackendError(str(exc)) from None
 
 
 def _said(logger) -> str:

@@ -18,11 +18,13 @@ or interrupted (Ctrl-C) build leaves nothing that looks like an engine.
 
 from __future__ import annotations
 
+import gc
 import json
 import secrets
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,6 +200,28 @@ def _fixed_ensemble(profiles: Sequence[Profile]) -> int | None:
 def _build_plan(trt, flavor, onnx_path: Path, profiles, *, target: _Target, allow_tf32, workspace_gib,
                 cache_in: Path | None, monitor, log) -> tuple[bytes, bytes | None]:  # fmt: skip
     """Parse and build; returns (plan bytes, timing cache bytes or None)."""
+    with _collect_outside_tensorrt():
+        return _parse_and_build(trt, flavor, onnx_path, profiles, target=target, allow_tf32=allow_tf32,
+                                workspace_gib=workspace_gib, cache_in=cache_in, monitor=monitor, log=log)
+
+
+@contextmanager
+def _collect_outside_tensorrt():
+    """Python's cyclic GC off while TensorRT calls back into Python (logger, progress monitor): a collection
+    that starts inside such a callback may free an earlier build's IBuilder, whose destructor waits for the
+    TensorRT lock the callback's caller holds — a deadlock seen in createInferBuilder. Collect before instead."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _parse_and_build(trt, flavor, onnx_path: Path, profiles, *, target: _Target, allow_tf32, workspace_gib,
+                     cache_in: Path | None, monitor, log) -> tuple[bytes, bytes | None]:  # fmt: skip
     logger = collecting_logger(trt)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)

@@ -57,6 +57,11 @@ class Extractor:
         return self.runner.backend
 
     @property
+    def graph(self):
+        """onnxruntime: which graph file runs and why (a cpu_variant.GraphChoice); None for TensorRT."""
+        return getattr(self.runner, "graph", None)
+
+    @property
     def geometry(self):
         return self.manifest.geometry
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .backends.base import BaseRunner
+from .cpu_variant import choose_graph
 from .errors import BackendError, InputError
 from .extractor import Extractor
 from .manifest import (
@@ -47,6 +48,7 @@ class LoadOptions:
     exif_transpose: bool | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     batch_size: int = 1
+    cpu_variant: str = "auto"
 
     @property
     def uses_gpu(self) -> bool:
@@ -70,6 +72,7 @@ def load(
     batch_size: int = 1,
     weights: Sequence[float] | None = None,
     parallel: bool = True,
+    cpu_variant: str = "auto",
 ) -> Extractor | FusedExtractor:
     """Load an export folder written by ditf-export; two folders give their fused features.
 
@@ -79,6 +82,10 @@ def load(
     onnxruntime on the requested device. device: "cpu" (default, except
     for tensorrt) or "cuda"; nothing falls back silently: CUDA requested but unavailable is an
     error. `verify` checks the files' sha256 against the manifest first (seconds per GB).
+    cpu_variant: "auto" (default) runs the export's CPU variant (model.cpu.onnx, made by `ditf
+    optimize-cpu`) when onnxruntime runs on the CPU and the variant exists, "on" requires it, "off"
+    runs model.onnx; a variant that does not match its record is refused (ditf_runtime.cpu_variant).
+    `Extractor.graph` says which graph runs and why.
 
     `load(dir_a, dir_b, weights=(0.5, 0.5))`: a FusedExtractor (fusion.py) whose maps are the two
     exports' maps fused (each keeps its own preprocessing and noise; the options apply to both);
@@ -91,7 +98,8 @@ def load(
             raise InputError(f"fusion takes exactly {MODELS} exports, got {len(more_paths) + 1}")
         weights = check_weights(weights)  # before loading anything
         options = dict(backend=backend, device=device, providers=providers, threads=threads, verify=verify,
-                       exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size)
+                       exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size,
+                       cpu_variant=cpu_variant)
         members: list[Extractor] = []
         try:
             for folder in (path, *more_paths):
@@ -108,7 +116,8 @@ def load(
         raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
     manifest = Manifest.load(export_dir)
     _check_contract(manifest)
-    options = LoadOptions(backend, device, providers, threads, verify, exif_transpose, max_pixels, batch_size)
+    options = LoadOptions(backend, device, providers, threads, verify, exif_transpose, max_pixels, batch_size,
+                          cpu_variant)
     runner = _start_runner(export_dir, manifest, options)
     extractor = Extractor(
         export_dir, manifest, runner, exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size
@@ -131,17 +140,22 @@ def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) ->
     if backend == "tensorrt":
         if options.providers is not None or options.threads is not None:
             raise BackendError("providers= and threads= are onnxruntime options; the tensorrt backend takes neither")
+        if options.cpu_variant == "on":
+            raise BackendError("cpu_variant='on' is for onnxruntime on the CPU; "
+                               "the tensorrt backend builds from model.onnx")
         from .backends.trt import EngineFromPath, TrtRunner
 
         return TrtRunner(EngineFromPath(export_dir, manifest, verify=options.verify))
-    from .backends.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from .backends.onnxrt import OnnxrtRunner, SessionFromOnnx, cpu_only
 
+    on_cpu = (device or "cpu") == "cpu" and (options.providers is None or cpu_only(options.providers))
+    graph = choose_graph(export_dir, manifest, on_cpu=on_cpu, choice=options.cpu_variant)
     if options.verify:
         manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE))
     loader = SessionFromOnnx(
-        export_dir / MODEL_FILE, device=device or "cpu", providers=options.providers, threads=options.threads
+        graph.path, device=device or "cpu", providers=options.providers, threads=options.threads
     )
-    return OnnxrtRunner(loader)
+    return OnnxrtRunner(loader, graph)
 
 
 # What a graph may take: image + noise (diffusion models) or the image alone (DINOv2).

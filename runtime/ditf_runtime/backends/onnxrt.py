@@ -52,6 +52,11 @@ def _provider_name(spec: Any) -> str:
     return spec[0] if isinstance(spec, (tuple, list)) else str(spec)
 
 
+def cpu_only(providers: Sequence[Any]) -> bool:
+    """Whether every provider named (a name, or a (name, options) pair) is the CPU provider."""
+    return all(_provider_name(p) == CPU for p in providers)
+
+
 # Protobuf cannot serialise a model of 2 GiB or more; keep well below it. A larger model is never
 # handed over as bytes: it is written with external data and opened by path (ditf_calib.graph.session).
 MAX_IN_MEMORY_MODEL_BYTES = 1_800_000_000
@@ -150,9 +155,11 @@ class SessionFromOnnx:
 class OnnxrtRunner(BaseRunner):
     backend = "onnxruntime"
 
-    def __init__(self, session_loader: SessionFromOnnx) -> None:
+    def __init__(self, session_loader: SessionFromOnnx, graph: Any = None) -> None:
+        """graph: the loader's cpu_variant.GraphChoice (which file and why), when it made one."""
         super().__init__()
         self.session_loader = session_loader
+        self.graph = graph
         self.session = None
 
     @property

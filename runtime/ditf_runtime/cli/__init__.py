@@ -1,5 +1,5 @@
 """`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, eval-davis, show, build-engine,
-triton-repo, serve, verify.
+optimize-cpu, triton-repo, serve, verify.
 
 Thin click wrappers, one module per command group, over the library (loading, jobs, matching,
 evaluate, draw, serving, backends). Nothing in the library imports this package. Every
@@ -17,6 +17,7 @@ from .engines import build_engine
 from .evaluate import eval_spair
 from .extract import extract
 from .match import match, show, track
+from .optimize import optimize_cpu
 from .serving import serve, triton_repo
 from .verify import verify
 
@@ -27,5 +28,6 @@ def main() -> None:
     """DiTF features from an exported graph: extract, match, evaluate, draw, build engines."""
 
 
-for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, triton_repo, serve, verify):
+for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, optimize_cpu, triton_repo, serve,
+                verify):
     main.add_command(command)

@@ -123,13 +123,21 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
             "--seed", type=int, default=0, show_default=True, help="Noise seed (noise is keyed by image content)."
         ),
         click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files (large exports)."),
+        click.option(
+            "--cpu-variant",
+            type=click.Choice(["auto", "on", "off"]),
+            default="auto",
+            show_default=True,
+            help="onnxruntime on the CPU: auto runs model.cpu.onnx (ditf optimize-cpu) when the export has one.",
+        ),
     ]
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
         def wrapper(*args, model_dirs, fuse_weight, backend, device, threads, sizes, ensemble, seed, no_verify,
-                    **kwargs):
-            load = LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify)
+                    cpu_variant, **kwargs):
+            load = LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify,
+                               cpu_variant=cpu_variant)
             try:
                 model = model_choice(model_dirs, sizes, fuse_weight, load=load, ensemble=ensemble, seed=seed)
             except DitfError as exc:

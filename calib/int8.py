@@ -25,7 +25,7 @@ A consumer-shared input (q, k, v read the same tensor) gets one mask/scale, one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -45,6 +45,9 @@ from .stats import METHODS, QMAX, Histogram, amax_from_histogram
 from .tensors import TensorStore
 
 
+CONV_TENSORS_PER_RUN = 6
+
+
 @dataclass(frozen=True)
 class Int8Config:
     # "max" by default: with the massive channels split off and SmoothQuant applied, clipping (percentile,
@@ -59,7 +62,8 @@ class Int8Config:
     protect_channels: tuple[int, ...] = ()
     protect_width: int | None = None
     keep_sensitive: int = 0
-    exclude: tuple[str, ...] = ()  # substrings of node or weight names whose GEMMs stay FP32
+    exclude: tuple[str, ...] = ()  # substrings of node or weight names whose GEMMs (and convs) stay FP32
+    convs: bool = False  # also the image encoder's convolutions (int8_conv.py)
     bins: int = 2048
     tensors_per_run: int = 48  # raw activations fetched per calibration pass (bounds memory)
 
@@ -95,6 +99,8 @@ class Int8Report:
     groups: list[GemmGroup]
     skipped: list[str]
     feeds: int
+    convs: int = 0
+    requantized_outputs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         quant = self.groups
@@ -109,6 +115,8 @@ class Int8Report:
             "gemm_inputs_quantized": len(quant),
             "linear_layers_quantized": sum(len(g.nodes) for g in quant),
             "kept_fp32": self.skipped,
+            "conv_layers_quantized": self.convs,
+            "conv_outputs_requantized": self.requantized_outputs,
             "protected_channels": list(self.config.protect_channels),
             "fp32_outlier_channels": {g.tensor: g.outliers.tolist() for g in quant if len(g.outliers)},
             "activation_amax": {g.tensor: round(float(g.amax), 6) for g in quant},
@@ -352,4 +360,31 @@ def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], 
         worst = sorted(groups, key=lambda g: -(g.sensitivity or 0.0))[: config.keep_sensitive]
         skipped += [f"{g.tensor} (sensitivity {g.sensitivity:.3g})" for g in worst]
         groups = [g for g in groups if g not in worst]
-    return insert_qdq(model_f, groups, store), Int8Report(config, groups, skipped, len(feeds))
+    conv_plan, conv_amax = (_calibrate_convs(model_f, feeds, config, progress, store) if config.convs else (None, {}))
+    out = insert_qdq(model_f, groups, store)
+    report = Int8Report(config, groups, skipped, len(feeds))
+    if conv_plan is not None and conv_plan.convs:
+        from .int8_conv import insert_conv_qdq
+
+        writer = _QdqWriter(out, store if store is not None else TensorStore.in_memory())
+        report.convs = insert_conv_qdq(out, conv_plan, conv_amax, writer)
+        report.requantized_outputs = len(conv_plan.requantized)
+        out.graph.initializer.extend(writer.inits)
+        prune_initializers(out)
+    return out, report
+
+
+def _calibrate_convs(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
+                     progress: Callable | None, store: TensorStore | None):
+    """The encoder convs' plan and per-tensor amax of their inputs and re-quantized outputs (the GEMM
+    passes, one channel per tensor: no smoothing, no outlier split)."""
+    from .int8_conv import plan_convs
+
+    plan = plan_convs(model, config.exclude)
+    groups = [GemmGroup(t, [], 1) for t in plan.tensors()]
+    if groups:
+        _channel_ranges(model, groups, feeds, progress, store)
+        # encoder activations are image-sized (a 512x512 image: 134 MB per 128-channel tensor): fewer per pass
+        _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN), progress,
+                           store)
+    return plan, {g.tensor: g.amax for g in groups}

@@ -76,9 +76,12 @@ class _Precision(click.Choice):
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
               help="Folder of real images: INT8 calibration (required with --precision int8), the fp16/bf16 "
                    "range check and a parity row on real images, and --discard auto.")
+@click.option("--int8-convs", is_flag=True,
+              help="--precision int8: quantize the image encoder's convolutions too (int8 in and out, weights per "
+                   "channel); faster on CPUs and GPUs, less exact: check the parity report.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
-         class_label, ensemble, image_size, precision, calib_images, force):
+         class_label, ensemble, image_size, precision, calib_images, int8_convs, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
     from .export import ExportRequest, export
 
@@ -87,7 +90,7 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
         prompt_embeds=prompt_embeds,
         text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold, class_label=class_label,
         ensemble=ensemble, image_size=image_size, precision=precision, calib_images=calib_images,
-        force=force, progress=lambda msg: click.echo(msg, err=True),
+        int8_convs=int8_convs, force=force, progress=lambda msg: click.echo(msg, err=True),
     )
     try:
         manifest = export(request)

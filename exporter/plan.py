@@ -39,6 +39,7 @@ class ExportPlan:
     prompt_embeds_file: Path | None = None
     calib_images: Path | None = None
     massive_threshold: float = 100.0
+    int8_convs: bool = False
 
     @property
     def block(self) -> str:
@@ -86,7 +87,7 @@ def plan(request: ExportRequest) -> ExportPlan:
         source=source, adapter=adapter, options=options, io=io, precision=request.precision, ensemble=ensemble,
         image_size=image_size, discard_source=discard_source, parity_sizes=_parity_sizes(request, io),
         notes=tuple(notes), prompt_embeds_file=request.prompt_embeds, calib_images=request.calib_images,
-        massive_threshold=request.massive_threshold,
+        massive_threshold=request.massive_threshold, int8_convs=request.int8_convs,
     )
 
 
@@ -225,6 +226,9 @@ def _check_precision(request: ExportRequest, source: ModelSource, io: GraphIO, d
     if io.has_axis(FRAMES) and precision != Precision.FP32:
         raise ExportInputError(f"--precision {precision}: video families ({source.family}) export fp32 only "
                                "in this build; use --precision fp32")
+    if request.int8_convs and precision != Precision.INT8:
+        raise ExportInputError(f"--int8-convs quantizes convolutions to INT8: it needs --precision int8, "
+                               f"not {precision}")
     if precision == Precision.INT8 and request.calib_images is None:
         raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
                                "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")

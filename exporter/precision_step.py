@@ -62,7 +62,8 @@ def rewrite_precision(plan: ExportPlan, model_path: Path, calibration, say: Call
     io = plan.io
     check_feeds = parity_inputs(io, plan.parity_sizes, seed=CHECK_SEED, batch=CHECK_BATCH, ensemble=CHECK_ENSEMBLE,
                                 frames=_frames(plan))
-    config = Int8Config(protect_channels=tuple(plan.options.discard), protect_width=io.geometry.feature_channels)
+    config = Int8Config(protect_channels=tuple(plan.options.discard), protect_width=io.geometry.feature_channels,
+                        convs=plan.int8_convs)
     try:
         return apply_precision(model_path, plan.precision, check_feeds=check_feeds, calibration=calibration,
                                int8_config=config, say=say)

@@ -58,6 +58,7 @@ class ExportRequest:
     text_max_length: int | None = None  # T5 tokens; None: the registry's, else the family's default
     precision: Precision = Precision.FP32  # a string ("fp16") is parsed here, once
     calib_images: Path | None = None
+    int8_convs: bool = False  # --precision int8: also the image encoder's convolutions (ditf_calib.int8_conv)
     massive_threshold: float = 100.0  # --discard auto: channels whose median |h_K| ratio exceeds this (paper: 100x)
     force: bool = False
     parity_sizes: tuple[tuple[int, int], ...] | None = None  # (H, W) pixels; None: PARITY_GRIDS x size multiple

@@ -1,23 +1,34 @@
-"""CPU end to end: the authors' recipe in PyTorch vs the exported ditf graph on onnxruntime.
+"""CPU end to end: the authors' recipe in PyTorch vs ditf's graphs on onnxruntime, with a roofline.
 
-Same medium FLUX-architecture transformer (random weights, real diffusers classes), a VAE the size of
-FLUX's, 512 text tokens, one image at 512x512, E = 8, 2 threads (DESIGN.md §3 row "CPU end to end").
+Same medium FLUX-architecture transformer (random weights, real diffusers classes: hidden 768, 4+4
+blocks, layer 7, 512 text tokens), a VAE the size of FLUX's, one image at 512x512, E = 8, 2 threads
+(DESIGN.md §3 row "CPU end to end"). Pipelines, measured side by side in one run:
 
 - authors' recipe (PyTorch eager, fp32): the image repeated E times, the VAE run E times (posterior
   sample), diffusers' own FluxTransformer2DModel.forward with the conditioning path and modulation
-  linears live, stopped at block K by a hook (they keep only blocks 0..K), then ensemble mean,
-  discard, LayerNorm and modulation.
-- ditf (onnxruntime CPU, fp32): the exported graph; VAE once, conditioning baked.
+  linears live, stopped at block K by a hook, then ensemble mean, discard, LayerNorm and modulation;
+- ditf fp32: the exported graph (model.onnx: VAE once, conditioning baked), and its CPU variant
+  (model.cpu.onnx from `ditf optimize-cpu`: flash attention);
+- ditf int8: the calibrated Q/DQ export (linear layers int8), as written (model.onnx) and as its CPU
+  variant; with --int8-convs also an export whose encoder convolutions are int8 (QLinearConv in the
+  variant), if it passes the export's int8 gates.
 
-Prints a table and the speed-up, measured side by side in one run. Also reports the relative error
-between the two outputs (with the posterior mean used on both sides so they are comparable).
+Printed: seconds per image (best of --repeats after a warm-up, pipelines taking turns, with the
+spread), the speed-up over the authors' recipe, accuracy against the recipe with the posterior mean
+on both sides (fp32: cosine >= 0.99999, rel <= 1e-4; int8: the manifest's int8 gates), then the
+roofline: the machine's peaks measured here (before and after the pipelines, best kept), and per
+part (VAE encoder, transformer, head) the FLOPs counted from the ONNX (torch's FlopCounterMode for
+the recipe), the floor at those peaks, the measured time (each part of a graph timed alone), the
+achieved GFLOP/s and the fraction of the floor reached.
 
-    python bench/bench_end_to_end.py [--size 512] [--ensemble 8] [--threads 2] [--repeats 2]
+    python bench/bench_end_to_end.py [--size 512] [--ensemble 8] [--threads 2] [--repeats 2] [--no-int8]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,63 +36,80 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FLUX_VAE_SIZE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import AuthorsRecipe, build_medium  # noqa: E402
+from roofline import (PARTS, ROOFLINE_HEADER, Timing, ort_session, part_runs, peak_runs, peaks_from,  # noqa: E402
+                      roofline_rows, time_interleaved)
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL = {"fp32": 8.0, "int8": 12.0}  # DESIGN: >= 8x fp32-accurate, >= 12x with int8
 
 
-class _Stop(Exception):
-    pass
+def export_all(folder: Path, embeds: Path, layer: int, size: int, out: Path, int8: bool,
+               int8_convs: bool) -> dict[str, Path]:
+    """fp32 and int8 exports (int8: linear layers; "int8+convs": the encoder's convolutions too, kept only if it
+    passes the export's own int8 gates), each with its CPU variant; name -> export folder."""
+    from ditf_export.errors import ParityError
+    from ditf_export.export import ExportRequest, export
+    from ditf_runtime.cpu_rewrite import make_cpu_variant
 
-
-class AuthorsRecipe:
-    """Loaded once; each call is one image's features the authors' way."""
-
-    def __init__(self, folder: Path, layer: int, embeds: dict, timestep=260.0, guidance=3.5, discard=()):
-        from diffusers import AutoencoderKL, FluxTransformer2DModel
-
-        self.transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer").eval()
-        self.vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
-        self.embeds, self.t, self.guidance, self.discard = embeds, timestep / 1000, guidance, discard
-        n_double = self.transformer.config.num_layers
-        blocks = list(self.transformer.transformer_blocks) + list(self.transformer.single_transformer_blocks)
-        block = blocks[layer]
-        self.norm = block.norm1 if layer < n_double else block.norm
-        self.got = {}
-
-        def keep_input_and_stop(m, a, kw):
-            self.got["h"] = kw["hidden_states"]
-            raise _Stop  # the authors keep only blocks 0..K: nothing after block K's input runs
-
-        block.register_forward_pre_hook(keep_input_and_stop, with_kwargs=True)
-
-    @torch.no_grad()
-    def __call__(self, image: torch.Tensor, noise: torch.Tensor, sample: bool = True) -> np.ndarray:
-        from diffusers import FluxPipeline
-
-        tr, vae, embeds = self.transformer, self.vae, self.embeds
-        e = noise.shape[1]
-        images = image.repeat(e, 1, 1, 1)  # the authors repeat the image E times...
-        dist = vae.encode(images).latent_dist  # ...and so run the VAE E times
-        z = dist.sample() if sample else dist.mean
-        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
-        _, c, h, w = z.shape
-        x_t = self.t * noise[0] + (1 - self.t) * z
-        packed = FluxPipeline._pack_latents(x_t, e, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(e, h // 2, w // 2, "cpu", torch.float32)
+    common = dict(model=str(folder), layer=layer, discard="none", prompt_embeds=embeds, parity_sizes=((64, 96),),
+                  image_size=size)
+    dirs = {"fp32": out / "fp32"}
+    export(ExportRequest(out=dirs["fp32"], **common))
+    if int8:
+        calib = ROOT / "examples" / "images"
+        dirs["int8"] = out / "int8"
+        export(ExportRequest(out=dirs["int8"], precision="int8", calib_images=calib, **common))
+    if int8 and int8_convs:
         try:
-            tr(hidden_states=packed, encoder_hidden_states=embeds["prompt_embeds"].expand(e, -1, -1),
-               pooled_projections=embeds["pooled_prompt_embeds"].expand(e, -1), timestep=torch.full((e,), self.t),
-               img_ids=img_ids, txt_ids=torch.zeros(embeds["prompt_embeds"].shape[1], 3),
-               guidance=torch.full((e,), self.guidance))
-        except _Stop:
-            pass
-        temb = tr.time_text_embed(torch.full((1,), self.t * 1000), torch.full((1,), self.guidance * 1000),
-                                  embeds["pooled_prompt_embeds"])
-        mod = self.norm.linear(self.norm.silu(temb))
-        hk = self.got["h"].mean(0, keepdim=True)
-        hk[..., list(self.discard)] = 0
-        d = hk.shape[-1]
-        feat = torch.nn.functional.layer_norm(hk, (d,), eps=1e-6) * (1 + mod[0, d:2 * d]) + mod[0, :d]
-        return feat.transpose(1, 2).reshape(1, d, h // 2, w // 2).numpy()
+            export(ExportRequest(out=out / "int8-convs", precision="int8", calib_images=calib, int8_convs=True,
+                                 **common))
+            dirs["int8+convs"] = out / "int8-convs"
+        except ParityError as exc:
+            print(f"int8 with --int8-convs: the export refused it (its own gates), no rows for it:\n{exc}")
+    for d in dirs.values():
+        make_cpu_variant(d)
+    return dirs
+
+
+def accuracy(label: str, ours: np.ndarray, reference: np.ndarray, precision: str) -> str:
+    from ditf_runtime.parity import compare
+
+    r = compare(ours, reference, precision)
+    return (f"  {label:<42} cosine min {r.min_cosine:.6f}, rel {r.rel_error:.2e}, NN {r.nn_agreement:.3f} "
+            f"({'within' if r else 'OUTSIDE'} the {precision} gates)")
+
+
+RECIPE = "authors' recipe, PyTorch eager"
+
+
+def time_group(name: str, export_dir: Path, recipe, image, noise, io, sizes, threads: int, repeats: int) -> dict:
+    """One precision's two graphs (model.onnx, CPU variant), measured alongside the recipe and the peak kernels:
+    end to end (all taking turns), then each graph's parts (taking turns with the peak kernels again). Fewer
+    sessions are alive at once than with every graph in one group (a dense-attention session holds GBs), and each
+    group's fractions of peak compare with peaks measured under the same load."""
+    from ditf_calib.flops import account
+
+    feed = {"image": image.numpy(), "noise": noise.numpy()}
+    graphs = {f"ditf {name}, model.onnx": export_dir / "model.onnx",
+              f"ditf {name}, CPU variant": export_dir / "model.cpu.onnx"}
+    peak, work = peak_runs(threads)
+    sessions = {label: ort_session(path, threads) for label, path in graphs.items()}
+    outputs = {label: sess.run(["features"], feed)[0] for label, sess in sessions.items()}  # also the warm-up
+    runs = {RECIPE: lambda: recipe(image, noise, sample=True)}
+    runs.update({label: (lambda sess=sess: sess.run(["features"], feed)) for label, sess in sessions.items()})
+    whole = time_interleaved({**runs, **peak}, repeats, warmup=False)
+    del sessions, runs
+    reports = {label: account(path, io, sizes) for label, path in graphs.items()}
+    part = {}
+    for label, path in graphs.items():
+        part.update({(label, p): fn for p, fn in part_runs(path, reports[label], feed, threads).items()})
+    parts = time_interleaved({**part, **peak}, max(2, repeats - 1))
+    peaks = peaks_from(whole, work).merged(peaks_from(parts, work))
+    return {"precision": name.split("+")[0], "timings": {k: v for k, v in whole.items() if k in graphs or k == RECIPE},
+            "outputs": outputs, "reports": reports, "peaks": peaks,
+            "parts": {label: {p: parts[(label, p)] for p in PARTS} for label in graphs}}
 
 
 def main() -> None:
@@ -93,78 +121,114 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--blocks", type=int, default=4, help="double blocks; as many single blocks")
     ap.add_argument("--text-tokens", type=int, default=512)
-    ap.add_argument("--int8", action="store_true", help="also export and time the calibrated INT8 Q/DQ graph")
+    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 exports and their rows")
+    ap.add_argument("--int8-convs", action="store_true",
+                    help="also an int8 export with the encoder's convolutions quantized (--int8-convs; on these "
+                         "random-weight models it fails the export's int8 gates, which the run then prints)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from safetensors.torch import save_file
+    from ditf_calib.graph_io import Sizes, diffusion_io
+    from ditf_runtime.manifest import Manifest
 
-    from ditf_runtime.backends.onnxrt import create_session
-
-    from ditf_export.export import ExportRequest, export
-    from ditf_export.tiny import save_pipeline_folder, tiny_flux_transformer, tiny_vae
-
-    layer = 2 * args.blocks - 1
-    with tempfile.TemporaryDirectory() as tmp:
+    load = os.getloadavg()
+    s, e = args.size, args.ensemble
+    with tempfile.TemporaryDirectory(prefix="ditf-bench-e2e-") as tmp:
         tmp = Path(tmp)
-        overrides = dict(num_layers=args.blocks, num_single_layers=args.blocks, attention_head_dim=64,
-                         num_attention_heads=args.hidden // 64, axes_dims_rope=(8, 28, 28),
-                         joint_attention_dim=256, pooled_projection_dim=128)
-        folder = save_pipeline_folder(
-            tmp / "medium", {"transformer": tiny_flux_transformer(0, massive=(), **overrides),
-                             "vae": tiny_vae(1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
-        g = torch.Generator().manual_seed(0)
-        embeds = {"prompt_embeds": torch.randn(1, args.text_tokens, 256, generator=g),
-                  "pooled_prompt_embeds": torch.randn(1, 128, generator=g)}
-        save_file(embeds, str(tmp / "embeds.safetensors"))
-        out = tmp / "export"
+        folder, embeds, layer = build_medium(tmp, args.hidden, args.blocks, args.text_tokens)
         t0 = time.perf_counter()
-        export(ExportRequest(model=str(folder), out=out, layer=layer, discard="none",
-                             prompt_embeds=tmp / "embeds.safetensors", parity_sizes=((64, 96),)))
+        dirs = export_all(folder, embeds, layer, s, tmp, not args.no_int8, args.int8_convs)
         export_s = time.perf_counter() - t0
-
-        if args.int8:
-            export(ExportRequest(model=str(folder), out=tmp / "export-int8", layer=layer, discard="none",
-                                 prompt_embeds=tmp / "embeds.safetensors", parity_sizes=((64, 96),),
-                                 precision="int8", calib_images=Path(__file__).parent.parent / "examples" / "images"))
-        s = args.size
+        g = torch.Generator().manual_seed(0)
         image = torch.rand(1, 3, s, s, generator=g) * 2 - 1
-        noise = torch.randn(1, args.ensemble, 16, s // 8, s // 8, generator=g)
-        sess = create_session(out / "model.onnx", threads=args.threads)
-        feed = {"image": image.numpy(), "noise": noise.numpy()}
-
-        def timed(fn):
-            fn()  # warm-up
-            best = float("inf")
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                result = fn()
-                best = min(best, time.perf_counter() - t)
-            return best, result
-
-        ort_s, ours = timed(lambda: sess.run(["features"], feed)[0])
-        int8_s = ours_int8 = None
-        if args.int8:
-            sess8 = create_session(tmp / "export-int8" / "model.onnx", threads=args.threads)
-            int8_s, ours_int8 = timed(lambda: sess8.run(["features"], feed)[0])
+        noise = torch.randn(1, e, 16, s // 8, s // 8, generator=g)
         recipe = AuthorsRecipe(folder, layer, embeds)
-        torch_s, _ = timed(lambda: recipe(image, noise, sample=True))
+        recipe_flops = recipe.count_flops(image, noise)  # also the recipe's warm-up
         reference = recipe(image, noise, sample=False)
-        rel = float(np.abs(ours - reference).max() / np.abs(reference).max())
-
+        geometry = Manifest.load(dirs["fp32"]).geometry
+        io = diffusion_io(geometry.latent_channels, geometry.feature_channels, geometry.vae_stride,
+                          geometry.feature_stride // geometry.vae_stride)
+        sizes = Sizes(batch=1, ensemble=e, height=s, width=s)
+        groups = {name: time_group(name, d, recipe, image, noise, io, sizes, args.threads, args.repeats)
+                  for name, d in dirs.items()}
     print(f"\nmedium FLUX-architecture model: hidden {args.hidden}, {args.blocks}+{args.blocks} blocks, layer {layer}, "
-          f"{args.text_tokens} text tokens, FLUX-size VAE; image {args.size}x{args.size}, E={args.ensemble}, "
-          f"{args.threads} threads; best of {args.repeats} after a warm-up (export took {export_s:.1f} s)")
-    print(f"{'pipeline':<46}{'s/image':>10}{'speed-up':>10}")
-    print(f"{'authors recipe, PyTorch eager fp32 (VAE x E)':<46}{torch_s:>10.2f}{1.0:>10.2f}")
-    print(f"{'ditf graph, onnxruntime CPU fp32':<46}{ort_s:>10.2f}{torch_s / ort_s:>10.2f}")
-    if int8_s is not None:
-        print(f"{'ditf graph, onnxruntime CPU int8 (Q/DQ)':<46}{int8_s:>10.2f}{torch_s / int8_s:>10.2f}")
-    print(f"relative error ditf fp32 vs authors' recipe (posterior mean on both sides): {rel:.2e}")
-    if ours_int8 is not None:
-        from ditf_runtime.parity import compare
+          f"{args.text_tokens} text tokens, FLUX-size VAE; image {s}x{s}, E={e}, {args.threads} threads; best of "
+          f"{args.repeats} (pipelines taking turns, one group per precision; the recipe ran in every group), spread = "
+          f"(worst - best) / best; exports took {export_s:.0f} s; load average {load[0]:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
+    recipe_best = Timing([t for g in groups.values() for t in g["timings"][RECIPE].times])
+    print_pipelines(recipe_best, groups, reference)
+    # torch's FlopCounterMode misses CPU attention: add the attention the ONNX counts (the VAE's E times)
+    dense = groups["fp32"]["reports"]["ditf fp32, model.onnx"]
+    recipe_flops["vae"] += e * dense.part("vae").flops["attention"]
+    recipe_flops["transformer"] += dense.part("transformer").flops["attention"]
+    print_roofline(recipe_best, recipe_flops, dict(recipe.best), groups, e, args.text_tokens)
 
-        print(f"int8 vs authors' recipe: {compare(ours_int8, reference, 'int8')}")
+
+def print_pipelines(authors: Timing, groups: dict, reference) -> None:
+    print(f"{'pipeline':<44}{'s/image':>9}{'spread':>8}{'speed-up':>10}{'goal':>7}")
+    print(f"{RECIPE:<44}{authors.best:>9.2f}{100 * authors.spread:>7.0f}%{1:>9.2f}x")
+    for g in groups.values():
+        for label, t in g["timings"].items():
+            if label != RECIPE:
+                print(f"{label:<44}{t.best:>9.2f}{100 * t.spread:>7.0f}%{authors.best / t.best:>9.2f}x"
+                      f"{GOAL[g['precision']]:>6.0f}x")
+    print("accuracy against the authors' recipe (posterior mean on both sides):")
+    for g in groups.values():
+        for label, out in g["outputs"].items():
+            print(accuracy(label, out, reference, g["precision"]))
+
+
+def print_roofline(authors: Timing, recipe_flops, recipe_parts, groups: dict, ensemble: int, text_tokens: int) -> None:
+    print("\nroofline. FLOPs: convolutions, linear layers and attention (the ONNX's, counted by ditf_calib.flops; the "
+          "recipe's convolutions and matmuls by torch's FlopCounterMode, its attention from the ONNX); floor: each "
+          "node at its kind's peak or at memory bandwidth, whichever is slower, with the peaks measured in the same "
+          "group; floor/t: the fraction of that floor reached (the recipe's transformer time includes its head; the "
+          "head's floor assumes DRAM traffic, its tensors fit in cache)")
+    fp32 = groups["fp32"]
+    fp32_report = fp32["reports"]["ditf fp32, model.onnx"]
+    for name, g in groups.items():
+        print(f"{name} group peaks: {g['peaks']}")
+    print(ROOFLINE_HEADER)
+    flops = dict(recipe_flops)
+    flops["total"] = sum(recipe_flops.values())
+    print("\n".join(roofline_rows(RECIPE, flops, _recipe_floors(fp32_report, fp32["peaks"], ensemble),
+                                  {**recipe_parts, "total": sum(recipe_parts.values())})))
+    for g in groups.values():
+        peaks = g["peaks"]
+        for label, report in g["reports"].items():
+            flops = {p: report.part(p).gemm_flops for p in PARTS}
+            flops["total"] = sum(flops.values())
+            floors = {p: report.floor_seconds(peaks.flops, peaks.bandwidth, p) for p in PARTS}
+            floors["total"] = sum(floors.values())
+            times = {p: g["parts"][label][p].best for p in PARTS}
+            times["total"] = sum(times.values())
+            print("\n".join(roofline_rows(label, flops, floors, times)))
+    text = fp32_report.part("transformer")
+    print(f"transformer FLOPs on text tokens: {text.text_flops / 1e9:.0f} of {text.gemm_flops / 1e9:.0f} GFLOP "
+          f"({100 * text.text_flops / text.gemm_flops:.0f}%: the {text_tokens} prompt tokens)")
+    _verdict(authors.best, groups)
+
+
+def _recipe_floors(report, peaks, ensemble: int) -> dict[str, float]:
+    """The recipe's floor: our graph's, with the VAE E times (the same module on E copies)."""
+    floors = {p: report.floor_seconds(peaks.flops, peaks.bandwidth, p) for p in PARTS}
+    floors["vae"] *= ensemble
+    floors["total"] = sum(floors.values())
+    return floors
+
+
+def _verdict(authors_s: float, groups: dict) -> None:
+    """What the roofline allows: the best possible speed-up of each precision on this machine."""
+    for precision in ("fp32", "int8"):
+        floors = [(label, r.floor_seconds(g["peaks"].flops, g["peaks"].bandwidth))
+                  for g in groups.values() if g["precision"] == precision for label, r in g["reports"].items()]
+        if not floors:
+            continue
+        label, floor = min(floors, key=lambda x: x[1])
+        print(f"{precision}: the lowest roofline floor is {label}'s, {floor:.2f} s, so at most "
+              f"{authors_s / floor:.1f}x over the recipe on this machine (goal {GOAL[precision]:.0f}x needs "
+              f"{authors_s / GOAL[precision]:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def test_variant_files_and_record(variant_dir):
     manifest = Manifest.load(variant_dir)
     assert record.source == {n: manifest.files[n]["sha256"] for n in ("model.onnx", "model.onnx.data")}
     assert record.rewrites["attention_found"] == record.rewrites["attention_fused"] == 4  # VAE + 3 blocks
+    assert record.rewrites["rms_norm_fused"] == 10  # q/k norms: 4 per double block, 2 per single block
     assert record.parity["passed"] and record.parity["tolerance"]["min_cosine"] == TOLERANCES["fp32"].min_cosine
     # graph only: the weights stay in model.onnx.data, which the variant references
     variant = onnx.load(str(variant_dir / VARIANT_FILE), load_external_data=False)
@@ -48,6 +49,7 @@ def test_variant_files_and_record(variant_dir):
                    for p in variant_dir.iterdir())  # no weights copy, no temporary file left
     ops = [n.op_type for n in variant.graph.node]
     assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
+    assert ops.count("SimplifiedLayerNormalization") == 10 and "Reciprocal" not in ops
     assert onnx.load(str(variant_dir / MODEL_FILE), load_external_data=False).graph.node  # model.onnx untouched
     assert Manifest.load(variant_dir).files == manifest.files
 

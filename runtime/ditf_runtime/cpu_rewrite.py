@@ -11,6 +11,7 @@ Rewrites of model.onnx, graph only (the weights stay in model.onnx.data, referen
   onnxruntime's own QDQ fusion does for only some of them (integer_convs says why).
 - INT8 linear layers need nothing: onnxruntime fuses every Q/DQ MatMul of calib/int8.py into
   MatMulIntegerToFloat by itself (checked on its optimised graph by the tests).
+- RMSNorm: onnxruntime's transformers optimizer (onnxruntime_fusions), weight-free.
 
 Then the variant must pass the export's own parity gates against its PyTorch reference
 (reference.safetensors, the manifest's precision) before it is kept; files are written under
@@ -241,6 +242,33 @@ def integer_convs(model) -> dict[str, int]:
     return {"int8_convs": len(replaced)}
 
 
+def onnxruntime_fusions(model) -> dict[str, int]:
+    """Fusions of onnxruntime's own transformers optimizer that its session-time optimizer does not apply:
+    RMSNorm (q/k norms: Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul) into SimplifiedLayerNormalization, one
+    pass instead of six. Its other candidates find nothing on these graphs (the exporter already writes
+    LayerNormalization and Gelu ops; its MMDiT attention fusion expects the legacy exporter's patterns, and
+    fuse_attention does that job); the bias fusions need the weights, which this rewrite never loads."""
+    import logging
+
+    from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
+
+    before = sum(n.op_type == "SimplifiedLayerNormalization" for n in model.graph.node)
+    quiet = logging.getLogger("fusion_base"), logging.getLogger("onnx_model")
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        wrapped = BertOnnxModel(model)
+        wrapped.disable_shape_inference()
+        wrapped.fuse_simplified_layer_norm()
+        wrapped.prune_graph()
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    after = sum(n.op_type == "SimplifiedLayerNormalization" for n in model.graph.node)
+    return {"rms_norm_fused": after - before}
+
+
 def _prune(model) -> None:
     """Drop nodes whose outputs nothing reads any more (the old K^T and scaling chains), then initializers."""
     graph = model.graph
@@ -280,8 +308,10 @@ def make_cpu_variant(export_dir: str | os.PathLike, *, threads: int | None = Non
     model = onnx.load(str(export_dir / MODEL_FILE), load_external_data=False)
     rewrites = fuse_attention(model, shapes_at(export_dir, manifest))
     rewrites.update(integer_convs(model))
+    rewrites.update(onnxruntime_fusions(model))
     say(f"attention: {rewrites['attention_fused']} of {rewrites['attention_found']} fused into MultiHeadAttention; "
-        f"{rewrites['int8_convs']} Q/DQ convolutions as QLinearConv")
+        f"{rewrites['int8_convs']} Q/DQ convolutions as QLinearConv; {rewrites['rms_norm_fused']} RMSNorms as "
+        "SimplifiedLayerNormalization")
     if not rewrites["attention_fused"] and not rewrites["int8_convs"]:
         raise DitfError(f"{export_dir / MODEL_FILE}: no attention or INT8 convolution matched the patterns this "
                         "rewrite knows; there is nothing to gain from a CPU variant")

@@ -71,6 +71,7 @@ class NodeCost:
     bytes: float
     int8: bool = False
     text_fraction: float = 0.0  # transformer nodes: share of the FLOPs computing text-token rows
+    conv3x3: bool = False  # a dense 3x3 stride-1 convolution (what Winograd F(2x2, 3x3) would speed up)
 
 
 @dataclass(frozen=True)
@@ -114,17 +115,21 @@ class FlopReport:
     def total_flops(self) -> float:
         return float(sum(n.flops for n in self.nodes))
 
-    def floor_seconds(self, peaks: Mapping[str, float], bandwidth: float, part: str | None = None) -> float:
+    def floor_seconds(self, peaks: Mapping[str, float], bandwidth: float, part: str | None = None,
+                      conv3x3_speedup: float = 1.0) -> float:
         """Roofline floor: per node max(FLOPs / peak of its kind and precision, bytes / bandwidth), summed.
 
         peaks: FLOP/s keyed "conv", "gemm", "conv-int8", "gemm-int8" (attention and linear use "gemm").
+        conv3x3_speedup: divides the FLOPs of 3x3 stride-1 convolutions (2.25: Winograd F(2x2, 3x3)'s
+        multiplies, its transforms taken as free), for what-if floors.
         """
         total = 0.0
         for n in self.nodes:
             if part is not None and n.part != part:
                 continue
             key = {"conv": "conv", "linear": "gemm", "attention": "gemm"}.get(n.kind)
-            compute = 0.0 if key is None else n.flops / peaks[key + ("-int8" if n.int8 else "")]
+            flops = n.flops / conv3x3_speedup if n.conv3x3 else n.flops
+            compute = 0.0 if key is None else flops / peaks[key + ("-int8" if n.int8 else "")]
             total += max(compute, n.bytes / bandwidth)
         return total
 
@@ -244,6 +249,8 @@ def account(path: str | os.PathLike, io: GraphIO, sizes: Sizes) -> FlopReport:
     """Every node's FLOPs and bytes at `sizes`, with its part and text share (see the module doc)."""
     model = graph_only(path)
     graph = model.graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    dims.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input})
     weights = _Weights(graph, {i.name for i in graph.initializer} | {i.name for i in graph.input
                                                                        if i.name not in io.input_names})
     image, noise = io.input(IMAGE), io.input(NOISE)
@@ -282,8 +289,16 @@ def account(path: str | os.PathLike, io: GraphIO, sizes: Sizes) -> FlopReport:
         r0, r1 = rows["base"][key], rows["more_rows"][key]
         if part == "transformer" and r0 and r1 is not None:
             text = _text_fraction(r0, r1, tokens, extra_tokens)
-        report.nodes.append(NodeCost(node.name, node.op_type, kind, part, flops, nbytes, int8, text))
+        report.nodes.append(NodeCost(node.name, node.op_type, kind, part, flops, nbytes, int8, text,
+                                     kind == "conv" and _is_conv3x3(node, dims)))
     return report
+
+
+def _is_conv3x3(node: onnx.NodeProto, dims: Mapping[str, list[int]]) -> bool:
+    a = _attrs(node)
+    w = dims.get(node.input[3 if node.op_type == "QLinearConv" else 1], [])
+    return (len(w) == 4 and w[2:] == [3, 3] and all(v == 1 for v in a.get("strides", [1, 1]))
+            and all(v == 1 for v in a.get("dilations", [1, 1])) and a.get("group", 1) == 1)
 
 
 def _text_fraction(rows: int, rows_more: int, tokens: int, extra_tokens: int) -> float:

@@ -141,6 +141,7 @@ def test_counts_match_hand_computed(graph_path, b, e, height, width):
     text = T / want["seq"] * (want["w"] + want["scores"] + want["pv"])
     assert parts["transformer"].text_flops == pytest.approx(text, rel=1e-12)
     assert parts["transformer"].int8_flops == 0
+    assert not any(n.conv3x3 for n in report.nodes)  # the stand-in VAE is one 8x8 stride-8 conv
 
 
 def test_bytes_and_roofline_floor(graph_path):
@@ -223,3 +224,7 @@ def test_counts_agree_with_torch_flop_counter(flux_tiny_dir, flux_tiny_export, t
     assert vae_part.flops["attention"] == 2 * 2 * cells * cells * 32
     tokens = 32 + (64 // 16) * (96 // 16)  # text + image tokens; 3 blocks of 4 heads of 16, E = 2
     assert transformer.flops["attention"] == 3 * 2 * 2 * 2 * 4 * tokens * tokens * 16
+    # 3x3 stride-1 convolutions: every conv module but the stride-2 downsamplers and the 1x1 shortcut
+    per_module = {name: sum(ops.values()) for name, ops in vae.get_flop_counts().items()}
+    leaves = [n for n in per_module if n.rsplit(".", 1)[-1] in ("conv_in", "conv1", "conv2", "conv_out")]
+    assert sum(n.flops for n in report.nodes if n.conv3x3) == sum(per_module[n] for n in leaves)

@@ -138,6 +138,7 @@ def main() -> None:
                 "int8 alpha 0.8": Int8Config(smooth_alpha=0.8, protect_channels=(7, 41), protect_width=args.hidden),
                 "int8 no outlier split": Int8Config(outlier_ratio=float("inf")),
                 "int8 keep 4 sensitive": Int8Config(keep_sensitive=4, protect_channels=(7, 41), protect_width=args.hidden),
+                "int8 + encoder convs": Int8Config(convs=True, protect_channels=(7, 41), protect_width=args.hidden),
             })
         for name, cfg in configs.items():
             t0 = time.perf_counter()

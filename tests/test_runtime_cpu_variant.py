@@ -183,3 +183,15 @@ def test_attention_memory_formula():
     fused = attention_bytes(1, 1, 65536, 65536, 32, fused=True)
     assert fused < 2e8  # linear in the tokens: copies of Q, K, V plus L2-sized blocks
     assert attention_bytes(1, 1, 2 * 65536, 2 * 65536, 32, fused=True) < 2.1 * fused
+
+
+def test_dinov2_variant_image_only_graph(dinov2_tiny_export, tmp_path):
+    """A graph without noise (DINOv2): its attention fuses too, parity on the image alone at the fp32 gates."""
+    out = _copy(dinov2_tiny_export(), tmp_path / "dinov2")
+    record = make_cpu_variant(out)
+    assert record.rewrites["attention_fused"] == record.rewrites["attention_found"] > 0
+    assert record.parity["passed"]
+    ex = ditf_runtime.load(out)
+    assert ex.graph.variant
+    result = ex.verify_reference()
+    assert result and result.min_cosine >= 0.99999 and result.rel_error <= 1e-4

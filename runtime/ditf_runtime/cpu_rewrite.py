@@ -340,22 +340,24 @@ def make_cpu_variant(export_dir: str | os.PathLike, *, threads: int | None = Non
 
 
 def _parity(export_dir: Path, manifest: Manifest, graph: Path, threads: int | None):
-    """The export's reference inputs through `graph` on the CPU, judged at the manifest's precision."""
+    """The export's reference inputs (image and noise, or the image alone: DINOv2) through `graph` on the CPU,
+    judged at the manifest's precision."""
     from safetensors.numpy import load_file
 
     from .backends.onnxrt import create_session
-    from .manifest import FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT
+    from .manifest import FEATURES_OUTPUT
     from .parity import compare
 
     reference = load_file(str(export_dir / REFERENCE_FILE))
-    missing = {IMAGE_INPUT, NOISE_INPUT, FEATURES_OUTPUT} - set(reference)
+    inputs = [spec.name for spec in manifest.inputs]
+    missing = {*inputs, FEATURES_OUTPUT} - set(reference)
     if missing:
         raise ManifestError(f"{export_dir / REFERENCE_FILE} lacks tensors {sorted(missing)}")
     try:
         session = create_session(graph, threads=threads)
     except BackendError as exc:
         raise DitfError(f"onnxruntime cannot open the rewritten graph: {exc}") from exc
-    got = session.run([FEATURES_OUTPUT], {IMAGE_INPUT: reference[IMAGE_INPUT], NOISE_INPUT: reference[NOISE_INPUT]})[0]
+    got = session.run([FEATURES_OUTPUT], {name: reference[name] for name in inputs})[0]
     expected = reference[FEATURES_OUTPUT]
     if manifest.geometry.frame_axis is not None:  # video: judged per frame map
         got, expected = (a.reshape(-1, *a.shape[-3:]) for a in (got, expected))

@@ -32,7 +32,8 @@ import numpy as np
 
 from .cpu_variant import RECORD_FILE, VARIANT_FILE, VariantRecord, source_hashes
 from .errors import BackendError, DitfError
-from .manifest import MODEL_DATA_FILE, MODEL_FILE, REFERENCE_FILE, Manifest, ManifestError, file_record
+from .files import file_record
+from .manifest import MODEL_DATA_FILE, MODEL_FILE, REFERENCE_FILE, Manifest, ManifestError
 
 MS_DOMAIN = "com.microsoft"
 

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendError
-from .manifest import MODEL_DATA_FILE, MODEL_FILE, Manifest, ManifestError, sha256_file, write_text_atomic
+from .files import sha256_file, write_text_atomic
+from .manifest import MODEL_DATA_FILE, MODEL_FILE, Manifest, ManifestError
 
 VARIANT_FILE = "model.cpu.onnx"
 RECORD_FILE = "model.cpu.json"

@@ -1,7 +1,8 @@
 """CPU end to end: the authors' recipe in PyTorch vs the exported ditf graph on onnxruntime.
 
 Same medium FLUX-architecture transformer (random weights, real diffusers classes), a VAE the size of
-FLUX's, 512 text tokens, one image at 512x512, E = 8, 2 threads (DESIGN.md §3 row "CPU end to end").
+FLUX's, 512 text tokens, one image at 512x512, E = 8, 2 threads (the project's CPU goal: >= 8x the authors'
+recipe at fp32, more with int8).
 
 - authors' recipe (PyTorch eager, fp32): the image repeated E times, the VAE run E times (posterior
   sample), diffusers' own FluxTransformer2DModel.forward with the conditioning path and modulation

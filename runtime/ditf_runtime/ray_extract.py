@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendError, DitfError, InputError
+from .errors import BackendError, InputError
 from .jobs import (
     DONE,
     FAILED,
@@ -71,8 +71,9 @@ class ExtractWorker:
         todo = pending_jobs(jobs, self.settings.overwrite)
         if todo:
             extract = partial(self.settings.extract, self.extractor)
-            # Any runtime error is reported per image: one image must not fail the whole Ray job.
-            outcomes = extract_chunk(extract, todo, self.settings.fmt, self.metadata, errors=(DitfError,))
+            # Only an image that cannot be read is reported per image (jobs.extract_chunk's default); a
+            # backend failure (out of memory, a lost GPU) would fail every image alike, so it stops the run.
+            outcomes = extract_chunk(extract, todo, self.settings.fmt, self.metadata)
             for job, status, message in outcomes:
                 outcome[job.output] = (status, message)
         return {

@@ -15,6 +15,9 @@ from typing import Callable
 _FAMILIES: dict[str, type] = {}
 _MODELS: dict[str, "ModelSpec"] = {}
 
+# model_index.json key that marks a pipeline of random weights (what tiny.py builds); diffusers ignores "_" keys.
+RANDOM_WEIGHTS_KEY = "_ditf_random_weights"
+
 
 def register(family: str) -> Callable[[type], type]:
     """Class decorator: `@register("flux")` makes an adapter available to the export loop."""

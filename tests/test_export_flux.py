@@ -6,6 +6,8 @@ per-token cosine >= 0.99999 and max relative error <= 1e-4.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,10 +279,10 @@ def _nothing_left(parent: Path, name: str):
     "args, message",
     [
         (["--model", "flux-huge"], "not a registry name"),
-        (["--model", "/nonexistent/folder/x"], "not a registry name"),
+        (["--model", "/nonexistent/folder/x"], "--model /nonexistent/folder/x: no such folder"),
         (["--model", "flux"], "not in the local Hugging Face cache"),
         (["--model", "{tiny}", "--layer", "6"], "out of range: this flux model has layers 0..5"),
-        (["--model", "{tiny}", "--layer", "-1"], "out of range"),
+        (["--model", "{tiny}", "--layer", "-1"], "--layer -1: layers are numbered from 0"),
         (["--model", "{tiny}", "--layer", "1", "--discard", "7,64"], "outside this model's hidden size 0..63"),
         (["--model", "{tiny}", "--layer", "1", "--discard", "a,b"], "comma list"),
         (["--model", "{tiny}", "--layer", "1", "--timestep", "1200"], "must be in [0, 1000]"),
@@ -371,3 +373,32 @@ def test_onnx_refuses_sizes_not_multiple_of_16(flux_tiny_export):
     with pytest.raises(Exception):
         sess.run(["features"], {"image": np.zeros((1, 3, 40, 64), np.float32),
                                 "noise": np.zeros((1, 1, 16, 5, 8), np.float32)})
+
+
+def test_a_damaged_builtin_cache_is_rebuilt(tmp_path, monkeypatch):
+    """The built-in model cache is trusted only when complete: every component model_index.json lists has
+    its config and weights, and tiny.py's random-weights mark is there (an older build lacks it)."""
+    from ditf_export.loading import builtin_complete, resolve_source
+
+    monkeypatch.setenv("DITF_CACHE", str(tmp_path))
+    source = resolve_source("flux-tiny")
+    assert source.path == tmp_path / "flux-tiny" and source.random_weights and builtin_complete(source.path)
+    index = json.loads((source.path / "model_index.json").read_text())
+    assert {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"} <= set(index)
+    weights = source.path / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()  # an interrupted copy, a cleaned-up cache...
+    assert not builtin_complete(source.path)
+    assert resolve_source("flux-tiny").path == source.path and weights.is_file()  # rebuilt, offline
+    shutil.rmtree(source.path / "text_encoder_2")
+    assert not builtin_complete(source.path)
+
+
+def test_latte_tiny_is_a_builtin_video_model(tmp_path, monkeypatch):
+    from ditf_export.catalog import model_spec
+    from ditf_export.loading import resolve_source
+
+    monkeypatch.setenv("DITF_CACHE", str(tmp_path))
+    spec = model_spec("latte-tiny")
+    assert spec.family == "latte" and spec.hf_id is None and spec.builtin is not None
+    source = resolve_source("latte-tiny")  # built offline on first use, like flux-tiny
+    assert source.family == "latte" and source.random_weights and source.spec is spec

@@ -19,6 +19,7 @@ from ditf_runtime.jobs import (
     extract_chunk,
     extract_jobs,
     plan_folder,
+    start_folder,
 )
 from ditf_runtime.storage import load_features
 from PIL import Image
@@ -73,6 +74,12 @@ def test_plan_folder_skips_finished_outputs_and_guards_the_run_record(export_dir
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images found"):
         plan_folder([tmp_path / "empty"], export_dir, out, settings)
+    # start=False: checked, nothing written yet (the CLI loads the model first); start_folder writes it
+    later = tmp_path / "later"
+    planned = plan_folder([images], export_dir, later, settings, start=False)
+    assert len(planned.pending) == 3 and not later.exists()
+    start_folder(planned)
+    assert json.loads((later / RUN_RECORD).read_text()) == planned.record
 
 
 def test_a_bad_image_spoils_only_itself(export_dir, images, tmp_path):

@@ -170,7 +170,7 @@ def pending_jobs(jobs: Sequence[Job], overwrite: bool) -> list[Job]:
 
 
 def check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to resume into a folder filled by another model or other settings; then write the record."""
+    """Refuse to resume into a folder filled by another model or other settings (reads only)."""
     path = out_dir / RUN_RECORD
     if path.is_file() and not overwrite:
         try:
@@ -183,7 +183,6 @@ def check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) -> 
                 f"{out_dir} holds features from another model or settings (differs in {', '.join(changed)}); "
                 "use another --out, or --overwrite to redo everything"
             )
-    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def plan_folder(
@@ -191,18 +190,31 @@ def plan_folder(
     export_dir: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     settings: ExtractSettings,
+    *,
+    start: bool = True,
 ) -> FolderPlan:
-    """Collect the jobs, create OUT and check (then write) its run record for this export (or the two
-    fused exports) and settings."""
+    """Collect the jobs and check OUT's run record against this export (or the two fused exports) and settings.
+
+    With `start` (the default) OUT is then created and the record written (`start_folder`);
+    without, nothing is written yet, so a caller can check the model and device first.
+    """
     out_dir = Path(out_dir)
     jobs = collect_jobs(inputs, out_dir, settings.suffix)
     if not jobs:
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
     record = settings.record([Manifest.load(d) for d in as_export_dirs(export_dir)])
     pending = pending_jobs(jobs, settings.overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     check_run_record(out_dir, record, settings.overwrite)
-    return FolderPlan(out_dir, tuple(jobs), tuple(pending), record)
+    plan = FolderPlan(out_dir, tuple(jobs), tuple(pending), record)
+    if start:
+        start_folder(plan)
+    return plan
+
+
+def start_folder(plan: FolderPlan) -> None:
+    """Create OUT and write its run record (ditf-extract.json): from here on, the folder is this run's."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(plan.out_dir / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
 
 
 def save_job(job: Job, features: FeatureMap | FusedParts, fmt: str, metadata: dict[str, Any]) -> None:

@@ -153,6 +153,12 @@ def read_vae_config(source: ModelSource) -> dict[str, Any]:
     return json.loads(cfg.read_text())
 
 
+def download_command(repo_id: str, include: tuple[str, ...] = FamilyAdapter.download_include) -> str:
+    """The `hf` command (huggingface_hub's CLI) that fetches what an export of `repo_id` reads (the family's
+    `download_include`). `hf` takes one pattern per --include (further words would be read as file names)."""
+    return f"hf download {repo_id} " + " ".join(f"--include '{p}'" for p in include)
+
+
 def _from_hf_cache(repo_id: str, registry_name: str | None = None,
                    include: tuple[str, ...] = FamilyAdapter.download_include) -> Path:
     from huggingface_hub import snapshot_download
@@ -163,11 +169,14 @@ def _from_hf_cache(repo_id: str, registry_name: str | None = None,
         return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # LocalEntryNotFoundError and friends
         what = f"--model {registry_name} ({repo_id})" if registry_name else f"--model {repo_id}"
+        spec = catalog.model_spec(registry_name) if registry_name else None
+        gated = (f"{repo_id} is gated: accept its licence at https://huggingface.co/{repo_id} and log in "
+                 "(`hf auth login`) first. ") if spec is not None and spec.gated else ""
         raise ExportInputError(
             f"{what} is not in the local Hugging Face cache ({cache_dir}); ditf never downloads. "
-            f"On a machine with network run: huggingface-cli download {repo_id} "
-            f"--include {' '.join(repr(p) for p in include)} "
-            "then copy the cache here (or pass the downloaded folder as --model)"
+            f"{gated}On a machine with network run: {download_command(repo_id, include)} "
+            "then copy the cache here (or add --local-dir DIR to download into a folder and pass that as "
+            "--model); README.md, 'Real weights', lists what each model needs"
         ) from exc
 
 

@@ -101,6 +101,7 @@ class ModelSpec:
     text_max_length: int | None = None  # T5 tokens; None: the family's own default
     builtin: Callable[[str], None] | None = None  # builds the model folder offline (flux-tiny)
     signature: tuple[ConfigFact, ...] | None = None
+    gated: bool = False  # the HF repository asks each user to accept its licence before downloading
 
     def matches(self, config: dict, hidden_size: int) -> bool:
         if self.signature is None:

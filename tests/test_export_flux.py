@@ -7,6 +7,7 @@ per-token cosine >= 0.99999 and max relative error <= 1e-4.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -402,3 +403,30 @@ def test_latte_tiny_is_a_builtin_video_model(tmp_path, monkeypatch):
     assert spec.family == "latte" and spec.hf_id is None and spec.builtin is not None
     source = resolve_source("latte-tiny")  # built offline on first use, like flux-tiny
     assert source.family == "latte" and source.random_weights and source.spec is spec
+
+
+def test_the_not_cached_error_names_a_working_hf_download_command(tmp_path, monkeypatch):
+    """huggingface_hub ships `hf` (no `huggingface-cli`); FLUX.1-dev is gated and the message says so."""
+    import shlex
+    import subprocess
+    import sys
+
+    from ditf_export.errors import ExportInputError
+    from ditf_export.loading import download_command, resolve_source
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
+    with pytest.raises(ExportInputError) as dev:
+        resolve_source("flux")
+    message = str(dev.value)
+    assert download_command("black-forest-labs/FLUX.1-dev") in message and "huggingface-cli" not in message
+    assert "is gated: accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-dev" in message
+    with pytest.raises(ExportInputError) as schnell:
+        resolve_source("flux-schnell")
+    assert "gated" not in str(schnell.value)
+    # The installed `hf` parses the command as patterns, not file names (offline: it stops at the network).
+    hf = Path(sys.executable).parent / "hf"
+    command = shlex.split(download_command("owner/model"))
+    run = subprocess.run([str(hf), *command[1:], "--dry-run"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-empty")})
+    assert command[:3] == ["hf", "download", "owner/model"] and command.count("--include") == 6
+    assert "Ignoring `--include`" not in run.stderr and "No such option" not in run.stderr, run.stderr

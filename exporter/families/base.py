@@ -83,7 +83,7 @@ class FamilyAdapter:
     # download for it (the message when a model is missing from the local HF cache).
     config_file: ClassVar[str] = "transformer/config.json"
     download_include: ClassVar[tuple[str, ...]] = (
-        "model_index.json", "transformer/*", "vae/*", "text_encoder*/*", "tokenizer*/*")
+        "model_index.json", "transformer/*", "vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*")
     needs_vae: ClassVar[bool] = True  # graph_io reads vae/config.json
     default_image_size: ClassVar[int] = 640  # the runtime's long side when the registry gives none
     default_final_norm: ClassVar[bool] = False  # see ExportOptions.final_norm

@@ -53,6 +53,7 @@ class LineProgress:
         self.total, self.desc, self.unit = total, desc, unit
         self.file = sys.stderr if file is None else file
         self.n = 0
+        self.postfix = ""
         self._started = self._last_time = time.monotonic()
         self._last_n = 0
         self._closed = False
@@ -82,6 +83,10 @@ class LineProgress:
         if due and self.n != self.total:  # the last line is close()'s
             self._line(now)
 
+    def set_postfix_str(self, text: str) -> None:
+        """tqdm's note after the counts: without a terminal it joins the next line instead."""
+        self.postfix = text
+
     def write(self, text: str, file: IO[str] | None = None) -> None:
         print(text, file=file or self.file, flush=True)
 
@@ -97,4 +102,5 @@ class LineProgress:
         percent = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         elapsed = now - self._started
         timing = f", {elapsed:.1f} s" if done else ""
-        self.write(f"{self.desc}: {count} {self.unit}{percent}{timing}")
+        note = f" ({self.postfix})" if self.postfix and not done else ""
+        self.write(f"{self.desc}: {count} {self.unit}{percent}{timing}{note}")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from .. import memory
 from ..davis import evaluate_davis
+from ..davis.features import protocol_size
 from ..manifest import write_text_atomic
 from .options import ModelChoice, friendly_errors, model_options
 
@@ -64,6 +66,7 @@ def eval_davis(
     if isinstance(model.size, tuple):
         raise click.UsageError("--size is the frames' short side here: give it once, also with two --model")
     with model.open() as extractor:
+        _check_memory(extractor, model)
         result = evaluate_davis(
             extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,
             overlay_dir=overlay_dir, size=model.size, n_last_frames=n_last_frames, radius=radius, topk=topk,
@@ -75,3 +78,14 @@ def eval_davis(
         write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if out_dir is not None:
         click.echo(f"masks in {out_dir}", err=True)
+
+
+def _check_memory(extractor, model: ModelChoice) -> None:
+    """Before the first video: a DAVIS-2017 480p frame (854x480) at the protocol's size must fit the budget
+    (video exports: each clip is checked by the extractor itself)."""
+    if extractor.is_video:
+        return
+    height, width = protocol_size(480, 854, model.size or extractor.manifest.preprocess.long_side)
+    ensemble = model.ensemble or extractor.manifest.feature.ensemble
+    memory.check(extractor.manifest, memory.RunShape(extractor.batch_size, ensemble, height, width),
+                 max_memory=model.load.max_memory, device=extractor.device)

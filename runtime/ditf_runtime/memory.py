@@ -97,6 +97,8 @@ class MemoryEstimate:
 
 
 def gib(n: int) -> str:
+    if n >= 1024 * GIB:
+        return f"{n / (1024 * GIB):,.0f} TiB"
     return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
 

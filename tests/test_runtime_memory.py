@@ -183,3 +183,25 @@ def test_ray_worker_stops_on_a_memory_refusal_instead_of_skipping_images(flux_ti
                             ExtractSettings(size=64, overwrite=True), {})
     with pytest.raises(MemoryBudgetError):
         limited(batch)
+
+
+def test_a_workers_ditf_error_reaches_the_driver_unwrapped():
+    """Ray hands a worker's exception back wrapped (RayTaskError.cause, UserCodeException.__cause__): the driver
+    re-raises the DitfError inside, so `ditf extract --ray` prints its message rather than Ray's traceback."""
+    from ditf_runtime.ray_extract import ditf_error_in
+
+    refusal = MemoryBudgetError("1024x1024 needs about 9 GiB")
+
+    class RayTaskError(Exception):  # the shape of Ray's wrapper: the original under .cause
+        def __init__(self, cause):
+            super().__init__("task failed")
+            self.cause = cause
+
+    try:
+        try:
+            raise refusal
+        except MemoryBudgetError as inner:
+            raise RuntimeError("UserCodeException") from inner
+    except RuntimeError as wrapped:
+        assert ditf_error_in(RayTaskError(wrapped)) is refusal
+    assert ditf_error_in(RayTaskError(ValueError("not ours"))) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -67,12 +68,18 @@ def eval_davis(
         raise click.UsageError("--size is the frames' short side here: give it once, also with two --model")
     with model.open() as extractor:
         _check_memory(extractor, model)
-        result = evaluate_davis(
-            extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,
-            overlay_dir=overlay_dir, size=model.size, n_last_frames=n_last_frames, radius=radius, topk=topk,
-            temperature=temperature, resolution=resolution, clip_frames=clip_frames, overwrite=overwrite,
-            progress=True, ensemble=model.ensemble, seed=model.seed,
-        )  # fmt: skip
+        try:
+            result = evaluate_davis(
+                extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,
+                overlay_dir=overlay_dir, size=model.size, n_last_frames=n_last_frames, radius=radius, topk=topk,
+                temperature=temperature, resolution=resolution, clip_frames=clip_frames, overwrite=overwrite,
+                progress=True, ensemble=model.ensemble, seed=model.seed,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            kept = (f"finished videos are kept in {out_dir}: rerun the same command to resume" if out_dir is not None
+                    else "without --out nothing is kept: pass --out DIR to make a run resumable")
+            click.echo(f"\ninterrupted: {kept}", err=True)
+            sys.exit(130)
     click.echo(result.table())
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")

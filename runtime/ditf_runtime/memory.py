@@ -187,16 +187,12 @@ def _cgroup_room() -> int | None:
 
 
 def _free_gpu_memory() -> int | None:
+    from .backends.trt.flavors import import_cudart  # the one place that knows where cuda-python keeps it
+    from .errors import BackendError
+
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            return None
-    try:
-        error, free, _total = cudart.cudaMemGetInfo()
-    except Exception:  # noqa: BLE001 - no driver, no device
+        error, free, _total = import_cudart().cudaMemGetInfo()
+    except (BackendError, Exception):  # noqa: BLE001 - no cuda-python, no driver, no device: cannot tell
         return None
     return int(free) if int(error) == 0 else None
 

@@ -39,7 +39,7 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
     if own is not None:  # a family whose graph is not the DiTF diffusion graph (it declared its own GraphIO)
         report = LoadReport(tensors_read=own.tensors_read, tensors_in_checkpoint=own.tensors_in_checkpoint,
                             bytes_read=own.bytes_read, shards_opened=len(own.files), files=own.files)
-        return BuiltGraph(own.graph, report, own.notes)
+        return BuiltGraph(own.graph, report, own.notes, adapter.workload(source.transformer_config, None, {}))
     config = source.transformer_config
     transformer, report = load_truncated_transformer(source, adapter, options.layer, dtype)
     conditioning = adapter.conditioning(source, config, options)

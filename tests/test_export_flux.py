@@ -383,15 +383,23 @@ def test_a_damaged_builtin_cache_is_rebuilt(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DITF_CACHE", str(tmp_path))
     source = resolve_source("flux-tiny")
-    assert source.path == tmp_path / "flux-tiny" and source.random_weights and builtin_complete(source.path)
+    config_file = "transformer/config.json"
+    assert source.path == tmp_path / "flux-tiny" and source.random_weights
+    assert builtin_complete(source.path, config_file)
     index = json.loads((source.path / "model_index.json").read_text())
     assert {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"} <= set(index)
     weights = source.path / "vae" / "diffusion_pytorch_model.safetensors"
     weights.unlink()  # an interrupted copy, a cleaned-up cache...
-    assert not builtin_complete(source.path)
+    assert not builtin_complete(source.path, config_file)
     assert resolve_source("flux-tiny").path == source.path and weights.is_file()  # rebuilt, offline
     shutil.rmtree(source.path / "text_encoder_2")
-    assert not builtin_complete(source.path)
+    assert not builtin_complete(source.path, config_file)
+    # a single transformers model (dinov2-tiny): its config carries the mark, its safetensors must be there
+    dino = resolve_source("dinov2-tiny")
+    assert dino.random_weights and builtin_complete(dino.path, "config.json")
+    (dino.path / "model.safetensors").unlink()
+    assert not builtin_complete(dino.path, "config.json")
+    assert resolve_source("dinov2-tiny").random_weights and (dino.path / "model.safetensors").is_file()
 
 
 def test_latte_tiny_is_a_builtin_video_model(tmp_path, monkeypatch):

@@ -79,7 +79,7 @@ def test_refusal_names_the_estimate_the_budget_and_a_size_that_fits(manifest):
         check(manifest, shape, max_memory=budget)
     message = str(refused.value)
     need = estimate(manifest, shape)
-    fits = largest_fitting_side(manifest, shape, budget, counts_weights=True)
+    fits = largest_fitting_side([(manifest, shape)], budget, counts_weights=True)
     assert f"1024x1024, batch 1, E=2 needs about {need.total / (1 << 30):.1f} GiB" in message
     assert f"more than the --max-memory budget ({budget / MIB:.0f} MiB)" in message
     assert f"--size {fits} fits" in message and "--max-memory sets the budget" in message

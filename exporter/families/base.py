@@ -152,9 +152,10 @@ class FamilyAdapter:
                             patch_size=self.patch_size(config), max_frames=self.max_frames(config),
                             max_grid=self.max_grid(config))
 
-    def workload(self, config: dict[str, Any], vae_config: dict[str, Any],
+    def workload(self, config: dict[str, Any], vae_config: dict[str, Any] | None,
                  conditioning: dict[str, torch.Tensor]) -> Workload:
-        """What the runtime's memory estimate needs (ditf_runtime.memory): attention shapes, MLP and VAE widths."""
+        """What the runtime's memory estimate needs (ditf_runtime.memory): attention shapes, MLP and VAE widths.
+        Families that build their own graph (build_own_graph) get vae_config None and no conditioning."""
         embeds, mask = conditioning.get("prompt_embeds"), conditioning.get("prompt_attention_mask")
         tokens = 0 if embeds is None else int(embeds.shape[1] if mask is None else int((mask > 0).sum()))
         return Workload(

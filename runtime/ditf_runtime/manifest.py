@@ -120,6 +120,7 @@ class Workload:
     vae_channels: tuple[int, ...] = ()  # the VAE encoder's block widths, full resolution first; () without a VAE
     vae_attention: bool = True  # the VAE encoder's mid-block self-attention over every latent cell
     attention: str = "dense"  # "dense": the graph materialises every [heads, N, N] score matrix
+    extra_tokens: int = 0  # non-image tokens attended with the image tokens (DINOv2's class and register tokens)
 
 
 @dataclass(frozen=True)

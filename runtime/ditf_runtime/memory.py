@@ -7,15 +7,19 @@ with the exact input shape before it starts the backend; batch commands also che
 possible input up front (`check_long_side`), before they write anything.
 
 The formula (`estimate`; docs/DESIGN.md, "Memory") for a run of B images (or clips of F frames),
-E noise draws, H x W pixels, with n = (H/vae_stride)(W/vae_stride) latent cells, t = the image
-tokens per frame, L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention):
+E noise draws (1 for a graph without noise: DINOv2), H x W pixels, with n = (H/vae_stride)(W/vae_stride)
+latent cells, t = the image tokens per frame plus the extra tokens attended with them (DINOv2's class
+and register tokens), L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention):
 
     weights      = model.onnx + model.onnx.data bytes              x WEIGHT_COPIES
-    VAE          = B F (VAE_CONV_COPIES x c0 H W  +  VAE_ATTENTION_COPIES x n^2) x 4
+    VAE          = B F (VAE_CONV_COPIES x c0 H W  +  VAE_ATTENTION_COPIES x n^2) x 4   (0 without a VAE)
     attention    = B E F heads x N_q N_k x s                       x ATTENTION_COPIES
                    (joint prompt: N_q = N_k = t + L; cross: t^2 + t L; video adds the temporal t F^2)
     MLP / stream = B E F (t + L) x ffn_dim x 4                     x STREAM_COPIES
     total        = weights + VAE + attention + MLP + RUNTIME_OVERHEAD
+
+Two fused exports (fusion.py) run at once, on two threads: a fused run's estimate is the sum of both
+models' (`check_runs`), weights included, and a refusal suggests one --size for both.
 
 c0 is the VAE's first block width. The copies are calibrated against measured peak RSS of
 onnxruntime on the CPU (bench/bench_memory.py prints predicted against measured); the sum (rather
@@ -31,9 +35,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence, Union
 
 from .errors import InputError
-from .manifest import MODEL_DATA_FILE, MODEL_FILE, Manifest, Workload
+from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
 from .preprocess import model_size
 
 GIB = 1 << 30
@@ -95,6 +100,12 @@ class MemoryEstimate:
             return f"{gib(self.activations)} (weights already loaded)"
         return f"{gib(self.total)} (weights {gib(self.weights)} + activations {gib(self.activations)})"
 
+    def __add__(self, other: "MemoryEstimate") -> "MemoryEstimate":
+        """Two graphs at once (a fused run): every part adds up, the runtime's overhead included."""
+        notes = "; ".join(dict.fromkeys(n for n in (self.note, other.note) if n))
+        return MemoryEstimate(self.weights + other.weights, self.vae + other.vae, self.attention + other.attention,
+                              self.stream + other.stream, self.overhead + other.overhead, notes)
+
 
 def gib(n: int) -> str:
     if n >= 1024 * GIB:
@@ -122,10 +133,10 @@ def estimate(manifest: Manifest, shape: RunShape) -> MemoryEstimate:
     work, note = workload_of(manifest)
     geometry = manifest.geometry
     b, e, f = shape.batch, shape.ensemble, shape.frames
-    cells = (shape.height // geometry.vae_stride) * (shape.width // geometry.vae_stride)
-    tokens = (shape.height // geometry.feature_stride) * (shape.width // geometry.feature_stride)
+    tokens = (shape.height // geometry.feature_stride) * (shape.width // geometry.feature_stride) + work.extra_tokens
     vae = 0
-    if work.vae_channels:
+    if work.vae_channels and geometry.vae_stride:
+        cells = (shape.height // geometry.vae_stride) * (shape.width // geometry.vae_stride)
         conv = VAE_CONV_COPIES * work.vae_channels[0] * shape.height * shape.width
         attention = VAE_ATTENTION_COPIES * cells * cells if work.vae_attention else 0
         vae = int(b * f * (conv + attention) * 4)
@@ -216,6 +227,9 @@ class MemoryBudgetError(InputError):
     """A run would need more memory than its budget; the message gives the estimate and a size that fits."""
 
 
+Run = tuple[Manifest, RunShape]  # one export's graph call
+
+
 def check(manifest: Manifest, shape: RunShape, *, max_memory: int | None = None, device: str = "cpu",
           loaded: bool = True, copies: int = 1) -> MemoryEstimate:
     """Refuse a run whose estimate exceeds the budget: `max_memory` bytes for the whole run (weights
@@ -224,7 +238,14 @@ def check(manifest: Manifest, shape: RunShape, *, max_memory: int | None = None,
     `copies`: runs at once, each with its own weights (local Ray actors). Returns the estimate when it
     fits; does nothing when the budget cannot be measured (a GPU without cuda-python).
     """
-    need_estimate = estimate(manifest, shape)
+    return check_runs([(manifest, shape)], max_memory=max_memory, device=device, loaded=loaded, copies=copies)
+
+
+def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: str = "cpu", loaded: bool = True,
+               copies: int = 1) -> MemoryEstimate:
+    """`check` for graph calls that run at once (two fused exports): their estimates add up."""
+    runs = list(runs)
+    need_estimate = sum((estimate(m, shape) for m, shape in runs[1:]), estimate(*runs[0]))
     if max_memory is not None:
         budget, source, counts_weights = int(max_memory), "the --max-memory budget", True
     else:
@@ -236,30 +257,35 @@ def check(manifest: Manifest, shape: RunShape, *, max_memory: int | None = None,
     need = copies * (need_estimate.total if counts_weights else need_estimate.activations)
     if need <= budget:
         return need_estimate
-    fits = largest_fitting_side(manifest, shape, budget, counts_weights, copies)
+    fits = largest_fitting_side(runs, budget, counts_weights, copies)
     advice = (f"--size {fits} fits" if fits else
               "no image size fits at this batch and ensemble: lower --ensemble or --batch-size")
     workers = f" x {copies} workers" if copies > 1 else ""
     note = f" ({need_estimate.note})" if need_estimate.note else ""
+    what = runs[0][1].describe() if len(runs) == 1 else "fused run of " + " and ".join(
+        f"{m.model_name} at {shape.describe()}" for m, shape in runs)
     raise MemoryBudgetError(
-        f"{shape.describe()} needs about {need_estimate.describe(loaded=not counts_weights)}{workers}, more than "
+        f"{what} needs about {need_estimate.describe(loaded=not counts_weights)}{workers}, more than "
         f"{source} ({gib(budget)}){note}: {advice}; --max-memory sets the budget "
         "(docs/DESIGN.md, 'Memory', gives the formula)"
     )
 
 
-def largest_fitting_side(manifest: Manifest, shape: RunShape, budget: int, counts_weights: bool,
-                         copies: int = 1) -> int | None:
-    """The largest long side (a multiple of the size multiple, at most the run's) whose run fits `budget`,
-    for an input of the run's aspect ratio."""
-    multiple = manifest.geometry.size_multiple
+def largest_fitting_side(runs: Sequence[Run], budget: int, counts_weights: bool, copies: int = 1) -> int | None:
+    """The largest long side (a multiple of the first export's size multiple, at most the run's) at which the
+    runs fit `budget` together, for an input of the runs' aspect ratio (each export rounds it to its multiple)."""
+    multiple = runs[0][0].geometry.size_multiple
 
     def fits(side: int) -> bool:
-        h, w = model_size(shape.height, shape.width, side, multiple)
-        need = estimate(manifest, RunShape(shape.batch, shape.ensemble, h, w, shape.frames))
+        need = None
+        for manifest, shape in runs:
+            h, w = model_size(shape.height, shape.width, side, manifest.geometry.size_multiple)
+            part = estimate(manifest, RunShape(shape.batch, shape.ensemble, h, w, shape.frames))
+            need = part if need is None else need + part
         return copies * (need.total if counts_weights else need.activations) <= budget
 
-    low, high = 1, max(shape.height, shape.width) // multiple  # in units of `multiple`
+    longest = max(max(shape.height, shape.width) for _, shape in runs)
+    low, high = 1, max(1, longest // multiple)  # in units of `multiple`
     if not fits(low * multiple):
         return None
     while low < high:  # the estimate grows with the side: bisect
@@ -271,11 +297,42 @@ def largest_fitting_side(manifest: Manifest, shape: RunShape, budget: int, count
     return low * multiple
 
 
-def check_long_side(manifest: Manifest, long_side: int | None, *, batch: int = 1, ensemble: int | None = None,
-                    frames: int = 1, max_memory: int | None = None, device: str = "cpu",
-                    loaded: bool = True, copies: int = 1) -> MemoryEstimate:
-    """`check` for the largest input a batch run can see: a square image at its long side."""
-    side = manifest.preprocess.long_side if long_side is None else int(long_side)
-    height, width = model_size(side, side, side, manifest.geometry.size_multiple)
-    shape = RunShape(batch, manifest.feature.ensemble if ensemble is None else ensemble, height, width, frames)
-    return check(manifest, shape, max_memory=max_memory, device=device, loaded=loaded, copies=copies)
+Manifests = Union[Manifest, Sequence[Manifest]]
+
+
+def manifests_of(extractor: Any) -> tuple[Manifest, ...]:
+    """The export(s) an Extractor or a FusedExtractor runs."""
+    fused = getattr(extractor, "manifests", None)
+    return tuple(fused) if fused is not None else (extractor.manifest,)
+
+
+def ensemble_for(manifest: Manifest, ensemble: int | None) -> int:
+    """E of a call: 1 for a graph without noise (DINOv2), else the given E or the manifest's."""
+    if not any(spec.name == NOISE_INPUT for spec in manifest.inputs):
+        return 1
+    return manifest.feature.ensemble if ensemble is None else int(ensemble)
+
+
+def runs_at(manifests: Manifests, long_side: int | Sequence[int | None] | None, *,
+            image_size: tuple[int, int] | None = None, batch: int = 1, ensemble: int | None = None,
+            frames: int = 1) -> list[Run]:
+    """Each export's graph call for an image of `image_size` (H, W; default a square) resized to `long_side`
+    (one for every export, one per export, or None: each manifest's own), as preprocessing sizes it."""
+    manifests = (manifests,) if isinstance(manifests, Manifest) else tuple(manifests)
+    sides = list(long_side) if isinstance(long_side, (tuple, list)) else [long_side] * len(manifests)
+    runs = []
+    for manifest, side in zip(manifests, sides):
+        side = manifest.preprocess.long_side if side is None else int(side)
+        height, width = image_size if image_size is not None else (side, side)
+        h, w = model_size(height, width, side, manifest.geometry.size_multiple)
+        runs.append((manifest, RunShape(batch, ensemble_for(manifest, ensemble), h, w, frames)))
+    return runs
+
+
+def check_long_side(manifests: Manifests, long_side: int | Sequence[int | None] | None, *, batch: int = 1,
+                    ensemble: int | None = None, frames: int = 1, max_memory: int | None = None,
+                    device: str = "cpu", loaded: bool = True, copies: int = 1) -> MemoryEstimate:
+    """`check` for the largest input a batch run can see: a square image at its long side (both exports'
+    calls together when two are fused)."""
+    return check_runs(runs_at(manifests, long_side, batch=batch, ensemble=ensemble, frames=frames),
+                      max_memory=max_memory, device=device, loaded=loaded, copies=copies)

@@ -88,11 +88,12 @@ def eval_davis(
 
 
 def _check_memory(extractor, model: ModelChoice) -> None:
-    """Before the first video: a DAVIS-2017 480p frame (854x480) at the protocol's size must fit the budget
-    (video exports: each clip is checked by the extractor itself)."""
+    """Before the first video: a DAVIS-2017 480p frame (854x480) at the protocol's size must fit the budget,
+    both models' calls together when two are fused (video exports: each clip is checked by the extractor)."""
     if extractor.is_video:
         return
-    height, width = protocol_size(480, 854, model.size or extractor.manifest.preprocess.long_side)
-    ensemble = model.ensemble or extractor.manifest.feature.ensemble
-    memory.check(extractor.manifest, memory.RunShape(extractor.batch_size, ensemble, height, width),
-                 max_memory=model.load.max_memory, device=extractor.device)
+    manifests = memory.manifests_of(extractor)
+    height, width = protocol_size(480, 854, model.size or manifests[0].preprocess.long_side)
+    runs = memory.runs_at(manifests, max(height, width), image_size=(height, width), batch=extractor.batch_size,
+                          ensemble=model.ensemble)
+    memory.check_runs(runs, max_memory=model.load.max_memory, device=extractor.device)

@@ -6,6 +6,7 @@ draw.py composes these; nothing here reads images or features.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -35,15 +36,50 @@ class Caption:
         return not self.lines and not self.warning
 
 
-def caption_for(manifest: Manifest, *, size: int | None = None, ensemble: int | None = None,
-                what: str | None = None) -> Caption:
-    """The caption of a picture made with an export: model, layer (block), precision, t, E, size."""
+def caption_for(manifests: Manifest | Sequence[Manifest], *, size: int | Sequence[int | None] | None = None,
+                ensemble: int | None = None, what: str | None = None,
+                weights: Sequence[float] | None = None) -> Caption:
+    """The caption of a picture made with an export: model, layer (block), precision, t, E, size; with two
+    fused exports one such line per model and a line with the fusion weights."""
+    manifests = (manifests,) if isinstance(manifests, Manifest) else tuple(manifests)
+    sizes = list(size) if isinstance(size, (tuple, list)) else [size] * len(manifests)
+    lines = [settings_line(m, size=s, ensemble=ensemble) for m, s in zip(manifests, sizes)]
+    if len(manifests) > 1:
+        shares = " / ".join(f"{w:g}" for w in weights) if weights is not None else "equal"
+        lines.append(f"fused: each model's features L2-normalised, weighted {shares}, concatenated")
+    random = any(m.random_weights for m in manifests)
+    return Caption(tuple(lines) if what is None else (what, *lines), RANDOM_WEIGHTS if random else None)
+
+
+def settings_line(manifest: Manifest, *, size: int | None = None, ensemble: int | None = None) -> str:
+    """One export's settings: model, layer (block), precision, then t and E for graphs with noise, long side."""
     feature = manifest.feature
-    settings = (f"{manifest.model_name} · layer {feature.layer} ({feature.block}) · {manifest.precision} · "
-                f"t={feature.timestep:g} · E={ensemble or feature.ensemble} · "
-                f"long side {size or manifest.preprocess.long_side} px")
-    lines = (settings,) if what is None else (what, settings)
-    return Caption(lines, RANDOM_WEIGHTS if manifest.random_weights else None)
+    parts = [manifest.model_name, f"layer {feature.layer} ({feature.block})", manifest.precision]
+    if feature.timestep is not None:  # a diffusion model; DINOv2 graphs take no noise
+        parts += [f"t={feature.timestep:g}", f"E={ensemble or feature.ensemble}"]
+    parts.append(f"long side {size or manifest.preprocess.long_side} px")
+    return " · ".join(parts)
+
+
+def file_caption(metadata: dict[str, str], what: str) -> Caption:
+    """A feature file's caption from the metadata `ditf extract` wrote into it (whatever it has); a fused
+    file's "models" give one line per model."""
+    records: list[dict[str, Any]] = [metadata]
+    if "models" in metadata:
+        try:
+            records = [r for r in json.loads(metadata["models"]) if isinstance(r, dict)]
+        except ValueError:
+            records = []
+    lines = []
+    for record in records:
+        parts = [f"{key} {record[key]}" for key in ("model_name", "layer", "precision", "timestep", "ensemble")
+                 if record.get(key) not in (None, "null")]
+        if parts:
+            lines.append(" · ".join(parts))
+    if "weights" in metadata:
+        lines.append(f"fused, weights {metadata['weights']}")
+    random = any(str(r.get("random_weights", "")).lower() == "true" for r in records)
+    return Caption((what, *lines), RANDOM_WEIGHTS if random else None)
 
 
 def font(size: int) -> ImageFont.ImageFont:

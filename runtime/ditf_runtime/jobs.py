@@ -26,7 +26,7 @@ from typing import Any
 from .errors import ImageError, InputError
 from .extractor import Extractor
 from .features import FeatureMap
-from .fusion import MODELS, RECIPE, FusedExtractor, FusedParts, check_weights
+from .fusion import RECIPE, FusedExtractor, FusedParts, check_weights
 from .manifest import MODEL_FILE, NOISE_INPUT, Manifest, write_text_atomic
 from .preprocess import IMAGE_SUFFIXES
 from .storage import output_suffix, save_features
@@ -38,7 +38,7 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
 # The run-record fields every feature file also carries in its own metadata (fused runs: "models" and
 # "weights" instead of the per-model ones).
-FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed")
+FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed", "random_weights")
 FUSED_FILE_FIELDS = ("models", "weights", "seed")
 
 Progress = Callable[[str, str, str], None]  # (output path, status, message), as each job finishes
@@ -86,7 +86,8 @@ class ExtractSettings:
         if self.fmt != "safetensors":
             raise InputError("fused features are stored as safetensors (both maps and their weights in one file); "
                              "use --format safetensors")
-        sizes = (None,) * MODELS if self.size is None else tuple(self.size)
+        # None (each manifest's), one long side for both, or one per model
+        sizes = tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,) * len(manifests)
         return {
             "models": [self._model_record(m, size) for m, size in zip(manifests, sizes)],
             "weights": list(check_weights(self.weights, len(manifests))),
@@ -98,7 +99,7 @@ class ExtractSettings:
 
     def _model_record(self, manifest: Manifest, size: int | None) -> dict[str, Any]:
         noisy = any(spec.name == NOISE_INPUT for spec in manifest.inputs)
-        return {
+        record = {
             "model_name": manifest.model_name,
             "model_sha256": manifest.files.get(MODEL_FILE, {}).get("sha256"),
             "precision": manifest.precision,
@@ -107,6 +108,9 @@ class ExtractSettings:
             "size": size or manifest.preprocess.long_side,
             "ensemble": (self.ensemble or manifest.feature.ensemble) if noisy else manifest.feature.ensemble,
         }
+        if manifest.random_weights:  # built-in test models: their files' pictures say so (ditf show)
+            record["random_weights"] = True
+        return record
 
     def extract(self, extractor: Extractor | FusedExtractor, images: list[Path]) -> list[FeatureMap | FusedParts]:
         if isinstance(extractor, FusedExtractor):  # both maps and the weights: what fused files store
@@ -131,7 +135,8 @@ class FolderPlan:
     @property
     def metadata(self) -> dict[str, Any]:
         """What each feature file records of the run, besides its source image."""
-        return {key: self.record[key] for key in (FUSED_FILE_FIELDS if "models" in self.record else FILE_FIELDS)}
+        keys = FUSED_FILE_FIELDS if "models" in self.record else FILE_FIELDS
+        return {key: self.record[key] for key in keys if key in self.record}
 
 
 @dataclass(frozen=True)

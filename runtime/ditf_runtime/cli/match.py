@@ -9,9 +9,10 @@ import click
 import numpy as np
 from PIL import Image
 
-from ..annotate import Caption, caption_for
+from ..annotate import caption_for, file_caption
 from ..draw import draw_matches, draw_pca, draw_tracks
 from ..errors import InputError
+from ..memory import manifests_of
 from ..matching import cell_centers, mutual_nn_matches, track_points, transfer_keypoints
 from ..preprocess import frame_files
 from ..storage import feature_file_metadata, load_features
@@ -77,7 +78,7 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
     src_points = parse_points(points, points_file)
     with model.open(exif_transpose=not no_exif) as extractor:
         src, trg = extractor.extract([source, target], model.size, model.ensemble, model.seed)
-        manifest = extractor.manifest
+        manifests = manifests_of(extractor)
     if src_points is None:
         cells_a, cells_b, _ = mutual_nn_matches(src, trg)
         cells_a, cells_b = cells_a[:max_matches], cells_b[:max_matches]
@@ -92,7 +93,7 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
         ],
     }
     if picture is not None:
-        caption = caption_for(manifest, size=model.size, ensemble=model.ensemble,
+        caption = caption_for(manifests, size=model.size, ensemble=model.ensemble, weights=model.weights,
                               what=f"{len(scores)} matches {source.name} -> {target.name}, coloured by cosine "
                                    "similarity" + (" (mutual nearest neighbours)" if points is None and
                                                    points_file is None else ""))
@@ -122,7 +123,7 @@ def track(frames_dir, model: ModelChoice, points, picture, json_path, no_exif) -
     frames = frame_files(frames_dir)
     with model.open(exif_transpose=not no_exif) as extractor:
         maps = extractor.extract_video(frames, model.size, model.ensemble, model.seed)
-        manifest = extractor.manifest
+        manifests = manifests_of(extractor)
     tracks, scores = track_points(maps, start, return_scores=True)
     report = {
         "frames": [str(f) for f in frames],
@@ -132,7 +133,7 @@ def track(frames_dir, model: ModelChoice, points, picture, json_path, no_exif) -
         ],
     }
     if picture is not None:
-        caption = caption_for(manifest, size=model.size, ensemble=model.ensemble,
+        caption = caption_for(manifests, size=model.size, ensemble=model.ensemble, weights=model.weights,
                               what=f"{tracks.shape[1]} point(s) of {frames[0].name} tracked through {len(frames)} "
                                    f"frames, drawn over {frames[-1].name} (ring: start, dot: end)")
         draw_tracks(frames[-1], tracks, caption=caption, path=picture, exif_transpose=not no_exif,
@@ -178,21 +179,15 @@ def show(source, picture, model: ModelChoice, pca_only, side_by_side) -> None:
     what = "PCA of the features (top 3 principal components as RGB; same colour, similar features)"
     if source.suffix in (".safetensors", ".npy"):
         features = load_features(source)
-        image, caption = None, _file_caption(feature_file_metadata(source), what)
+        image, caption = None, file_caption(feature_file_metadata(source), what)
     else:
         if model.export_dir is None:
             raise InputError(f"{source} is an image: give --model EXPORT_DIR (or pass a feature file)")
         with model.open() as extractor:
             (features,) = extractor.extract([source], model.size, model.ensemble, model.seed)
-            caption = caption_for(extractor.manifest, size=model.size, ensemble=model.ensemble,
+            caption = caption_for(manifests_of(extractor), size=model.size, ensemble=model.ensemble,
+                                  weights=model.weights,
                                   what=f"{source.name}: {what}")
         image = None if pca_only else source
     draw_pca(features, image=image, caption=caption, path=picture, max_pixels=model.load.max_pixels)
     click.echo(f"wrote {picture}", err=True)
-
-
-def _file_caption(meta: dict[str, str], what: str) -> Caption:
-    """A feature file's caption from the metadata ditf extract wrote into it (whatever it has)."""
-    parts = [f"{key} {meta[key]}" for key in ("model_name", "layer", "precision", "timestep", "ensemble")
-             if key in meta]
-    return Caption((what, " · ".join(parts)) if parts else (what,))

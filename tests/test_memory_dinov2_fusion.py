@@ -128,3 +128,25 @@ def test_a_fused_feature_files_caption_names_both_models(exports, tmp_path):
     assert caption.lines[2].startswith("model_name dinov2-tiny") and "timestep" not in caption.lines[2]
     assert caption.lines[3] == "fused, weights [0.5, 0.5]" and caption.warning == RANDOM_WEIGHTS
     assert json.loads(meta["models"])[1]["random_weights"] is True
+
+
+def test_a_fused_servers_request_is_checked_as_both_graphs_together(exports):
+    """The fused server runs the two graphs on two threads: a request whose two calls would not fit together
+    gets the refusal, its neighbours in the batch are served."""
+    from ditf_runtime.memory import budget_check
+    from ditf_runtime.serving.pipeline import FeaturePipeline, Member
+
+    flux, dino = exports
+    manifests = [Manifest.load(flux), Manifest.load(dino)]
+
+    def together(height: int, width: int) -> int:  # requests take each export's own long side
+        return check_runs(runs_at(manifests, None, image_size=(height, width)), max_memory=1 << 50).total
+
+    budget = (together(300, 300) + together(20, 300)) // 2  # the square's two calls do not fit, the strip's do
+    with ditf_runtime.load(flux, dino, threads=1, max_memory=budget) as fused:
+        pipeline = FeaturePipeline.fused([Member(m.manifest, m.run) for m in fused.members], fused.weights,
+                                         check_memory=budget_check(fused))
+        square, strip = np.zeros((1, 300, 300, 3), np.uint8), np.zeros((1, 20, 300, 3), np.uint8)
+        results = pipeline.handle("extract", [{"image": square}, {"image": strip}])
+        assert isinstance(results[0], MemoryBudgetError) and "fused run of " in str(results[0])
+        assert results[1]["features"].shape[:2] == (1, fused.feature_channels)

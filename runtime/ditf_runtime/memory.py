@@ -31,11 +31,12 @@ attention without materialising the [heads, N, N] scores (manifest workload.atte
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 from .errors import InputError
 from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
@@ -304,6 +305,12 @@ def manifests_of(extractor: Any) -> tuple[Manifest, ...]:
     """The export(s) an Extractor or a FusedExtractor runs."""
     fused = getattr(extractor, "manifests", None)
     return tuple(fused) if fused is not None else (extractor.manifest,)
+
+
+def budget_check(extractor: Any) -> Callable[[Sequence[Run]], MemoryEstimate]:
+    """`check_runs` with an Extractor's (or FusedExtractor's) budget and device: for code that knows the
+    calls' shapes but not the extractor (the server's fused pipeline)."""
+    return functools.partial(check_runs, max_memory=extractor.max_memory, device=extractor.device)
 
 
 def ensemble_for(manifest: Manifest, ensemble: int | None) -> int:

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..errors import BackendError, DitfError
 from ..loading import LoadOptions
 from ..manifest import Manifest
+from ..memory import budget_check
 from ..fusion import FusedExtractor
 from ..jobs import as_export_dirs
 from .pipeline import FeaturePipeline, Member
@@ -221,7 +222,7 @@ class FeatureServer:
         if isinstance(self.extractor, FusedExtractor):
             members = [Member(m.manifest, m.run, _fixed_ensemble(m)) for m in self.extractor.members]
             pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size,
-                                             max_pixels=max_pixels)
+                                             max_pixels=max_pixels, check_memory=budget_check(self.extractor))
         else:
             pipeline = FeaturePipeline(manifests[0], self.extractor.run, max_batch_size=self.max_batch_size,
                                        fixed_ensemble=_fixed_ensemble(self.extractor), max_pixels=max_pixels)

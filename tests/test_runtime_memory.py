@@ -9,6 +9,8 @@ match, eval-spair, the server's requests and Ray workers.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from ditf_runtime.cli import main
-from ditf_runtime.manifest import Manifest, Workload
+from ditf_runtime.errors import ManifestError
+from ditf_runtime.manifest import MANIFEST_FILE, Manifest, Workload, content_digest
 from ditf_runtime.memory import (
     FALLBACK_WORKLOAD_NOTE,
     MemoryBudgetError,
@@ -62,14 +65,28 @@ def test_estimate_grows_with_every_input_of_the_formula(manifest):
 
 def test_an_old_manifest_without_the_workload_gets_a_conservative_estimate(flux_tiny_export):
     old = dataclasses.replace(Manifest.load(flux_tiny_export), workload=None, random_weights=False)
-    reloaded = Manifest.from_dict({k: v for k, v in old.to_dict().items() if k not in ("workload", "random_weights")})
-    assert reloaded.workload is None and not reloaded.random_weights  # old manifests still load
+    written = {k: v for k, v in old.to_dict().items() if k not in ("workload", "random_weights")}
+    reloaded = Manifest.from_dict({**written, "digest": content_digest(written)})  # sealed without the fields
+    assert reloaded.workload is None and not reloaded.random_weights  # such manifests still load
     rough = estimate(reloaded, RunShape(1, 2, 512, 512))
     assert rough.note == FALLBACK_WORKLOAD_NOTE
     # FLUX.1-dev's real workload on the same geometry: the fallback must not be smaller
     flux_dev = dataclasses.replace(reloaded, workload=Workload(heads=1, head_dim=64, text_tokens=512,
                                                                 ffn_dim=256, vae_channels=(128, 256, 512, 512)))
     assert rough.activations >= estimate(flux_dev, RunShape(1, 2, 512, 512)).activations
+
+
+def test_the_manifests_digest_covers_the_workload(flux_tiny_export, tmp_path):
+    """The workload and the random-weights flag are sealed with the rest of the manifest: lowering the heads
+    by hand (to slip a run past the memory guard) or clearing random_weights makes the manifest refused."""
+    for field, value in (("workload", {"heads": 1}), ("random_weights", False)):
+        folder = tmp_path / field
+        shutil.copytree(flux_tiny_export, folder)
+        data = json.loads((folder / MANIFEST_FILE).read_text())
+        data[field] = {**data[field], **value} if isinstance(value, dict) else value
+        (folder / MANIFEST_FILE).write_text(json.dumps(data, indent=2))
+        with pytest.raises(ManifestError, match="changed after export"):
+            Manifest.load(folder)
 
 
 def test_refusal_names_the_estimate_the_budget_and_a_size_that_fits(manifest):
@@ -126,7 +143,11 @@ def _invoke(*args):
 def test_cli_match_with_a_huge_size_is_refused_in_seconds(flux_tiny_export):
     images = EXAMPLES / "cat-a.jpg", EXAMPLES / "cat-b.jpg"
     start = time.monotonic()
+    # past the position tables: the size limit answers first
     result = _invoke("match", *images, "--model", flux_tiny_export, "--size", "100000")
+    assert result.exit_code == 1 and "past this export's limit" in result.output
+    # within them but far past the memory (dense attention over 700k tokens): the memory guard
+    result = _invoke("match", *images, "--model", flux_tiny_export, "--size", "16384")
     assert result.exit_code == 1 and "needs about" in result.output and "--size" in result.output
     assert time.monotonic() - start < 30
 

@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   installs what is needed and exports + runs the built-in flux-tiny model, offline
+#   make demo   installs what is needed and exports + runs the built-in flux-tiny and latte-tiny models, offline
 #   make test   installs what is needed (idempotently) and runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,13 +24,17 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 test: setup
 	$(PY) -m pytest -q -rs
 
+# Every picture carries a caption; the built-in models have random weights, and their pictures say so.
 demo: setup
 	$(VENV)/bin/ditf-export --model flux-tiny --out $(DEMO)/flux-tiny --force
 	$(VENV)/bin/ditf extract examples/images --model $(DEMO)/flux-tiny --out $(DEMO)/features --overwrite
 	$(VENV)/bin/ditf match examples/images/cat-a.jpg examples/images/cat-b.jpg --model $(DEMO)/flux-tiny \
-		--out $(DEMO)/match.png
+		--out $(DEMO)/match.png --json $(DEMO)/match.json
 	$(VENV)/bin/ditf show examples/images/cat-a.jpg --model $(DEMO)/flux-tiny --out $(DEMO)/pca.png
-	@echo "demo outputs in $(DEMO)/"
+	$(VENV)/bin/ditf-export --model latte-tiny --out $(DEMO)/latte-tiny --force
+	$(VENV)/bin/ditf track examples/frames/cat-pan --model $(DEMO)/latte-tiny \
+		--points "150,100 200,60 100,150 250,170" --out $(DEMO)/track.png
+	@echo "demo outputs in $(DEMO)/: match.png, pca.png, track.png (pictures), match.json, features/"
 
 bench: setup
 	$(PY) bench/bench_matcher.py

@@ -39,11 +39,11 @@ FP32_KEPT = "graph I/O, residual stream, AdaLN modulation and gates, normalisati
 
 
 def tqdm_progress(iterable: Iterable, desc: str) -> Iterable:
-    """The progress bar of calibration and range checks (tqdm on stderr)."""
-    from tqdm.auto import tqdm
+    """The progress bar of calibration and range checks (stderr: tqdm on a terminal, plain lines otherwise)."""
+    from ditf_runtime.progress import progress_bar
 
     items = list(iterable)
-    return tqdm(items, desc=desc, unit="input", leave=False, dynamic_ncols=True)
+    return progress_bar(items, desc=desc, unit="input", leave=False)
 
 
 @dataclass(frozen=True)

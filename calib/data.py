@@ -3,7 +3,7 @@
 One data protocol (STYLE.md, after Polygraphy's DataLoader): any iterable of
 `{input_name: np.ndarray}`, in the graph's own layout (graph_io.GraphIO). The feeds are exactly what
 deployment feeds the graph:
-`ditf_runtime.preprocess.prepare` (DESIGN.md §2 step 1: long side, rounding to the size multiple,
+`ditf_runtime.preprocess.prepare` (docs/DESIGN.md, "The feature" step 1: long side, rounding to the size multiple,
 bicubic, RGB, [-1, 1], EXIF orientation) and `ditf_runtime.noise.default_noise` (noise keyed by the
 image content and a seed), one image per feed since images differ in size.
 """
@@ -20,44 +20,45 @@ import numpy as np
 from ditf_runtime.errors import ImageError, InputError
 from ditf_runtime.manifest import Geometry, Preprocess
 from ditf_runtime.noise import default_noise
-from ditf_runtime.preprocess import PreparedImage, prepare
+from ditf_runtime.preprocess import IMAGE_SUFFIXES, PreparedImage, prepare
 
 from .graph_io import FRAMES, IMAGE, NOISE, GraphIO, Sizes
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 class CalibrationError(ValueError):
     """The calibration images cannot be used; the message says which and why."""
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (so calibration is reproducible)."""
+def list_images(folder: str | os.PathLike, option: str = "--calib-images") -> list[Path]:
+    """Image files directly in `folder`, sorted by name (so calibration is reproducible).
+
+    `option` is the command-line option that named the folder, for the messages.
+    """
     folder = Path(folder)
     if not folder.exists():
-        raise CalibrationError(f"--calib-images {folder}: no such folder")
+        raise CalibrationError(f"{option} {folder}: no such folder")
     if not folder.is_dir():
-        raise CalibrationError(f"--calib-images {folder}: not a folder (give a folder of images)")
+        raise CalibrationError(f"{option} {folder}: not a folder (give a folder of images)")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not p.name.startswith("."))
     if not files:
         raise CalibrationError(
-            f"--calib-images {folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES[:4])}, ...) in it; "
+            f"{option} {folder}: no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) in it; "
             "give a folder of real photos like the ones the model will see (e.g. examples/images)"
         )
     return files
 
 
-def check_folder(folder: str | os.PathLike) -> list[Path]:
+def check_folder(folder: str | os.PathLike, option: str = "--calib-images") -> list[Path]:
     """Every image in `folder` decodes (a cheap check before any heavy work); returns the files."""
     from ditf_runtime.preprocess import open_image
 
-    files = list_images(folder)
+    files = list_images(folder, option)
     for path in files:
         try:
             open_image(path)
         except (ImageError, InputError) as exc:
-            raise CalibrationError(f"--calib-images: {exc}; remove or replace that file") from exc
+            raise CalibrationError(f"{option}: {exc}; remove or replace that file") from exc
     return files
 
 
@@ -135,12 +136,13 @@ class CalibrationSet:
 
 
 def load_calibration_set(folder: str | os.PathLike, *, io: GraphIO, long_side: int, ensemble: int = 2,
-                         seed: int = 0, max_images: int | None = None, frames: int | None = None) -> CalibrationSet:
+                         seed: int = 0, max_images: int | None = None, frames: int | None = None,
+                         option: str = "--calib-images") -> CalibrationSet:
     """Read and preprocess every image in `folder`; any unreadable one is an error naming the file.
 
     frames: clip length for graphs with a frames axis (default: the graph's most, io.max_frames).
     """
-    files = list_images(folder)
+    files = list_images(folder, option)
     if max_images is not None:
         files = files[:max_images]
     if ensemble < 1:
@@ -151,7 +153,7 @@ def load_calibration_set(folder: str | os.PathLike, *, io: GraphIO, long_side: i
         try:
             images.append(prepare(path, spec, io.geometry))
         except (ImageError, InputError) as exc:
-            raise CalibrationError(f"--calib-images: {exc}; remove or replace that file") from exc
+            raise CalibrationError(f"{option}: {exc}; remove or replace that file") from exc
     if io.has_axis(FRAMES):
         frames = int(frames or io.max_frames)
     elif frames is not None:

@@ -3,7 +3,7 @@
 The rewrites work on a proto and a `TensorStore` (calib/tensors.py): for an export, the graph loaded
 without its weights, initializers read and written one at a time; for a small in-memory model (tests),
 the store reads and writes inline tensors. `save` writes the one external-data file beside an in-memory
-model (every initializer over 1 KiB external, one file).
+model (every initializer over 1 KiB external, one file: docs/DESIGN.md, "The export folder").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """INT8 with explicit QuantizeLinear/DequantizeLinear (what TensorRT 10 strongly typed / 11 builds).
 
 Our own Q/DQ insertion (onnxruntime's quantize_static would do the basic job but not the outlier
-split below, and needs its symbolic-shape pre-pass disabled on these graphs, DESIGN.md §4):
+split below, and needs its symbolic-shape pre-pass disabled on these graphs, docs/DESIGN.md, "Export traps"):
 
 - What is quantized: the inputs of every linear layer (MatMul with a constant 2-D weight [K, N];
   Gemm is rewritten as MatMul + Add first). Attention's QK^T / PV matmuls, normalisations, the

@@ -1,4 +1,4 @@
-"""Massive-activation channels found from data (DESIGN.md §5; DiTF's "channel discard").
+"""Massive-activation channels found from data (docs/DESIGN.md, "The feature"; DiTF's "channel discard").
 
 For each calibration image, the raw feature h_K (ensemble mean, before discard and LayerNorm) gives per
 channel c the median over tokens of |h_K[:, c]|; its ratio to the median of those medians over all
@@ -108,12 +108,13 @@ def torch_raw_tokens(graph, io: GraphIO) -> Callable[[Mapping[str, np.ndarray]],
 
 def detect_for_graph(graph, io: GraphIO, images_dir, *, long_side: int, ensemble: int,
                      threshold: float = DEFAULT_THRESHOLD, seed: int = 0, max_images: int | None = None,
-                     progress: Callable[[str], None] | None = None) -> MassiveChannels:
+                     progress: Callable[[str], None] | None = None,
+                     option: str = "--calib-images") -> MassiveChannels:
     """Calibration images -> the runtime's preprocessing and default noise, in the graph's layout `io`
     (video graphs: still clips of io.max_frames frames) -> raw h_K -> massive channels."""
     from .data import load_calibration_set
 
     calib = load_calibration_set(images_dir, io=io, long_side=long_side, ensemble=ensemble, seed=seed,
-                                 max_images=max_images)
+                                 max_images=max_images, option=option)
     names = tuple(img.name for img in calib.images)
     return detect_massive(torch_raw_tokens(graph, io), calib.feeds(), threshold, names, progress)

@@ -1,4 +1,4 @@
-"""FP16 / BF16 typed graphs: low-precision islands in an FP32 graph (DESIGN.md §4).
+"""FP16 / BF16 typed graphs: low-precision islands in an FP32 graph (docs/DESIGN.md, "Precision").
 
 TensorRT 10 strongly typed / TensorRT 11 builds exactly the types the ONNX states, so precision is
 a graph rewrite. What goes low:

@@ -12,10 +12,11 @@ from typing import Callable
 import torch
 
 from ditf_calib.graph_io import FRAMES, GraphIO
+from ditf_runtime.manifest import Workload
 
 from .errors import ExportInputError
 from .feature_graph import FeatureGraph, LatentEncoder
-from .loading import LoadReport, load_truncated_transformer, load_vae
+from .loading import LoadReport, load_truncated_transformer, load_vae, read_vae_config
 from .plan import ExportPlan
 
 
@@ -24,6 +25,7 @@ class BuiltGraph:
     graph: FeatureGraph | None  # None once exported and freed (without_module)
     load: LoadReport  # what was read from the transformer's shards
     notes: tuple[str, ...] = ()  # what the adapter and the graph baked or chose, for the manifest
+    workload: Workload | None = None  # what the runtime's memory estimate needs (manifest.workload)
 
     def without_module(self) -> "BuiltGraph":
         """The same record without the PyTorch module, so its weights can be freed."""
@@ -37,7 +39,7 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
     if own is not None:  # a family whose graph is not the DiTF diffusion graph (it declared its own GraphIO)
         report = LoadReport(tensors_read=own.tensors_read, tensors_in_checkpoint=own.tensors_in_checkpoint,
                             bytes_read=own.bytes_read, shards_opened=len(own.files), files=own.files)
-        return BuiltGraph(own.graph, report, own.notes)
+        return BuiltGraph(own.graph, report, own.notes, adapter.workload(source.transformer_config, None, {}))
     config = source.transformer_config
     transformer, report = load_truncated_transformer(source, adapter, options.layer, dtype)
     conditioning = adapter.conditioning(source, config, options)
@@ -46,7 +48,8 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
     graph = FeatureGraph(LatentEncoder(load_vae(source)), parts, a, b, options.discard,
                          patch_size=adapter.patch_size(config), video=plan.io.has_axis(FRAMES)).eval()
     _check_against_io(graph, plan.io)
-    return BuiltGraph(graph, report, parts.notes + FeatureGraph.NOTES)
+    workload = adapter.workload(config, read_vae_config(source), conditioning)
+    return BuiltGraph(graph, report, parts.notes + FeatureGraph.NOTES, workload)
 
 
 def _check_against_io(graph: FeatureGraph, io: GraphIO) -> None:

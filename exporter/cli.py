@@ -83,15 +83,22 @@ class _Precision(click.Choice):
 def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
          class_label, ensemble, image_size, precision, calib_images, int8_convs, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
-    from .export import ExportRequest, export
+    from .request import ExportRequest
 
-    request = ExportRequest(
-        model=model, out=out, layer=layer, timestep=timestep, guidance=guidance, prompt=prompt,
-        prompt_embeds=prompt_embeds,
-        text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold, class_label=class_label,
-        ensemble=ensemble, image_size=image_size, precision=precision, calib_images=calib_images,
-        int8_convs=int8_convs, force=force, progress=lambda msg: click.echo(msg, err=True),
-    )
+    try:
+        request = ExportRequest(
+            model=model, out=out, layer=layer, timestep=timestep, guidance=guidance, prompt=prompt,
+            prompt_embeds=prompt_embeds,
+            text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold,
+            class_label=class_label, ensemble=ensemble, image_size=image_size, precision=precision,
+            calib_images=calib_images, int8_convs=int8_convs, force=force,
+            progress=lambda msg: click.echo(msg, err=True),
+        )
+        request.check()  # before torch is imported: a wrong option fails in well under a second
+    except ExportInputError as exc:
+        raise click.ClickException(str(exc)) from None
+    from .export import export  # torch, diffusers: seconds
+
     try:
         manifest = export(request)
     except (ExportInputError, ParityError) as exc:
@@ -131,7 +138,15 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
     import json
     import tempfile
 
-    from ditf_calib.data import CalibrationError
+    from ditf_calib.data import CalibrationError, check_folder
+
+    if not threshold > 1:
+        raise click.ClickException(f"--threshold {threshold}: must be > 1 (the paper uses 100)")
+    try:
+        check_folder(images, option="--images")  # before torch is imported and the model loaded
+    except CalibrationError as exc:
+        raise click.ClickException(str(exc)) from None
+
     from ditf_calib.massive import detect_for_graph
 
     from .build import build_graph
@@ -139,8 +154,6 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
     from .plan import plan
     from .request import ExportRequest
 
-    if not threshold > 1:
-        raise click.ClickException(f"--threshold {threshold}: must be > 1 (the paper uses 100)")
     quiet_libraries()
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     try:
@@ -156,7 +169,8 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
             f"long side {the_plan.image_size}")
         built = build_graph(the_plan)
         found = detect_for_graph(built.graph, the_plan.io, images, long_side=the_plan.image_size,
-                                 ensemble=the_plan.ensemble, threshold=threshold, max_images=max_images)
+                                 ensemble=the_plan.ensemble, threshold=threshold, max_images=max_images,
+                                 option="--images")
     except (ExportInputError, CalibrationError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(found.table(top))

@@ -1,4 +1,4 @@
-"""The generic DiTF feature graph (DESIGN.md §2): pixels -> VAE mean latent -> noise mix -> truncated
+"""The generic DiTF feature graph (docs/DESIGN.md, "The feature"): pixels -> VAE mean latent -> noise mix -> truncated
 backbone (from the family adapter) -> ensemble mean -> channel discard -> LayerNorm -> block K's
 AdaLN modulation -> [B, C, H/16, W/16]. This module is also the PyTorch reference for parity."""
 

@@ -65,7 +65,7 @@ def check_graph(path: Path) -> dict[str, int]:
 
 
 def finalize(path: Path, manifest) -> None:
-    """Name the output's axes after the manifest and write static metadata (DESIGN.md §6: static
+    """Name the output's axes after the manifest and write static metadata (docs/DESIGN.md: static
     fields only, never run-time results)."""
     model = onnx.load(str(path), load_external_data=False)
     for out_vi, spec in zip(model.graph.output, manifest.outputs):

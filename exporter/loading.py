@@ -14,7 +14,7 @@ import torch
 from . import catalog
 from .errors import ExportInputError
 from .families.base import FamilyAdapter
-from .registry import ModelSpec
+from .registry import RANDOM_WEIGHTS_KEY, ModelSpec
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -28,6 +28,7 @@ class ModelSource:
     spec: ModelSpec | None  # registry entry whose defaults apply, if any
     transformer_config: dict[str, Any]
     defaults_rule: str = ""  # how `spec` was chosen (registry name, HF id, config facts): for the manifest
+    random_weights: bool = False  # a built-in test model (tiny.py marks its model_index.json)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def resolve_source(model: str) -> ModelSource:
     hints: list[tuple[str, str]] = []
     if spec is not None and spec.builtin is not None:
         path = builtin_cache_dir() / spec.name
-        if not (path / catalog.families()[spec.family].config_file).is_file():
+        family_config = catalog.families()[spec.family].config_file
+        if not builtin_complete(path, family_config):  # absent, damaged, or built by an older ditf: (re)build it
             spec.builtin(str(path))
     elif spec is not None:
         path = _from_hf_cache(spec.hf_id, registry_name=model,
@@ -78,7 +80,7 @@ def resolve_source(model: str) -> ModelSource:
                                  tuple(hints) + _hf_ids_of_folder(path, config))
         spec, rule = found.spec, found.rule
     return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config,
-                       defaults_rule=rule)
+                       defaults_rule=rule, random_weights=has_random_weights(path))
 
 
 def _hf_ids_of_folder(path: Path, config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -103,6 +105,45 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def builtin_complete(path: Path, config_file: str) -> bool:
+    """A built-in model's cached folder is whole and carries tiny.py's random-weights mark (older builds lack
+    it). A diffusers pipeline: every component model_index.json lists has its config and, for models, its
+    safetensors. A single model (DINOv2): its config (the family's `config_file`) and its safetensors."""
+    marked = _random_weights_mark(path)
+    if marked is None or not marked[1]:
+        return False
+    if marked[0] != "model_index.json":
+        return (path / config_file).is_file() and any(path.glob("*.safetensors"))
+    index = json.loads((path / "model_index.json").read_text())
+    for name in index:
+        if name.startswith("_"):
+            continue
+        folder = path / name
+        if not folder.is_dir() or not any(folder.glob("*.json")):
+            return False
+        is_tokenizer = "tokenizer" in name or "scheduler" in name
+        if not is_tokenizer and not any(folder.glob("*.safetensors")):
+            return False
+    return True
+
+
+def has_random_weights(path: Path) -> bool:
+    """tiny.py writes `"_ditf_random_weights": true` into the model_index.json (a pipeline) or config.json
+    (a single model) of the models it builds."""
+    marked = _random_weights_mark(path)
+    return marked is not None and marked[1]
+
+
+def _random_weights_mark(path: Path) -> tuple[str, bool] | None:
+    """(the file read, its random-weights mark): model_index.json when the folder has one, else config.json."""
+    name = "model_index.json" if (path / "model_index.json").is_file() else "config.json"
+    try:
+        content = json.loads((path / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return (name, bool(content.get(RANDOM_WEIGHTS_KEY, False))) if isinstance(content, dict) else None
+
+
 def read_vae_config(source: ModelSource) -> dict[str, Any]:
     """vae/config.json: the latent channels and the VAE's stride (families.base.vae_stride) come from it."""
     cfg = source.path / "vae" / "config.json"
@@ -110,6 +151,12 @@ def read_vae_config(source: ModelSource) -> dict[str, Any]:
         raise ExportInputError(f"{source.path} has no vae/ folder (or no vae/config.json); the feature graph "
                                "starts from pixels and needs it")
     return json.loads(cfg.read_text())
+
+
+def download_command(repo_id: str, include: tuple[str, ...] = FamilyAdapter.download_include) -> str:
+    """The `hf` command (huggingface_hub's CLI) that fetches what an export of `repo_id` reads (the family's
+    `download_include`). `hf` takes one pattern per --include (further words would be read as file names)."""
+    return f"hf download {repo_id} " + " ".join(f"--include '{p}'" for p in include)
 
 
 def _from_hf_cache(repo_id: str, registry_name: str | None = None,
@@ -122,11 +169,14 @@ def _from_hf_cache(repo_id: str, registry_name: str | None = None,
         return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # LocalEntryNotFoundError and friends
         what = f"--model {registry_name} ({repo_id})" if registry_name else f"--model {repo_id}"
+        spec = catalog.model_spec(registry_name) if registry_name else None
+        gated = (f"{repo_id} is gated: accept its licence at https://huggingface.co/{repo_id} and log in "
+                 "(`hf auth login`) first. ") if spec is not None and spec.gated else ""
         raise ExportInputError(
             f"{what} is not in the local Hugging Face cache ({cache_dir}); ditf never downloads. "
-            f"On a machine with network run: huggingface-cli download {repo_id} "
-            f"--include {' '.join(repr(p) for p in include)} "
-            "then copy the cache here (or pass the downloaded folder as --model)"
+            f"{gated}On a machine with network run: {download_command(repo_id, include)} "
+            "then copy the cache here (or add --local-dir DIR to download into a folder and pass that as "
+            "--model); README.md, 'Real weights', lists what each model needs"
         ) from exc
 
 

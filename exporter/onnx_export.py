@@ -8,6 +8,8 @@ exporter can prove every stride relation instead of specialising sizes.
 from __future__ import annotations
 
 import gc
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,9 +66,28 @@ def example_inputs(io: GraphIO) -> tuple[torch.Tensor, ...]:
     return tuple(made)
 
 
+# Warnings torch's exporter prints on every export that say nothing about this graph; any other warning is
+# shown. (message regex, category)
+HARMLESS_WARNINGS = (
+    # torch 2.13's own pytree code calling its deprecated LeafSpec check
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # one axis name (batch, frames, ...) declared on several inputs: the exporter keeps one symbol, as intended
+    (r"# The axis name: \w+ will not be used, since it shares the same shape constraints with another axis",
+     UserWarning),
+)
+
+
+@contextlib.contextmanager
+def harmless_warnings_hidden():
+    with warnings.catch_warnings():
+        for message, category in HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def export_onnx(graph: torch.nn.Module, path: Path, io: GraphIO) -> None:
     """Trace `graph` to `path` (+ `path`.data, external weights)."""
-    with torch.no_grad():
+    with torch.no_grad(), harmless_warnings_hidden():
         program = torch.onnx.export(
             graph, example_inputs(io), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(io),
             input_names=list(io.input_names), output_names=list(io.output_names), external_data=True,

@@ -52,7 +52,7 @@ class ExportPlan:
 
 def plan(request: ExportRequest) -> ExportPlan:
     """Resolve the model and every default, and validate all user input, before any heavy work."""
-    _check_out(Path(request.out), request.force)
+    request.check()
     source = resolve_source(request.model)
     adapter = adapter_for(source.family)
     config, spec = source.transformer_config, source.spec
@@ -69,8 +69,6 @@ def plan(request: ExportRequest) -> ExportPlan:
     noisy = io.input(NOISE) is not None
     if noisy:
         timestep = _choose(request.timestep, spec, "timestep", 260)
-        if not 0 <= float(timestep) <= 1000:
-            raise ExportInputError(f"--timestep {timestep}: must be in [0, 1000]")
         ensemble = int(_choose(request.ensemble, spec, "ensemble", 8))
         if ensemble < 1:
             raise ExportInputError("--ensemble must be >= 1")
@@ -100,13 +98,6 @@ def parse_discard(text: str, hidden: int) -> tuple[int, ...]:
     if bad:
         raise ExportInputError(f"--discard: channels {bad} are outside this model's hidden size 0..{hidden - 1}")
     return channels
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise ExportInputError(f"--out {out} already exists; pass --force to replace it (or choose another folder)")
-    if out.exists() and not out.is_dir():
-        raise ExportInputError(f"--out {out} exists and is not a folder")
 
 
 def _choose(given: Any, spec, attr: str, fallback: Any) -> Any:
@@ -155,12 +146,7 @@ def _discard(request: ExportRequest, source: ModelSource, hidden: int,
         return channels, "registry"
     if request.discard == "none":
         return (), "none"
-    if request.discard == "auto":
-        if request.calib_images is None:
-            raise ExportInputError("--discard auto finds the massive channels from data: pass --calib-images DIR "
-                                   "(a folder of real photos, e.g. examples/images)")
-        if not request.massive_threshold > 1:
-            raise ExportInputError(f"--massive-threshold {request.massive_threshold}: must be > 1 (paper: 100)")
+    if request.discard == "auto":  # request.check() made sure --calib-images is given
         return (), "auto"  # detected after loading (build.detect_discard)
     return parse_discard(request.discard, hidden), "user"
 
@@ -226,18 +212,5 @@ def _check_precision(request: ExportRequest, source: ModelSource, io: GraphIO, d
     if io.has_axis(FRAMES) and precision != Precision.FP32:
         raise ExportInputError(f"--precision {precision}: video families ({source.family}) export fp32 only "
                                "in this build; use --precision fp32")
-    if request.int8_convs and precision != Precision.INT8:
-        raise ExportInputError(f"--int8-convs quantizes convolutions to INT8: it needs --precision int8, "
-                               f"not {precision}")
-    if precision == Precision.INT8 and request.calib_images is None:
-        raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
-                               "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
-    if request.calib_images is not None:
-        from ditf_calib.data import CalibrationError, check_folder
-
-        try:
-            check_folder(request.calib_images)  # every image decodes, before any heavy work
-        except CalibrationError as exc:
-            raise ExportInputError(str(exc)) from None
-        if precision == Precision.FP32 and discard_source != "auto":
-            notes.append("--calib-images ignored: fp32 needs no calibration")
+    if request.calib_images is not None and precision == Precision.FP32 and discard_source != "auto":
+        notes.append("--calib-images ignored: fp32 needs no calibration")

@@ -72,6 +72,8 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
         tensorrt_profiles=trt_profiles(io, plan.image_size, plan.ensemble),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         defaults={"model": source.spec.name if source.spec is not None else None, "rule": source.defaults_rule},
+        random_weights=source.random_weights,
+        workload=built.workload,
     )
     graph_checks.finalize(folder / MODEL_FILE, draft)  # changes model.onnx: hash it afterwards
     manifest = replace(draft, files={name: file_record(folder / name)

@@ -15,6 +15,9 @@ from typing import Callable
 _FAMILIES: dict[str, type] = {}
 _MODELS: dict[str, "ModelSpec"] = {}
 
+# model_index.json key that marks a pipeline of random weights (what tiny.py builds); diffusers ignores "_" keys.
+RANDOM_WEIGHTS_KEY = "_ditf_random_weights"
+
 
 def register(family: str) -> Callable[[type], type]:
     """Class decorator: `@register("flux")` makes an adapter available to the export loop."""
@@ -98,6 +101,7 @@ class ModelSpec:
     text_max_length: int | None = None  # T5 tokens; None: the family's own default
     builtin: Callable[[str], None] | None = None  # builds the model folder offline (flux-tiny)
     signature: tuple[ConfigFact, ...] | None = None
+    gated: bool = False  # the HF repository asks each user to accept its licence before downloading
 
     def matches(self, config: dict, hidden_size: int) -> bool:
         if self.signature is None:

@@ -1,7 +1,8 @@
 """What `ditf-export` is asked to do, as given: one frozen request (torch-free, so the CLI stays light).
 
 None means "the model's registry default"; NOT_GIVEN marks the one option where None is a choice of its
-own (`--guidance none`: no guidance). plan.py resolves a request into an ExportPlan.
+own (`--guidance none`: no guidance). `ExportRequest.check()` refuses what is wrong whatever the model
+(the CLI calls it before torch is imported); plan.py resolves a checked request into an ExportPlan.
 """
 
 from __future__ import annotations
@@ -69,3 +70,69 @@ class ExportRequest:
             object.__setattr__(self, "precision", Precision.parse(self.precision))
         except ValueError as exc:  # "precision 'fp8': choose ..."
             raise ExportInputError(f"--{exc}") from None
+
+    def check(self) -> None:
+        """Refuse options that cannot work with any model, before anything heavy is imported or read.
+
+        What depends on the model (layer range, discard channels vs. the hidden size, size multiple,
+        guidance embedding) is checked by plan.py once the model's configs are read.
+        """
+        out = Path(self.out)
+        if out.exists() and not self.force:
+            raise ExportInputError(f"--out {out} already exists; pass --force to replace it (or choose another folder)")
+        if out.exists() and not out.is_dir():
+            raise ExportInputError(f"--out {out} exists and is not a folder")
+        _check_model_text(self.model)
+        if self.layer is not None and self.layer < 0:
+            raise ExportInputError(f"--layer {self.layer}: layers are numbered from 0")
+        if self.timestep is not None and not 0 <= float(self.timestep) <= 1000:
+            raise ExportInputError(f"--timestep {self.timestep}: must be in [0, 1000]")
+        for option, value in (("--ensemble", self.ensemble), ("--image-size", self.image_size),
+                              ("--max-sequence-length", self.text_max_length)):
+            if value is not None and value < 1:
+                raise ExportInputError(f"{option} {value}: must be >= 1")
+        if self.prompt_embeds is not None and not Path(self.prompt_embeds).is_file():
+            raise ExportInputError(f"--prompt-embeds {self.prompt_embeds}: no such file")
+        _check_discard_text(self.discard, self.calib_images, self.massive_threshold)
+        if self.int8_convs and self.precision != Precision.INT8:
+            raise ExportInputError(f"--int8-convs quantizes convolutions to INT8: it needs --precision int8, "
+                                   f"not {self.precision}")
+        if self.precision == Precision.INT8 and self.calib_images is None:
+            raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
+                                   "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
+        if self.calib_images is not None:
+            from ditf_calib.data import CalibrationError, check_folder
+
+            try:
+                check_folder(self.calib_images)  # every image decodes
+            except CalibrationError as exc:
+                raise ExportInputError(str(exc)) from None
+
+
+def _check_model_text(model: str) -> None:
+    """A path-looking --model must exist; registry names and HF ids are resolved later (loading.py)."""
+    if not model or not model.strip():
+        raise ExportInputError("--model is empty: give a registry name (e.g. flux-tiny), a folder or an HF id")
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_like_path and not Path(model).expanduser().is_dir():
+        raise ExportInputError(f"--model {model}: no such folder (a local model is a diffusers pipeline folder "
+                               "with model_index.json, transformer/ and vae/)")
+
+
+def _check_discard_text(discard: str | None, calib_images: Path | None, massive_threshold: float) -> None:
+    if discard is None or discard == "none":
+        return
+    if discard == "auto":
+        if calib_images is None:
+            raise ExportInputError("--discard auto finds the massive channels from data: pass --calib-images DIR "
+                                   "(a folder of real photos, e.g. examples/images)")
+        if not massive_threshold > 1:
+            raise ExportInputError(f"--massive-threshold {massive_threshold}: must be > 1 (paper: 100)")
+        return
+    try:
+        channels = [int(c) for c in discard.split(",") if c.strip()]
+    except ValueError:
+        raise ExportInputError(f"--discard {discard!r}: expected a comma list of channel indices, 'none' or 'auto'") \
+            from None
+    if any(c < 0 for c in channels):
+        raise ExportInputError(f"--discard {discard!r}: channel indices start at 0")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .registry import RANDOM_WEIGHTS_KEY
+
 FLUX_TINY_MASSIVE = (7, 41)
 FLUX_TINY_TRANSFORMER = dict(
     patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=16,
@@ -92,12 +94,15 @@ def save_pipeline_folder(path: str | Path, components: dict, with_text: bool, pi
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1"}
+        # Random weights, marked so: exports record it and the runtime's pictures say so.
+        index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1", RANDOM_WEIGHTS_KEY: True}
         for sub, module in components.items():
             module.save_pretrained(tmp / sub, safe_serialization=True)
             index[sub] = ["diffusers", type(module).__name__]
         if with_text and text_builder is not None:
             text_builder(tmp)
+            for sub in sorted(p.name for p in tmp.iterdir() if p.is_dir() and p.name not in index):
+                index[sub] = ["transformers", _transformers_class(tmp / sub)]  # as diffusers lists them
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         if path.exists():
             shutil.rmtree(path)
@@ -106,6 +111,15 @@ def save_pipeline_folder(path: str | Path, components: dict, with_text: bool, pi
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _transformers_class(folder: Path) -> str:
+    """The class a saved text encoder or tokenizer folder holds (model_index.json names it)."""
+    for name, key in (("config.json", "architectures"), ("tokenizer_config.json", "tokenizer_class")):
+        if (folder / name).is_file():
+            value = json.loads((folder / name).read_text()).get(key)
+            return value[0] if isinstance(value, list) else str(value)
+    return "unknown"
 
 
 def build_flux_tiny(path: str | Path, seed: int = 0, with_text: bool = True, **transformer_overrides) -> Path:
@@ -120,7 +134,7 @@ def build_flux_tiny(path: str | Path, seed: int = 0, with_text: bool = True, **t
     )
 
 
-# -- the other DiT families (DESIGN.md §5): real diffusers classes at toy sizes ------------------------------
+# -- the other DiT families (docs/DESIGN.md, "Noising per family"): real diffusers classes at toy sizes -------
 # Massive channels are planted in the patch-embedding bias, so they ride the residual stream into every block.
 
 SD3_TINY_MASSIVE = (5, 50)
@@ -303,6 +317,8 @@ def build_dinov2_tiny(path: str | Path, seed: int = 0, registers: bool = False, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        config = json.loads((tmp / "config.json").read_text())  # random weights, marked so (as pipelines are)
+        (tmp / "config.json").write_text(json.dumps({**config, RANDOM_WEIGHTS_KEY: True}, indent=2))
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

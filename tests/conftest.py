@@ -8,13 +8,26 @@ from pathlib import Path
 import pytest
 
 
+_OWN_CACHE: list[str] = []  # the built-in model cache this run created, removed when it ends
+
+
 def pytest_configure(config):
     # Keep the built-in model cache inside the test run: never the user's ~/.cache, never a download.
     if "DITF_CACHE" not in os.environ:
         import tempfile
 
         os.environ["DITF_CACHE"] = tempfile.mkdtemp(prefix="ditf-cache-")
+        _OWN_CACHE.append(os.environ["DITF_CACHE"])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("DITF_CACHE") == folder:
+            del os.environ["DITF_CACHE"]
 
 
 @pytest.fixture(scope="session")

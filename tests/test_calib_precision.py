@@ -102,7 +102,7 @@ def test_bf16_typed_graph_is_valid_and_its_twin_matches(fp32_model, feeds):
     # the twin computes the same islands, only emulated
     assert islands.ops == twin_islands.ops and islands.low_tensors.keys() == twin_islands.low_tensors.keys()
     assert not any(i.data_type == TensorProto.BFLOAT16 for i in twin.graph.initializer)
-    # onnxruntime CPU cannot run the typed graph (DESIGN.md §4); it runs the twin
+    # onnxruntime CPU cannot run the typed graph (docs/DESIGN.md, "What runs where"); it runs the twin
     with pytest.raises(Exception, match="NOT_IMPLEMENTED|Could not find an implementation"):
         G.session(typed)
     ref, got = G.session(fp32_model), G.session(twin)

@@ -191,7 +191,7 @@ def test_registry_local_folders_and_the_hf_cache(tmp_path, monkeypatch):
         resolve_source(str(other))
     # not in the local cache: the download command names the transformers files, never diffusers' folders
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(ExportInputError, match=r"huggingface-cli download facebook/dinov2-base --include 'config.json'"):
+    with pytest.raises(ExportInputError, match=r"hf download facebook/dinov2-base --include 'config.json' --include 'model.safetensors'"):
         resolve_source("dinov2-base")
 
 

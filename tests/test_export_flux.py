@@ -6,6 +6,9 @@ per-token cosine >= 0.99999 and max relative error <= 1e-4.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,10 +280,10 @@ def _nothing_left(parent: Path, name: str):
     "args, message",
     [
         (["--model", "flux-huge"], "not a registry name"),
-        (["--model", "/nonexistent/folder/x"], "not a registry name"),
+        (["--model", "/nonexistent/folder/x"], "--model /nonexistent/folder/x: no such folder"),
         (["--model", "flux"], "not in the local Hugging Face cache"),
         (["--model", "{tiny}", "--layer", "6"], "out of range: this flux model has layers 0..5"),
-        (["--model", "{tiny}", "--layer", "-1"], "out of range"),
+        (["--model", "{tiny}", "--layer", "-1"], "--layer -1: layers are numbered from 0"),
         (["--model", "{tiny}", "--layer", "1", "--discard", "7,64"], "outside this model's hidden size 0..63"),
         (["--model", "{tiny}", "--layer", "1", "--discard", "a,b"], "comma list"),
         (["--model", "{tiny}", "--layer", "1", "--timestep", "1200"], "must be in [0, 1000]"),
@@ -371,3 +374,67 @@ def test_onnx_refuses_sizes_not_multiple_of_16(flux_tiny_export):
     with pytest.raises(Exception):
         sess.run(["features"], {"image": np.zeros((1, 3, 40, 64), np.float32),
                                 "noise": np.zeros((1, 1, 16, 5, 8), np.float32)})
+
+
+def test_a_damaged_builtin_cache_is_rebuilt(tmp_path, monkeypatch):
+    """The built-in model cache is trusted only when complete: every component model_index.json lists has
+    its config and weights, and tiny.py's random-weights mark is there (an older build lacks it)."""
+    from ditf_export.loading import builtin_complete, resolve_source
+
+    monkeypatch.setenv("DITF_CACHE", str(tmp_path))
+    source = resolve_source("flux-tiny")
+    config_file = "transformer/config.json"
+    assert source.path == tmp_path / "flux-tiny" and source.random_weights
+    assert builtin_complete(source.path, config_file)
+    index = json.loads((source.path / "model_index.json").read_text())
+    assert {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"} <= set(index)
+    weights = source.path / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()  # an interrupted copy, a cleaned-up cache...
+    assert not builtin_complete(source.path, config_file)
+    assert resolve_source("flux-tiny").path == source.path and weights.is_file()  # rebuilt, offline
+    shutil.rmtree(source.path / "text_encoder_2")
+    assert not builtin_complete(source.path, config_file)
+    # a single transformers model (dinov2-tiny): its config carries the mark, its safetensors must be there
+    dino = resolve_source("dinov2-tiny")
+    assert dino.random_weights and builtin_complete(dino.path, "config.json")
+    (dino.path / "model.safetensors").unlink()
+    assert not builtin_complete(dino.path, "config.json")
+    assert resolve_source("dinov2-tiny").random_weights and (dino.path / "model.safetensors").is_file()
+
+
+def test_latte_tiny_is_a_builtin_video_model(tmp_path, monkeypatch):
+    from ditf_export.catalog import model_spec
+    from ditf_export.loading import resolve_source
+
+    monkeypatch.setenv("DITF_CACHE", str(tmp_path))
+    spec = model_spec("latte-tiny")
+    assert spec.family == "latte" and spec.hf_id is None and spec.builtin is not None
+    source = resolve_source("latte-tiny")  # built offline on first use, like flux-tiny
+    assert source.family == "latte" and source.random_weights and source.spec is spec
+
+
+def test_the_not_cached_error_names_a_working_hf_download_command(tmp_path, monkeypatch):
+    """huggingface_hub ships `hf` (no `huggingface-cli`); FLUX.1-dev is gated and the message says so."""
+    import shlex
+    import subprocess
+    import sys
+
+    from ditf_export.errors import ExportInputError
+    from ditf_export.loading import download_command, resolve_source
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-empty"))
+    with pytest.raises(ExportInputError) as dev:
+        resolve_source("flux")
+    message = str(dev.value)
+    assert download_command("black-forest-labs/FLUX.1-dev") in message and "huggingface-cli" not in message
+    assert "is gated: accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-dev" in message
+    with pytest.raises(ExportInputError) as schnell:
+        resolve_source("flux-schnell")
+    assert "gated" not in str(schnell.value)
+    # The installed `hf` parses the command as patterns, not file names (offline: it stops at the network).
+    hf = Path(sys.executable).parent / "hf"
+    command = shlex.split(download_command("owner/model"))
+    run = subprocess.run([str(hf), *command[1:], "--dry-run"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-empty")})
+    assert command[:3] == ["hf", "download", "owner/model"] and command.count("--include") == 6
+    assert "Ignoring `--include`" not in run.stderr and "No such option" not in run.stderr, run.stderr

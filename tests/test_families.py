@@ -1,4 +1,4 @@
-"""Every DiT family of the seeds (DESIGN.md §5), each a tiny random model of the real diffusers class.
+"""Every DiT family (docs/DESIGN.md, "Noising per family"), each a tiny random model of the real diffusers class.
 
 Per family: the PyTorch reference (the module that is exported) against diffusers' own forward with hooks
 on block K, at layers 0 .. last; and the ONNX export at a layer after the first block and at the last

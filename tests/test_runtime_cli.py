@@ -181,12 +181,20 @@ def test_match_points_and_picture(export_dir, images, tmp_path):
         "3,4 60,40",
         "--out",
         picture,
+        "--json",
+        "-",
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout.split("\n2 match(es)")[0])  # '--json -': the JSON on stdout, then the summary
     assert [m["source"] for m in report["matches"]] == [[3, 4], [60, 40]]
     assert all(0 <= m["target"][0] < 60 and 0 <= m["target"][1] < 45 for m in report["matches"])
-    assert Image.open(picture).size == (70 + 8 + 60, 50)
+    width, height = Image.open(picture).size
+    assert width == 70 + 8 + 60 and height > 50  # the images side by side, a colour bar and caption below
+    quiet = invoke("match", images / "img0.png", images / "sub" / "img4.png", "--model", export_dir, "--points",
+                   "3,4 60,40", "--out", picture)
+    # With a picture and no --json: one summary line, not the JSON
+    assert quiet.stdout.startswith("2 match(es), cosine ") and quiet.stdout.count("\n") == 1, quiet.stdout
+    assert f"wrote {picture}" in quiet.stdout
 
 
 def test_match_mutual_neighbours_to_json(export_dir, images, tmp_path):
@@ -249,13 +257,17 @@ def test_eval_spair(export_dir, tmp_path):
 
 def test_show_image_and_feature_file(export_dir, images, tmp_path):
     picture = tmp_path / "pca.png"
-    result = invoke("show", images / "img0.png", "--model", export_dir, "--out", picture, "--side-by-side")
+    result = invoke("show", images / "img0.png", "--model", export_dir, "--out", picture)
     assert result.exit_code == 0, result.output
-    assert Image.open(picture).size == (70 + 8 + 70, 50)
+    width, height = Image.open(picture).size
+    assert width == 70 + 8 + 70 and height > 50  # the photo beside its PCA by default, a caption below
+    assert invoke("show", images / "img0.png", "--model", export_dir, "--out", picture, "--pca-only").exit_code == 0
+    assert Image.open(picture).size[0] == 70
     out = tmp_path / "features"
     invoke("extract", images / "img1.png", "--model", export_dir, "--out", out)
     assert invoke("show", out / "img1.safetensors", "--out", tmp_path / "f.png").exit_code == 0
-    assert Image.open(tmp_path / "f.png").size == (48, 64)
+    width, height = Image.open(tmp_path / "f.png").size
+    assert width == 48 and height > 64
     no_model = invoke("show", images / "img0.png", "--out", picture)
     assert no_model.exit_code == 1 and "--model" in no_model.output
 
@@ -280,3 +292,50 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     )
     assert process.returncode == 1
     assert "Error:" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_extract_says_what_it_wrote(export_dir, images, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("extract", images, "--model", export_dir, "--out", out)
+    assert result.exit_code == 0 and f"wrote 5 file(s) to {out}" in result.output
+    again = invoke("extract", images, "--model", export_dir, "--out", out)
+    assert f"nothing to do: all 5 file(s) are in {out}" in again.output
+
+
+def test_extract_checks_the_model_and_device_before_writing_anything(export_dir, images, tmp_path):
+    out = tmp_path / "out"
+    for args in (["--model", tmp_path / "no-export"], ["--model", export_dir, "--device", "cuda"]):
+        result = invoke("extract", images, *args, "--out", out)
+        assert result.exit_code == 1 and "Error:" in result.output, result.output
+        assert not out.exists()  # no folder, no ditf-extract.json claiming it
+
+
+def test_ctrl_c_during_extract_says_how_to_resume(export_dir, images, tmp_path, monkeypatch):
+    import importlib
+
+    extract_module = importlib.import_module("ditf_runtime.cli.extract")  # the module, not the command
+    real = extract_module.extract_jobs
+
+    def interrupted(extractor, jobs, settings, metadata, progress):
+        real(extractor, jobs[:2], settings, metadata, progress)  # two images get written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_module, "extract_jobs", interrupted)
+    out = tmp_path / "out"
+    result = invoke("extract", images, "--model", export_dir, "--out", out)
+    assert result.exit_code == 130
+    assert f"interrupted: 2 of 5 file(s) written to {out} (each one complete); rerun the same command to resume" \
+        in result.output
+    monkeypatch.setattr(extract_module, "extract_jobs", real)
+    resumed = invoke("extract", images, "--model", export_dir, "--out", out)
+    assert "2 already done, 3 to extract" in resumed.output and "wrote 3 file(s)" in resumed.output
+
+
+def test_ditf_warnings_are_one_line(export_dir, tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "tiny.png")
+    script = Path(sys.executable).parent / "ditf"
+    process = subprocess.run([str(script), "show", str(tmp_path / "tiny.png"), "--model", str(export_dir), "--out",
+                              str(tmp_path / "p.png")], capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr
+    lines = [line for line in process.stderr.splitlines() if "tiny.png is only 4x4 pixels" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), process.stderr

@@ -53,3 +53,50 @@ def test_pca_sign_is_stable_and_small_channel_counts_work():
     assert np.allclose(pca_components(features), pca_components(features.copy()))
     with pytest.raises(InputError):
         pca_image(np.zeros((3, 3)))
+
+
+def _rows_with(pixels: np.ndarray, color, tolerance: int = 40) -> np.ndarray:
+    """Row indices holding a pixel within `tolerance` of `color`."""
+    close = np.abs(pixels.astype(int) - np.array(color)).max(axis=2) <= tolerance
+    return np.flatnonzero(close.any(axis=1))
+
+
+def test_match_pictures_explain_themselves():
+    """Caption strip (model settings; a red line for random weights), colour = cosine with a colour bar,
+    numbered points."""
+    from ditf_runtime.annotate import RANDOM_WEIGHTS, WARNING_TEXT, Caption, ColorScale
+
+    src, trg = Image.new("RGB", (200, 150), (128, 128, 128)), Image.new("RGB", (180, 160), (128, 128, 128))
+    points = [[20, 20], [100, 80], [150, 120]]
+    scores = [0.2, 0.5, 0.9]
+    caption = Caption(("flux-tiny · layer 3 · fp32",), RANDOM_WEIGHTS)
+    picture = draw_matches(src, trg, points, points, scores=scores, caption=caption)
+    pixels = np.asarray(picture)
+    assert picture.width == 200 + GAP + 180 and picture.height > 160 + 40  # images, colour bar, caption
+    strip = pixels[160:]
+    assert len(_rows_with(strip, WARNING_TEXT, 30))  # the random-weights warning, in red
+    scale = ColorScale.of(scores)
+    assert (scale.low, scale.high) == (0.2, 0.9)
+    for value in (0.2, 0.9):  # both ends of the scale appear in the colour bar
+        assert len(_rows_with(strip, scale.color(value), 10))
+    # each match drawn in its score's colour: the 0.9 match's dot is yellow-ish, the 0.2 one dark violet
+    assert np.abs(pixels[120, 150].astype(int) - scale.color(0.9)).max() < 10
+    assert np.abs(pixels[20, 20].astype(int) - scale.color(0.2)).max() < 10
+    # numbers beside the dots: dark label pixels right of the first source dot, where the image is grey
+    label = pixels[5:20, 26:40]
+    assert (label.max(axis=2) < 60).any()
+    plain = draw_matches(src, trg, points, points)  # no scores, no caption: just the two images
+    assert plain.size == (200 + GAP + 180, 160)
+
+
+def test_pca_beside_the_photo_with_a_caption():
+    from ditf_runtime.annotate import Caption
+    from ditf_runtime.draw import draw_pca
+
+    rng = np.random.default_rng(0)
+    features = FeatureMap(rng.standard_normal((1, 8, 4, 6)), (60, 90), (64, 96), 16)
+    photo = Image.new("RGB", (90, 60), (250, 250, 250))
+    picture = draw_pca(features, image=photo, caption=Caption(("a caption",)))
+    assert picture.width == 90 + GAP + 90 and picture.height > 60
+    assert np.asarray(picture)[30, 45].tolist() == [250, 250, 250]  # the photo on the left
+    assert draw_pca(features).size == (90, 60)  # PCA alone, no caption

@@ -137,10 +137,19 @@ def test_threshold_is_inclusive():
 
 
 def test_bad_dataset_layout(tmp_path):
-    with pytest.raises(InputError, match="PairAnnotation/test"):
+    layout = ("ROOT/PairAnnotation/<split>/*.json", "ROOT/JPEGImages/<category>/*.jpg", "SPair-71k.tar.gz")
+    with pytest.raises(InputError, match="PairAnnotation/test not found") as wrong_folder:
+        read_pairs(tmp_path)
+    assert all(line in str(wrong_folder.value) for line in layout)  # the error shows the layout to fix it
+    (tmp_path / "PairAnnotation" / "trn").mkdir(parents=True)
+    with pytest.raises(InputError, match="has splits trn"):  # the splits that are there
         read_pairs(tmp_path)
     folder = tmp_path / "PairAnnotation" / "test"
     folder.mkdir(parents=True)
+    with pytest.raises(InputError, match="JPEGImages not found") as no_images:
+        read_pairs(tmp_path)
+    assert all(line in str(no_images.value) for line in layout)
+    (tmp_path / "JPEGImages").mkdir()
     (folder / "broken.json").write_text("{not json")
     with pytest.raises(InputError, match="broken.json"):
         read_pairs(tmp_path)
@@ -152,3 +161,21 @@ def test_bad_dataset_layout(tmp_path):
 def test_evaluate_needs_an_extract_method(dataset):
     with pytest.raises(InputError, match="extract"):
         evaluate(object(), dataset[0])
+
+
+def test_a_source_keypoint_outside_its_image_is_skipped_and_counted(dataset):
+    """SPair has a few keypoints annotated off the image: they are left out and counted, the run goes on."""
+    root, extractor = dataset
+    expected = evaluate(extractor, root)
+    first = sorted((root / "PairAnnotation" / "test").glob("*cat*.json"))[0]
+    pair = json.loads(first.read_text())
+    pair["src_kps"].append([SIZE[1] + 5, 10])  # past the right edge
+    pair["trg_kps"].append([0, 0])
+    pair["src_kps"].append([-1, 3])
+    pair["trg_kps"].append([0, 0])
+    first.write_text(json.dumps(pair))
+    result = evaluate(extractor, root)
+    assert result.skipped_points == 2 and result.points == expected.points
+    assert result.all_per_image == expected.all_per_image  # the same score over the same points
+    assert result.to_dict()["skipped_points"] == 2
+    assert "2 source keypoint(s) annotated outside their image" in result.table()

@@ -19,6 +19,7 @@ from ditf_runtime.jobs import (
     extract_chunk,
     extract_jobs,
     plan_folder,
+    start_folder,
 )
 from ditf_runtime.storage import load_features
 from PIL import Image
@@ -63,7 +64,8 @@ def test_plan_folder_skips_finished_outputs_and_guards_the_run_record(export_dir
     plan = plan_folder([images], export_dir, out, settings)
     assert (len(plan.jobs), plan.done, len(plan.pending)) == (3, 0, 3)
     record = json.loads((out / RUN_RECORD).read_text())
-    assert record == plan.record and record["seed"] == 3 and set(plan.metadata) == set(FILE_FIELDS)
+    # a hand-built graph without random_weights in its manifest: its files carry every other field
+    assert record == plan.record and record["seed"] == 3 and set(plan.metadata) == set(FILE_FIELDS) - {"random_weights"}
     plan.pending[0].output.write_bytes(b"a finished output")  # existence is what counts (atomic writes)
     again = plan_folder([images], export_dir, out, settings)
     assert (again.done, len(again.pending)) == (1, 2)
@@ -73,6 +75,12 @@ def test_plan_folder_skips_finished_outputs_and_guards_the_run_record(export_dir
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images found"):
         plan_folder([tmp_path / "empty"], export_dir, out, settings)
+    # start=False: checked, nothing written yet (the CLI loads the model first); start_folder writes it
+    later = tmp_path / "later"
+    planned = plan_folder([images], export_dir, later, settings, start=False)
+    assert len(planned.pending) == 3 and not later.exists()
+    start_folder(planned)
+    assert json.loads((later / RUN_RECORD).read_text()) == planned.record
 
 
 def test_a_bad_image_spoils_only_itself(export_dir, images, tmp_path):

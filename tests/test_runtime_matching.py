@@ -162,3 +162,55 @@ def test_mutual_nearest_neighbours_recover_a_flip():
 
 def test_cell_centers():
     assert cell_centers(np.array([[0, 0], [3, 2]]), (3, 4), (48, 64)).tolist() == [[8, 8], [56, 40]]
+
+
+def _exact_upsample_argmax(trg: np.ndarray, size: tuple[int, int], vector: np.ndarray) -> tuple[int, int]:
+    """Upsample-then-argmax in exact rational arithmetic: the first pixel (row-major) of highest cosine.
+
+    Bilinear weights are rationals here, so a border band that repeats one cell is a band of exact ties.
+    Cosines are compared through dot |dot| / |t|^2 (same order as dot / |t| for a fixed source vector).
+    """
+    from fractions import Fraction
+
+    channels, grid_h, grid_w = trg.shape
+    height, width = size
+    cells = [[[Fraction(float(v)) for v in trg[:, i, j]] for j in range(grid_w)] for i in range(grid_h)]
+    s = [Fraction(float(v)) for v in vector]
+
+    def stencil(o: int, n_in: int, n_out: int):
+        src = max((o + Fraction(1, 2)) * Fraction(n_in, n_out) - Fraction(1, 2), Fraction(0))
+        i0 = min(int(src), n_in - 1)
+        return i0, min(i0 + 1, n_in - 1), src - i0
+
+    best, best_xy = None, None
+    for y in range(height):
+        i0, i1, ly = stencil(y, grid_h, height)
+        for x in range(width):
+            j0, j1, lx = stencil(x, grid_w, width)
+            t = [(1 - ly) * ((1 - lx) * cells[i0][j0][c] + lx * cells[i0][j1][c])
+                 + ly * ((1 - lx) * cells[i1][j0][c] + lx * cells[i1][j1][c]) for c in range(channels)]
+            dot, norm2 = sum(a * b for a, b in zip(s, t)), sum(v * v for v in t)
+            key = dot * abs(dot) / norm2
+            if best is None or key > best:  # strict: the first pixel keeps a tie
+                best, best_xy = key, (x, y)
+    return best_xy
+
+
+@pytest.mark.parametrize("grid, size", [((3, 4), (20, 23)), ((4, 3), (29, 17)), ((5, 5), (37, 41)), ((2, 3), (15, 22))])
+def test_border_band_ties_break_like_exact_upsample_then_argmax(grid, size):
+    """A source vector equal to a right/bottom edge cell peaks on the whole border band that repeats that
+    cell: every pixel there is an exact tie, and upsample-then-argmax takes the band's first pixel."""
+    from ditf_runtime.matching import UpsampledTarget
+
+    rng = np.random.default_rng(sum(grid) + sum(size))
+    trg = rng.standard_normal((3, *grid)).astype(np.float32)
+    target = UpsampledTarget(trg, size)
+    corners = [(grid[0] - 1, grid[1] - 1), (grid[0] - 1, 0), (0, grid[1] - 1), (grid[0] - 1, grid[1] // 2)]
+    for i, j in corners:
+        vector = trg[:, i, j].astype(np.float64) * 0.7  # the same direction as the edge cell
+        (got,), _ = target.best_matches(vector[None])
+        assert tuple(int(v) for v in got) == _exact_upsample_argmax(trg, size, vector), (i, j)
+    # and through the public function, from a source map holding that vector at a pixel
+    src = np.repeat(trg[:, -1:, -1:], 2, axis=1).repeat(2, axis=2)
+    got = transfer_keypoints(src, trg, [[0, 0]], (8, 8), size)
+    assert tuple(got[0]) == _exact_upsample_argmax(trg, size, trg[:, -1, -1])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 from ditf_runtime.errors import ImageError, InputError
 from ditf_runtime.manifest import Geometry, Preprocess
-from ditf_runtime.preprocess import model_size, open_image, prepare, to_model_array
+from ditf_runtime.preprocess import DEFAULT_MAX_PIXELS, model_size, open_image, prepare, to_model_array
 from PIL import Image
 
 GEOMETRY = Geometry(latent_channels=4, feature_channels=32)
@@ -154,12 +155,36 @@ def _png_claiming_size(path, width: int, height: int) -> None:
 
 
 def test_decompression_bomb_refused_before_decoding(tmp_path):
+    """One limit, one message, one option: Pillow's own (higher) hard limit never shows through."""
     bomb = tmp_path / "bomb.png"
-    _png_claiming_size(bomb, 100_000, 100_000)
-    with pytest.raises(ImageError, match="bomb.png.*(decompression bomb|exceeds)"):
+    _png_claiming_size(bomb, 100_000, 100_000)  # over Pillow's hard limit (2 x 89.5 Mpx): Pillow refuses first
+    with pytest.raises(ImageError) as refused:
         open_image(bomb)
-    with pytest.raises(ImageError, match="decompression bomb"):
-        open_image(bomb, max_pixels=None)  # Pillow's own hard limit still applies, with our message
+    assert str(refused.value) == (
+        f"{bomb}: 10,000,000,000 pixels exceeds the limit of {DEFAULT_MAX_PIXELS:,} (possible decompression "
+        "bomb); downscale it, or raise the limit with --max-pixels (max_pixels= in Python)")
+    _png_claiming_size(bomb, 10_000, 10_000)  # between our limit and Pillow's: our check, same wording
+    with pytest.raises(ImageError, match=f"10000x10000 = 100,000,000 pixels exceeds the limit of "
+                                         f"{DEFAULT_MAX_PIXELS:,} .*--max-pixels"):
+        open_image(bomb)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    _png_claiming_size(bomb, 100_000, 100_000)
+    with pytest.raises(ImageError, match="not a readable image"):  # a raised limit lifts Pillow's too: decoding
+        open_image(bomb, max_pixels=10**11)  # starts (and finds the file truncated)
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's setting is restored
+
+
+def test_tiny_images_are_warned_about(tmp_path):
+    from ditf_runtime.preprocess import MIN_IMAGE_SIDE, SmallImageWarning
+
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(path)
+    with pytest.warns(SmallImageWarning, match=r"dot.png is only 1x1 pixels: it is upscaled to 64x64"):
+        prepare(path, Preprocess(long_side=64), GEOMETRY)
+    Image.new("RGB", (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallImageWarning)
+        prepare(path, Preprocess(long_side=64), GEOMETRY)  # at the minimum: no warning
 
 
 def test_pixel_limit_is_configurable(tmp_path):

@@ -245,7 +245,8 @@ def test_cli_track_writes_tracks_and_a_picture(latte_export, tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in data["frames"]] == ["frame_000.png", "frame_001.png", "frame_002.png"]
     assert [t["points"][0] for t in data["tracks"]] == [[20, 30], [120, 70]]
     assert all(len(t["points"]) == 3 and len(t["cosine"]) == 3 for t in data["tracks"])
-    assert Image.open(picture).size == (150, 100)
+    width, height = Image.open(picture).size  # a 150x100 frame, drawn enlarged to 640 wide, and a caption
+    assert width == 640 and height > round(100 * 640 / 150)
 
     for k in range(3, MAX_FRAMES + 1):
         Image.fromarray(shifted_frames(1, seed=k)[0]).save(folder / f"frame_{k:03d}.png")

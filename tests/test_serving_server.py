@@ -252,3 +252,79 @@ def test_client_reports_an_unreachable_server(tmp_path):
             assert not client.is_ready()
             with pytest.raises(ServerUnavailable, match="unavailable"):
                 client.extract(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_a_healthy_start_prints_ditfs_lines_and_keeps_tritons_in_a_log(tiny_server):
+    """Triton's ~55 start-up lines (tables, CUDA notes on a CPU machine) go to a file whose path is printed."""
+    from pathlib import Path
+
+    port = tiny_server.url.rsplit(":", 1)[1]
+    log_file = Path(tiny_server.tmpdir) / f"ditf-triton-{port}.log"
+    deadline = time.monotonic() + 30  # the server says so just after Triton reports ready
+    while "serving extract" not in tiny_server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    printed = tiny_server.log_text().splitlines()
+    assert printed[0] == f"starting Triton for {tiny_server.command[4]} (its log: {log_file})", printed
+    assert printed[1].startswith(f"serving extract, match on {tiny_server.url}"), printed
+    assert len(printed) == 2, printed  # nothing of Triton's own
+    triton_lines = log_file.read_text().splitlines()
+    assert any("successfully loaded 'extract'" in line for line in triton_lines) and len(triton_lines) > 20
+
+
+def _serve_command(export_dir, http_port, grpc_port):
+    import sys
+
+    return [sys.executable, "-m", "ditf_runtime.cli", "serve", str(export_dir), "--host", "127.0.0.1",
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"]
+
+
+def test_a_busy_port_is_refused_at_once_naming_it(tiny_export, tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from serving_helpers import free_ports
+
+    http_port, grpc_port = free_ports(2)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", grpc_port))
+        taken.listen()
+        start = time.monotonic()
+        busy = subprocess.run(_serve_command(tiny_export, http_port, grpc_port), capture_output=True, text=True,
+                              timeout=60, env=env)
+        elapsed = time.monotonic() - start
+    assert busy.returncode == 1 and elapsed < 15, (elapsed, busy.stderr)  # mostly Python's start-up
+    assert f"port {grpc_port} (--grpc-port) on 127.0.0.1 is already in use" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr
+    same = subprocess.run(_serve_command(tiny_export, http_port, http_port), capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert same.returncode == 1 and f"--grpc-port and --http-port are both {http_port}" in same.stderr
+    assert list(tmp_path.glob("ditf-serve-*")) == []
+
+
+def test_sigterm_during_startup_leaves_no_temporary_folder(tiny_export, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from serving_helpers import free_ports
+
+    http_port, grpc_port = free_ports(2)
+    process = subprocess.Popen(_serve_command(tiny_export, http_port, grpc_port), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("ditf-serve-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the workspace appears while Triton is being prepared and started
+        assert list(tmp_path.glob("ditf-serve-*")), "the server never reached its start-up"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and "interrupted while starting" in output, output
+    assert "Traceback" not in output
+    assert list(tmp_path.glob("ditf-serve-*")) == []
+    assert session_pids(process.pid) == []  # no Triton left running either

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ditf_calib.graph_io import GraphIO, diffusion_io
+from ditf_runtime.manifest import Workload
 
 from ..errors import ExportInputError
 from ..registry import Default
@@ -82,10 +83,12 @@ class FamilyAdapter:
     # download for it (the message when a model is missing from the local HF cache).
     config_file: ClassVar[str] = "transformer/config.json"
     download_include: ClassVar[tuple[str, ...]] = (
-        "model_index.json", "transformer/*", "vae/*", "text_encoder*/*", "tokenizer*/*")
+        "model_index.json", "transformer/*", "vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*")
     needs_vae: ClassVar[bool] = True  # graph_io reads vae/config.json
     default_image_size: ClassVar[int] = 640  # the runtime's long side when the registry gives none
     default_final_norm: ClassVar[bool] = False  # see ExportOptions.final_norm
+    # How image tokens meet the prompt: "joint" (one attention over image + text tokens: FLUX, SD3) or "cross".
+    text_attention: ClassVar[str] = "joint"
 
     @classmethod
     def handles(cls, config: dict[str, Any]) -> bool:
@@ -148,6 +151,20 @@ class FamilyAdapter:
                             feature_channels=self.hidden_size(config), vae_stride=vae_stride(vae_config),
                             patch_size=self.patch_size(config), max_frames=self.max_frames(config),
                             max_grid=self.max_grid(config))
+
+    def workload(self, config: dict[str, Any], vae_config: dict[str, Any] | None,
+                 conditioning: dict[str, torch.Tensor]) -> Workload:
+        """What the runtime's memory estimate needs (ditf_runtime.memory): attention shapes, MLP and VAE widths.
+        Families that build their own graph (build_own_graph) get vae_config None and no conditioning."""
+        embeds, mask = conditioning.get("prompt_embeds"), conditioning.get("prompt_attention_mask")
+        tokens = 0 if embeds is None else int(embeds.shape[1] if mask is None else int((mask > 0).sum()))
+        return Workload(
+            heads=int(config["num_attention_heads"]), head_dim=int(config["attention_head_dim"]),
+            text_tokens=tokens, text_attention=self.text_attention if tokens else "none",
+            ffn_dim=4 * self.hidden_size(config),  # every family's blocks: MLP ratio 4
+            vae_channels=tuple(int(c) for c in vae_config["block_out_channels"]),
+            vae_attention=bool(vae_config.get("mid_block_add_attention", True)),
+        )
 
     # -- conditioning ---------------------------------------------------------------------------
     def default_guidance(self, config: dict[str, Any]) -> Default | None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ditf_calib.graph_io import GraphIO, image_io
+from ditf_runtime.manifest import Workload
 
 from ..errors import ExportInputError
 from ..registry import Default, ModelSpec, fact_equals, fact_hidden_size, register, register_model
@@ -81,6 +82,18 @@ class Dinov2Adapter(FamilyAdapter):
     def graph_io(self, config: dict[str, Any], vae_config: dict[str, Any] | None) -> GraphIO:
         stride = self.patch_size(config)
         return image_io(self.hidden_size(config), stride, max_size=self.max_grid(config) * stride)
+
+    def workload(self, config: dict[str, Any], vae_config: dict[str, Any] | None,
+                 conditioning: dict[str, torch.Tensor]) -> Workload:
+        """No VAE, no prompt; the class (and register) tokens attend with the patch tokens. SwiGLU (giant)
+        projects to twice its hidden width (transformers' Dinov2SwiGLUFFN)."""
+        hidden, heads = self.hidden_size(config), int(config["num_attention_heads"])
+        ffn = int(hidden * float(config.get("mlp_ratio", 4)))
+        if config.get("use_swiglu_ffn"):
+            ffn = 2 * ((int(ffn * 2 / 3) + 7) // 8 * 8)
+        return Workload(heads=heads, head_dim=hidden // heads, text_tokens=0, text_attention="none", ffn_dim=ffn,
+                        vae_channels=(), vae_attention=False,
+                        extra_tokens=1 + int(config.get("num_register_tokens", 0) or 0))
 
     # -- options ------------------------------------------------------------------------------------
     def check_options(self, config: dict[str, Any], options: ExportOptions) -> ExportOptions:

@@ -214,6 +214,7 @@ register_model(
         hidden_size=3072,
         text_max_length=512,
         signature=(fact_equals("guidance_embeds", True, missing=False),),  # guidance-distilled
+        gated=True,
     )
 )
 register_model(

@@ -144,3 +144,23 @@ register_model(ModelSpec(
     text_max_length=120,
     signature=(),  # the one registered Latte
 ))
+
+
+def _build_latte_tiny(path: str) -> None:
+    from ..tiny import build_latte_tiny
+
+    build_latte_tiny(path)
+
+
+register_model(ModelSpec(
+    name="latte-tiny", family="latte", hf_id=None,
+    layer=Default(1, "built-in test model: temporal block 0's input (the frames have attended to each other)"),
+    timestep=Default(261, "as latte (DIFT's SD setting)"),
+    image_size=Default(256, "built-in test model: small for CPU"),
+    discard=Default((6, 33), "planted by construction in latte-tiny"),
+    ensemble=Default(2, "built-in test model: small for CPU"),
+    guidance=None,
+    hidden_size=64,
+    text_max_length=32,
+    builtin=_build_latte_tiny,
+))

@@ -55,6 +55,7 @@ def size_conditioning(image_size: int, dtype: torch.dtype) -> dict[str, torch.Te
 class PixArtAdapter(SingleStackAdapter):
     transformer_class_name = "PixArtTransformer2DModel"
     noising = "variance-preserving"
+    text_attention = "cross"
 
     top_level_weights = TOP_LEVEL
 

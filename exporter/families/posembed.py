@@ -1,6 +1,6 @@
 """Patch embeddings with sin-cos position tables that export for any (dynamic, non-square) token grid.
 
-Two traps in diffusers' `PatchEmbed` (DESIGN.md §4, §5):
+Two traps in diffusers' `PatchEmbed` (docs/DESIGN.md, "Export traps"):
 - SD3 (`pos_embed_max_size`): the centre crop of the stored table exports wrongly when the token grid
   has an odd height or width (onnxruntime fails on a broadcast at run time). Here the crop is an
   index_select of the flattened table with indices computed in the graph from the dynamic grid size.

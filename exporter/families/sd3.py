@@ -99,6 +99,7 @@ _SD3_COMMON = dict(
     ensemble=Default(8, "paper"),
     guidance=None,
     text_max_length=256,  # StableDiffusion3Pipeline's default T5 length (prompt_embeds: 77 CLIP + 256 T5 tokens)
+    gated=True,  # Stability AI's licences are accepted per user on each repository's page
 )
 
 register_model(ModelSpec(

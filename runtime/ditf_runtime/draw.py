@@ -1,4 +1,9 @@
-"""Pictures with Pillow: correspondences side by side, and a feature map's PCA as RGB."""
+"""Pictures with Pillow: correspondences side by side, point tracks, and a feature map's PCA as RGB.
+
+Each picture can carry a caption strip (annotate.Caption: model, layer, precision, and a red line
+when the weights are random); match pictures colour each match by its cosine similarity, with a
+colour bar, and number their points.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,13 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .annotate import Caption, ColorScale, font, label_point, text_size_for, with_caption
 from .errors import InputError
 from .manifest import write_bytes_atomic
-from .preprocess import ImageSource, open_image
+from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, open_image
 
 GAP = 8  # pixels between the two images
+MIN_WIDTH = 640  # smaller frames are enlarged for drawing tracks
 BACKGROUND = (255, 255, 255)
 CORRECT_COLOR = (0, 200, 0)
 WRONG_COLOR = (230, 0, 0)
@@ -43,25 +50,31 @@ def draw_matches(
     src_xy: Any,
     trg_xy: Any,
     *,
+    scores: Sequence[float] | None = None,
     correct: Sequence[bool] | None = None,
+    caption: Caption | None = None,
     path: str | os.PathLike | None = None,
     exif_transpose: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     radius: int | None = None,
 ) -> Image.Image:
-    """Source and target side by side, each match a coloured dot pair joined by a line.
+    """Source and target side by side, each match a numbered dot pair joined by a line.
 
     Points are pixel (x, y) in each image's own frame (read with the same `exif_transpose` as
-    the features were). With `correct`, dots get a green (right) or red (wrong) ring.
-    Saved as PNG when `path` is given.
+    the features were). With `scores` (cosine per match) the colour says the similarity, with a
+    colour bar below; without, each match gets its own colour. With `correct`, dots get a green
+    (right) or red (wrong) ring. `caption` adds a caption strip. Saved as PNG when `path` is given.
     """
-    src = open_image(src_image, exif_transpose=exif_transpose)
-    trg = open_image(trg_image, exif_transpose=exif_transpose)
+    src = open_image(src_image, exif_transpose=exif_transpose, max_pixels=max_pixels)
+    trg = open_image(trg_image, exif_transpose=exif_transpose, max_pixels=max_pixels)
     src_xy = np.asarray(src_xy, dtype=np.float64).reshape(-1, 2)
     trg_xy = np.asarray(trg_xy, dtype=np.float64).reshape(-1, 2)
     if len(src_xy) != len(trg_xy):
         raise InputError(f"{len(src_xy)} source points but {len(trg_xy)} target points")
     if correct is not None and len(correct) != len(src_xy):
         raise InputError(f"correct has {len(correct)} flags for {len(src_xy)} matches")
+    if scores is not None and len(scores) != len(src_xy):
+        raise InputError(f"scores has {len(scores)} values for {len(src_xy)} matches")
     width = src.width + GAP + trg.width
     height = max(src.height, trg.height)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
@@ -71,7 +84,10 @@ def draw_matches(
     draw = ImageDraw.Draw(canvas)
     radius = radius or max(3, round(max(height, width) / 200))
     line_width = max(1, radius // 2)
-    for k, (color, (sx, sy), (tx, ty)) in enumerate(zip(palette(len(src_xy)), src_xy, trg_xy)):
+    scale = ColorScale.of(scores) if scores is not None else None
+    colors = [scale.color(v) for v in scores] if scale is not None else palette(len(src_xy))
+    face = font(max(10, round(radius * 2.2)))
+    for k, (color, (sx, sy), (tx, ty)) in enumerate(zip(colors, src_xy, trg_xy)):
         draw.line([(sx, sy), (tx + offset, ty)], fill=color, width=line_width)
         for x, y in ((sx, sy), (tx + offset, ty)):
             ring = None if correct is None else (CORRECT_COLOR if correct[k] else WRONG_COLOR)
@@ -81,6 +97,9 @@ def draw_matches(
                 outline=ring or (0, 0, 0),
                 width=max(1, radius // 3) if ring else 1,
             )
+            label_point(draw, (x, y), str(k + 1), radius, face)
+    footer = scale.bar(min(width - 2 * text_size_for(width), 480)) if scale is not None else None
+    canvas = with_caption(canvas, caption, footer)
     if path is not None:
         save_png(canvas, path)
     return canvas
@@ -131,32 +150,69 @@ def pca_image(
     return picture
 
 
+def draw_pca(
+    features: Any,
+    *,
+    image: ImageSource | None = None,
+    caption: Caption | None = None,
+    path: str | os.PathLike | None = None,
+    exif_transpose: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """The PCA picture (pca_image) beside its photo when `image` is given, with `caption` below.
+
+    Same colour, similar feature: parts that look alike to the model share a colour.
+    """
+    pca = pca_image(features)
+    if image is not None:
+        photo = open_image(image, exif_transpose=exif_transpose, max_pixels=max_pixels)
+        if pca.size != photo.size:
+            pca = pca.resize(photo.size, resample=Image.Resampling.BILINEAR)
+        canvas = Image.new("RGB", (photo.width + GAP + pca.width, max(photo.height, pca.height)), BACKGROUND)
+        canvas.paste(photo, (0, 0))
+        canvas.paste(pca, (photo.width + GAP, 0))
+        pca = canvas
+    pca = with_caption(pca, caption)
+    if path is not None:
+        save_png(pca, path)
+    return pca
+
+
 def draw_tracks(
     frame: ImageSource,
     tracks: Any,
     *,
+    caption: Caption | None = None,
     path: str | os.PathLike | None = None,
     exif_transpose: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     radius: int | None = None,
 ) -> Image.Image:
-    """Point tracks over one frame (usually the last): each point's path a coloured line.
+    """Point tracks over one frame (usually the last): each point's path a coloured, numbered line.
 
     `tracks` is [F, N, 2] pixel (x, y) per frame (`matching.track_points`); the start is a ring,
-    the last position a filled dot. Saved as PNG when `path` is given.
+    the last position a filled dot with the point's number. Saved as PNG when `path` is given.
     """
-    canvas = open_image(frame, exif_transpose=exif_transpose).copy()
+    canvas = open_image(frame, exif_transpose=exif_transpose, max_pixels=max_pixels).copy()
     tracks = np.asarray(tracks, dtype=np.float64)
     if tracks.ndim != 3 or tracks.shape[2] != 2:
         raise InputError(f"tracks must be [F, N, 2] pixel (x, y), got shape {tracks.shape}")
+    if canvas.width < MIN_WIDTH:  # video frames are often small: enlarge so lines and labels stay legible
+        scale = MIN_WIDTH / canvas.width
+        canvas = canvas.resize((MIN_WIDTH, round(canvas.height * scale)), resample=Image.Resampling.BICUBIC)
+        tracks = (tracks + 0.5) * scale - 0.5
     draw = ImageDraw.Draw(canvas)
     radius = radius or max(3, round(max(canvas.size) / 200))
-    for color, path_xy in zip(palette(tracks.shape[1]), tracks.transpose(1, 0, 2)):
+    face = font(max(10, round(radius * 2.2)))
+    for k, (color, path_xy) in enumerate(zip(palette(tracks.shape[1]), tracks.transpose(1, 0, 2))):
         points = [(float(x), float(y)) for x, y in path_xy]
         if len(points) > 1:
             draw.line(points, fill=color, width=max(1, radius // 2), joint="curve")
         (sx, sy), (ex, ey) = points[0], points[-1]
         draw.ellipse([sx - radius, sy - radius, sx + radius, sy + radius], outline=color, width=max(1, radius // 2))
         draw.ellipse([ex - radius, ey - radius, ex + radius, ey + radius], fill=color, outline=(0, 0, 0))
+        label_point(draw, (ex, ey), str(k + 1), radius, face)
+    canvas = with_caption(canvas, caption)
     if path is not None:
         save_png(canvas, path)
     return canvas

@@ -1,6 +1,6 @@
 """Error classes: every failure a user can cause is one of these, with a message that says what to do.
 
-The CLI turns them (and ManifestError) into a one-line message and a non-zero exit code.
+The CLI turns them into a one-line message and a non-zero exit code (ManifestError included).
 """
 
 from __future__ import annotations
@@ -22,5 +22,9 @@ class BackendError(DitfError, RuntimeError):
     """The requested backend, device or engine is unavailable or does not match this machine."""
 
 
-class ManifestError(ValueError):
+class ManifestError(DitfError, ValueError):
     """The export folder or its manifest is missing, malformed or does not match its files."""
+
+
+class DitfWarning(UserWarning):
+    """Something works but deserves a look (e.g. a tiny image); the CLI prints it as one "warning: ..." line."""

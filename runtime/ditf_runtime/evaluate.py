@@ -27,6 +27,11 @@ from .preprocess import DEFAULT_MAX_PIXELS, open_image
 
 DEFAULT_ALPHA = 0.1
 ANNOTATION_KEYS = ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox")
+SPAIR_URL = "https://cvlab.postech.ac.kr/research/SPair-71k/"
+SPAIR_LAYOUT = f"""SPair-71k's layout (from SPair-71k.tar.gz, {SPAIR_URL}):
+  ROOT/PairAnnotation/<split>/*.json    one pair per file; splits trn, val, test
+  ROOT/JPEGImages/<category>/*.jpg      e.g. JPEGImages/aeroplane/2008_000033.jpg
+  (ImageAnnotation/, Layout/, Segmentation/ may be there too; they are not read)"""
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,15 @@ def read_pairs(
     limit: int | None = None,
 ) -> list[Pair]:
     """Pairs of one split, sorted by category then file name; `limit` caps pairs per category."""
-    folder = Path(root) / "PairAnnotation" / split
+    root = Path(root)
+    folder = root / "PairAnnotation" / split
     if not folder.is_dir():
-        raise InputError(f"{folder} not found: expected SPair-71k's layout ROOT/PairAnnotation/{split}/*.json")
+        splits = sorted(p.name for p in (root / "PairAnnotation").iterdir() if p.is_dir()) \
+            if (root / "PairAnnotation").is_dir() else []
+        found = f"; this dataset has splits {', '.join(splits)} (--split)" if splits else ""
+        raise InputError(f"{folder} not found{found}. Expected {SPAIR_LAYOUT}")
+    if not (root / "JPEGImages").is_dir():
+        raise InputError(f"{root / 'JPEGImages'} not found. Expected {SPAIR_LAYOUT}")
     pairs = [_read_pair(path) for path in sorted(folder.glob("*.json"))]
     if categories is not None:
         wanted = set(categories)
@@ -142,7 +153,8 @@ class PckResult:
     mean_per_point: float
     pairs: int
     points: int
-    skipped_pairs: int = 0  # pairs without keypoints
+    skipped_pairs: int = 0  # pairs without (usable) keypoints
+    skipped_points: int = 0  # source keypoints annotated outside their image: not scored
     min_pck: float | None = None
     pair_pck: dict[str, float] = field(default_factory=dict, repr=False)  # annotation file name -> fraction
 
@@ -155,6 +167,7 @@ class PckResult:
             "pairs": self.pairs,
             "points": self.points,
             "skipped_pairs": self.skipped_pairs,
+            "skipped_points": self.skipped_points,
             "image": {
                 "All": self.all_per_image,
                 "Mean": self.mean_per_image,
@@ -179,6 +192,9 @@ class PckResult:
             f"{'All':<{width}}  {self.pairs:>6}  {100 * self.all_per_image:9.2f}  {100 * self.all_per_point:9.2f}"
         )
         lines.append(f"{'Mean':<{width}}  {'':>6}  {100 * self.mean_per_image:9.2f}  {100 * self.mean_per_point:9.2f}")
+        if self.skipped_pairs or self.skipped_points:
+            lines.append(f"not scored: {self.skipped_pairs} pair(s) without keypoints, {self.skipped_points} "
+                         "source keypoint(s) annotated outside their image")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -240,24 +256,29 @@ def evaluate(
     features_of = _CategoryFeatures(extractor, root, max_pixels, extract_options)
     per_category: dict[str, list[tuple[int, int]]] = {}
     pair_pck: dict[str, float] = {}
-    skipped = 0
+    skipped, skipped_points = 0, 0
     iterator: Any = pairs
     if progress:
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        iterator = tqdm(pairs, desc=f"PCK@{alpha:g}", unit="pair")
+        iterator = progress_bar(pairs, desc=f"PCK@{alpha:g}", unit="pair")
     for pair in iterator:
         if len(pair.src_kps) == 0:
             skipped += 1
             continue
-        correct = _score_pair(pair, features_of, alpha)
+        correct, outside = _score_pair(pair, features_of, alpha)
+        skipped_points += outside
+        if len(correct) == 0:
+            skipped += 1
+            continue
         per_category.setdefault(pair.category, []).append((int(correct.sum()), len(correct)))
         pair_pck[pair.annotation.name] = float(correct.mean())
-    return _summarise(per_category, alpha, min_pck, skipped, pair_pck)
+    return _summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points)
 
 
-def _score_pair(pair: Pair, features_of: _CategoryFeatures, alpha: float) -> np.ndarray:
-    """Per keypoint of one pair: transferred within alpha * threshold_base of the annotation."""
+def _score_pair(pair: Pair, features_of: _CategoryFeatures, alpha: float) -> tuple[np.ndarray, int]:
+    """Per keypoint of one pair: transferred within alpha * threshold_base of the annotation; and how many
+    keypoints were left out because the annotation puts them outside the source image."""
     src_features, src_size = features_of(pair.category, pair.src_name)
     trg_features, trg_size = features_of(pair.category, pair.trg_name)
     for annotated, actual, name in (
@@ -266,14 +287,24 @@ def _score_pair(pair: Pair, features_of: _CategoryFeatures, alpha: float) -> np.
     ):
         if annotated is not None and tuple(annotated) != tuple(actual):
             raise InputError(f"{pair.annotation}: {name} is {actual} (h, w) but annotated as {annotated}")
+    # A source keypoint outside its image cannot be looked up: skip it (and count it). A target keypoint
+    # outside is still a ground truth to measure the distance to, as in the authors' evaluation.
+    inside = _inside(pair.src_kps, src_size)
+    src_kps, trg_kps = pair.src_kps[inside], pair.trg_kps[inside]
     try:
-        predicted = transfer_keypoints(src_features, trg_features, pair.src_kps, src_size, trg_size)
+        predicted = transfer_keypoints(src_features, trg_features, src_kps, src_size, trg_size)
     except InputError as exc:
         raise InputError(f"{pair.annotation}: {exc}") from exc
-    return pck(predicted, pair.trg_kps, pair.threshold_base, alpha)
+    return pck(predicted, trg_kps, pair.threshold_base, alpha), int((~inside).sum())
 
 
-def _summarise(per_category, alpha, min_pck, skipped, pair_pck) -> PckResult:
+def _inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Per (x, y): inside an image of (height, width) pixels."""
+    height, width = size
+    return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+
+
+def _summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points=0) -> PckResult:
     categories = {}
     all_fractions: list[float] = []
     all_correct = all_points = 0
@@ -297,6 +328,7 @@ def _summarise(per_category, alpha, min_pck, skipped, pair_pck) -> PckResult:
         pairs=len(all_fractions),
         points=all_points,
         skipped_pairs=skipped,
+        skipped_points=skipped_points,
         min_pck=min_pck,
         pair_pck=pair_pck,
     )

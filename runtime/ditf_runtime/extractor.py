@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import memory
 from .backends.base import BaseRunner
 from .errors import BackendError, InputError
 from .features import FeatureMap
@@ -41,6 +42,7 @@ class Extractor:
         exif_transpose: bool | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 1,
+        max_memory: int | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
         self.manifest = manifest
@@ -50,6 +52,7 @@ class Extractor:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
+        self.max_memory = max_memory  # bytes per run; None: what is available when the run starts
         self.runner.activate()
 
     @property
@@ -60,6 +63,13 @@ class Extractor:
     def graph(self):
         """onnxruntime: which graph file runs and why (a cpu_variant.GraphChoice); None for TensorRT."""
         return getattr(self.runner, "graph", None)
+
+    @property
+    def device(self) -> str:
+        """Where the graph runs: "cuda" for TensorRT or an onnxruntime CUDA/TensorRT provider, else "cpu"."""
+        providers = getattr(self.runner, "providers", [])
+        on_gpu = self.backend == "tensorrt" or any(p != "CPUExecutionProvider" for p in providers)
+        return "cuda" if on_gpu else "cpu"
 
     @property
     def geometry(self):
@@ -150,6 +160,8 @@ class Extractor:
                     f"(latent_channels={geometry.latent_channels}, vae_stride={geometry.vae_stride})"
                 )
             feed[NOISE_INPUT] = noise
+        ensemble = noise.shape[1] if self.has_noise else 1
+        self._check_memory(memory.RunShape(batch, ensemble, height, width, frames[0] if video else 1))
         outputs = self.runner.infer(feed)
         features = outputs.get(FEATURES_OUTPUT)
         stride = geometry.feature_stride
@@ -167,8 +179,17 @@ class Extractor:
         exif_transpose: bool | None = None,
         *,
         input_size: tuple[int, int] | None = None,
+        run: tuple[int, int, int] | None = None,
     ) -> PreparedImage:
-        """Read and preprocess one image (what `extract` feeds the graph); `input_size` forces the model (H, W)."""
+        """Read and preprocess one image (what `extract` feeds the graph); `input_size` forces the model (H, W).
+
+        `run` (batch, E, frames): the run this image is for, checked against the memory budget at the
+        model size before the image is resized.
+        """
+        check = None
+        if run is not None:
+            batch, ensemble, frames = run
+            check = lambda hw: self._check_memory(memory.RunShape(batch, ensemble, hw[0], hw[1], frames))  # noqa: E731
         return prepare(
             source,
             self.manifest.preprocess,
@@ -177,7 +198,11 @@ class Extractor:
             exif_transpose=self.exif_transpose if exif_transpose is None else exif_transpose,
             max_pixels=self.max_pixels,
             input_size=input_size,
+            check_size=check,
         )
+
+    def _check_memory(self, shape: memory.RunShape) -> None:
+        memory.check(self.manifest, shape, max_memory=self.max_memory, device=self.device, loaded=True)
 
     def extract(
         self,
@@ -204,7 +229,8 @@ class Extractor:
         sources = as_image_list(images)
         if not sources:
             return []
-        prepared = [self.prepare(s, size, exif_transpose) for s in sources]
+        run = (min(self.batch_size, len(sources)), self._ensemble_of(ensemble, noise), 1)
+        prepared = [self.prepare(s, size, exif_transpose, run=run) for s in sources]
         return self.extract_prepared(prepared, ensemble, seed, noise)
 
     def extract_prepared(
@@ -259,7 +285,8 @@ class Extractor:
             )
         sources = frame_files(frames) if isinstance(frames, (str, os.PathLike)) else as_image_list(frames)
         self._check_frames(len(sources))
-        first = self.prepare(sources[0], size, exif_transpose)
+        run = (1, self._ensemble_of(ensemble, noise, video=True), len(sources))
+        first = self.prepare(sources[0], size, exif_transpose, run=run)
         prepared = [first] + [self.prepare(s, size, exif_transpose, input_size=first.input_size) for s in sources[1:]]
         pixels = np.stack([p.pixels for p in prepared])  # [F, 3, H, W]
         if noise is None:
@@ -291,6 +318,21 @@ class Extractor:
                 f"got {count} frame(s); {self.manifest.model_name} takes clips of {self._frames_text()} frames "
                 "(manifest tensorrt_profiles min/max); pass a clip in that range, splitting longer videos"
             )
+
+    def _ensemble_of(self, ensemble: int | None, noise, video: bool = False) -> int:
+        """The E a call will run with, for the memory check before preprocessing (noise is validated later)."""
+        if not self.has_noise:  # one pass per image (noise or an ensemble given are refused later)
+            return 1
+        if ensemble is not None:
+            return max(1, int(ensemble))
+        try:
+            if noise is None:
+                return self.manifest.feature.ensemble
+            if isinstance(noise, np.ndarray):  # images: [B, E, c, h, w]; a clip: [E, F, c, h, w]
+                return int(noise.shape[0] if video else noise.shape[1])
+            return int(np.shape(noise[0])[0])  # per-image [E, c, h, w]
+        except (IndexError, TypeError):
+            return self.manifest.feature.ensemble
 
     def _noise_for(self, prepared, ensemble, seed, noise) -> list[np.ndarray | None]:
         if not self.has_noise:  # the seed has nothing to draw; noise and E are refused, not ignored

@@ -61,7 +61,8 @@ def bilinear_stencil(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
     Output index o reads input i0[o] with weight w0[o] and i0[o] + 1 with weight w1[o], where
     src = max((o + 0.5) * in / out - 0.5, 0), i0 = floor(src), w1 = src - i0. PyTorch clamps
     i0 + 1 to in - 1; callers pad the map by repeating its last row/column instead, which gives
-    the same values and keeps i0 + 1 valid everywhere.
+    the same values and keeps i0 + 1 valid everywhere. On the last cell (i0 = in - 1) the weights
+    are (1, 0): the upsampled value is exactly the edge cell there.
     """
     if in_size < 1 or out_size < 1:
         raise InputError(f"cannot upsample {in_size} cells to {out_size} pixels")
@@ -69,4 +70,8 @@ def bilinear_stencil(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
     src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     w1 = src - i0
+    # Past the last cell centre both corners are the edge cell: the value is that cell exactly. Weights
+    # (1, 0) keep it exact (w0*T + w1*T can differ from T in the last bit), so a border band of one vector
+    # is a band of exact ties and the first pixel in row-major order wins, as in exact upsampling.
+    w1[i0 == in_size - 1] = 0.0
     return i0, 1.0 - w1, w1

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import memory
 from .errors import InputError
 from .extractor import Extractor
 from .features import FeatureMap, bilinear_stencil
@@ -182,6 +183,15 @@ class FusedExtractor:
         return min(m.batch_size for m in self.members)
 
     @property
+    def device(self) -> str:
+        """"cuda" when either graph runs on the GPU (the memory budget that binds), else "cpu"."""
+        return "cuda" if any(m.device == "cuda" for m in self.members) else "cpu"
+
+    @property
+    def max_memory(self) -> int | None:
+        return self.members[0].max_memory
+
+    @property
     def has_noise(self) -> bool:
         return any(m.has_noise for m in self.members)
 
@@ -235,6 +245,7 @@ class FusedExtractor:
         if not decoded:
             return []
         sizes, noises, ensembles = self._per_member(size, noise, ensemble)
+        self._check_memory([image for image, _ in decoded], sizes, ensemble, min(self.batch_size, len(decoded)))
 
         def member_maps(k: int, member: Extractor) -> list[FeatureMap]:
             prepared = [replace(member.prepare(image, sizes[k], exif_transpose=False), name=name)
@@ -252,6 +263,7 @@ class FusedExtractor:
         decoded = self.decode(sources, exif_transpose)
         images, names = [image for image, _ in decoded], [name for _, name in decoded]
         sizes, noises, ensembles = self._per_member(size, noise, ensemble)
+        self._check_memory(images[:1], sizes, ensemble, 1, frames=len(images))
 
         def member_maps(k: int, member: Extractor) -> list[FeatureMap]:
             return member.extract_video(images, sizes[k], ensembles[k], None if noises[k] is not None else seed,
@@ -266,6 +278,7 @@ class FusedExtractor:
         if len(images) != MODELS:
             raise InputError(f"run() takes one image batch per model ({MODELS}), got {len(images)}")
         noise = [None] * MODELS if noise is None else list(noise)
+        self._check_run_memory(images, noise)
         outputs = self._each(lambda k, member: member.run(images[k], noise[k]))
         batch = {o.shape[0] for o in outputs}
         if len(batch) != 1:
@@ -294,6 +307,28 @@ class FusedExtractor:
             raise InputError("ensemble: neither fused model takes noise")
         ensembles = [ensemble if m.has_noise else None for m in self.members]
         return sizes, noises, ensembles
+
+    def _check_memory(self, images: Sequence[Any], sizes: list, ensemble: int | None, batch: int,
+                      frames: int = 1) -> None:
+        """Both graphs run at once: their calls for the largest image must fit the budget together (each
+        member then checks its own call as well), before anything is resized or run."""
+        candidates = [memory.runs_at(self.manifests, sizes, image_size=hw, batch=batch, ensemble=ensemble,
+                                     frames=frames) for hw in {(image.height, image.width) for image in images}]
+        worst = max(candidates, key=lambda runs: sum(memory.estimate(m, shape).total for m, shape in runs))
+        memory.check_runs(worst, max_memory=self.max_memory, device=self.device)
+
+    def _check_run_memory(self, images: Sequence[Any], noise: Sequence[Any]) -> None:
+        """`run`'s arrays give each call's shape: check both together (malformed arrays: the members say so)."""
+        try:
+            runs = []
+            for member, image, member_noise in zip(self.members, images, noise):
+                frames = image.shape[1] if member.is_video else 1
+                ensemble = member_noise.shape[1] if member_noise is not None else 1
+                runs.append((member.manifest, memory.RunShape(image.shape[0], ensemble, image.shape[-2],
+                                                              image.shape[-1], frames)))
+        except (AttributeError, IndexError, TypeError):
+            return
+        memory.check_runs(runs, max_memory=self.max_memory, device=self.device)
 
     def _each(self, work: Callable[[int, Extractor], Any]) -> list:
         """`work(k, member)` for both members: on two threads when parallel, in order otherwise."""

@@ -26,7 +26,7 @@ from typing import Any
 from .errors import ImageError, InputError
 from .extractor import Extractor
 from .features import FeatureMap
-from .fusion import MODELS, RECIPE, FusedExtractor, FusedParts, check_weights
+from .fusion import RECIPE, FusedExtractor, FusedParts, check_weights
 from .manifest import MODEL_FILE, NOISE_INPUT, Manifest, write_text_atomic
 from .preprocess import IMAGE_SUFFIXES
 from .storage import output_suffix, save_features
@@ -38,7 +38,7 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
 # The run-record fields every feature file also carries in its own metadata (fused runs: "models" and
 # "weights" instead of the per-model ones).
-FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed")
+FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed", "random_weights")
 FUSED_FILE_FIELDS = ("models", "weights", "seed")
 
 Progress = Callable[[str, str, str], None]  # (output path, status, message), as each job finishes
@@ -86,7 +86,8 @@ class ExtractSettings:
         if self.fmt != "safetensors":
             raise InputError("fused features are stored as safetensors (both maps and their weights in one file); "
                              "use --format safetensors")
-        sizes = (None,) * MODELS if self.size is None else tuple(self.size)
+        # None (each manifest's), one long side for both, or one per model
+        sizes = tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,) * len(manifests)
         return {
             "models": [self._model_record(m, size) for m, size in zip(manifests, sizes)],
             "weights": list(check_weights(self.weights, len(manifests))),
@@ -98,7 +99,7 @@ class ExtractSettings:
 
     def _model_record(self, manifest: Manifest, size: int | None) -> dict[str, Any]:
         noisy = any(spec.name == NOISE_INPUT for spec in manifest.inputs)
-        return {
+        record = {
             "model_name": manifest.model_name,
             "model_sha256": manifest.files.get(MODEL_FILE, {}).get("sha256"),
             "precision": manifest.precision,
@@ -107,6 +108,9 @@ class ExtractSettings:
             "size": size or manifest.preprocess.long_side,
             "ensemble": (self.ensemble or manifest.feature.ensemble) if noisy else manifest.feature.ensemble,
         }
+        if manifest.random_weights:  # built-in test models: their files' pictures say so (ditf show)
+            record["random_weights"] = True
+        return record
 
     def extract(self, extractor: Extractor | FusedExtractor, images: list[Path]) -> list[FeatureMap | FusedParts]:
         if isinstance(extractor, FusedExtractor):  # both maps and the weights: what fused files store
@@ -131,7 +135,8 @@ class FolderPlan:
     @property
     def metadata(self) -> dict[str, Any]:
         """What each feature file records of the run, besides its source image."""
-        return {key: self.record[key] for key in (FUSED_FILE_FIELDS if "models" in self.record else FILE_FIELDS)}
+        keys = FUSED_FILE_FIELDS if "models" in self.record else FILE_FIELDS
+        return {key: self.record[key] for key in keys if key in self.record}
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def pending_jobs(jobs: Sequence[Job], overwrite: bool) -> list[Job]:
 
 
 def check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to resume into a folder filled by another model or other settings; then write the record."""
+    """Refuse to resume into a folder filled by another model or other settings (reads only)."""
     path = out_dir / RUN_RECORD
     if path.is_file() and not overwrite:
         try:
@@ -183,7 +188,6 @@ def check_run_record(out_dir: Path, record: dict[str, Any], overwrite: bool) -> 
                 f"{out_dir} holds features from another model or settings (differs in {', '.join(changed)}); "
                 "use another --out, or --overwrite to redo everything"
             )
-    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def plan_folder(
@@ -191,18 +195,31 @@ def plan_folder(
     export_dir: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     settings: ExtractSettings,
+    *,
+    start: bool = True,
 ) -> FolderPlan:
-    """Collect the jobs, create OUT and check (then write) its run record for this export (or the two
-    fused exports) and settings."""
+    """Collect the jobs and check OUT's run record against this export (or the two fused exports) and settings.
+
+    With `start` (the default) OUT is then created and the record written (`start_folder`);
+    without, nothing is written yet, so a caller can check the model and device first.
+    """
     out_dir = Path(out_dir)
     jobs = collect_jobs(inputs, out_dir, settings.suffix)
     if not jobs:
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
     record = settings.record([Manifest.load(d) for d in as_export_dirs(export_dir)])
     pending = pending_jobs(jobs, settings.overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     check_run_record(out_dir, record, settings.overwrite)
-    return FolderPlan(out_dir, tuple(jobs), tuple(pending), record)
+    plan = FolderPlan(out_dir, tuple(jobs), tuple(pending), record)
+    if start:
+        start_folder(plan)
+    return plan
+
+
+def start_folder(plan: FolderPlan) -> None:
+    """Create OUT and write its run record (ditf-extract.json): from here on, the folder is this run's."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(plan.out_dir / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
 
 
 def save_job(job: Job, features: FeatureMap | FusedParts, fmt: str, metadata: dict[str, Any]) -> None:

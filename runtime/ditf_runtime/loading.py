@@ -8,7 +8,7 @@ that passes it on: batch extraction, Ray actors, the feature server.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -48,6 +48,7 @@ class LoadOptions:
     exif_transpose: bool | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     batch_size: int = 1
+    max_memory: int | None = None  # bytes a run may take; None: what the machine has available (memory.py)
     cpu_variant: str = "auto"
 
     @property
@@ -57,6 +58,20 @@ class LoadOptions:
     def load(self, path: str | os.PathLike, *more_paths: str | os.PathLike,
              weights: Sequence[float] | None = None) -> Extractor | FusedExtractor:
         return load(path, *more_paths, weights=weights, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def check(self, path: str | os.PathLike) -> Manifest:
+        """What `load` refuses before it starts anything (folder, manifest, backend, device), without
+        loading the graph or hashing its files: for a driver whose workers load it (Ray)."""
+        export_dir = _export_folder(path)
+        manifest = Manifest.load(export_dir)
+        _check_contract(manifest)
+        runner = _start_runner(export_dir, manifest, replace(self, verify=False))
+        loader = getattr(runner, "session_loader", None)
+        if loader is not None:  # onnxruntime: every provider asked for must be available here
+            from .backends.onnxrt import check_providers
+
+            check_providers(loader.providers)
+        return manifest
 
 
 def load(
@@ -70,6 +85,7 @@ def load(
     exif_transpose: bool | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     batch_size: int = 1,
+    max_memory: int | None = None,
     weights: Sequence[float] | None = None,
     parallel: bool = True,
     cpu_variant: str = "auto",
@@ -90,6 +106,8 @@ def load(
     `load(dir_a, dir_b, weights=(0.5, 0.5))`: a FusedExtractor (fusion.py) whose maps are the two
     exports' maps fused (each keeps its own preprocessing and noise; the options apply to both);
     `parallel` runs the two graphs on two threads. `weights` without a second folder is an error.
+    `max_memory` (bytes) is the budget every run is checked against before it starts (memory.py; a fused
+    run's two graphs together); None: the memory available at that moment.
     """
     if more_paths:
         from .fusion import MODELS, FusedExtractor, check_weights
@@ -99,7 +117,7 @@ def load(
         weights = check_weights(weights)  # before loading anything
         options = dict(backend=backend, device=device, providers=providers, threads=threads, verify=verify,
                        exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size,
-                       cpu_variant=cpu_variant)
+                       max_memory=max_memory, cpu_variant=cpu_variant)
         members: list[Extractor] = []
         try:
             for folder in (path, *more_paths):
@@ -111,19 +129,25 @@ def load(
             raise
     if weights is not None:
         raise InputError("weights= fuse two exports: pass a second export folder (load(dir_a, dir_b, weights=...))")
-    export_dir = Path(path)
-    if not export_dir.is_dir():
-        raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
+    export_dir = _export_folder(path)
     manifest = Manifest.load(export_dir)
     _check_contract(manifest)
     options = LoadOptions(backend, device, providers, threads, verify, exif_transpose, max_pixels, batch_size,
-                          cpu_variant)
+                          max_memory, cpu_variant)
     runner = _start_runner(export_dir, manifest, options)
     extractor = Extractor(
-        export_dir, manifest, runner, exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size
+        export_dir, manifest, runner, exif_transpose=exif_transpose, max_pixels=max_pixels, batch_size=batch_size,
+        max_memory=max_memory,
     )
     _check_graph(extractor)
     return extractor
+
+
+def _export_folder(path: str | os.PathLike) -> Path:
+    export_dir = Path(path)
+    if not export_dir.is_dir():
+        raise ManifestError(f"{export_dir} is not a folder: pass an export folder written by ditf-export")
+    return export_dir
 
 
 def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) -> BaseRunner:

@@ -1,7 +1,7 @@
 """The export folder's contract: manifest.json, written once by ditf-export, read by everything else.
 
 Torch-free on purpose: the exporter writes through this module and the runtime reads through it,
-so the two cannot drift. Layout of an export folder (DESIGN.md §6):
+so the two cannot drift. Layout of an export folder (docs/DESIGN.md, "The export folder"):
 
     DIR/model.onnx            graph, float32 I/O at every precision
     DIR/model.onnx.data       external weights (always external, so hashes are cheap to compare)
@@ -40,7 +40,7 @@ REFERENCE_FILE = "reference.safetensors"
 MANIFEST_FILE = "manifest.json"
 ENGINES_DIR = "engines"
 
-# Graph I/O names (DESIGN.md §6): image [B, 3, H, W], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16]
+# Graph I/O names (docs/DESIGN.md): image [B, 3, H, W], noise [B, E, c, H/8, W/8] -> features [B, C, H/16, W/16]
 IMAGE_INPUT = "image"
 NOISE_INPUT = "noise"
 FEATURES_OUTPUT = "features"
@@ -74,7 +74,7 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The authors' preprocessing (DESIGN.md §2 step 1), rebuilt by the runtime with PIL + numpy."""
+    """The authors' preprocessing (docs/DESIGN.md, "The feature" step 1), rebuilt by the runtime with PIL + numpy."""
 
     long_side: int = 640
     resample: str = "bicubic"
@@ -106,6 +106,24 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class Workload:
+    """What a run's peak memory depends on besides the input size (memory.py reads it); written at export.
+
+    Older manifests lack it: memory.py then assumes conservative values and says the estimate is rough.
+    """
+
+    heads: int
+    head_dim: int
+    text_tokens: int = 0  # prompt tokens baked into the graph
+    text_attention: str = "joint"  # "joint": attended together with the image tokens (FLUX, SD3); "cross"; "none"
+    ffn_dim: int = 0  # width of the blocks' MLP
+    vae_channels: tuple[int, ...] = ()  # the VAE encoder's block widths, full resolution first; () without a VAE
+    vae_attention: bool = True  # the VAE encoder's mid-block self-attention over every latent cell
+    attention: str = "dense"  # "dense": the graph materialises every [heads, N, N] score matrix
+    extra_tokens: int = 0  # non-image tokens attended with the image tokens (DINOv2's class and register tokens)
+
+
+@dataclass(frozen=True)
 class Manifest:
     family: str
     model_name: str
@@ -126,6 +144,9 @@ class Manifest:
     # which registry model's defaults applied, and the rule that picked it ({"model": None} when none did)
     defaults: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Built-in test models (flux-tiny, latte-tiny, dinov2-tiny) have random weights: their pictures say so.
+    random_weights: bool = False
+    workload: Workload | None = None  # what a run's memory depends on (memory.py); sealed like every field
     digest: str = ""  # sha256 of the canonical JSON of every other field; set by to_dict, checked by from_dict
 
     # -- serialisation -------------------------------------------------------------------------
@@ -166,6 +187,8 @@ class Manifest:
             d["preprocess"] = Preprocess(**_tuples(d["preprocess"], ("value_range",)))
             d["inputs"] = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d["inputs"])
             d["outputs"] = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in d["outputs"])
+            if d.get("workload") is not None:
+                d["workload"] = Workload(**_tuples(d["workload"], ("vae_channels",)))
             m = cls(**d)
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"manifest.json is malformed ({exc}); re-export the model") from exc

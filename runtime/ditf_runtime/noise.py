@@ -1,4 +1,5 @@
-"""Ensemble noise (DESIGN.md §6): drawn per image, so features never depend on batch-mates.
+"""Ensemble noise (docs/DESIGN.md, "Preprocessing and noise"): drawn per image, so features never depend
+on batch-mates.
 
 Images: [E, c, H/8, W/8] from default_rng([seed, crc32(the image's preprocessed float32 pixels)]).
 Video clips (exports with geometry.frame_axis): one draw per clip, [E, F, c, H/8, W/8] from

@@ -1,4 +1,4 @@
-"""Parity numbers between a candidate feature map and a reference (DESIGN.md §6), numpy only, so the
+"""Parity numbers between a candidate feature map and a reference (docs/DESIGN.md, "Precision"), numpy only, so the
 exporter, the calibrator and a GPU runner with TensorRT (no torch) all judge graphs the same way.
 
 - relative error: max|a - b| / max|b|

@@ -1,4 +1,4 @@
-"""Images in, model arrays out: DESIGN.md §2 step 1, rebuilt from the manifest with PIL and numpy.
+"""Images in, model arrays out: docs/DESIGN.md, "The feature" step 1, rebuilt from the manifest with PIL and numpy.
 
 The authors' code (eval_spair.py) does
 
@@ -13,22 +13,31 @@ leaves to chance: EXIF orientation, non-RGB modes, corrupt files and decompressi
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError, InputError
+from .errors import DitfWarning, ImageError, InputError
 from .manifest import Geometry, Preprocess
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-# Pillow's own warning threshold (Image.MAX_IMAGE_PIXELS, ~89.5 Mpx): a 9459x9459 image.
+# The one decompression-bomb limit (`max_pixels=`, `--max-pixels`): Pillow's own warning threshold
+# (Image.MAX_IMAGE_PIXELS, ~89.5 Mpx, a 9459x9459 image). Pillow's hard limit (twice that) is lifted
+# while a file is opened under a larger limit, so ours is the only one a user meets.
 DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_HINT = "downscale it, or raise the limit with --max-pixels (max_pixels= in Python)"
+
+# Images smaller than this on a side are mostly invented by the resize to the model size: warn.
+MIN_IMAGE_SIDE = 32
 
 # What counts as an image file in a folder (batch extraction's inputs, a video's frames).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
@@ -98,19 +107,44 @@ def _open_file(path: Path, max_pixels: int | None) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_limit_at_least(max_pixels):
             # Our own limit decides; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path)  # reads the header only
             _check_pixels(image.size, max_pixels, str(path))
             image.load()
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's hard limit fired first: it is above ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,}" if found else f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,}"
+        raise ImageError(f"{path}: {count} pixels exceeds the limit of {max_pixels:,} (possible decompression "
+                         f"bomb); {MAX_PIXELS_HINT}") from exc
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated data, bad chunks...
         raise ImageError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     return image
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limit_at_least(max_pixels: int | None):
+    """Lift Pillow's hard limit (2 x Image.MAX_IMAGE_PIXELS) when ours is larger, so one limit applies.
+
+    Only then is Pillow's process-wide setting touched (under a lock, restored afterwards): asking for
+    a limit above Pillow's is the caller's explicit choice.
+    """
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None or (max_pixels is not None and max_pixels <= 2 * pillow):
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
@@ -118,7 +152,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-            f"{max_pixels:,} (possible decompression bomb); downscale it or raise max_pixels"
+            f"{max_pixels:,} (possible decompression bomb); {MAX_PIXELS_HINT}"
         )
 
 
@@ -184,6 +218,10 @@ def to_model_array(image: Image.Image, size: tuple[int, int], spec: Preprocess) 
     return np.ascontiguousarray(scaled.transpose(2, 0, 1))
 
 
+class SmallImageWarning(DitfWarning):
+    """An image so small that the model sees mostly the resize's interpolation."""
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """One image ready for the graph: its float32 [3, H, W] array and where it came from."""
@@ -206,11 +244,13 @@ def prepare(
     exif_transpose: bool | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     input_size: tuple[int, int] | None = None,
+    check_size: Callable[[tuple[int, int]], None] | None = None,
 ) -> PreparedImage:
     """Read and preprocess one image the way the manifest says.
 
     `input_size` (H, W) forces the model size instead of the long-side rule: a video's frames all
-    take their first frame's size.
+    take their first frame's size. `check_size(model (H, W))` runs before the resize, which itself can
+    take gigabytes at absurd sizes: the Extractor checks its memory budget there.
     """
     if exif_transpose is None:
         exif_transpose = spec.exif_transpose
@@ -222,6 +262,13 @@ def prepare(
     width, height = image.size
     size = model_size(height, width, long_side, geometry.size_multiple) if input_size is None else input_size
     check_size_limit(geometry, *size, what="model size")
+    if check_size is not None:
+        check_size(size)
+    if min(width, height) < MIN_IMAGE_SIDE:
+        warnings.warn(SmallImageWarning(
+            f"{describe(source)} is only {width}x{height} pixels: it is upscaled to {size[1]}x{size[0]} for the "
+            f"model, so its features say little (images under {MIN_IMAGE_SIDE} px on a side are mostly resize)"
+        ), stacklevel=2)
     return PreparedImage(to_model_array(image, size, spec), (height, width), describe(source))
 
 

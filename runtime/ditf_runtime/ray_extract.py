@@ -71,8 +71,9 @@ class ExtractWorker:
         todo = pending_jobs(jobs, self.settings.overwrite)
         if todo:
             extract = partial(self.settings.extract, self.extractor)
-            # Any runtime error is reported per image: one image must not fail the whole Ray job.
-            outcomes = extract_chunk(extract, todo, self.settings.fmt, self.metadata, errors=(DitfError,))
+            # Only an image that cannot be read is reported per image (jobs.extract_chunk's default); a
+            # backend failure (out of memory, a lost GPU) would fail every image alike, so it stops the run.
+            outcomes = extract_chunk(extract, todo, self.settings.fmt, self.metadata)
             for job, status, message in outcomes:
                 outcome[job.output] = (status, message)
         return {
@@ -148,14 +149,35 @@ def run_jobs(
             num_cpus=ray_options.cpus_per_worker,
             num_gpus=1 if load.uses_gpu else None,
         )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for output, status, message in zip(batch["output"], batch["status"], batch["message"]):
-                written += status == DONE
-                if status == FAILED:
-                    failures.append(str(message))
-                if progress is not None:
-                    progress(str(output), str(status), str(message))
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for output, status, message in zip(batch["output"], batch["status"], batch["message"]):
+                    written += status == DONE
+                    if status == FAILED:
+                        failures.append(str(message))
+                    if progress is not None:
+                        progress(str(output), str(status), str(message))
+        except Exception as exc:  # noqa: BLE001 - Ray wraps what a worker raised in its own exception types
+            cause = ditf_error_in(exc)
+            if cause is None:
+                raise
+            raise cause from None  # e.g. a run over the memory budget: the same message as without Ray
     return written, failures
+
+
+def ditf_error_in(exc: BaseException) -> DitfError | None:
+    """The DitfError a worker raised, found through Ray's wrappers (RayTaskError.cause, __cause__, ...)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DitfError):
+            return current
+        stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def extract_with_ray(

@@ -162,3 +162,18 @@ def _is_fused(path: Path) -> bool:
             return FUSION_KEY in (handle.metadata() or {})
     except Exception:  # noqa: BLE001 - unreadable: load_features reports it
         return False
+
+
+def feature_file_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata `save_features` wrote (model_name, layer, precision, ... for `ditf extract` files)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as handle:
+                return dict(handle.metadata() or {})
+        sidecar = path.with_suffix(".json")
+        return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except Exception:  # noqa: BLE001 - load_features reports unreadable files; a caption can do without
+        return {}

@@ -105,6 +105,11 @@ def create_session(
     return session
 
 
+def check_providers(providers: Sequence[Any]) -> None:
+    """Every provider asked for is available in this onnxruntime (without opening a session)."""
+    _require_available([_provider_name(p) for p in providers], import_onnxruntime().get_available_providers())
+
+
 def _require_available(requested: list[str], available: list[str]) -> None:
     missing = [p for p in requested if p not in available]
     if missing:

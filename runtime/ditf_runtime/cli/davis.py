@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
+from .. import memory
 from ..davis import evaluate_davis
+from ..davis.features import protocol_size
 from ..manifest import write_text_atomic
 from .options import ModelChoice, friendly_errors, model_options
 
@@ -64,14 +67,33 @@ def eval_davis(
     if isinstance(model.size, tuple):
         raise click.UsageError("--size is the frames' short side here: give it once, also with two --model")
     with model.open() as extractor:
-        result = evaluate_davis(
-            extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,
-            overlay_dir=overlay_dir, size=model.size, n_last_frames=n_last_frames, radius=radius, topk=topk,
-            temperature=temperature, resolution=resolution, clip_frames=clip_frames, overwrite=overwrite,
-            progress=True, ensemble=model.ensemble, seed=model.seed,
-        )  # fmt: skip
+        _check_memory(extractor, model)
+        try:
+            result = evaluate_davis(
+                extractor, dataset, split, videos=videos.split(",") if videos else None, out_dir=out_dir,
+                overlay_dir=overlay_dir, size=model.size, n_last_frames=n_last_frames, radius=radius, topk=topk,
+                temperature=temperature, resolution=resolution, clip_frames=clip_frames, overwrite=overwrite,
+                progress=True, ensemble=model.ensemble, seed=model.seed,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            kept = (f"finished videos are kept in {out_dir}: rerun the same command to resume" if out_dir is not None
+                    else "without --out nothing is kept: pass --out DIR to make a run resumable")
+            click.echo(f"\ninterrupted: {kept}", err=True)
+            sys.exit(130)
     click.echo(result.table())
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if out_dir is not None:
         click.echo(f"masks in {out_dir}", err=True)
+
+
+def _check_memory(extractor, model: ModelChoice) -> None:
+    """Before the first video: a DAVIS-2017 480p frame (854x480) at the protocol's size must fit the budget,
+    both models' calls together when two are fused (video exports: each clip is checked by the extractor)."""
+    if extractor.is_video:
+        return
+    manifests = memory.manifests_of(extractor)
+    height, width = protocol_size(480, 854, model.size or manifests[0].preprocess.long_side)
+    runs = memory.runs_at(manifests, max(height, width), image_size=(height, width), batch=extractor.batch_size,
+                          ensemble=model.ensemble)
+    memory.check_runs(runs, max_memory=model.load.max_memory, device=extractor.device)

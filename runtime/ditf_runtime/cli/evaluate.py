@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import evaluate
+from ..evaluate import evaluate, read_pairs
+from ..memory import check_long_side, manifests_of
 from ..manifest import write_text_atomic
 from .options import ModelChoice, friendly_errors, model_options
 
@@ -34,8 +35,16 @@ from .options import ModelChoice, friendly_errors, model_options
 )
 @friendly_errors
 def eval_spair(dataset, model: ModelChoice, split, categories, limit, alpha, min_pck, json_path) -> None:
-    """PCK@alpha on DATASET in SPair-71k's layout (no EXIF rotation, as annotated)."""
+    """PCK@alpha on DATASET in SPair-71k's layout (no EXIF rotation, as annotated).
+
+    DATASET is the folder SPair-71k.tar.gz unpacks to: PairAnnotation/<split>/*.json and
+    JPEGImages/<category>/*.jpg.
+    """
+    read_pairs(dataset, split, categories or None, limit)  # the layout, before the model is loaded
     with model.open() as extractor:
+        # The largest input the run can see (a square image at --size) must fit before the first pair.
+        check_long_side(manifests_of(extractor), model.size, ensemble=model.ensemble, max_memory=model.load.max_memory,
+                        device=extractor.device)
         result = evaluate(
             extractor,
             dataset,
@@ -45,6 +54,7 @@ def eval_spair(dataset, model: ModelChoice, split, categories, limit, alpha, min
             alpha=alpha,
             min_pck=min_pck,
             progress=True,
+            max_pixels=model.load.max_pixels,
             size=model.size,
             ensemble=model.ensemble,
             seed=model.seed,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
-from ..jobs import FAILED, ExtractSettings, FolderPlan, extract_jobs, plan_folder
+from ..jobs import DONE, FAILED, ExtractSettings, FolderPlan, extract_jobs, plan_folder, start_folder
 from ..loading import LoadOptions
+from ..memory import check_long_side, manifests_of
+from ..progress import progress_bar
 from ..ray_extract import RayOptions, run_jobs
 from .options import ModelChoice, friendly_errors, model_options
 
@@ -62,35 +65,63 @@ def extract(
         overwrite=overwrite,
         weights=model.weights,
     )
-    plan = plan_folder(inputs, model.export_dirs, out_dir, settings)
+    # Nothing is written into OUT before the model, the device and the memory budget are checked.
+    plan = plan_folder(inputs, model.export_dirs, out_dir, settings, start=False)
     click.echo(f"{len(plan.jobs)} image(s), {plan.done} already done, {len(plan.pending)} to extract", err=True)
     if not plan.pending:
+        click.echo(f"nothing to do: all {len(plan.jobs)} file(s) are in {out_dir}", err=True)
         return
     load = replace(model.load, batch_size=batch_size)
-    if use_ray:
-        _extract_with_ray(plan, model.export_dirs, settings, load, RayOptions(workers=workers, address=ray_address))
-        return
-    with (
-        load.load(*model.export_dirs, weights=model.weights) as extractor,
-        tqdm(total=len(plan.pending), unit="img", desc="extract", file=sys.stderr) as bar,
-    ):
-        _, failures = extract_jobs(extractor, plan.pending, settings, plan.metadata, lambda *_: bar.update(1))
-    if failures:
-        for message in failures:
+    counts = _Counts()
+    try:
+        if use_ray:
+            _extract_with_ray(plan, model, settings, load, RayOptions(workers=workers, address=ray_address), counts)
+        else:
+            _extract_here(plan, model, settings, load, counts)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: {counts.written} of {len(plan.pending)} file(s) written to {out_dir} (each one complete); "
+            "rerun the same command to resume",
+            err=True,
+        )
+        sys.exit(130)
+    click.echo(f"wrote {counts.written} file(s) to {out_dir}", err=True)
+    if counts.failures:
+        for message in counts.failures:
             click.echo(f"skipped: {message}", err=True)
-        raise click.ClickException(f"{len(failures)} of {len(plan.pending)} image(s) could not be read")
+        raise click.ClickException(f"{len(counts.failures)} of {len(plan.pending)} image(s) could not be read")
 
 
-def _extract_with_ray(
-    plan: FolderPlan, export_dir: tuple[Path, ...], settings: ExtractSettings, load: LoadOptions, ray: RayOptions
-) -> None:
-    with tqdm(total=len(plan.pending), unit="img", desc="extract (ray)", file=sys.stderr) as bar:
+@dataclass
+class _Counts:
+    written: int = 0
+    failures: list[str] = field(default_factory=list)
 
-        def progress(output: str, status: str, message: str) -> None:
-            if status == FAILED:
-                bar.write(f"skipped: {message}", file=sys.stderr)
-            bar.update(1)
+    def progress(self, bar, output: str, status: str, message: str) -> None:
+        self.written += status == DONE
+        if status == FAILED:
+            self.failures.append(message)
+        bar.update(1)
 
-        _, failures = run_jobs(plan.pending, export_dir, settings, load, plan.metadata, ray, progress)
-    if failures:
-        raise click.ClickException(f"{len(failures)} of {len(plan.pending)} image(s) could not be read")
+
+def _extract_here(plan: FolderPlan, model: ModelChoice, settings: ExtractSettings, load: LoadOptions,
+                  counts: _Counts) -> None:
+    with load.load(*model.export_dirs, weights=model.weights) as extractor:
+        # The largest input this run can see (a square image at --size) must fit, before OUT is touched.
+        check_long_side(manifests_of(extractor), settings.size, batch=load.batch_size, ensemble=settings.ensemble,
+                        max_memory=load.max_memory, device=extractor.device)
+        start_folder(plan)
+        with progress_bar(total=len(plan.pending), unit="img", desc="extract") as bar:
+            extract_jobs(extractor, plan.pending, settings, plan.metadata, partial(counts.progress, bar))
+
+
+def _extract_with_ray(plan: FolderPlan, model: ModelChoice, settings: ExtractSettings, load: LoadOptions,
+                      ray: RayOptions, counts: _Counts) -> None:
+    manifests = [load.check(d) for d in model.export_dirs]  # the actors load them; check what they would refuse
+    local = ray.address is None and not os.environ.get("RAY_ADDRESS")  # then every actor shares this machine
+    check_long_side(manifests, settings.size, batch=load.batch_size, ensemble=settings.ensemble,
+                    max_memory=load.max_memory, device="cuda" if load.uses_gpu else "cpu", loaded=False,
+                    copies=min(ray.workers, len(plan.pending)) if local else 1)
+    start_folder(plan)
+    with progress_bar(total=len(plan.pending), unit="img", desc="extract (ray)") as bar:
+        run_jobs(plan.pending, model.export_dirs, settings, load, plan.metadata, ray, partial(counts.progress, bar))

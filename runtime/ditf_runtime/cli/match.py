@@ -9,11 +9,13 @@ import click
 import numpy as np
 from PIL import Image
 
-from ..draw import BACKGROUND, GAP, draw_matches, draw_tracks, pca_image, save_png
+from ..annotate import caption_for, file_caption
+from ..draw import draw_matches, draw_pca, draw_tracks
 from ..errors import InputError
+from ..memory import manifests_of
 from ..matching import cell_centers, mutual_nn_matches, track_points, transfer_keypoints
-from ..preprocess import frame_files, open_image
-from ..storage import load_features
+from ..preprocess import frame_files
+from ..storage import feature_file_metadata, load_features
 from .options import ModelChoice, emit_text, friendly_errors, model_options
 
 
@@ -65,9 +67,9 @@ def parse_points(text: str | None, points_file: Path | None) -> np.ndarray | Non
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=None,
-    help="Write the matches as JSON here instead of stdout.",
+    help="Write the matches as JSON here ('-': stdout). Default: stdout, or a one-line summary with --out.",
 )
 @click.option("--no-exif", is_flag=True, help="Do not apply EXIF orientation.")
 @friendly_errors
@@ -76,6 +78,7 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
     src_points = parse_points(points, points_file)
     with model.open(exif_transpose=not no_exif) as extractor:
         src, trg = extractor.extract([source, target], model.size, model.ensemble, model.seed)
+        manifests = manifests_of(extractor)
     if src_points is None:
         cells_a, cells_b, _ = mutual_nn_matches(src, trg)
         cells_a, cells_b = cells_a[:max_matches], cells_b[:max_matches]
@@ -89,10 +92,15 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
             for (a, b), (c, d), s in zip(np.asarray(src_points), trg_points, scores)
         ],
     }
-    emit_text(json.dumps(report, indent=2) + "\n", json_path)
     if picture is not None:
-        draw_matches(source, target, src_points, trg_points, path=picture, exif_transpose=not no_exif)
-        click.echo(f"wrote {picture}", err=True)
+        caption = caption_for(manifests, size=model.size, ensemble=model.ensemble, weights=model.weights,
+                              what=f"{len(scores)} matches {source.name} -> {target.name}, coloured by cosine "
+                                   "similarity" + (" (mutual nearest neighbours)" if points is None and
+                                                   points_file is None else ""))
+        draw_matches(source, target, src_points, trg_points, scores=scores, caption=caption, path=picture,
+                     exif_transpose=not no_exif, max_pixels=model.load.max_pixels)
+    _report(json.dumps(report, indent=2) + "\n", json_path, picture,
+            f"{len(scores)} match(es), cosine {_range(scores)}")
 
 
 @click.command()
@@ -104,8 +112,8 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
     help="Draw the tracks over the last frame (PNG).",
 )  # fmt: skip
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Write the tracks as JSON here instead of stdout.",
+    "--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+    help="Write the tracks as JSON here ('-': stdout). Default: stdout, or a one-line summary with --out.",
 )  # fmt: skip
 @click.option("--no-exif", is_flag=True, help="Do not apply EXIF orientation.")
 @friendly_errors
@@ -115,6 +123,7 @@ def track(frames_dir, model: ModelChoice, points, picture, json_path, no_exif) -
     frames = frame_files(frames_dir)
     with model.open(exif_transpose=not no_exif) as extractor:
         maps = extractor.extract_video(frames, model.size, model.ensemble, model.seed)
+        manifests = manifests_of(extractor)
     tracks, scores = track_points(maps, start, return_scores=True)
     report = {
         "frames": [str(f) for f in frames],
@@ -123,10 +132,33 @@ def track(frames_dir, model: ModelChoice, points, picture, json_path, no_exif) -
             for n in range(tracks.shape[1])
         ],
     }
-    emit_text(json.dumps(report, indent=2) + "\n", json_path)
     if picture is not None:
-        draw_tracks(frames[-1], tracks, path=picture, exif_transpose=not no_exif)
-        click.echo(f"wrote {picture}", err=True)
+        caption = caption_for(manifests, size=model.size, ensemble=model.ensemble, weights=model.weights,
+                              what=f"{tracks.shape[1]} point(s) of {frames[0].name} tracked through {len(frames)} "
+                                   f"frames, drawn over {frames[-1].name} (ring: start, dot: end)")
+        draw_tracks(frames[-1], tracks, caption=caption, path=picture, exif_transpose=not no_exif,
+                    max_pixels=model.load.max_pixels)
+    _report(json.dumps(report, indent=2) + "\n", json_path, picture,
+            f"{tracks.shape[1]} point(s) through {len(frames)} frames, last-frame cosine {_range(scores[-1])}")
+
+
+def _range(values) -> str:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return "n/a"
+    return f"{values.min():.3f}..{values.max():.3f} (mean {values.mean():.3f})"
+
+
+def _report(text: str, json_path: Path | None, picture: Path | None, summary: str) -> None:
+    """JSON to --json (a file, or '-' for stdout); with only a picture, one summary line instead."""
+    if json_path is not None:
+        emit_text(text, None if str(json_path) == "-" else json_path)
+    elif picture is None:
+        emit_text(text, None)
+    if picture is not None:
+        click.echo(f"{summary}; wrote {picture}" + (f" and {json_path}" if json_path not in (None, Path("-")) else ""))
+    elif json_path is not None and str(json_path) != "-":
+        click.echo(f"{summary}; wrote {json_path}", err=True)
 
 
 @click.command()
@@ -135,24 +167,27 @@ def track(frames_dir, model: ModelChoice, points, picture, json_path, no_exif) -
     "--out", "-o", "picture", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write."
 )
 @model_options(required=False, model_help="Export folder; needed when SOURCE is an image rather than a feature file.")
-@click.option("--side-by-side", is_flag=True, help="Put the image left of its PCA picture (image input only).")
+@click.option("--pca-only", is_flag=True, help="Only the PCA picture, without the photo beside it.")
+@click.option("--side-by-side", is_flag=True, hidden=True)  # the default now; kept so old scripts still run
 @friendly_errors
-def show(source, picture, model: ModelChoice, side_by_side) -> None:
-    """PCA-to-RGB picture of SOURCE's features (an image with --model, or a .safetensors/.npy file)."""
+def show(source, picture, model: ModelChoice, pca_only, side_by_side) -> None:
+    """PCA-to-RGB picture of SOURCE's features beside the photo (an image with --model, or a feature file).
+
+    The top three principal components of the feature vectors become red, green and blue: parts the
+    model sees as alike share a colour.
+    """
+    what = "PCA of the features (top 3 principal components as RGB; same colour, similar features)"
     if source.suffix in (".safetensors", ".npy"):
         features = load_features(source)
-        image = None
+        image, caption = None, file_caption(feature_file_metadata(source), what)
     else:
         if model.export_dir is None:
             raise InputError(f"{source} is an image: give --model EXPORT_DIR (or pass a feature file)")
         with model.open() as extractor:
             (features,) = extractor.extract([source], model.size, model.ensemble, model.seed)
-        image = open_image(source)
-    pca = pca_image(features)
-    if side_by_side and image is not None:
-        canvas = Image.new("RGB", (image.width + GAP + pca.width, max(image.height, pca.height)), BACKGROUND)
-        canvas.paste(image, (0, 0))
-        canvas.paste(pca, (image.width + GAP, 0))
-        pca = canvas
-    save_png(pca, picture)
+            caption = caption_for(manifests_of(extractor), size=model.size, ensemble=model.ensemble,
+                                  weights=model.weights,
+                                  what=f"{source.name}: {what}")
+        image = None if pca_only else source
+    draw_pca(features, image=image, caption=caption, path=picture, max_pixels=model.load.max_pixels)
     click.echo(f"wrote {picture}", err=True)

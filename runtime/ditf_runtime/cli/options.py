@@ -13,17 +13,19 @@ from ..errors import DitfError, InputError
 from ..extractor import Extractor
 from ..fusion import MODELS, FusedExtractor, check_weights
 from ..loading import LoadOptions
-from ..manifest import ManifestError, write_text_atomic
+from ..memory import parse_bytes
+from ..preprocess import DEFAULT_MAX_PIXELS
+from ..manifest import write_text_atomic
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """DitfError, ManifestError and OS errors become click's one-line "Error: ..." (exit 1)."""
+    """DitfError (ManifestError included) and OS errors become click's one-line "Error: ..." (exit 1)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (DitfError, ManifestError) as exc:
+        except DitfError as exc:  # ManifestError included
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # disk full, permission denied, ...
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
@@ -130,14 +132,16 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
             show_default=True,
             help="onnxruntime on the CPU: auto runs model.cpu.onnx (ditf optimize-cpu) when the export has one.",
         ),
+        max_memory_option(),
+        max_pixels_option(),
     ]
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
         def wrapper(*args, model_dirs, fuse_weight, backend, device, threads, sizes, ensemble, seed, no_verify,
-                    cpu_variant, **kwargs):
+                    cpu_variant, max_memory, max_pixels, **kwargs):
             load = LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify,
-                               cpu_variant=cpu_variant)
+                               max_memory=max_memory, max_pixels=max_pixels, cpu_variant=cpu_variant)
             try:
                 model = model_choice(model_dirs, sizes, fuse_weight, load=load, ensemble=ensemble, seed=seed)
             except DitfError as exc:
@@ -149,6 +153,35 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
         return wrapper
 
     return decorate
+
+
+class MemorySize(click.ParamType):
+    """A byte count: 12G, 512M, 1.5GiB, 1000000."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_bytes(value)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def max_memory_option() -> Callable:
+    return click.option(
+        "--max-memory", type=MemorySize(), default=None,
+        help="Memory budget of a run (e.g. 12G). Default: what the machine has available. A run whose estimated "
+             "peak is larger is refused before it starts, with a size that fits.",
+    )  # fmt: skip
+
+
+def max_pixels_option() -> Callable:
+    return click.option(
+        "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+        help="Refuse images with more pixels than this before decoding them (decompression-bomb guard).",
+    )  # fmt: skip
 
 
 def emit_text(text: str, path: Path | None) -> None:

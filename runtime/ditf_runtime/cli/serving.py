@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -10,7 +12,7 @@ from ..errors import InputError
 from ..fusion import MODELS, check_weights
 from ..loading import LoadOptions
 from ..serving.triton_repo import TritonOptions, write_model_repository
-from .options import friendly_errors
+from .options import friendly_errors, max_memory_option, max_pixels_option
 
 
 def _exports(export_dir: Path | None, models: tuple[Path, ...], fuse_weight: float | None):
@@ -103,21 +105,50 @@ def triton_repo(
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the model files.")
+@max_memory_option()
+@max_pixels_option()
+@click.option(
+    "--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Triton's own log (default: ditf-triton-HTTP_PORT.log in the temp folder).",
+)  # fmt: skip
 @friendly_errors
 def serve(
     export_dir, models, fuse_weight, host, http_port, grpc_port, metrics_port, backend, device, threads,
-    max_batch_size, max_queue_delay_us, no_verify,
+    max_batch_size, max_queue_delay_us, no_verify, max_memory, max_pixels, log_file,
 ) -> None:  # fmt: skip
     """Serve `extract` and `match` for EXPORT_DIR over Triton's HTTP/gRPC (PyTriton) until Ctrl-C; with two
-    exports (EXPORT_DIR --model B, or --model A --model B) their fused features."""
+    exports (EXPORT_DIR --model B, or --model A --model B) their fused features.
+
+    Each request is checked against the memory budget before it runs: one that would not fit gets an
+    error saying so (and a size that fits); the server stays up.
+    """
     from ..serving.server import FeatureServer
 
     dirs, weights = _exports(export_dir, models, fuse_weight)
+    # SIGTERM (a process manager, `kill`) stops the server like Ctrl-C, start-up included: nothing is left
+    # behind. A second signal while stopping is ignored, so the clean-up finishes.
+    signal.signal(signal.SIGTERM, _interrupt_once)
     server = FeatureServer(
         dirs, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        load=LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify),
-        max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us, weights=weights,
+        load=LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify,
+                         max_memory=max_memory, max_pixels=max_pixels),
+        max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us, weights=weights, log_file=log_file,
     )  # fmt: skip
-    server.start()
+    click.echo(f"starting Triton for {' + '.join(map(str, dirs))} (its log: {server.log_file})", err=True)
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        click.echo("interrupted while starting: stopped, nothing left behind", err=True)
+        sys.exit(130)
     click.echo(f"serving extract, match on {server.http_url} and {server.grpc_url} (Ctrl-C stops)", err=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    click.echo("stopped", err=True)
+
+
+def _interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt

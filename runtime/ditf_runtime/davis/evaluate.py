@@ -246,6 +246,6 @@ class _NoBar:
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, unit="frame", desc="DAVIS propagation")
+    return progress_bar(total=total, unit="frame", desc="DAVIS propagation")

@@ -46,6 +46,8 @@ MAX_LONG_SIDE = 4096
 
 
 Run = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+# memory.check_runs with the server's budget: refuses graph calls that would not fit together
+MemoryCheck = Callable[[list], object]
 
 
 @dataclass
@@ -95,17 +97,24 @@ class FeaturePipeline:
         self.weights: tuple[float, ...] | None = None  # fused pipelines only
         self.max_batch_size = int(max_batch_size)
         self.max_pixels = max_pixels
+        self.check_memory: MemoryCheck | None = None  # fused pipelines: both graphs' calls together
 
     @classmethod
     def fused(cls, members: Sequence[Member], weights: Sequence[float], *, max_batch_size: int = 8,
-              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "FeaturePipeline":
-        """Two exports' fused features (fusion.py): each image prepared and run once per model."""
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, check_memory: MemoryCheck | None = None) -> "FeaturePipeline":
+        """Two exports' fused features (fusion.py): each image prepared and run once per model.
+
+        The two graphs run at once (two threads), so each member's own memory check does not see the other's
+        share: `check_memory` (memory.check_runs with the budget) refuses a request whose two calls would
+        not fit together; the server stays up for the others.
+        """
         if len(members) != MODELS:
             raise InputError(f"a fused pipeline takes exactly {MODELS} exports, got {len(members)}")
         pipeline = cls(members[0].manifest, members[0].run, max_batch_size=max_batch_size,
                        fixed_ensemble=members[0].fixed_ensemble, max_pixels=max_pixels)
         pipeline.members = tuple(members)
         pipeline.weights = check_weights(weights)
+        pipeline.check_memory = check_memory
         return pipeline
 
     # single-model views (what the unfused pipeline and its callers read)
@@ -143,7 +152,9 @@ class FeaturePipeline:
         for index, feed in enumerate(requests):
             try:
                 rows[index] = self._extract_rows(index, feed)
+                self._check_request_memory(rows[index])
             except DitfError as exc:
+                rows.pop(index, None)
                 results[index] = exc
         self._run_rows([row for group in rows.values() for row in group], results)
         for index, group in rows.items():
@@ -264,7 +275,9 @@ class FeaturePipeline:
         for index, feed in enumerate(requests):
             try:
                 pairs[index] = self._match_rows(index, feed)
+                self._check_request_memory([*pairs[index][0], *pairs[index][1]])
             except DitfError as exc:
+                pairs.pop(index, None)
                 results[index] = exc
         self._run_rows([row for pair in pairs.values() for rows in pair[:2] for row in rows], results)
         for index, (src_rows, trg_rows, points, max_matches) in pairs.items():
@@ -346,6 +359,23 @@ class FeaturePipeline:
         return outputs
 
     # -- running ---------------------------------------------------------------------------------
+    def _check_request_memory(self, rows: Sequence[_Row]) -> None:
+        """A fused request: each model's largest call for it (its rows batched up to max_batch_size), together."""
+        if self.check_memory is None:
+            return
+        from ..memory import RunShape
+
+        runs = []
+        for k, member in enumerate(self.members):
+            mine = [row for row in rows if row.model == k]
+            if mine:
+                big = max(mine, key=lambda row: row.pixels.shape[1] * row.pixels.shape[2])
+                ensemble = 1 if big.noise is None else big.noise.shape[0]
+                runs.append((member.manifest, RunShape(min(len(mine), self.max_batch_size), ensemble,
+                                                       big.pixels.shape[1], big.pixels.shape[2])))
+        if runs:
+            self.check_memory(runs)
+
     def _run_rows(self, rows: list[_Row], results: list) -> None:
         """Fill row.features, same-shape rows max_batch_size at a time; a failed run fails its requests.
 

@@ -16,8 +16,11 @@ the running Python's library.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -28,6 +31,7 @@ from pathlib import Path
 from ..errors import BackendError, DitfError
 from ..loading import LoadOptions
 from ..manifest import Manifest
+from ..memory import budget_check
 from ..fusion import FusedExtractor
 from ..jobs import as_export_dirs
 from .pipeline import FeaturePipeline, Member
@@ -79,6 +83,40 @@ def use_own_libpython() -> None:
     os.environ["LD_LIBRARY_PATH"] = python_backend_env()["LD_LIBRARY_PATH"]
 
 
+def check_ports(host: str, ports: dict[str, int | None]) -> None:
+    """Refuse, in a moment, ports that are taken (or given twice), naming the option that chose each.
+
+    Triton itself would wait a minute or two and then fail without naming the port. A port freed
+    by a recent server (TIME_WAIT) is fine: SO_REUSEADDR, as servers bind.
+    """
+    chosen = {option: port for option, port in ports.items() if port is not None}
+    seen: dict[int, str] = {}
+    for option, port in chosen.items():
+        if port in seen:
+            raise BackendError(f"{option} and {seen[port]} are both {port}: give each its own port")
+        seen[port] = option
+    for option, port in chosen.items():
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise BackendError(f"port {port} ({option}) on {host} is already in use: stop what listens "
+                                       f"there or choose another {option}") from None
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+                    reason = "is not an address of this machine" if exc.errno == errno.EADDRNOTAVAIL else \
+                        "needs privileges (ports below 1024)"
+                    raise BackendError(f"cannot listen on {host}:{port} ({option}): {host} {reason}") from None
+                raise BackendError(f"cannot listen on {host}:{port} ({option}): {exc.strerror}") from None
+
+
+def default_log_file(http_port: int) -> Path:
+    """Where Triton's own log goes unless told otherwise: one file per HTTP port, in the temp folder."""
+    return Path(tempfile.gettempdir()) / f"ditf-triton-{http_port}.log"
+
+
 def _import_pytriton():
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -128,6 +166,7 @@ class FeatureServer:
         queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
         log_verbose: int = 0,
         weights: Sequence[float] | None = None,
+        log_file: str | os.PathLike | None = None,
     ) -> None:
         self.export_dirs = as_export_dirs(export_dir)
         self.export_dir = self.export_dirs[0]
@@ -140,6 +179,8 @@ class FeatureServer:
         self.max_batch_size = int(max_batch_size)
         self.queue_delay_us = int(queue_delay_us)
         self.log_verbose = int(log_verbose)
+        # Triton's own log (its ~55 start-up lines, CUDA notes on CPU machines): a file, not the terminal.
+        self.log_file = Path(log_file) if log_file is not None else default_log_file(self.http_port)
         self.extractor = None
         self.triton = None
         self._workspace: tempfile.TemporaryDirectory | None = None
@@ -153,16 +194,39 @@ class FeatureServer:
         return f"grpc://{self.host}:{self.grpc_port}"
 
     def start(self) -> FeatureServer:
+        """Check the ports, load the export, start Triton; on any failure or interruption (Ctrl-C, or
+        SIGTERM where the caller maps it to KeyboardInterrupt) everything started so far is stopped and
+        the temporary workspace removed."""
+        check_ports(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
+                                "--metrics-port": self.metrics_port})
         Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor = _import_pytriton()
         use_own_libpython()
+        try:
+            self._start(Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor)
+        except DitfError:
+            self.stop()
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyTriton raises assorted errors on a failed start
+            self.stop()
+            raise BackendError(f"Triton failed to start on {self.host} ({type(exc).__name__}: {exc}); its log: "
+                               f"{self.log_file}") from exc
+        except BaseException:  # KeyboardInterrupt, SystemExit: leave nothing behind
+            self.stop()
+            raise
+        return self
+
+    def _start(self, Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor) -> None:
         manifests = [Manifest.load(d) for d in self.export_dirs]
         self.extractor = self.load_options.load(*self.export_dirs, weights=self.weights)
+        max_pixels = self.load_options.max_pixels
         if isinstance(self.extractor, FusedExtractor):
             members = [Member(m.manifest, m.run, _fixed_ensemble(m)) for m in self.extractor.members]
-            pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size)
+            pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size,
+                                             max_pixels=max_pixels, check_memory=budget_check(self.extractor))
         else:
             pipeline = FeaturePipeline(manifests[0], self.extractor.run, max_batch_size=self.max_batch_size,
-                                       fixed_ensemble=_fixed_ensemble(self.extractor))
+                                       fixed_ensemble=_fixed_ensemble(self.extractor), max_pixels=max_pixels)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         config = TritonConfig(
             http_address=self.host,
             http_port=self.http_port,
@@ -171,41 +235,43 @@ class FeatureServer:
             allow_metrics=self.metrics_port is not None,
             metrics_port=self.metrics_port,
             log_verbose=self.log_verbose,
+            log_file=self.log_file,
             exit_timeout_secs=5,
         )
-        # Our own workspace (sockets, model store), removed with the server.
+        # PyTriton's own notes ("Please wait", readiness polling) would reach the terminal as warnings.
+        logging.getLogger("pytriton").setLevel(logging.ERROR)
+        # Our own workspace (sockets, model store, a copy of the Triton binaries), removed with the server.
         self._workspace = tempfile.TemporaryDirectory(prefix="ditf-serve-")
-        try:
-            self.triton = Triton(config=config, workspace=Path(self._workspace.name) / "pytriton")
-            batching = ModelConfig(
-                batching=True,
-                max_batch_size=self.max_batch_size,
-                batcher=DynamicBatcher(max_queue_delay_microseconds=self.queue_delay_us),
+        self.triton = Triton(config=config, workspace=Path(self._workspace.name) / "pytriton")
+        batching = ModelConfig(
+            batching=True,
+            max_batch_size=self.max_batch_size,
+            batcher=DynamicBatcher(max_queue_delay_microseconds=self.queue_delay_us),
+        )
+        for task in (EXTRACT_MODEL, MATCH_MODEL):
+            inputs, outputs = ports(task, served_geometry(manifests))
+            self.triton.bind(
+                model_name=task,
+                infer_func=_infer_function(pipeline, task),
+                inputs=[_pytriton_tensor(Tensor, p) for p in inputs],
+                outputs=[_pytriton_tensor(Tensor, p) for p in outputs],
+                config=batching,
+                strict=False,
             )
-            for task in (EXTRACT_MODEL, MATCH_MODEL):
-                inputs, outputs = ports(task, served_geometry(manifests))
-                self.triton.bind(
-                    model_name=task,
-                    infer_func=_infer_function(pipeline, task),
-                    inputs=[_pytriton_tensor(Tensor, p) for p in inputs],
-                    outputs=[_pytriton_tensor(Tensor, p) for p in outputs],
-                    config=batching,
-                    strict=False,
-                )
-            self.triton.run()
-        except DitfError:
-            self.stop()
-            raise
-        except Exception as exc:  # noqa: BLE001 - PyTriton raises assorted errors on a failed start
-            self.stop()
-            raise BackendError(f"Triton failed to start on {self.host} ({type(exc).__name__}: {exc})") from exc
-        return self
+        self.triton.run()
+        # What the Triton process still prints itself ("Signal (15) received." on shutdown) PyTriton echoes to
+        # our stdout; its log file has the rest. PyTriton 0.7 has no option for this: a private flag, if there.
+        process = getattr(self.triton, "_triton_server", None)
+        if hasattr(process, "_verbose"):
+            process._verbose = False
 
     def serve_forever(self) -> None:
         """Block until SIGINT/SIGTERM or until Triton dies, then stop."""
         if self.triton is None:
             raise BackendError("start() the server first")
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL, None
+        ):  # a caller's own SIGTERM handler (ditf serve's) stays
             signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             self.triton.serve()
@@ -213,15 +279,19 @@ class FeatureServer:
             self.stop()
 
     def stop(self) -> None:
-        if self.triton is not None:
-            self.triton.stop()
-            self.triton = None
-        if self.extractor is not None:
-            self.extractor.close()
-            self.extractor = None
-        if self._workspace is not None:
-            self._workspace.cleanup()
-            self._workspace = None
+        """Stop Triton, close the model and remove the workspace; each step runs even if one before fails."""
+        triton, extractor, workspace = self.triton, self.extractor, self._workspace
+        self.triton = self.extractor = self._workspace = None
+        try:
+            if triton is not None:
+                triton.stop()
+        finally:
+            try:
+                if extractor is not None:
+                    extractor.close()
+            finally:
+                if workspace is not None:
+                    workspace.cleanup()
 
     def __enter__(self) -> FeatureServer:
         return self.start()

@@ -70,6 +70,7 @@ class TritonPythonModel:
         """Two graphs (BLS calls, or both exports loaded here) and the fusion of their maps."""
         from ditf_runtime.manifest import Manifest
         from ditf_runtime.serving.pipeline import FeaturePipeline, Member
+        from ditf_runtime.memory import budget_check
 
         manifests = [Manifest.load(version / "members" / str(k)) for k in range(len(fusion["weights"]))]
         if params.get("ditf_mode", "bls") == "local":
@@ -80,10 +81,12 @@ class TritonPythonModel:
                                                device=params.get("ditf_device") or "cpu",
                                                threads=int(threads) if threads else None)
             members = [Member(m.manifest, m.run) for m in self.extractor.members]
-        else:
+            check_memory = budget_check(self.extractor)  # both graphs run here, at once
+        else:  # the graph models run in Triton's own instances: their memory is Triton's to manage
             members = [Member(manifest, _GraphModel(name), ensemble) for manifest, name, ensemble
                        in zip(manifests, fusion["graph_models"], fusion["ensembles"])]
-        return FeaturePipeline.fused(members, fusion["weights"],
+            check_memory = None
+        return FeaturePipeline.fused(members, fusion["weights"], check_memory=check_memory,
                                      max_batch_size=max(1, int(config.get("max_batch_size", 1))))
 
     def execute(self, requests):

@@ -1,0 +1,345 @@
+"""How much memory a run will take, estimated from the manifest before it runs; refusing what does not fit.
+
+Dense attention makes memory grow with the fourth power of the image side: a 2048-pixel run of even
+the tiny built-in model needs ~17 GB. Every way into the graph (extract, match, track, show,
+eval-spair, the server's requests, Ray workers) goes through `Extractor.run`, which calls `check`
+with the exact input shape before it starts the backend; batch commands also check their largest
+possible input up front (`check_long_side`), before they write anything.
+
+The formula (`estimate`; docs/DESIGN.md, "Memory") for a run of B images (or clips of F frames),
+E noise draws (1 for a graph without noise: DINOv2), H x W pixels, with n = (H/vae_stride)(W/vae_stride)
+latent cells, t = the image tokens per frame plus the extra tokens attended with them (DINOv2's class
+and register tokens), L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention):
+
+    weights      = model.onnx + model.onnx.data bytes              x WEIGHT_COPIES
+    VAE          = B F (VAE_CONV_COPIES x c0 H W  +  VAE_ATTENTION_COPIES x n^2) x 4   (0 without a VAE)
+    attention    = B E F heads x N_q N_k x s                       x ATTENTION_COPIES
+                   (joint prompt: N_q = N_k = t + L; cross: t^2 + t L; video adds the temporal t F^2)
+    MLP / stream = B E F (t + L) x ffn_dim x 4                     x STREAM_COPIES
+    total        = weights + VAE + attention + MLP + RUNTIME_OVERHEAD
+
+Two fused exports (fusion.py) run at once, on two threads: a fused run's estimate is the sum of both
+models' (`check_runs`), weights included, and a refusal suggests one --size for both.
+
+c0 is the VAE's first block width. The copies are calibrated against measured peak RSS of
+onnxruntime on the CPU (bench/bench_memory.py prints predicted against measured); the sum (rather
+than the larger of the VAE and transformer terms) keeps the estimate an upper bound, since
+onnxruntime's arena does not always reuse the VAE's memory for the blocks. A graph that computes
+attention without materialising the [heads, N, N] scores (manifest workload.attention other than
+"dense") would change only the attention line: this function is the one place that knows.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+from .errors import InputError
+from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
+from .preprocess import model_size
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Live tensors of each kind at the peak, calibrated on onnxruntime's CPU provider (bench/bench_memory.py: predicted
+# activations 1.05-2.02x, median 1.19x, the measured ones over 19 shapes at 512-1536 px; never below).
+ATTENTION_COPIES = 2.5  # [heads, N, N]: scores, softmax, part of the next
+VAE_ATTENTION_COPIES = 2.0  # the VAE mid-block's one-head [n, n] attention
+VAE_CONV_COPIES = 3.0  # [c0, H, W] activations of the VAE's full-resolution blocks
+STREAM_COPIES = 2.0  # [N, ffn_dim]: the MLP's hidden activations
+WEIGHT_COPIES = 1.5  # resident bytes per weight byte (onnxruntime keeps pre-packed GEMM weights too)
+RUNTIME_OVERHEAD = 32 * MIB  # thread pools, arenas' slack, small tensors
+
+# Manifests written before the workload section: values no smaller than any registered real model's,
+# so the estimate stays an upper bound (head size 64 or more; FLUX's VAE widths; FLUX.1-dev's prompt).
+FALLBACK_WORKLOAD_NOTE = "the manifest predates ditf's memory fields; re-export for an exact estimate"
+FALLBACK_HEAD_DIM = 64
+FALLBACK_TEXT_TOKENS = 512
+FALLBACK_VAE_CHANNELS = (128, 256, 512, 512)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """One call of the graph: B images (or clips of F frames), E noise draws, H x W model pixels."""
+
+    batch: int
+    ensemble: int
+    height: int
+    width: int
+    frames: int = 1
+
+    def describe(self) -> str:
+        clip = f" x {self.frames} frames" if self.frames > 1 else ""
+        return f"{self.height}x{self.width}{clip}, batch {self.batch}, E={self.ensemble}"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes of one run, by part (see the module's formula)."""
+
+    weights: int
+    vae: int
+    attention: int
+    stream: int
+    overhead: int = RUNTIME_OVERHEAD
+    note: str = ""  # set when the manifest lacked the workload section
+
+    @property
+    def activations(self) -> int:
+        return self.vae + self.attention + self.stream + self.overhead
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations
+
+    def describe(self, loaded: bool = False) -> str:
+        if loaded:
+            return f"{gib(self.activations)} (weights already loaded)"
+        return f"{gib(self.total)} (weights {gib(self.weights)} + activations {gib(self.activations)})"
+
+    def __add__(self, other: "MemoryEstimate") -> "MemoryEstimate":
+        """Two graphs at once (a fused run): every part adds up, the runtime's overhead included."""
+        notes = "; ".join(dict.fromkeys(n for n in (self.note, other.note) if n))
+        return MemoryEstimate(self.weights + other.weights, self.vae + other.vae, self.attention + other.attention,
+                              self.stream + other.stream, self.overhead + other.overhead, notes)
+
+
+def gib(n: int) -> str:
+    if n >= 1024 * GIB:
+        return f"{n / (1024 * GIB):,.0f} TiB"
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
+
+
+def workload_of(manifest: Manifest) -> tuple[Workload, str]:
+    """The manifest's workload, or conservative stand-ins (and a note saying so) for older manifests."""
+    if manifest.workload is not None:
+        return manifest.workload, ""
+    channels = manifest.geometry.feature_channels
+    heads = max(1, channels // FALLBACK_HEAD_DIM)
+    return Workload(heads=heads, head_dim=max(1, channels // heads), text_tokens=FALLBACK_TEXT_TOKENS,
+                    text_attention="joint", ffn_dim=4 * channels,
+                    vae_channels=FALLBACK_VAE_CHANNELS, vae_attention=True), FALLBACK_WORKLOAD_NOTE
+
+
+def weight_bytes(manifest: Manifest) -> int:
+    return sum(int(manifest.files.get(name, {}).get("bytes", 0)) for name in (MODEL_FILE, MODEL_DATA_FILE))
+
+
+def estimate(manifest: Manifest, shape: RunShape) -> MemoryEstimate:
+    """Peak memory of running the export's graph once at `shape` (the module docstring's formula)."""
+    work, note = workload_of(manifest)
+    geometry = manifest.geometry
+    b, e, f = shape.batch, shape.ensemble, shape.frames
+    tokens = (shape.height // geometry.feature_stride) * (shape.width // geometry.feature_stride) + work.extra_tokens
+    vae = 0
+    if work.vae_channels and geometry.vae_stride:
+        cells = (shape.height // geometry.vae_stride) * (shape.width // geometry.vae_stride)
+        conv = VAE_CONV_COPIES * work.vae_channels[0] * shape.height * shape.width
+        attention = VAE_ATTENTION_COPIES * cells * cells if work.vae_attention else 0
+        vae = int(b * f * (conv + attention) * 4)
+    text = work.text_tokens if work.text_attention != "none" else 0
+    if work.text_attention == "joint":
+        pairs, sequence = (tokens + text) ** 2, tokens + text
+    else:  # self-attention over the image tokens, then cross-attention to the prompt
+        pairs, sequence = tokens * tokens + tokens * text, tokens
+    if f > 1:
+        pairs += tokens * f  # temporal blocks: F x F scores per token, i.e. t F per frame
+    score_bytes = 2 if manifest.precision in ("fp16", "bf16") else 4
+    attention = int(ATTENTION_COPIES * b * e * f * work.heads * pairs * score_bytes)
+    stream = int(STREAM_COPIES * b * e * f * sequence * max(work.ffn_dim, 1) * 4)
+    return MemoryEstimate(int(WEIGHT_COPIES * weight_bytes(manifest)), vae, attention, stream, note=note)
+
+
+# -- how much there is ------------------------------------------------------------------------------
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes a run may still use: MemAvailable (within this process's cgroup limit) on the CPU, free GPU
+    memory for CUDA (through cuda-python, when installed); None when it cannot be measured."""
+    if device == "cuda":
+        return _free_gpu_memory()
+    available = _meminfo_available()
+    limit = _cgroup_room()
+    if available is None:
+        return limit
+    return available if limit is None else min(available, limit)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # other Unixes: free physical pages
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """Room left under a container's memory limit (cgroup v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or int(limit_text) >= 1 << 60:  # no limit (v1 writes a huge number)
+            return None
+        return max(0, int(limit_text) - usage)
+    return None
+
+
+def _free_gpu_memory() -> int | None:
+    from .backends.trt.flavors import import_cudart  # the one place that knows where cuda-python keeps it
+    from .errors import BackendError
+
+    try:
+        error, free, _total = import_cudart().cudaMemGetInfo()
+    except (BackendError, Exception):  # noqa: BLE001 - no cuda-python, no driver, no device: cannot tell
+        return None
+    return int(free) if int(error) == 0 else None
+
+
+def parse_bytes(text: str) -> int:
+    """'8G', '8GiB', '512M', '1.5GB', '123456' -> bytes (K, M, G, T are powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", str(text), flags=re.IGNORECASE)
+    if match is None:
+        raise InputError(f"memory size {text!r}: expected a number with an optional K, M, G or T (e.g. 12G)")
+    amount = float(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[
+        match.group(2).upper()]
+    if amount < 1:
+        raise InputError(f"memory size {text!r} must be positive")
+    return int(amount)
+
+
+# -- refusing -----------------------------------------------------------------------------------------
+
+
+class MemoryBudgetError(InputError):
+    """A run would need more memory than its budget; the message gives the estimate and a size that fits."""
+
+
+Run = tuple[Manifest, RunShape]  # one export's graph call
+
+
+def check(manifest: Manifest, shape: RunShape, *, max_memory: int | None = None, device: str = "cpu",
+          loaded: bool = True, copies: int = 1) -> MemoryEstimate:
+    """Refuse a run whose estimate exceeds the budget: `max_memory` bytes for the whole run (weights
+    included), else what the machine has available now (then already loaded weights do not count).
+
+    `copies`: runs at once, each with its own weights (local Ray actors). Returns the estimate when it
+    fits; does nothing when the budget cannot be measured (a GPU without cuda-python).
+    """
+    return check_runs([(manifest, shape)], max_memory=max_memory, device=device, loaded=loaded, copies=copies)
+
+
+def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: str = "cpu", loaded: bool = True,
+               copies: int = 1) -> MemoryEstimate:
+    """`check` for graph calls that run at once (two fused exports): their estimates add up."""
+    runs = list(runs)
+    need_estimate = sum((estimate(m, shape) for m, shape in runs[1:]), estimate(*runs[0]))
+    if max_memory is not None:
+        budget, source, counts_weights = int(max_memory), "the --max-memory budget", True
+    else:
+        available = available_memory(device)
+        if available is None:
+            return need_estimate
+        budget, counts_weights = available, not loaded
+        source = "free GPU memory" if device == "cuda" else "available memory"
+    need = copies * (need_estimate.total if counts_weights else need_estimate.activations)
+    if need <= budget:
+        return need_estimate
+    fits = largest_fitting_side(runs, budget, counts_weights, copies)
+    advice = (f"--size {fits} fits" if fits else
+              "no image size fits at this batch and ensemble: lower --ensemble or --batch-size")
+    workers = f" x {copies} workers" if copies > 1 else ""
+    note = f" ({need_estimate.note})" if need_estimate.note else ""
+    what = runs[0][1].describe() if len(runs) == 1 else "fused run of " + " and ".join(
+        f"{m.model_name} at {shape.describe()}" for m, shape in runs)
+    raise MemoryBudgetError(
+        f"{what} needs about {need_estimate.describe(loaded=not counts_weights)}{workers}, more than "
+        f"{source} ({gib(budget)}){note}: {advice}; --max-memory sets the budget "
+        "(docs/DESIGN.md, 'Memory', gives the formula)"
+    )
+
+
+def largest_fitting_side(runs: Sequence[Run], budget: int, counts_weights: bool, copies: int = 1) -> int | None:
+    """The largest long side (a multiple of the first export's size multiple, at most the run's) at which the
+    runs fit `budget` together, for an input of the runs' aspect ratio (each export rounds it to its multiple)."""
+    multiple = runs[0][0].geometry.size_multiple
+
+    def fits(side: int) -> bool:
+        need = None
+        for manifest, shape in runs:
+            h, w = model_size(shape.height, shape.width, side, manifest.geometry.size_multiple)
+            part = estimate(manifest, RunShape(shape.batch, shape.ensemble, h, w, shape.frames))
+            need = part if need is None else need + part
+        return copies * (need.total if counts_weights else need.activations) <= budget
+
+    longest = max(max(shape.height, shape.width) for _, shape in runs)
+    low, high = 1, max(1, longest // multiple)  # in units of `multiple`
+    if not fits(low * multiple):
+        return None
+    while low < high:  # the estimate grows with the side: bisect
+        middle = (low + high + 1) // 2
+        if fits(middle * multiple):
+            low = middle
+        else:
+            high = middle - 1
+    return low * multiple
+
+
+Manifests = Union[Manifest, Sequence[Manifest]]
+
+
+def manifests_of(extractor: Any) -> tuple[Manifest, ...]:
+    """The export(s) an Extractor or a FusedExtractor runs."""
+    fused = getattr(extractor, "manifests", None)
+    return tuple(fused) if fused is not None else (extractor.manifest,)
+
+
+def budget_check(extractor: Any) -> Callable[[Sequence[Run]], MemoryEstimate]:
+    """`check_runs` with an Extractor's (or FusedExtractor's) budget and device: for code that knows the
+    calls' shapes but not the extractor (the server's fused pipeline)."""
+    return functools.partial(check_runs, max_memory=extractor.max_memory, device=extractor.device)
+
+
+def ensemble_for(manifest: Manifest, ensemble: int | None) -> int:
+    """E of a call: 1 for a graph without noise (DINOv2), else the given E or the manifest's."""
+    if not any(spec.name == NOISE_INPUT for spec in manifest.inputs):
+        return 1
+    return manifest.feature.ensemble if ensemble is None else int(ensemble)
+
+
+def runs_at(manifests: Manifests, long_side: int | Sequence[int | None] | None, *,
+            image_size: tuple[int, int] | None = None, batch: int = 1, ensemble: int | None = None,
+            frames: int = 1) -> list[Run]:
+    """Each export's graph call for an image of `image_size` (H, W; default a square) resized to `long_side`
+    (one for every export, one per export, or None: each manifest's own), as preprocessing sizes it."""
+    manifests = (manifests,) if isinstance(manifests, Manifest) else tuple(manifests)
+    sides = list(long_side) if isinstance(long_side, (tuple, list)) else [long_side] * len(manifests)
+    runs = []
+    for manifest, side in zip(manifests, sides):
+        side = manifest.preprocess.long_side if side is None else int(side)
+        height, width = image_size if image_size is not None else (side, side)
+        h, w = model_size(height, width, side, manifest.geometry.size_multiple)
+        runs.append((manifest, RunShape(batch, ensemble_for(manifest, ensemble), h, w, frames)))
+    return runs
+
+
+def check_long_side(manifests: Manifests, long_side: int | Sequence[int | None] | None, *, batch: int = 1,
+                    ensemble: int | None = None, frames: int = 1, max_memory: int | None = None,
+                    device: str = "cpu", loaded: bool = True, copies: int = 1) -> MemoryEstimate:
+    """`check` for the largest input a batch run can see: a square image at its long side (both exports'
+    calls together when two are fused)."""
+    return check_runs(runs_at(manifests, long_side, batch=batch, ensemble=ensemble, frames=frames),
+                      max_memory=max_memory, device=device, loaded=loaded, copies=copies)

@@ -1,0 +1,228 @@
+"""The memory guard (ditf_runtime.memory): the estimate, the refusal and where it applies.
+
+The estimate's constants are calibrated against measured peak RSS by bench/bench_memory.py (not here:
+timings and memory are measured by scripts, not tests). Here: the refusal names the estimate, the
+budget and a size that fits, happens before anything runs or is written, and applies in extract,
+match, eval-spair, the server's requests and Ray workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import ditf_runtime
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from ditf_runtime.cli import main
+from ditf_runtime.errors import ManifestError
+from ditf_runtime.manifest import MANIFEST_FILE, Manifest, Workload, content_digest
+from ditf_runtime.memory import (
+    FALLBACK_WORKLOAD_NOTE,
+    MemoryBudgetError,
+    RunShape,
+    available_memory,
+    check,
+    check_long_side,
+    estimate,
+    largest_fitting_side,
+    parse_bytes,
+)
+from PIL import Image
+
+MIB = 1 << 20
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+@pytest.fixture(scope="module")
+def manifest(flux_tiny_export) -> Manifest:
+    return Manifest.load(flux_tiny_export)
+
+
+def test_the_export_records_what_the_estimate_needs(manifest):
+    # flux-tiny: 4 heads of 16, a 32-token prompt attended jointly, MLP 4 x 64, the tiny VAE's widths
+    assert manifest.workload == Workload(heads=4, head_dim=16, text_tokens=32, text_attention="joint", ffn_dim=256,
+                                         vae_channels=(16, 32, 32, 32), vae_attention=True, attention="dense")
+    assert manifest.random_weights  # a built-in test model: its pictures say so
+
+
+def test_estimate_grows_with_every_input_of_the_formula(manifest):
+    base = estimate(manifest, RunShape(1, 2, 256, 256))
+    for bigger in (RunShape(2, 2, 256, 256), RunShape(1, 4, 256, 256), RunShape(1, 2, 512, 256)):
+        assert estimate(manifest, bigger).activations > base.activations
+    # dense attention: doubling the side multiplies the attention terms by 16 (they dominate at large sizes)
+    assert estimate(manifest, RunShape(1, 1, 1024, 1024)).vae > 10 * estimate(manifest, RunShape(1, 1, 512, 512)).vae
+    assert estimate(manifest, RunShape(1, 1, 1024, 1024)).attention > 14 * estimate(
+        manifest, RunShape(1, 1, 512, 512)).attention
+    # a cross-attention family attends fewer pairs than a joint one with the same prompt
+    cross = dataclasses.replace(manifest, workload=dataclasses.replace(manifest.workload, text_attention="cross"))
+    assert estimate(cross, RunShape(1, 2, 256, 256)).attention < base.attention
+
+
+def test_an_old_manifest_without_the_workload_gets_a_conservative_estimate(flux_tiny_export):
+    old = dataclasses.replace(Manifest.load(flux_tiny_export), workload=None, random_weights=False)
+    written = {k: v for k, v in old.to_dict().items() if k not in ("workload", "random_weights")}
+    reloaded = Manifest.from_dict({**written, "digest": content_digest(written)})  # sealed without the fields
+    assert reloaded.workload is None and not reloaded.random_weights  # such manifests still load
+    rough = estimate(reloaded, RunShape(1, 2, 512, 512))
+    assert rough.note == FALLBACK_WORKLOAD_NOTE
+    # FLUX.1-dev's real workload on the same geometry: the fallback must not be smaller
+    flux_dev = dataclasses.replace(reloaded, workload=Workload(heads=1, head_dim=64, text_tokens=512,
+                                                                ffn_dim=256, vae_channels=(128, 256, 512, 512)))
+    assert rough.activations >= estimate(flux_dev, RunShape(1, 2, 512, 512)).activations
+
+
+def test_the_manifests_digest_covers_the_workload(flux_tiny_export, tmp_path):
+    """The workload and the random-weights flag are sealed with the rest of the manifest: lowering the heads
+    by hand (to slip a run past the memory guard) or clearing random_weights makes the manifest refused."""
+    for field, value in (("workload", {"heads": 1}), ("random_weights", False)):
+        folder = tmp_path / field
+        shutil.copytree(flux_tiny_export, folder)
+        data = json.loads((folder / MANIFEST_FILE).read_text())
+        data[field] = {**data[field], **value} if isinstance(value, dict) else value
+        (folder / MANIFEST_FILE).write_text(json.dumps(data, indent=2))
+        with pytest.raises(ManifestError, match="changed after export"):
+            Manifest.load(folder)
+
+
+def test_refusal_names_the_estimate_the_budget_and_a_size_that_fits(manifest):
+    shape = RunShape(1, 2, 1024, 1024)
+    budget = estimate(manifest, RunShape(1, 2, 512, 512)).total + MIB
+    with pytest.raises(MemoryBudgetError) as refused:
+        check(manifest, shape, max_memory=budget)
+    message = str(refused.value)
+    need = estimate(manifest, shape)
+    fits = largest_fitting_side([(manifest, shape)], budget, counts_weights=True)
+    assert f"1024x1024, batch 1, E=2 needs about {need.total / (1 << 30):.1f} GiB" in message
+    assert f"more than the --max-memory budget ({budget / MIB:.0f} MiB)" in message
+    assert f"--size {fits} fits" in message and "--max-memory sets the budget" in message
+    assert 512 <= fits < 1024 and fits % 16 == 0
+    assert estimate(manifest, RunShape(1, 2, fits, fits)).total <= budget
+    assert estimate(manifest, RunShape(1, 2, fits + 16, fits + 16)).total > budget
+    with pytest.raises(MemoryBudgetError, match="no image size fits .* lower --ensemble or --batch-size"):
+        check(manifest, shape, max_memory=MIB)
+    assert check(manifest, RunShape(1, 2, 256, 256), max_memory=budget).total <= budget
+
+
+def test_the_default_budget_is_the_memory_available_now(manifest):
+    available = available_memory()
+    assert available is not None and available > 0
+    with pytest.raises(MemoryBudgetError, match=r"more than available memory \("):
+        check_long_side(manifest, 100_000)  # the issue's --size 100000: refused, not run for a minute
+    check_long_side(manifest, 256)  # a small run fits any machine this runs on
+
+
+def test_parse_bytes():
+    assert parse_bytes("12G") == 12 << 30 and parse_bytes("1.5GiB") == 3 << 29 and parse_bytes("512m") == 512 * MIB
+    assert parse_bytes("1000") == 1000
+    for bad in ("x", "-1G", "0", "12Q"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+
+
+def test_extractor_refuses_before_running(flux_tiny_export, monkeypatch):
+    with ditf_runtime.load(flux_tiny_export, threads=1, max_memory=256 * MIB) as extractor:
+        ran = []
+        monkeypatch.setattr(extractor.runner, "infer", lambda feed: ran.append(feed))
+        image = np.zeros((300, 400, 3), np.uint8)
+        with pytest.raises(MemoryBudgetError, match=r"768x1024, batch 1, E=2 needs about .* --size \d+ fits"):
+            extractor.extract([image], size=1024)
+        assert ran == []  # nothing reached the backend
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_cli_match_with_a_huge_size_is_refused_in_seconds(flux_tiny_export):
+    images = EXAMPLES / "cat-a.jpg", EXAMPLES / "cat-b.jpg"
+    start = time.monotonic()
+    # past the position tables: the size limit answers first
+    result = _invoke("match", *images, "--model", flux_tiny_export, "--size", "100000")
+    assert result.exit_code == 1 and "past this export's limit" in result.output
+    # within them but far past the memory (dense attention over 700k tokens): the memory guard
+    result = _invoke("match", *images, "--model", flux_tiny_export, "--size", "16384")
+    assert result.exit_code == 1 and "needs about" in result.output and "--size" in result.output
+    assert time.monotonic() - start < 30
+
+
+def test_cli_extract_refuses_before_writing_anything(flux_tiny_export, tmp_path):
+    out = tmp_path / "features"
+    for extra in ((), ("--ray", "--workers", "2")):  # Ray: checked in the driver, before Ray starts
+        result = _invoke("extract", EXAMPLES, "--model", flux_tiny_export, "--out", out,
+                         "--max-memory", "40M", *extra)
+        assert result.exit_code == 1 and "more than the --max-memory budget (40 MiB)" in result.output, result.output
+        assert not out.exists()  # no folder, no ditf-extract.json
+
+
+def test_cli_eval_spair_checks_the_largest_input_first(flux_tiny_export, tmp_path):
+    root = tmp_path / "spair"
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "PairAnnotation" / "test" / "0:cat.json").write_text(
+        '{"src_imname": "a.jpg", "trg_imname": "b.jpg", "category": "cat", "src_kps": [[1, 1]], '
+        '"trg_kps": [[1, 1]], "trg_bndbox": [0, 0, 10, 10]}')
+    result = _invoke("eval-spair", root, "--model", flux_tiny_export, "--size", "2048", "--max-memory", "1G")
+    assert result.exit_code == 1 and "2048x2048, batch 1, E=2 needs about" in result.output, result.output
+
+
+def test_server_requests_over_budget_get_an_error_and_the_server_stays_up(flux_tiny_export):
+    from ditf_runtime.serving.pipeline import FeaturePipeline
+
+    with ditf_runtime.load(flux_tiny_export, threads=1, max_memory=estimate(
+            Manifest.load(flux_tiny_export), RunShape(1, 2, 256, 256)).total) as extractor:
+        pipeline = FeaturePipeline(extractor.manifest, extractor.run)
+        image = np.random.default_rng(0).integers(0, 256, (1, 120, 160, 3), dtype=np.uint8)
+        big, small = ({"image": image, "size": np.array([[size]], dtype=np.int64)} for size in (1024, 128))
+        results = pipeline.handle("extract", [big, small])
+        assert isinstance(results[0], MemoryBudgetError) and "--size" in str(results[0])
+        assert results[1]["features"].shape == (1, 64, 6, 8)  # its neighbour in the batch is served
+
+
+def test_ray_worker_stops_on_a_memory_refusal_instead_of_skipping_images(flux_tiny_export, tmp_path):
+    """Only unreadable images are per-image failures in a Ray worker; a refusal (or a backend failure)
+    would hit every image alike, so it stops the run."""
+    from ditf_runtime.jobs import ExtractSettings
+    from ditf_runtime.loading import LoadOptions
+    from ditf_runtime.ray_extract import ExtractWorker
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    batch = {"image": np.array([str(tmp_path / "ok.png"), str(tmp_path / "bad.png")], dtype=object),
+             "output": np.array([str(tmp_path / "out" / "ok.safetensors"), str(tmp_path / "out" / "bad.safetensors")],
+                                dtype=object)}
+    worker = ExtractWorker(str(flux_tiny_export), LoadOptions(threads=1), ExtractSettings(size=64), {})
+    rows = worker(batch)
+    assert list(rows["status"]) == ["done", "failed"] and "bad.png" in rows["message"][1]
+    limited = ExtractWorker(str(flux_tiny_export), LoadOptions(threads=1, max_memory=MIB),
+                            ExtractSettings(size=64, overwrite=True), {})
+    with pytest.raises(MemoryBudgetError):
+        limited(batch)
+
+
+def test_a_workers_ditf_error_reaches_the_driver_unwrapped():
+    """Ray hands a worker's exception back wrapped (RayTaskError.cause, UserCodeException.__cause__): the driver
+    re-raises the DitfError inside, so `ditf extract --ray` prints its message rather than Ray's traceback."""
+    from ditf_runtime.ray_extract import ditf_error_in
+
+    refusal = MemoryBudgetError("1024x1024 needs about 9 GiB")
+
+    class RayTaskError(Exception):  # the shape of Ray's wrapper: the original under .cause
+        def __init__(self, cause):
+            super().__init__("task failed")
+            self.cause = cause
+
+    try:
+        try:
+            raise refusal
+        except MemoryBudgetError as inner:
+            raise RuntimeError("UserCodeException") from inner
+    except RuntimeError as wrapped:
+        assert ditf_error_in(RayTaskError(wrapped)) is refusal
+    assert ditf_error_in(RayTaskError(ValueError("not ours"))) is None

@@ -67,7 +67,8 @@ def export(request: ExportRequest) -> Manifest:
         built = built.without_module()  # the last reference: nothing after this needs PyTorch weights
         _check_freed(module, say)
         graph_checks.check_graph(tmp / MODEL_FILE)
-        parity.save_reference(cases[0], the_plan.io, tmp / REFERENCE_FILE)
+        # the first gating case: what `verify_reference` later judges must be what the export's gate judged
+        parity.save_reference(next((c for c in cases if c.gates), cases[0]), the_plan.io, tmp / REFERENCE_FILE)
         report = _precision_and_parity(the_plan, cases, calibration, tmp, say)
         with _step(say, "hashing files and writing the manifest"):
             manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)

@@ -179,6 +179,17 @@ def test_int8_export_parity_passes_its_gate(int8_dir):
     assert m.files["model.onnx.data"]["bytes"] < 0.6 * 1.63e6
 
 
+def test_int8_reference_is_a_held_out_image(int8_dir):
+    """reference.safetensors holds what the gate judged (the first held-out image), so verify_reference
+    judges a backend on real input too."""
+    import ditf_runtime
+    from safetensors.numpy import load_file
+
+    ref = load_file(str(int8_dir / "reference.safetensors"))
+    assert ref["image"].shape == (1, 3, 80, 128) and ref["noise"].shape[:2] == (1, 2)
+    assert ditf_runtime.load(int8_dir).verify_reference()
+
+
 def test_held_out_image(flux_tiny_export, tmp_path):
     """Calibrate on four images, judge on the fifth (never seen) against the FP32 graph."""
     folder = tmp_path / "calib"

@@ -74,8 +74,9 @@ class _Precision(click.Choice):
               help="Precision written into the ONNX (TensorRT builds it strongly typed): fp16/bf16 GEMMs and "
                    "attention with an FP32 residual stream, norms and head; int8 explicit Q/DQ.")
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
-              help="Folder of real images: INT8 calibration (required with --precision int8), the fp16/bf16 "
-                   "range check and a parity row on real images, and --discard auto.")
+              help="Folder of real images: INT8 calibration (required with --precision int8; part of it is held "
+                   "out to judge INT8 unless --eval-images is given), the fp16/bf16 range check and a parity row on "
+                   "real images, and --discard auto.")
 @click.option("--eval-images", type=click.Path(path_type=Path), default=None,
               help="int8: folder of real photos (at least 2, none of them calibration images) that judge INT8 at "
                    "the default image size. Default: held out from --calib-images (near-duplicates kept together).")

@@ -24,6 +24,7 @@ more per image here) unless --recipe-repeats says otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +93,8 @@ def main() -> None:
     from bench_end_to_end import AuthorsRecipe
     from medium import DEFAULT_OUT, LAYER, MASSIVE, build_medium
 
-    folder = build_medium(args.model or DEFAULT_OUT)
+    folder = args.model or build_medium(DEFAULT_OUT)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     with tempfile.TemporaryDirectory(prefix="ditf-bench-precision-") as tmp:
         tmp = args.exports or Path(tmp)
@@ -124,7 +126,9 @@ def main() -> None:
         # no warm-up: a minute or more per run, and its first run is no slower than the next
         recipe_s = min(_timed(lambda: recipe(image, noise, sample=True)) for _ in range(args.recipe_repeats))
 
-    print(f"\nmedium FLUX-architecture model: hidden 768, 4+4 blocks, layer {LAYER}, 512 text tokens, FLUX-size VAE, "
+    hidden = config["num_attention_heads"] * config["attention_head_dim"]
+    print(f"\nFLUX-architecture model {folder.name}: hidden {hidden}, {config['num_layers']}+"
+          f"{config['num_single_layers']} blocks, layer {LAYER}, FLUX-size VAE, "
           f"discard {','.join(map(str, MASSIVE))}, E=8; exports at long side {args.image_size}")
     print(f"speed: one {s}x{s} image, E={e}, onnxruntime CPU {args.threads} threads, best of {args.repeats}; "
           f"authors' recipe PyTorch eager fp32 (VAE x E), best of {args.recipe_repeats}")
@@ -143,7 +147,7 @@ def main() -> None:
         for row in parity["results"]:
             what = row.get("inputs") or f"random pixels {row['height']}x{row['width']} B={row['batch']}"
             mark = "[gate]" if row.get("gates", True) else "      "
-            print(f"{name:<16}{mark} {what[:70]:<70} {row_text(row)}")
+            print(f"{name:<10}{mark} {what}\n{'':17}{row_text(row)}")
     ref = outputs.get("fp32")
     if ref is not None:
         from ditf_runtime.parity import compare

@@ -6,8 +6,8 @@ runs the module on every parity input before it is freed (the outputs are kept, 
 
 Metrics live in ditf_runtime.parity (numpy only) so a TensorRT runner without torch judges the same way.
 Inputs come from the graph's GraphIO (random ones at each parity size, plus labelled real-image inputs:
-the calibration images, or for INT8 held-out images one by one at their own sizes); the first case's
-inputs and reference outputs are saved (reference.safetensors) for later checks.
+the calibration images, or for INT8 held-out images one by one at their own sizes); the first gating
+case's inputs and reference outputs are saved (reference.safetensors) for later checks.
 
 Each case either gates (its failure fails the export) or is reported beside the gate. At INT8 only
 held-out real images gate: random pixels look like nothing the calibration saw, and judging INT8 on

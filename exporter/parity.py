@@ -12,7 +12,7 @@ case's inputs and reference outputs are saved (reference.safetensors) for later 
 Each case either gates (its failure fails the export) or is reported beside the gate. At INT8 only
 held-out real images gate: random pixels look like nothing the calibration saw, and judging INT8 on
 them decides by noise rather than by what users feed. The report names what decided (`decided_by`),
-and a gate with no decisive evidence (no gating case, or zero decisive points) fails.
+and a gate with no decisive evidence (no gating case; at INT8, zero decisive matching points) fails.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
         say(line)
     del session
     tol = TOLERANCES[precision]
-    decided_by, missing = _decision(cases, results)
+    decided_by, missing = _decision(cases, results, needs_matches=Precision(precision) == Precision.INT8)
     if missing:
         summary.append(f"no decisive evidence: {missing}")
     return ParityReport(
@@ -207,8 +207,12 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
     )
 
 
-def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
-    """Which rows decided the gate (for the manifest), and why there was nothing decisive, if so."""
+def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],
+              needs_matches: bool = True) -> tuple[dict[str, Any], str | None]:
+    """Which rows decided the gate (for the manifest), and why there was nothing decisive, if so.
+
+    needs_matches (INT8): the gate rests on matching (NN and PCK agreement); gating rows with no decisive
+    nearest-neighbour point are no evidence. Elsewhere cosine and relative error decide on their own."""
     gating = [(c, r) for c, r in zip(cases, results) if c.gates]
     decided = {"rows": [i for i, c in enumerate(cases) if c.gates],
                "inputs": [c.label or "random inputs" for c, _ in gating],
@@ -221,7 +225,7 @@ def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]]) -> t
         decided.update({k: v for k, v in c.record.items() if k != "sizes"})
     if not gating:
         return decided, "no parity input decides the gate"
-    if not any(r["nn_points"] for _, r in gating):
+    if needs_matches and not any(r["nn_points"] for _, r in gating):
         return decided, ("the gating inputs gave no nearest-neighbour match with a clear margin "
                          f"({', '.join(c.label or 'random inputs' for c, _ in gating)})")
     return decided, None

@@ -222,7 +222,7 @@ def test_a_gate_without_decisive_evidence_fails():
     from ditf_export.parity import ParityCase, ParityReport, _decision
 
     case = ParityCase("2 held-out real images", ({},), (None,), gates=True, record={"sizes": [[16, 16]]})
-    rows = [{"height": 16, "width": 16, "nn_points": 0, "passed": True, "gates": True}]
+    rows = [{"height": 16, "width": 16, "nn_points": 0, "pck_points": 0, "passed": True, "gates": True}]
     decided, missing = _decision((case,), rows)
     assert "no nearest-neighbour match with a clear margin" in missing and decided["sizes"] == [[16, 16]]
     report = ParityReport("b", {}, tuple(rows), (), decided_by=decided, evidence_missing=missing)

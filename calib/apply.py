@@ -138,9 +138,14 @@ def _int8(model_path: Path, calibration: CalibrationSet, feeds: list[Feed], conf
     from .int8 import Int8Config, quantize
 
     config = config or Int8Config()
-    say(f"INT8 calibration on {len(calibration)} images ({config.calibration}, SmoothQuant alpha "
-        f"{config.smooth_alpha}, massive channels {list(config.protect_channels)} kept FP32)")
+    sizes = sorted({img.input_size for img in calibration.images})
+    say(f"INT8 calibration on {len(calibration)} images at {', '.join(f'{h}x{w}' for h, w in sizes)} "
+        f"({config.calibration}, SmoothQuant alpha {config.smooth_alpha}, massive channels "
+        f"{list(config.protect_channels)} kept FP32)")
     with GraphRewrite(model_path, model_path) as rw:
-        qmodel, report = quantize(rw.model, feeds, config, progress, store=rw.store)
+        qmodel, report = quantize(rw.model, feeds, config, progress, store=rw.store, say=say)
         rw.commit(qmodel)
-    return PrecisionResult(Precision.INT8, model_path, report=report.to_dict())
+    record = report.to_dict()
+    record["calibration_inputs"] = [{"image": Path(img.name).name, "size": list(img.input_size)}
+                                    for img in calibration.images]
+    return PrecisionResult(Precision.INT8, model_path, report=record)

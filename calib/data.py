@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -135,25 +135,31 @@ class CalibrationSet:
         return feed
 
 
-def load_calibration_set(folder: str | os.PathLike, *, io: GraphIO, long_side: int, ensemble: int = 2,
-                         seed: int = 0, max_images: int | None = None, frames: int | None = None,
+def load_calibration_set(folder: str | os.PathLike | Sequence[os.PathLike], *, io: GraphIO,
+                         long_side: int | Sequence[int], ensemble: int = 2, seed: int = 0,
+                         max_images: int | None = None, frames: int | None = None,
                          option: str = "--calib-images") -> CalibrationSet:
-    """Read and preprocess every image in `folder`; any unreadable one is an error naming the file.
+    """Read and preprocess every image in `folder` (or the listed files); any unreadable one is an error
+    naming the file.
 
-    frames: clip length for graphs with a frames axis (default: the graph's most, io.max_frames).
+    long_side: the runtime's resize rule (long side, aspect kept); several: every image at each of them
+    (calibrating at several sizes the graph will run at). frames: clip length for graphs with a frames
+    axis (default: the graph's most, io.max_frames).
     """
-    files = list_images(folder, option)
+    files = list_images(folder, option) if isinstance(folder, (str, os.PathLike)) else [Path(f) for f in folder]
     if max_images is not None:
         files = files[:max_images]
     if ensemble < 1:
         raise CalibrationError("calibration ensemble must be >= 1")
-    spec = Preprocess(long_side=int(long_side))
+    sides = (int(long_side),) if isinstance(long_side, (int, np.integer)) else tuple(int(s) for s in long_side)
     images = []
-    for path in files:
-        try:
-            images.append(prepare(path, spec, io.geometry))
-        except (ImageError, InputError) as exc:
-            raise CalibrationError(f"{option}: {exc}; remove or replace that file") from exc
+    for side in sides:
+        spec = Preprocess(long_side=side)
+        for path in files:
+            try:
+                images.append(prepare(path, spec, io.geometry))
+            except (ImageError, InputError) as exc:
+                raise CalibrationError(f"{option}: {exc}; remove or replace that file") from exc
     if io.has_axis(FRAMES):
         frames = int(frames or io.max_frames)
     elif frames is not None:

@@ -25,6 +25,7 @@ A consumer-shared input (q, k, v read the same tensor) gets one mask/scale, one 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
@@ -155,16 +156,25 @@ def _run_progress(progress, iterable, desc):
 
 
 def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
-              progress: Callable | None = None,
-              store: TensorStore | None = None) -> tuple[list[GemmGroup], list[str]]:
-    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms.
+              progress: Callable | None = None, store: TensorStore | None = None,
+              say: Callable[[str], None] | None = None) -> tuple[list[GemmGroup], list[str]]:
+    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms
+    (`tensors_per_run` tensors per run, so maybe several runs over the feeds).
 
     Each pass opens one onnxruntime session at a time on the graph (its weights read from `store`'s folder
-    for a model loaded without them)."""
+    for a model loaded without them). say: the plan and, after the first pass, a time estimate."""
     groups, skipped = _groups(model, config.exclude)
     if not groups:
         return groups, skipped
+    runs = 1 + -(-len(groups) // config.tensors_per_run)
+    if say is not None:
+        say(f"calibration: {len(feeds)} inputs x {runs} runs over them ({len(groups)} GEMM inputs)")
+    start = time.perf_counter()
     _channel_ranges(model, groups, feeds, progress, store)
+    if say is not None:
+        took = time.perf_counter() - start
+        say(f"calibration: channel ranges in {took:.0f} s ({took / len(feeds):.1f} s per input); "
+            f"histograms: about {took * (runs - 1):.0f} s more")
     idx = GraphIndex(model.graph, store)
     for g in groups:
         _outliers_and_smoothing(idx, g, config)
@@ -337,8 +347,8 @@ def sensitivity(model: onnx.ModelProto, groups: list[GemmGroup], feed: Mapping[s
 
 
 def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], config: Int8Config = Int8Config(),
-             progress: Callable | None = None,
-             store: TensorStore | None = None) -> tuple[onnx.ModelProto, Int8Report]:
+             progress: Callable | None = None, store: TensorStore | None = None,
+             say: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Int8Report]:
     """Calibrate on `feeds` and return the Q/DQ model (FP32 I/O) and what was done.
 
     store: for a graph whose weights are on disk (tensors.GraphRewrite: calibration sessions read them
@@ -354,7 +364,7 @@ def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], 
     if config.keep_sensitive and store is not None and store.sink is not None:
         # one trial quantisation per GEMM input: a full model each, fine in memory, not streamed to disk
         raise ValueError("keep_sensitive works on in-memory models only")
-    groups, skipped = calibrate(model_f, feeds, config, progress, store)
+    groups, skipped = calibrate(model_f, feeds, config, progress, store, say)
     if config.keep_sensitive and groups:
         sensitivity(model_f, groups, feeds[0], progress)
         worst = sorted(groups, key=lambda g: -(g.sensitivity or 0.0))[: config.keep_sensitive]

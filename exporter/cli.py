@@ -74,14 +74,26 @@ class _Precision(click.Choice):
               help="Precision written into the ONNX (TensorRT builds it strongly typed): fp16/bf16 GEMMs and "
                    "attention with an FP32 residual stream, norms and head; int8 explicit Q/DQ.")
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
-              help="Folder of real images: INT8 calibration (required with --precision int8), the fp16/bf16 "
-                   "range check and a parity row on real images, and --discard auto.")
+              help="Folder of real images: INT8 calibration (required with --precision int8; part of it is held "
+                   "out to judge INT8 unless --eval-images is given), the fp16/bf16 range check and a parity row on "
+                   "real images, and --discard auto.")
+@click.option("--eval-images", type=click.Path(path_type=Path), default=None,
+              help="int8: folder of real photos (at least 2, none of them calibration images) that judge INT8 at "
+                   "the default image size. Default: held out from --calib-images (near-duplicates kept together).")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "mse", "entropy"]), default="max",
+              show_default=True, help="int8: how each activation's range is chosen from its histogram.")
+@click.option("--calib-percentile", type=float, default=99.99, show_default=True,
+              help="int8 with --calib-method percentile: the percentile of |x| kept unclipped.")
+@click.option("--calib-sizes", type=str, default=None,
+              help="int8: comma list of long sides to calibrate at (each image at each). Default: the export's "
+                   "--image-size, where it runs.")
 @click.option("--int8-convs", is_flag=True,
               help="--precision int8: quantize the image encoder's convolutions too (int8 in and out, weights per "
                    "channel); faster on CPUs and GPUs, less exact: check the parity report.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
-         class_label, ensemble, image_size, precision, calib_images, int8_convs, force):
+         class_label, ensemble, image_size, precision, calib_images, eval_images, calib_method, calib_percentile,
+         calib_sizes, int8_convs, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
     from .request import ExportRequest
 
@@ -91,7 +103,8 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
             prompt_embeds=prompt_embeds,
             text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold,
             class_label=class_label, ensemble=ensemble, image_size=image_size, precision=precision,
-            calib_images=calib_images, int8_convs=int8_convs, force=force,
+            calib_images=calib_images, eval_images=eval_images, calib_method=calib_method,
+            calib_percentile=calib_percentile, calib_sizes=_sizes(calib_sizes), int8_convs=int8_convs, force=force,
             progress=lambda msg: click.echo(msg, err=True),
         )
         request.check()  # before torch is imported: a wrong option fails in well under a second
@@ -106,9 +119,25 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written to --out", err=True)
         sys.exit(130)
-    p = manifest.parity["results"][0]
+    rows = [r for r in manifest.parity["results"] if r.get("gates", True)]
+    worst = min(rows, key=lambda r: r["min_cosine"])
+    judged = f" on {worst['inputs']}" if worst.get("inputs") else ""
     click.echo(f"{out}: {manifest.family} layer {manifest.feature.layer} ({manifest.feature.block}), "
-               f"{manifest.geometry.feature_channels} channels, parity min cosine {p['min_cosine']:.7f}")
+               f"{manifest.precision}, {manifest.geometry.feature_channels} channels, parity min cosine "
+               f"{worst['min_cosine']:.7f}{judged}")
+
+
+def _sizes(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected a comma list of long sides, e.g. 512,640",
+                                 param_hint="--calib-sizes") from None
+    if not sizes:
+        raise click.BadParameter("give at least one long side, e.g. 640", param_hint="--calib-sizes")
+    return sizes
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

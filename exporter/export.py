@@ -67,7 +67,8 @@ def export(request: ExportRequest) -> Manifest:
         built = built.without_module()  # the last reference: nothing after this needs PyTorch weights
         _check_freed(module, say)
         graph_checks.check_graph(tmp / MODEL_FILE)
-        parity.save_reference(cases[0], the_plan.io, tmp / REFERENCE_FILE)
+        # the first gating case: what `verify_reference` later judges must be what the export's gate judged
+        parity.save_reference(next((c for c in cases if c.gates), cases[0]), the_plan.io, tmp / REFERENCE_FILE)
         report = _precision_and_parity(the_plan, cases, calibration, tmp, say)
         with _step(say, "hashing files and writing the manifest"):
             manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)
@@ -81,7 +82,9 @@ def _reference_and_export(the_plan: ExportPlan, graph, calibration, folder: Path
     """The PyTorch module's outputs on every parity input (kept for parity), then the ONNX export."""
     extra = precision_step.calibration_parity_feeds(the_plan, calibration)
     with _step(say, f"PyTorch reference outputs on {len(the_plan.parity_sizes) + len(extra)} parity inputs"):
+        # INT8 is judged on held-out real images only; random inputs are reported beside them
         cases = parity.reference_cases(graph, the_plan.io, the_plan.parity_sizes, extra,
+                                       random_gates=the_plan.image_split is None,
                                        say=lambda line: say("  " + line))
     with _step(say, f"exporting ONNX (torch.onnx dynamo, opset {OPSET}, dynamic {'/'.join(_dynamic_axes(the_plan))})"):
         export_onnx(graph, folder / MODEL_FILE, the_plan.io)
@@ -110,8 +113,27 @@ def _precision_and_parity(the_plan: ExportPlan, cases: tuple[parity.ParityCase, 
                                        precision_report={"precision": the_plan.precision.value, **step.report},
                                        say=lambda line: say("  " + line))
     if not report.passed:
-        raise ParityError("the exported graph failed parity against PyTorch:\n  " + "\n  ".join(report.summary))
+        raise ParityError("the exported graph failed parity against PyTorch:\n  " + "\n  ".join(report.summary)
+                          + _what_to_give(the_plan, report))
     return report
+
+
+def _what_to_give(the_plan: ExportPlan, report: parity.ParityReport) -> str:
+    """INT8's failure message ends with what to give instead (calibration that covers the held-out images)."""
+    split = the_plan.image_split
+    if split is None:
+        return ""
+    from ditf_runtime.preprocess import open_image
+
+    sizes = ", ".join(f"{p.name} {open_image(p).size[0]}x{open_image(p).size[1]}" for p in split.calibration[:8])
+    why = (report.evidence_missing and f"INT8 had nothing decisive to be judged on ({report.evidence_missing})"
+           or f"INT8 calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
+              f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
+    others = "|".join(m for m in ("max", "mse", "entropy", "percentile") if m != the_plan.calib_method)
+    return (f"\n{why}.\nGive instead: --calib-images with more, varied real photos like the ones you will run "
+            f"(5-50 is typical; at least {the_plan.image_size} px on the long side, since smaller ones are "
+            f"upscaled), and --eval-images DIR with at least 2 other such photos (held out: {len(split.held_out)}); "
+            f"or try --calib-method {others}; or export --precision bf16/fp16.")
 
 
 @contextmanager

@@ -5,9 +5,14 @@ runs the module on every parity input before it is freed (the outputs are kept, 
 `run_parity` later runs the graph on disk on the very same inputs and compares.
 
 Metrics live in ditf_runtime.parity (numpy only) so a TensorRT runner without torch judges the same way.
-Inputs come from the graph's GraphIO (random ones at each parity size, plus labelled extra feeds such as
-real calibration images); the first case's inputs and reference outputs are saved (reference.safetensors)
-for later checks.
+Inputs come from the graph's GraphIO (random ones at each parity size, plus labelled real-image inputs:
+the calibration images, or for INT8 held-out images one by one at their own sizes); the first gating
+case's inputs and reference outputs are saved (reference.safetensors) for later checks.
+
+Each case either gates (its failure fails the export) or is reported beside the gate. At INT8 only
+held-out real images gate: random pixels look like nothing the calibration saw, and judging INT8 on
+them decides by noise rather than by what users feed. The report names what decided (`decided_by`),
+and a gate with no decisive evidence (no gating case; at INT8, zero decisive matching points) fails.
 """
 
 from __future__ import annotations
@@ -43,24 +48,50 @@ class ParityReport:
     summary: tuple[str, ...]
     precision: Mapping[str, Any] = field(default_factory=dict)  # what the precision step did
     reference: str = REFERENCE
+    decided_by: Mapping[str, Any] = field(default_factory=dict)  # the gating rows: which inputs, which sizes
+    evidence_missing: str | None = None  # why the gate had nothing decisive to judge (then it fails)
 
     @property
     def passed(self) -> bool:
-        return all(r["passed"] for r in self.results)
+        return self.evidence_missing is None and all(r["passed"] for r in self.results if r.get("gates", True))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "reference": self.reference, "tolerance": dict(self.tolerance),
-                "results": [dict(r) for r in self.results], "passed": self.passed, "summary": list(self.summary),
-                "precision": dict(self.precision)}
+        d = {"backend": self.backend, "reference": self.reference, "tolerance": dict(self.tolerance),
+             "results": [dict(r) for r in self.results], "passed": self.passed, "summary": list(self.summary),
+             "precision": dict(self.precision), "decided_by": dict(self.decided_by)}
+        if self.evidence_missing:
+            d["evidence_missing"] = self.evidence_missing
+        return d
+
+
+@dataclass(frozen=True)
+class ParityInput:
+    """Labelled real-image parity inputs: one feed (a batch), or several (one image each, own sizes),
+    compared as one set of maps."""
+
+    label: str
+    feeds: tuple[Mapping[str, np.ndarray], ...]
+    gates: bool = True
+    record: Mapping[str, Any] = field(default_factory=dict)  # for the manifest: images, sizes, ...
 
 
 @dataclass(frozen=True)
 class ParityCase:
-    """One parity input and what the PyTorch module computed on it."""
+    """One parity input (one feed, or several compared as one set) and what the PyTorch module computed."""
 
-    label: str | None  # None: random inputs; else what the inputs are (e.g. "5 calibration images at 256x256")
-    feed: Mapping[str, np.ndarray]
-    reference: np.ndarray
+    label: str | None  # None: random inputs; else what the inputs are (e.g. "2 held-out real images ...")
+    feeds: tuple[Mapping[str, np.ndarray], ...]
+    references: tuple[np.ndarray, ...]
+    gates: bool = True
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def feed(self) -> Mapping[str, np.ndarray]:
+        return self.feeds[0]
+
+    @property
+    def reference(self) -> np.ndarray:
+        return self.references[0]
 
 
 @torch.no_grad()
@@ -107,16 +138,28 @@ def parity_inputs(io: GraphIO, sizes: tuple[tuple[int, int], ...], seed: int, ba
 
 
 def reference_cases(graph: torch.nn.Module, io: GraphIO, sizes: tuple[tuple[int, int], ...],
-                    extra_feeds: tuple[tuple[str, Mapping[str, np.ndarray]], ...] = (),
+                    extra: tuple[ParityInput, ...] = (), random_gates: bool = True,
                     say: Callable[[str], None] = lambda line: None) -> tuple[ParityCase, ...]:
-    """The PyTorch module's outputs on random inputs at each size, then on `extra_feeds` (label, feed).
+    """The PyTorch module's outputs on random inputs at each size (gating or not: `random_gates`), then on
+    the labelled real-image inputs `extra`.
 
     say: gets a line as each case is done (minutes each on a large model)."""
     cases = []
-    for label, feed in [(None, feed) for feed in parity_inputs(io, sizes, seed=1000)] + list(extra_feeds):
-        cases.append(ParityCase(label, dict(feed), torch_features(graph, feed, io)))
-        sizes_done = io.sizes_of(feed)
-        say(f"{sizes_done.height}x{sizes_done.width} B={sizes_done.batch}{' (' + label + ')' if label else ''}: done")
+    for feed in parity_inputs(io, sizes, seed=1000):
+        cases.append(ParityCase(None, (dict(feed),), (torch_features(graph, feed, io),), random_gates))
+        done = io.sizes_of(feed)
+        say(f"{done.height}x{done.width} B={done.batch}: done")
+    for item in extra:
+        refs = []
+        for feed in item.feeds:
+            refs.append(torch_features(graph, feed, io))
+            if len(item.feeds) > 1:
+                done = io.sizes_of(feed)
+                say(f"{done.height}x{done.width} ({item.label}, {len(refs)}/{len(item.feeds)}): done")
+        cases.append(ParityCase(item.label, tuple(dict(f) for f in item.feeds), tuple(refs), item.gates, item.record))
+        if len(item.feeds) == 1:
+            done = io.sizes_of(item.feeds[0])
+            say(f"{done.height}x{done.width} B={done.batch} ({item.label}): done")
     return tuple(cases)
 
 
@@ -139,33 +182,76 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
     session = create_session(onnx_path)
     results, summary = [], []
     for case in cases:
-        got = in_batches(lambda part: session.run(list(io.output_names), dict(part))[0], case.feed, io)
-        res = compare(_maps(got), _maps(case.reference), precision)
-        row, line = _row(io.sizes_of(case.feed), res, case.label)
+        got = [in_batches(lambda part: session.run(list(io.output_names), dict(part))[0], feed, io)
+               for feed in case.feeds]
+        if len(got) == 1:
+            res = compare(_maps(got[0]), _maps(case.reference), precision)
+        else:  # one image per feed, each at its own size: compared as one list of maps
+            res = compare([m for g in got for m in _maps(g)], [m for r in case.references for m in _maps(r)],
+                          precision)
+        row, line = _row(case, io, res)
         results.append(row)
         summary.append(line)
         say(line)
     del session
     tol = TOLERANCES[precision]
+    decided_by, missing = _decision(cases, results, needs_matches=Precision(precision) == Precision.INT8)
+    if missing:
+        summary.append(f"no decisive evidence: {missing}")
     return ParityReport(
         backend=backend or BACKEND, results=tuple(results), summary=tuple(summary),
         tolerance={"min_cosine": tol.min_cosine, "max_rel_error": tol.max_rel_error,
-                   "min_nn_agreement": tol.min_nn_agreement},
-        precision=dict(precision_report or {}),
+                   "min_nn_agreement": tol.min_nn_agreement,
+                   **({"min_pck_agreement": tol.min_pck_agreement} if tol.min_pck_agreement is not None else {})},
+        precision=dict(precision_report or {}), decided_by=decided_by, evidence_missing=missing,
     )
 
 
-def _row(sizes: Sizes, res, label: str | None) -> tuple[dict[str, Any], str]:
+def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],
+              needs_matches: bool = True) -> tuple[dict[str, Any], str | None]:
+    """Which rows decided the gate (for the manifest), and why there was nothing decisive, if so.
+
+    needs_matches (INT8): the gate rests on matching (NN and PCK agreement); gating rows with neither a
+    decisive nearest-neighbour point nor a keypoint transfer are no evidence (a tiny random model's
+    near-constant features give no NN point, yet keypoint transfers still compare). Elsewhere cosine and
+    relative error decide on their own."""
+    gating = [(c, r) for c, r in zip(cases, results) if c.gates]
+    decided = {"rows": [i for i, c in enumerate(cases) if c.gates],
+               "inputs": [c.label or "random inputs" for c, _ in gating],
+               "sizes": sorted({(r["height"], r["width"]) for c, r in gating} |
+                               {tuple(s) for c, _ in gating for s in c.record.get("sizes", ())}),
+               "reported_not_gated": [c.label or f"random inputs {r['height']}x{r['width']}"
+                                      for c, r in zip(cases, results) if not c.gates]}
+    decided["sizes"] = [list(s) for s in decided["sizes"]]
+    for c, _ in gating:
+        decided.update({k: v for k, v in c.record.items() if k != "sizes"})
+    if not gating:
+        return decided, "no parity input decides the gate"
+    if needs_matches and not any(r["nn_points"] or r.get("pck_points") for _, r in gating):
+        return decided, ("the gating inputs gave no nearest-neighbour match with a clear margin and no keypoint "
+                         f"transfer ({', '.join(c.label or 'random inputs' for c, _ in gating)})")
+    return decided, None
+
+
+def _row(case: ParityCase, io: GraphIO, res) -> tuple[dict[str, Any], str]:
     """One result row of the manifest and its summary line."""
+    sizes: Sizes = io.sizes_of(case.feed)
     row: dict[str, Any] = {"height": sizes.height, "width": sizes.width, "batch": sizes.batch}
-    line = f"{sizes.height}x{sizes.width} B={sizes.batch}"
+    if len(case.feeds) > 1:
+        row["batch"] = len(case.feeds)
+        row["sizes"] = [[io.sizes_of(f).height, io.sizes_of(f).width] for f in case.feeds]
+        line = f"{len(case.feeds)} images ({', '.join(f'{h}x{w}' for h, w in row['sizes'])})"
+    else:
+        line = f"{sizes.height}x{sizes.width} B={sizes.batch}"
     if sizes.ensemble is not None:
         row[ENSEMBLE] = sizes.ensemble
         line += f" E={sizes.ensemble}"
     row.update(res.to_dict())
     if sizes.frames is not None:
         row[FRAMES] = sizes.frames
-    if label:
-        row["inputs"] = label
-    line += f"{' (' + label + ')' if label else ''}: {res}"
+    if case.label:
+        row["inputs"] = case.label
+    row["gates"] = case.gates  # False: reported beside the gate; its "passed" does not decide the export
+    status = "" if case.gates else " [reported, not gated]"
+    line += f"{' (' + case.label + ')' if case.label else ''}: {res}{status}"
     return row, line

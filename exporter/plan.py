@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ditf_calib.graph_io import FRAMES, NOISE, GraphIO
+from ditf_calib.split import ImageSplit
 from ditf_runtime.precision import Precision
 
 from .catalog import adapter_for
@@ -40,6 +41,10 @@ class ExportPlan:
     calib_images: Path | None = None
     massive_threshold: float = 100.0
     int8_convs: bool = False
+    image_split: ImageSplit | None = None  # int8: calibration vs held-out images
+    calib_sizes: tuple[int, ...] = ()  # int8: long sides calibrated at
+    calib_method: str = "max"
+    calib_percentile: float = 99.99
 
     @property
     def block(self) -> str:
@@ -81,11 +86,13 @@ def plan(request: ExportRequest) -> ExportPlan:
     final_norm = request.layer is None and adapter.default_final_norm
     options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size, final_norm, noisy)
     _check_precision(request, source, io, discard_source, notes)
+    split, calib_sizes = _int8_data(request, io, image_size, notes)
     return ExportPlan(
         source=source, adapter=adapter, options=options, io=io, precision=request.precision, ensemble=ensemble,
         image_size=image_size, discard_source=discard_source, parity_sizes=_parity_sizes(request, io),
         notes=tuple(notes), prompt_embeds_file=request.prompt_embeds, calib_images=request.calib_images,
-        massive_threshold=request.massive_threshold, int8_convs=request.int8_convs,
+        massive_threshold=request.massive_threshold, int8_convs=request.int8_convs, image_split=split,
+        calib_sizes=calib_sizes, calib_method=request.calib_method, calib_percentile=float(request.calib_percentile),
     )
 
 
@@ -214,3 +221,49 @@ def _check_precision(request: ExportRequest, source: ModelSource, io: GraphIO, d
                                "in this build; use --precision fp32")
     if request.calib_images is not None and precision == Precision.FP32 and discard_source != "auto":
         notes.append("--calib-images ignored: fp32 needs no calibration")
+
+
+def _int8_data(request: ExportRequest, io: GraphIO, image_size: int,
+               notes: list[str]) -> tuple[ImageSplit | None, tuple[int, ...]]:
+    """INT8: which images calibrate and which judge (ditf_calib.split), and the calibration sizes."""
+    from ditf_calib.data import CalibrationError
+    from ditf_calib.split import split_images
+    from ditf_calib.stats import METHODS
+
+    int8 = request.precision == Precision.INT8
+    if request.calib_method not in METHODS:
+        raise ExportInputError(f"--calib-method {request.calib_method!r}: choose one of {', '.join(METHODS)}")
+    if not 0 < request.calib_percentile <= 100:
+        raise ExportInputError(f"--calib-percentile {request.calib_percentile}: must be in (0, 100], e.g. 99.99")
+    if not int8:
+        if request.eval_images is not None or request.calib_sizes or request.calib_method != "max":
+            raise ExportInputError("--eval-images, --calib-sizes and --calib-method apply to --precision int8 only")
+        return None, ()
+    sizes = tuple(int(s) for s in (request.calib_sizes or (image_size,)))
+    limit, m = io.geometry.max_size, io.size_multiple
+    for side in sizes:
+        if side % m or side < m or (limit is not None and side > limit):
+            raise ExportInputError(f"--calib-sizes {side}: a long side must be a positive multiple of {m}"
+                                   + (f" up to {limit}" if limit is not None else ""))
+    if image_size not in sizes:
+        notes.append(f"int8 calibrated at long sides {list(sizes)}, not the default {image_size} it is judged at")
+    try:
+        split = split_images(request.calib_images, request.eval_images)
+    except CalibrationError as exc:
+        raise ExportInputError(str(exc)) from None
+    _note_small_images(split, min(sizes), notes)
+    return split, sizes
+
+
+def _note_small_images(split: ImageSplit, side: int, notes: list[str]) -> None:
+    """Images far smaller than the size they are calibrated at are upscaled: blurrier than what users feed."""
+    from PIL import Image
+
+    small = []
+    for path in split.calibration:
+        with Image.open(path) as img:
+            if 2 * max(img.size) < side:
+                small.append(f"{path.name} {img.size[0]}x{img.size[1]}")
+    if small:
+        notes.append(f"int8 calibration images upscaled more than 2x to long side {side}: {', '.join(small)}; "
+                     "calibrate on photos at least as large as the size the graph runs at")

@@ -60,6 +60,10 @@ class ExportRequest:
     precision: Precision = Precision.FP32  # a string ("fp16") is parsed here, once
     calib_images: Path | None = None
     int8_convs: bool = False  # --precision int8: also the image encoder's convolutions (ditf_calib.int8_conv)
+    eval_images: Path | None = None  # int8: the held-out images that judge it (default: split off calib_images)
+    calib_method: str = "max"  # int8 activation ranges: max | percentile | mse | entropy
+    calib_percentile: float = 99.99  # calib_method "percentile"
+    calib_sizes: tuple[int, ...] | None = None  # int8: long sides to calibrate at; None: the export's image size
     massive_threshold: float = 100.0  # --discard auto: channels whose median |h_K| ratio exceeds this (paper: 100x)
     force: bool = False
     parity_sizes: tuple[tuple[int, int], ...] | None = None  # (H, W) pixels; None: PARITY_GRIDS x size multiple

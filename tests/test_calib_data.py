@@ -39,6 +39,15 @@ def test_feeds_are_the_runtime_preprocessing_with_seeded_noise():
     assert not np.array_equal(list(cs.feeds(seed=4))[0]["noise"], feeds[0]["noise"])
 
 
+def test_several_calibration_sizes_and_listed_files():
+    """--calib-sizes: every listed image at each long side, prepared exactly as the runtime prepares it."""
+    files = list_images(IMAGES)[:2]
+    cs = load_calibration_set(files, io=FLUX_TINY_IO, long_side=(64, 128), ensemble=2)
+    assert len(cs) == 4 and [max(img.input_size) for img in cs.images] == [64, 64, 128, 128]
+    geometry = Geometry(latent_channels=16, feature_channels=0)
+    np.testing.assert_array_equal(cs.images[3].pixels, prepare(files[1], Preprocess(long_side=128), geometry).pixels)
+
+
 def test_batched_parity_feed():
     cs = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=128, ensemble=2)
     feed = cs.batched((64, 96))

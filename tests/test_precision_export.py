@@ -165,3 +165,68 @@ def test_no_onnxruntime_session_while_the_pytorch_module_lives(tmp_path, flux_ti
     export(ExportRequest(model=str(flux_tiny_dir), out=tmp_path / "out", layer=3, discard="7,41", ensemble=2,
                          image_size=64, text_max_length=32, precision="fp16", calib_images=IMAGES))
     assert len(opened) >= 3  # range check, typed graph, parity: the check above really ran
+
+
+def test_int8_is_decided_by_held_out_real_images_not_random_inputs(tmp_path, flux_tiny_dir):
+    """flux-tiny calibrated with percentile 97 clipping on examples/images' calibration part (astronaut, coffee,
+    rocket): random pixels pass every INT8 tolerance, the held-out real pair (cat-a, cat-b, never calibrated)
+    does not. The held-out images decide: the export is refused, with what to give instead, and nothing is
+    written. (The default calibration passes both: tests/test_calib_int8.py.)"""
+    from ditf_export.export import ExportRequest, ParityError, export
+
+    out = tmp_path / "o"
+    with pytest.raises(ParityError) as info:
+        export(ExportRequest(model=str(flux_tiny_dir), out=out, layer=3, discard="7,41", ensemble=2, image_size=128,
+                             text_max_length=32, precision="int8", calib_images=IMAGES, calib_method="percentile",
+                             calib_percentile=97.0, parity_sizes=((64, 96),)))
+    lines = str(info.value).splitlines()
+    random_row = next(line for line in lines if line.strip().startswith("64x96 B=2"))
+    held_row = next(line for line in lines if "held-out real images" in line and "E=2" in line)
+    assert random_row.endswith("PASS [reported, not gated]"), random_row
+    assert "cat-a.jpg, cat-b.jpg" in held_row and " FAIL: NN agreement" in held_row, held_row
+    assert "INT8 calibrated on 3 image(s) (astronaut.jpg 384x384" in str(info.value)
+    assert "Give instead: --calib-images with more, varied real photos" in str(info.value)
+    assert "--eval-images DIR" in str(info.value) and "--calib-method max|mse|entropy" in str(info.value)
+    assert _nothing_left(tmp_path, "o")
+
+
+def test_one_tiny_calibration_image_is_refused_with_what_to_give(tmp_path, flux_tiny_dir):
+    """One image cannot both calibrate INT8 and judge it: refused before any work, saying what to give."""
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.open(IMAGES / "coffee.jpg").resize((16, 12)).save(calib / "coffee-16.png")
+    r = _invoke(["--model", str(flux_tiny_dir), "--layer", "3", "--precision", "int8", "--calib-images", str(calib),
+                 "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "judged on real images the calibration did not see" in r.output, r.output
+    assert "give at least 3 distinct photos" in r.output and "--eval-images DIR" in r.output, r.output
+    assert _nothing_left(tmp_path, "o")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "fp16", "--eval-images", str(IMAGES)], "apply to --precision int8 only"),
+    (["--precision", "int8", "--calib-images", str(IMAGES), "--calib-sizes", "100"], "multiple of 16"),
+    (["--precision", "int8", "--calib-images", str(IMAGES), "--calib-sizes", "a,b"], "comma list of long sides"),
+    (["--precision", "int8", "--calib-images", str(IMAGES), "--calib-method", "median"], "'median' is not one of"),
+])
+def test_int8_calibration_options_are_checked(tmp_path, flux_tiny_dir, args, message):
+    r = _invoke(["--model", str(flux_tiny_dir), "--layer", "3", *args, "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_gate_without_decisive_evidence_fails():
+    """Gating inputs with no nearest-neighbour point of clear margin (one-token maps) decide nothing: the
+    report fails and says why, whatever the other rows say."""
+    from ditf_export.parity import ParityCase, ParityReport, _decision
+
+    case = ParityCase("2 held-out real images", ({},), (None,), gates=True, record={"sizes": [[16, 16]]})
+    rows = [{"height": 16, "width": 16, "nn_points": 0, "pck_points": 0, "passed": True, "gates": True}]
+    decided, missing = _decision((case,), rows)
+    assert "no nearest-neighbour match with a clear margin" in missing and decided["sizes"] == [[16, 16]]
+    report = ParityReport("b", {}, tuple(rows), (), decided_by=decided, evidence_missing=missing)
+    assert not report.passed and report.to_dict()["evidence_missing"] == missing
+    random_only = ParityCase(None, ({},), (None,), gates=False)
+    assert _decision((random_only,), [{"height": 64, "width": 96, "nn_points": 40, "passed": True}])[1] == \
+        "no parity input decides the gate"

@@ -6,10 +6,14 @@ exporter, the calibrator and a GPU runner with TensorRT (no torch) all judge gra
 - nearest-neighbour agreement: query tokens of image i matched (cosine argmax) against every token
   of image i+1; counted only where the reference's top-1/top-2 margin exceeds 1e-3, so ties that
   any precision may break either way do not count against it.
-- PCK agreement (reported, not gated): keypoints transferred from image i to image i+1 with the
-  runtime's exact matcher (the authors' semantics) under both maps; a point agrees when the two
-  answers lie within PCK@0.1 of each other (0.1 x the image's long side), i.e. PCK of the candidate
-  with the reference's answers as ground truth.
+- PCK agreement: keypoints transferred from image i to image i+1 with the runtime's exact matcher
+  (the authors' semantics) under both maps; a point agrees when the two answers lie within PCK@0.1
+  of each other (0.1 x the target image's long side), i.e. PCK of the candidate with the
+  reference's answers as ground truth. Gated where the tolerance states a minimum (int8), else
+  reported.
+
+Maps come as one [B, C, h, w] batch or as a list of [C, h, w] / [1, C, h, w] maps of different sizes
+(real images keep their aspect ratio); pairs are (i, i+1), cyclically, either way.
 
 A share over zero points is no evidence either way: it reads "n/a" (NaN in the result, null in JSON),
 is not gated, and the result lists it under `not_measured`.
@@ -18,7 +22,7 @@ is not gated, and the result lists it under `not_measured`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,6 +34,7 @@ class Tolerance:
     min_cosine: float
     max_rel_error: float
     min_nn_agreement: float
+    min_pck_agreement: float | None = None  # None: reported, not gated
 
 
 # Stated per precision; tests assert against these same numbers.
@@ -37,11 +42,12 @@ TOLERANCES = {
     "fp32": Tolerance(min_cosine=0.99999, max_rel_error=1e-4, min_nn_agreement=0.99),
     "fp16": Tolerance(min_cosine=0.999, max_rel_error=5e-2, min_nn_agreement=0.98),
     "bf16": Tolerance(min_cosine=0.999, max_rel_error=1e-1, min_nn_agreement=0.98),
-    # int8: what the calibrated Q/DQ quantizer reaches (ditf_calib.int8 defaults; flux-tiny in the tests,
-    # medium random FLUX-like models in bench/bench_precision.py): cosine min >= 0.9996, relative error
-    # <= 0.017, NN agreement >= 0.996; margin ~10x on the cosine deficit, ~6x on the error (other
-    # calibration settings reach cosine 0.998, error 0.054, which still pass)
-    "int8": Tolerance(min_cosine=0.995, max_rel_error=0.1, min_nn_agreement=0.95),
+    # int8, judged on held-out real images (the export gates nothing else at int8): the calibrated Q/DQ
+    # quantizer reaches cosine min >= 0.999, relative error <= 0.03, NN agreement >= 0.98 and keypoint
+    # transfers within PCK@0.1 of FP32's for >= 0.97 of the points on flux-tiny and on the medium
+    # FLUX-architecture model (bench/bench_precision.py); random pixels, unlike anything calibrated, are
+    # reported beside them, not gated
+    "int8": Tolerance(min_cosine=0.995, max_rel_error=0.1, min_nn_agreement=0.95, min_pck_agreement=0.9),
 }
 
 
@@ -96,24 +102,42 @@ def _tokens(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(b, c, -1).transpose(0, 2, 1)
 
 
+def _map_list(maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One [B, C, h, w] batch, or a list of [C, h, w] / [1, C, h, w] maps -> a list of [C, h, w]."""
+    if isinstance(maps, np.ndarray) or not isinstance(maps, (list, tuple)):
+        array = np.asarray(maps)
+        return [array[i] for i in range(array.shape[0])]
+    out = []
+    for m in maps:
+        m = np.asarray(m)
+        out.append(m[0] if m.ndim == 4 and m.shape[0] == 1 else m)
+    return out
+
+
 def _unit(t: np.ndarray) -> np.ndarray:
     return t / np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-30)
 
 
-def nn_agreement(candidate: np.ndarray, reference: np.ndarray, max_queries: int = 512,
-                 seed: int = 0) -> tuple[float, int]:
-    """Share of query tokens whose cosine nearest neighbour is the same under both maps."""
-    cand, ref = _unit(_tokens(candidate)), _unit(_tokens(reference))
-    b, n = ref.shape[:2]
+def _unit_tokens(m: np.ndarray) -> np.ndarray:
+    """[C, h, w] -> unit [h*w, C] float64."""
+    return _unit(_tokens(m[None])[0])
+
+
+def nn_agreement(candidate, reference, max_queries: int = 512, seed: int = 0) -> tuple[float, int]:
+    """Share of query tokens whose cosine nearest neighbour is the same under both maps (batch or list)."""
+    cand = [_unit_tokens(m) for m in _map_list(candidate)]
+    ref = [_unit_tokens(m) for m in _map_list(reference)]
+    b = len(ref)
     rng = np.random.default_rng(seed)
     agree = counted = 0
     for i in range(b):
         j = (i + 1) % b
-        if n < (3 if i == j else 2):  # no second-best candidate: no decisive margin
+        n, n_j = len(ref[i]), len(ref[j])
+        if n_j < (3 if i == j else 2):  # no second-best candidate: no decisive margin
             continue
         q = rng.choice(n, size=min(n, max_queries), replace=False)
-        ref_scores = ref[i, q] @ ref[j].T
-        cand_scores = cand[i, q] @ cand[j].T
+        ref_scores = ref[i][q] @ ref[j].T
+        cand_scores = cand[i][q] @ cand[j].T
         if i == j:  # a single image: match against itself minus the query token
             ref_scores[np.arange(len(q)), q] = -np.inf
             cand_scores[np.arange(len(q)), q] = -np.inf
@@ -125,48 +149,56 @@ def nn_agreement(candidate: np.ndarray, reference: np.ndarray, max_queries: int 
     return (agree / counted if counted else float("nan")), counted
 
 
-def pck_agreement(candidate: np.ndarray, reference: np.ndarray, stride: int = 16, points: int = 20,
+def pck_agreement(candidate, reference, stride: int = 16, points: int = 20,
                   alpha: float = 0.1, seed: int = 0) -> tuple[float, int]:
-    """Share of keypoints whose transfer (image i -> i+1, exact matcher) lands within alpha x the long
-    side of where the reference's transfer lands. Images are the maps' own size x stride."""
+    """Share of keypoints whose transfer (image i -> i+1, exact matcher) lands within alpha x the target's
+    long side of where the reference's transfer lands. Images are each map's own size x stride."""
     from .matching import transfer_keypoints
 
-    b, _, h, w = reference.shape
-    size = (h * stride, w * stride)
+    cand, ref = _map_list(candidate), _map_list(reference)
+    b = len(ref)
     rng = np.random.default_rng(seed)
     agree = total = 0
     for i in range(b):
         j = (i + 1) % b
-        xy = np.stack([rng.integers(0, size[1], points), rng.integers(0, size[0], points)], axis=1)
-        ref_xy = transfer_keypoints(reference[i], reference[j], xy, size, size)
-        cand_xy = transfer_keypoints(candidate[i], candidate[j], xy, size, size)
+        src = (ref[i].shape[-2] * stride, ref[i].shape[-1] * stride)
+        trg = (ref[j].shape[-2] * stride, ref[j].shape[-1] * stride)
+        xy = np.stack([rng.integers(0, src[1], points), rng.integers(0, src[0], points)], axis=1)
+        ref_xy = transfer_keypoints(ref[i], ref[j], xy, src, trg)
+        cand_xy = transfer_keypoints(cand[i], cand[j], xy, src, trg)
         dist = np.linalg.norm((ref_xy - cand_xy).astype(np.float64), axis=1)
-        agree += int((dist <= alpha * max(size)).sum())
+        agree += int((dist <= alpha * max(trg)).sum())
         total += points
     return (agree / total if total else float("nan")), total
 
 
-def compare(candidate: np.ndarray, reference: np.ndarray, tolerance: Tolerance | str = "fp32") -> ParityResult:
-    """Compare two [B, C, h, w] feature maps; collect every failure instead of stopping at the first."""
+def compare(candidate, reference, tolerance: Tolerance | str = "fp32") -> ParityResult:
+    """Compare two [B, C, h, w] feature maps, or two equally long lists of [C, h, w] maps (sizes may differ
+    from map to map; `shape` is then the first map's, with B = the count); collect every failure instead
+    of stopping at the first."""
     tol = TOLERANCES[tolerance] if isinstance(tolerance, str) else tolerance
-    candidate, reference = np.asarray(candidate), np.asarray(reference)
+    cands, refs = _map_list(candidate), _map_list(reference)
+    shape = (len(refs), *refs[0].shape) if refs else (0,)
     failures: list[str] = []
-    if candidate.shape != reference.shape:
-        return ParityResult(float("nan"), float("nan"), float("inf"), float("nan"), 0, tol, tuple(candidate.shape),
-                            [f"shape {list(candidate.shape)} != reference {list(reference.shape)}"])
-    if not np.isfinite(candidate).all():
-        failures.append(f"{int((~np.isfinite(candidate)).sum())} non-finite values")
-    a, b = _tokens(candidate), _tokens(reference)
-    cos = (_unit(a) * _unit(b)).sum(-1)
-    rel = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-    nn, pts = nn_agreement(candidate, reference)
-    pck, pck_pts = pck_agreement(candidate, reference) if np.isfinite(candidate).all() else (float("nan"), 0)
-    result = ParityResult(float(cos.min()), float(cos.mean()), rel, nn, pts, tol, tuple(reference.shape), failures,
-                          pck, pck_pts)
+    bad = [(a.shape, b.shape) for a, b in zip(cands, refs) if a.shape != b.shape]
+    if bad or len(cands) != len(refs) or not refs:
+        what = f"{list(bad[0][0])} != reference {list(bad[0][1])}" if bad else f"{len(cands)} maps, reference {len(refs)}"
+        return ParityResult(float("nan"), float("nan"), float("inf"), float("nan"), 0, tol, shape, [f"shape {what}"])
+    nonfinite = sum(int((~np.isfinite(a)).sum()) for a in cands)
+    if nonfinite:
+        failures.append(f"{nonfinite} non-finite values")
+    cos = np.concatenate([(_unit_tokens(a) * _unit_tokens(b)).sum(-1) for a, b in zip(cands, refs)])
+    diff = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(cands, refs))
+    rel = diff / max(max(float(np.abs(b).max()) for b in refs), 1e-30)
+    nn, pts = nn_agreement(cands, refs)
+    pck, pck_pts = pck_agreement(cands, refs) if not nonfinite else (float("nan"), 0)
+    result = ParityResult(float(cos.min()), float(cos.mean()), rel, nn, pts, tol, shape, failures, pck, pck_pts)
     if not result.min_cosine >= tol.min_cosine:
         failures.append(f"min cosine {result.min_cosine:.7f} < {tol.min_cosine}")
     if not rel <= tol.max_rel_error:
         failures.append(f"relative error {rel:.3e} > {tol.max_rel_error}")
     if pts and not nn >= tol.min_nn_agreement:  # over zero points it is no evidence either way
         failures.append(f"NN agreement {nn:.4f} < {tol.min_nn_agreement}")
+    if tol.min_pck_agreement is not None and pck_pts and not pck >= tol.min_pck_agreement:
+        failures.append(f"PCK agreement {pck:.4f} < {tol.min_pck_agreement}")
     return result

@@ -1,0 +1,78 @@
+"""The medium FLUX-architecture model of the benchmarks, as a pipeline folder anyone can export.
+
+Real diffusers classes, random weights: FluxTransformer2DModel with hidden 768 (12 heads x 64), 4 double
++ 4 single blocks, guidance embedding, two planted massive channels (5 and 77, x_embedder bias +-300,
+like flux-tiny's), and an AutoencoderKL the size of FLUX's (128/256/512/512 channels, 2 layers per
+block, 16 latent channels). Prompt embeddings: a random [1, 512, 256] T5 / [1, 128] CLIP file (512
+text tokens, like FLUX.1-dev), so no text encoder is needed. Layer 6 (single block 2) is the usual tap.
+
+    python bench/medium.py [--out /work/cache/flux-medium]
+    ditf-export --model /work/cache/flux-medium --layer 6 \
+        --prompt-embeds /work/cache/flux-medium/prompt_embeds.safetensors --discard 5,77 --ensemble 8 \
+        --precision int8 --calib-images examples/images --out exports/medium-int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+HIDDEN, BLOCKS, TEXT_TOKENS = 768, 4, 512
+MASSIVE = (5, 77)
+LAYER = 6
+FLUX_VAE_SIZE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+VERSION = 1  # bump when the model changes; a cached folder of another version is rebuilt
+DEFAULT_OUT = Path("/work/cache/flux-medium")
+
+
+def transformer_overrides(hidden: int = HIDDEN, blocks: int = BLOCKS) -> dict:
+    return dict(num_layers=blocks, num_single_layers=blocks, attention_head_dim=64,
+                num_attention_heads=hidden // 64, axes_dims_rope=(8, 28, 28), joint_attention_dim=256,
+                pooled_projection_dim=128)
+
+
+def build_medium(out: Path = DEFAULT_OUT, hidden: int = HIDDEN, blocks: int = BLOCKS,
+                 massive: tuple[int, ...] = MASSIVE, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> Path:
+    """Build (or reuse, when its stamp matches) the pipeline folder; prompt embeds at out/prompt_embeds.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ditf_export.tiny import save_pipeline_folder, tiny_flux_transformer, tiny_vae
+
+    what = {"version": VERSION, "hidden": hidden, "blocks": blocks, "massive": list(massive),
+            "text_tokens": text_tokens, "seed": seed}
+    stamp = out / "medium.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == what:
+        return out
+    tmp = out.with_name(f".{out.name}.building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_pipeline_folder(tmp, {"transformer": tiny_flux_transformer(seed, massive=massive,
+                                                                        **transformer_overrides(hidden, blocks)),
+                                   "vae": tiny_vae(seed + 1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
+        g = torch.Generator().manual_seed(seed)
+        save_file({"prompt_embeds": torch.randn(1, text_tokens, 256, generator=g),
+                   "pooled_prompt_embeds": torch.randn(1, 128, generator=g)}, str(tmp / "prompt_embeds.safetensors"))
+        (tmp / "medium.json").write_text(json.dumps(what, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    folder = build_medium(args.out)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"{folder}: {size / 1e6:.0f} MB on disk")
+
+
+if __name__ == "__main__":
+    main()

@@ -311,6 +311,11 @@ def test_a_consistent_engine_reaches_tensorrt_rtx_which_needs_a_gpu(rtx_engine, 
     assert loader.folder is None  # nothing was loaded
 
 
+def _default_sigint() -> None:
+    """A child inherits an ignored SIGINT; the build must see Ctrl-C as a user's terminal sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_build_leaves_nothing_that_looks_finished(family_export, tmp_path):
     export = linked_copy(family_export("flux", "fp32"), tmp_path / "flux")
     script = Path(sys.executable).parent / "ditf"
@@ -319,7 +324,8 @@ def test_ctrl_c_during_a_build_leaves_nothing_that_looks_finished(family_export,
     # must then have written a whole engine; the cancellation itself has to be seen in one of 4 tries.
     for _ in range(4):
         process = subprocess.Popen(command + ["build-engine", str(export), "--tensorrt", "rtx", *IMAGE_PROFILE],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=_default_sigint)  # fmt: skip
         seen = []
         for line in process.stderr:  # interrupt as the build starts: it lands while parsing or building
             seen.append(line)
@@ -339,7 +345,8 @@ def test_ctrl_c_during_a_build_leaves_nothing_that_looks_finished(family_export,
         assert not (export / "engines").exists() or list((export / "engines").iterdir()) == []
         break
     else:
-        pytest.fail("every build finished before Ctrl-C reached it: the cancellation was never exercised")
+        pytest.fail("every build finished before Ctrl-C reached it: the cancellation was never exercised "
+                    f"(SIGINT in this process: {signal.getsignal(signal.SIGINT)!r})")
 
 
 def test_triton_repo_refuses_an_rtx_engine_for_tensorrt_plan(rtx_engine, tmp_path):

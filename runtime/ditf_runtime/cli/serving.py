@@ -122,12 +122,24 @@ def serve(
     Each request is checked against the memory budget before it runs: one that would not fit gets an
     error saying so (and a size that fits); the server stays up.
     """
-    from ..serving.server import FeatureServer
-
     dirs, weights = _exports(export_dir, models, fuse_weight)
     # SIGTERM (a process manager, `kill`) stops the server like Ctrl-C, start-up included: nothing is left
     # behind. A second signal while stopping is ignored, so the clean-up finishes.
+    # Restored on the way out: run in-process (tests, notebooks), the caller keeps its own handlers.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _interrupt_once)
+    try:
+        _serve(dirs, weights, host, http_port, grpc_port, metrics_port, backend, device, threads, no_verify,
+               max_memory, max_pixels, max_batch_size, max_queue_delay_us, log_file)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _serve(dirs, weights, host, http_port, grpc_port, metrics_port, backend, device, threads, no_verify,
+           max_memory, max_pixels, max_batch_size, max_queue_delay_us, log_file) -> None:
+    from ..serving.server import FeatureServer
+
     server = FeatureServer(
         dirs, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         load=LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify,

@@ -23,8 +23,8 @@ from ditf_runtime.serving.protocol import extract_ports, served_geometry
 from ditf_runtime.serving.triton_repo import TritonOptions, _model_name, write_model_repository
 from serving_helpers import ServerProcess, session_pids
 
-text_format = pytest.importorskip("google.protobuf.text_format")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+text_format = pytest.importorskip("google.protobuf.text_format", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
 
 
 @pytest.fixture(scope="module")

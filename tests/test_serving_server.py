@@ -20,7 +20,7 @@ from runtime_graphs import build_tiny_export
 from serving_helpers import ServerProcess, session_pids
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip install 'ditf-runtime[serve]')")
-pytest.importorskip("tritonclient.http")
+pytest.importorskip("tritonclient.http", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
 from ditf_runtime.serving.client import FeatureClient, ServerError, ServerUnavailable, extract_folder
 
 

@@ -15,8 +15,8 @@ from ditf_runtime.serving.protocol import extract_ports, match_ports
 from ditf_runtime.serving.triton_repo import TritonOptions, write_model_repository
 from runtime_graphs import build_tiny_export
 
-text_format = pytest.importorskip("google.protobuf.text_format")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+text_format = pytest.importorskip("google.protobuf.text_format", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
 
 
 @pytest.fixture(scope="module")

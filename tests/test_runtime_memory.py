@@ -226,3 +226,21 @@ def test_a_workers_ditf_error_reaches_the_driver_unwrapped():
     except RuntimeError as wrapped:
         assert ditf_error_in(RayTaskError(wrapped)) is refusal
     assert ditf_error_in(RayTaskError(ValueError("not ours"))) is None
+
+
+def test_sessions_run_without_memory_pattern_planning():
+    """Memory-pattern planning kept a planned block beside the arena's chunks: from a session's second run on it
+    held about twice the first run's peak (bench/bench_cpu_options.py, memory table) for no speed. Every session
+    ditf opens (runtime, parity, calibration) goes through create_session, which turns it off."""
+    import onnx
+    from ditf_runtime.backends.onnxrt import create_session
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.checker.check_model(model)
+    session = create_session(model.SerializeToString())
+    assert session.get_session_options().enable_mem_pattern is False
+    assert session.run(["y"], {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]

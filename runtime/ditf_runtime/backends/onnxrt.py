@@ -97,6 +97,10 @@ def create_session(
     options.log_severity_level = int(log_level)
     if threads is not None:
         options.intra_op_num_threads = int(threads)
+    # Memory-pattern planning allocates one block per planned run beside the arena's own chunks: from the second
+    # run on, a session held about twice the first run's peak (medium model, 512x512, E=8: 6.5 GB vs 3.7 GB) for
+    # no speed (bench/bench_cpu_options.py: 1.00x). Servers, batch jobs and parity all run a session repeatedly.
+    options.enable_mem_pattern = False
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -242,18 +242,19 @@ def has_external_tensors(model: onnx.ModelProto) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
-def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None, store: TensorStore | None = None):
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None, store: TensorStore | None = None,
+            disabled_optimizers: Sequence[str] = ()):
     """A CPU onnxruntime session (ditf_runtime's create_session) of a file or a model proto.
 
     A proto whose weights live on disk (loaded with tensors.load_graph, or being rewritten through `store`)
     is written without them to a small file in the store's folder and opened from there. An in-memory model at or
     over the runtime's in-memory limit (protobuf's 2 GB) is never serialised: it is written with external
-    data to a temporary folder and opened by path.
+    data to a temporary folder and opened by path. disabled_optimizers: onnxruntime graph transformers to skip.
     """
     from ditf_runtime.backends.onnxrt import MAX_IN_MEMORY_MODEL_BYTES, create_session
 
     if not isinstance(model, onnx.ModelProto):
-        return create_session(model, threads=threads)
+        return create_session(model, threads=threads, disabled_optimizers=disabled_optimizers)
     if has_external_tensors(model):
         if store is None or store.base_dir is None:
             raise ValueError("this model's weights are on disk: pass the TensorStore that reads them")
@@ -266,12 +267,12 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = No
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(model.SerializeToString())
-            return create_session(tmp, threads=threads)
+            return create_session(tmp, threads=threads, disabled_optimizers=disabled_optimizers)
         finally:
             os.unlink(tmp)
     if model.ByteSize() < MAX_IN_MEMORY_MODEL_BYTES:
-        return create_session(model.SerializeToString(), threads=threads)
+        return create_session(model.SerializeToString(), threads=threads, disabled_optimizers=disabled_optimizers)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ditf-calib-") as tmp:
-        return create_session(save(model, Path(tmp) / "model.onnx", keep_in_memory=True), threads=threads)
+        return create_session(save(model, Path(tmp) / "model.onnx", keep_in_memory=True), threads=threads, disabled_optimizers=disabled_optimizers)

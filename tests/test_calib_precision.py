@@ -90,6 +90,27 @@ def test_fp16_graph_and_twin_within_tolerance(fp32_model, feeds):
     refuse_if_out_of_range(twin_islands, ranges)  # no raise
 
 
+def test_range_check_keeps_the_twins_weights_low_precision(fp32_model, feeds, monkeypatch):
+    """The emulated twin's range check opens its session without constant folding: folded, onnxruntime kept an
+    fp32 copy of every Cast-up weight plus a pre-packed one (2.1x the kept fp32 weights at real FLUX dimensions,
+    bench/bench_export_memory.py --standin). The unfolded twin computes the same ranges."""
+    from ditf_runtime.backends import onnxrt
+
+    twin, twin_islands = to_low_precision(fp32_model, "fp16", emulate=True)
+    expected = G.session(twin).run(None, feeds[0])[0]  # folded, as any other session
+    real, asked = onnxrt.create_session, []
+
+    def recording(*args, **kwargs):
+        asked.append(tuple(kwargs.get("disabled_optimizers", ())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxrt, "create_session", recording)
+    ranges = check_ranges(twin, twin_islands, feeds[:1])
+    assert asked == [("ConstantFolding",)]
+    np.testing.assert_allclose(ranges.first_output, expected, rtol=1e-5, atol=1e-6)
+    assert ranges.headroom > 100
+
+
 def test_bf16_typed_graph_is_valid_and_its_twin_matches(fp32_model, feeds):
     typed, islands = to_low_precision(fp32_model, "bf16")
     twin, twin_islands = to_low_precision(fp32_model, "bf16", emulate=True)

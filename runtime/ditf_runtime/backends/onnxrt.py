@@ -68,6 +68,7 @@ def create_session(
     providers: Sequence[Any] | None = None,
     threads: int | None = None,
     log_level: int = 3,
+    disabled_optimizers: Sequence[str] = (),
 ):
     """The one way ditf opens an onnxruntime InferenceSession (runtime, exporter parity, calibration).
 
@@ -75,6 +76,7 @@ def create_session(
     providers: default CPU only. Every provider asked for must be available and still active once the
     session exists: no silent fallback. threads: intra-op threads (default: onnxruntime's).
     log_level: onnxruntime's severity (3 = errors only; provider placement chatter is not for users).
+    disabled_optimizers: onnxruntime graph transformers to skip, by name (e.g. "ConstantFolding").
     """
     ort = import_onnxruntime()
     if isinstance(model, (bytes, bytearray)):
@@ -102,7 +104,8 @@ def create_session(
     # no speed (bench/bench_cpu_options.py: 1.00x). Servers, batch jobs and parity all run a session repeatedly.
     options.enable_mem_pattern = False
     try:
-        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+        session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise BackendError(f"onnxruntime cannot load {what}: {exc}") from exc
     _require_active(requested, session.get_providers())

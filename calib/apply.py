@@ -55,6 +55,7 @@ class PrecisionResult:
     backend: str | None = None  # set when parity does not run the written graph itself
     report: Mapping[str, Any] = field(default_factory=dict)  # the manifest's parity["precision"], less "precision"
     scratch: Path | None = None  # folder holding parity_model when it is not the written graph
+    disabled_optimizers: tuple[str, ...] = ()  # onnxruntime graph transformers parity's session must skip
 
     def cleanup(self) -> None:
         if self.scratch is not None:
@@ -91,7 +92,7 @@ def apply_precision(model_path: Path, precision: Precision, *, check_feeds: Sequ
 def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: Callable[[str], None],
                progress: Progress | None) -> PrecisionResult:
     """fp16 / bf16: write the twin, check ranges on it, then write the typed graph in place."""
-    from .precision import FP16_WARN_HEADROOM, check_ranges, refuse_if_out_of_range, to_low_precision
+    from .precision import UNFOLDED, FP16_WARN_HEADROOM, check_ranges, refuse_if_out_of_range, to_low_precision
 
     where = f"the Cast-emulated {precision} twin on onnxruntime CPU"
     # beside the graph (same file system; removed with the export's staging folder if the process dies)
@@ -121,7 +122,7 @@ def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: C
 
         from .graph import session
 
-        typed_out = session(model_path).run(None, dict(feeds[0]))[0]
+        typed_out = session(model_path, disabled_optimizers=UNFOLDED).run(None, dict(feeds[0]))[0]
         report["typed_graph_on_onnxruntime_vs_twin_min_cosine"] = compare(typed_out, ranges.first_output,
                                                                           precision).min_cosine
     report["parity_on"] = "Cast-emulated twin"
@@ -129,7 +130,7 @@ def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: C
                f"f32->{precision}->f32 rounding of every island input, weight and output; "
                + ("the typed bf16 graph needs a GPU)" if precision == Precision.BF16 else
                   "onnxruntime CPU computes FP16 GEMMs of the typed graph in FP32)"))
-    return PrecisionResult(precision, twin_path, backend, report, scratch)
+    return PrecisionResult(precision, twin_path, backend, report, scratch, disabled_optimizers=UNFOLDED)
 
 
 def _int8(model_path: Path, calibration: CalibrationSet, feeds: list[Feed], config,

@@ -271,6 +271,13 @@ class RangeReport:
         return d
 
 
+# onnxruntime sessions of a graph whose weights are stored fp16/bf16 and Cast up to fp32 on the CPU (the emulated twin
+# does it in the graph, onnxruntime inserts the Casts into the typed fp16 graph): constant folding would keep an fp32
+# copy of every weight beside the low one, and pre-pack a second for its GEMMs (FLUX stand-in at real dimensions:
+# 2.1x the kept fp32 weights). Unfolded, the Casts run in each call and the weights stay in the low type.
+UNFOLDED = ("ConstantFolding",)
+
+
 def check_ranges(model: onnx.ModelProto, islands: Islands, feeds: Iterable[Mapping[str, np.ndarray]],
                  progress: Callable[[Iterable, str], Iterable] | None = None,
                  store: TensorStore | None = None) -> RangeReport:
@@ -286,11 +293,7 @@ def check_ranges(model: onnx.ModelProto, islands: Islands, feeds: Iterable[Mappi
     tensors = {lo: low_type for lo in islands.low_tensors.values()}
     final = [o.name for o in probe_model.graph.output]
     probes = reduction_probes(probe_model, tensors)
-    # The emulated twin stores its weights in the low type and Casts them up to fp32: onnxruntime's constant folding
-    # would keep an fp32 copy of every weight, and pre-pack a second one for its GEMMs (stand-in at real FLUX
-    # dimensions: 2.1x the kept fp32 weights). Unfolded, the Casts run per call and the weights stay low-precision.
-    sess = session(probe_model, store=store,
-                   disabled_optimizers=("ConstantFolding",) if islands.emulated else ())
+    sess = session(probe_model, store=store, disabled_optimizers=UNFOLDED)
     names = [n for pair in probes.values() for n in pair] + final
     max_abs = {t: 0.0 for t in islands.low_tensors}
     bad: set[str] = set()

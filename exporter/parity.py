@@ -173,13 +173,15 @@ def save_reference(case: ParityCase, io: GraphIO, path: Path) -> None:
 
 def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, precision: Precision,
                backend: str | None = None, precision_report: Mapping[str, Any] | None = None,
-               say: Callable[[str], None] = lambda line: None) -> ParityReport:
+               say: Callable[[str], None] = lambda line: None,
+               disabled_optimizers: tuple[str, ...] = ()) -> ParityReport:
     """Run `onnx_path` on every case's inputs (one onnxruntime session) and compare with its reference.
 
     backend: what runs onnx_path, when it is not the written graph itself (an emulated twin).
     say: gets each case's summary line as soon as it is judged (cases take minutes on large models).
+    disabled_optimizers: onnxruntime graph transformers the session skips (an emulated twin's: its precision step's).
     """
-    session = create_session(onnx_path)
+    session = create_session(onnx_path, disabled_optimizers=disabled_optimizers)
     results, summary = [], []
     for case in cases:
         got = [in_batches(lambda part: session.run(list(io.output_names), dict(part))[0], feed, io)

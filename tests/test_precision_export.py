@@ -156,7 +156,8 @@ def test_no_onnxruntime_session_while_the_pytorch_module_lives(tmp_path, flux_ti
         gc.collect()
         alive = sum(ref() is not None for ref in tensors)
         assert tensors and not alive, f"an onnxruntime session opened while {alive} PyTorch tensors were alive"
-        opened.append(args[0] if isinstance(args[0], (str, Path)) else "in-memory graph")
+        opened.append((args[0] if isinstance(args[0], (str, Path)) else "in-memory graph",
+                       tuple(kwargs.get("disabled_optimizers", ()))))
         return real_session(*args, **kwargs)
 
     monkeypatch.setattr(export_mod, "build_graph", build)
@@ -165,6 +166,8 @@ def test_no_onnxruntime_session_while_the_pytorch_module_lives(tmp_path, flux_ti
     export(ExportRequest(model=str(flux_tiny_dir), out=tmp_path / "out", layer=3, discard="7,41", ensemble=2,
                          image_size=64, text_max_length=32, precision="fp16", calib_images=IMAGES))
     assert len(opened) >= 3  # range check, typed graph, parity: the check above really ran
+    # every session of a graph with fp16-stored weights skips constant folding (else fp32 copies of every weight)
+    assert [folding for _, folding in opened] == [("ConstantFolding",)] * len(opened), opened
 
 
 def test_int8_is_decided_by_held_out_real_images_not_random_inputs(tmp_path, flux_tiny_dir):

@@ -188,7 +188,8 @@ def reduction_probes(model: onnx.ModelProto, tensors: dict[str, int],
     Each probe's nodes go right after the node that makes its tensor: onnxruntime orders a graph by a
     depth-first walk from its outputs taken in node order, so probes appended at the end would run after
     the whole graph and keep every probed tensor alive until then (measured: 3.6x the kept weights of a
-    FLUX stand-in in an fp16 range check); placed here, each tensor is reduced and freed as it is made.
+    FLUX stand-in in an fp16 range check); placed here, and run in this order (`session` asks onnxruntime for
+    its priority-based order, which follows node order), each tensor is reduced and freed as it is made.
     """
     channels = channels or {}
     probes: dict[str, tuple[str, str]] = {}
@@ -250,11 +251,18 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = No
     is written without them to a small file in the store's folder and opened from there. An in-memory model at or
     over the runtime's in-memory limit (protobuf's 2 GB) is never serialised: it is written with external
     data to a temporary folder and opened by path. disabled_optimizers: onnxruntime graph transformers to skip.
+
+    Nodes run in the graph's order (priority_order): calibration and range checks place each probe right after
+    the node whose tensor it reduces, so the tensor is freed as soon as it is made; onnxruntime's default order
+    did not follow that (bf16 range check, medium model, 256x256: 2.56 GB resident against 1.43 GB).
     """
     from ditf_runtime.backends.onnxrt import MAX_IN_MEMORY_MODEL_BYTES, create_session
 
+    def open_session(source):
+        return create_session(source, threads=threads, disabled_optimizers=disabled_optimizers, priority_order=True)
+
     if not isinstance(model, onnx.ModelProto):
-        return create_session(model, threads=threads, disabled_optimizers=disabled_optimizers)
+        return open_session(model)
     if has_external_tensors(model):
         if store is None or store.base_dir is None:
             raise ValueError("this model's weights are on disk: pass the TensorStore that reads them")
@@ -267,12 +275,12 @@ def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = No
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(model.SerializeToString())
-            return create_session(tmp, threads=threads, disabled_optimizers=disabled_optimizers)
+            return open_session(tmp)
         finally:
             os.unlink(tmp)
     if model.ByteSize() < MAX_IN_MEMORY_MODEL_BYTES:
-        return create_session(model.SerializeToString(), threads=threads, disabled_optimizers=disabled_optimizers)
+        return open_session(model.SerializeToString())
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ditf-calib-") as tmp:
-        return create_session(save(model, Path(tmp) / "model.onnx", keep_in_memory=True), threads=threads, disabled_optimizers=disabled_optimizers)
+        return open_session(save(model, Path(tmp) / "model.onnx", keep_in_memory=True))

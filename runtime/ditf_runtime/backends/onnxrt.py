@@ -69,6 +69,7 @@ def create_session(
     threads: int | None = None,
     log_level: int = 3,
     disabled_optimizers: Sequence[str] = (),
+    priority_order: bool = False,
 ):
     """The one way ditf opens an onnxruntime InferenceSession (runtime, exporter parity, calibration).
 
@@ -77,6 +78,8 @@ def create_session(
     session exists: no silent fallback. threads: intra-op threads (default: onnxruntime's).
     log_level: onnxruntime's severity (3 = errors only; provider placement chatter is not for users).
     disabled_optimizers: onnxruntime graph transformers to skip, by name (e.g. "ConstantFolding").
+    priority_order: run nodes in the graph's own order where dependencies allow (onnxruntime's priority-based
+    execution order); the default order walks the graph depth-first from its outputs instead.
     """
     ort = import_onnxruntime()
     if isinstance(model, (bytes, bytearray)):
@@ -103,6 +106,8 @@ def create_session(
     # run on, a session held about twice the first run's peak (medium model, 512x512, E=8: 6.5 GB vs 3.7 GB) for
     # no speed (bench/bench_cpu_options.py: 1.00x). Servers, batch jobs and parity all run a session repeatedly.
     options.enable_mem_pattern = False
+    if priority_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     try:
         extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
         session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)

@@ -119,6 +119,47 @@ def time_group(name: str, export_dir: Path, recipe, image, noise, io, sizes, thr
             "outputs": outputs, "reports": reports, "peaks": peaks, "parts": parts}
 
 
+def measure_group(name: str, export_dir: Path, folder: Path, embeds: Path, layer: int, size: int, ensemble: int,
+                  threads: int, repeats: int, count_recipe: bool) -> dict:
+    """One precision's group in a process of its own (its sessions' and the recipe's memory leaves with it: in one
+    process, groups measured one after the other reached 24.0 GB on the 24 GB machine). The recipe's warm-up is its
+    reference run (posterior mean); with count_recipe, also its FLOP count."""
+    import resource
+
+    from ditf_calib.graph_io import Sizes, diffusion_io
+    from ditf_runtime.manifest import Manifest
+
+    torch.set_num_threads(threads)
+    image, noise = inputs(size, ensemble)
+    recipe = AuthorsRecipe(folder, layer, embeds)
+    recipe_flops = recipe.count_flops(image, noise) if count_recipe else None
+    reference = recipe(image, noise, sample=False)
+    recipe.best.clear()  # the warm-up's times are not a measurement
+    geometry = Manifest.load(export_dir).geometry
+    io = diffusion_io(geometry.latent_channels, geometry.feature_channels, geometry.vae_stride,
+                      geometry.feature_stride // geometry.vae_stride)
+    sizes = Sizes(batch=1, ensemble=ensemble, height=size, width=size)
+    group = time_group(name, export_dir, recipe, image, noise, io, sizes, threads, repeats)
+    group.update(recipe_flops=recipe_flops, reference=reference, recipe_parts=dict(recipe.best),
+                 peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return group
+
+
+def inputs(size: int, ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and the noise every pipeline gets (same seed in every process)."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, size, size, generator=g) * 2 - 1
+    noise = torch.randn(1, ensemble, 16, size // 8, size // 8, generator=g)
+    return image, noise
+
+
+def in_child(fn, *args):
+    """fn(*args) in a fresh spawned process: what it allocated (GBs, not all returned to the system by the
+    allocators) is gone when it returns."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
@@ -134,10 +175,6 @@ def main() -> None:
                     help="also an int8 export with the encoder's convolutions quantized (--int8-convs; on these "
                          "random-weight models it fails the export's int8 gates, which the run then prints)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    from ditf_calib.graph_io import Sizes, diffusion_io
-    from ditf_runtime.manifest import Manifest
 
     load = os.getloadavg()
     s, e = args.size, args.ensemble
@@ -145,36 +182,27 @@ def main() -> None:
         tmp = Path(tmp)
         folder, embeds, layer = build_medium(tmp, args.hidden, args.blocks, args.text_tokens)
         t0 = time.perf_counter()
-        # in a process of its own: what the exports and the INT8 calibration allocated (GBs, not all returned to the
-        # system by the allocators) must not stay resident while the pipelines are timed
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            dirs = pool.submit(export_all, folder, embeds, layer, s, tmp, not args.no_int8, args.int8_convs,
-                               args.calib_size).result()
+        dirs = in_child(export_all, folder, embeds, layer, s, tmp, not args.no_int8, args.int8_convs, args.calib_size)
         export_s = time.perf_counter() - t0
-        g = torch.Generator().manual_seed(0)
-        image = torch.rand(1, 3, s, s, generator=g) * 2 - 1
-        noise = torch.randn(1, e, 16, s // 8, s // 8, generator=g)
-        recipe = AuthorsRecipe(folder, layer, embeds)
-        recipe_flops = recipe.count_flops(image, noise)  # also the recipe's warm-up
-        reference = recipe(image, noise, sample=False)
-        geometry = Manifest.load(dirs["fp32"]).geometry
-        io = diffusion_io(geometry.latent_channels, geometry.feature_channels, geometry.vae_stride,
-                          geometry.feature_stride // geometry.vae_stride)
-        sizes = Sizes(batch=1, ensemble=e, height=s, width=s)
-        groups = {name: time_group(name, d, recipe, image, noise, io, sizes, args.threads, args.repeats)
-                  for name, d in dirs.items()}
+        groups = {name: in_child(measure_group, name, d, folder, embeds, layer, s, e, args.threads, args.repeats,
+                                 i == 0)
+                  for i, (name, d) in enumerate(dirs.items())}
+    first = next(iter(groups.values()))
+    reference, recipe_flops = first["reference"], first["recipe_flops"]
     print(f"\nmedium FLUX-architecture model: hidden {args.hidden}, {args.blocks}+{args.blocks} blocks, layer {layer}, "
           f"{args.text_tokens} text tokens, FLUX-size VAE; image {s}x{s}, E={e}, {args.threads} threads; best of "
-          f"{args.repeats} (pipelines taking turns, one group per precision; the recipe ran in every group), spread = "
-          f"(worst - best) / best; exports took {export_s:.0f} s; load average {load[0]:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after")
+          f"{args.repeats} (pipelines taking turns, one group per precision, each in a process of its own; the recipe "
+          f"ran in every group), spread = (worst - best) / best; exports took {export_s:.0f} s; load average "
+          f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after; peak RSS per group: "
+          + ", ".join(f"{name} {g['peak_rss'] / 1e9:.1f} GB" for name, g in groups.items()))
     recipe_best = Timing([t for g in groups.values() for t in g["timings"][RECIPE].times])
     print_pipelines(recipe_best, groups, reference)
     # torch's FlopCounterMode misses CPU attention: add the attention the ONNX counts (the VAE's E times)
     dense = groups["fp32"]["reports"]["ditf fp32, model.onnx"]
     recipe_flops["vae"] += e * dense.part("vae").flops["attention"]
     recipe_flops["transformer"] += dense.part("transformer").flops["attention"]
-    print_roofline(recipe_best, recipe_flops, dict(recipe.best), groups, e, args.text_tokens)
+    recipe_parts = {part: min(g["recipe_parts"][part] for g in groups.values()) for part in first["recipe_parts"]}
+    print_roofline(recipe_best, recipe_flops, recipe_parts, groups, e, args.text_tokens)
 
 
 def print_pipelines(authors: Timing, groups: dict, reference) -> None:

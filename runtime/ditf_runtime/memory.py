@@ -35,10 +35,10 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from .errors import InputError
+from .host_memory import available_memory
 from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
 from .preprocess import model_size
 
@@ -152,61 +152,6 @@ def estimate(manifest: Manifest, shape: RunShape) -> MemoryEstimate:
     attention = int(ATTENTION_COPIES * b * e * f * work.heads * pairs * score_bytes)
     stream = int(STREAM_COPIES * b * e * f * sequence * max(work.ffn_dim, 1) * 4)
     return MemoryEstimate(int(WEIGHT_COPIES * weight_bytes(manifest)), vae, attention, stream, note=note)
-
-
-# -- how much there is ------------------------------------------------------------------------------
-
-
-def available_memory(device: str = "cpu") -> int | None:
-    """Bytes a run may still use: MemAvailable (within this process's cgroup limit) on the CPU, free GPU
-    memory for CUDA (through cuda-python, when installed); None when it cannot be measured."""
-    if device == "cuda":
-        return _free_gpu_memory()
-    available = _meminfo_available()
-    limit = _cgroup_room()
-    if available is None:
-        return limit
-    return available if limit is None else min(available, limit)
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # other Unixes: free physical pages
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_room() -> int | None:
-    """Room left under a container's memory limit (cgroup v2, else v1); None without a limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit_text = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit_text == "max" or int(limit_text) >= 1 << 60:  # no limit (v1 writes a huge number)
-            return None
-        return max(0, int(limit_text) - usage)
-    return None
-
-
-def _free_gpu_memory() -> int | None:
-    from .backends.trt.flavors import import_cudart  # the one place that knows where cuda-python keeps it
-    from .errors import BackendError
-
-    try:
-        error, free, _total = import_cudart().cudaMemGetInfo()
-    except (BackendError, Exception):  # noqa: BLE001 - no cuda-python, no driver, no device: cannot tell
-        return None
-    return int(free) if int(error) == 0 else None
 
 
 def parse_bytes(text: str) -> int:

@@ -259,7 +259,7 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
         fused = estimate_runs([(m, replace(shape, fused_attention=True)) for m, shape in runs])
         if _bytes_needed(fused, counts_weights, copies) <= budget:  # worth saying only where it fits
             advice += (", or `ditf optimize-cpu EXPORT` makes a CPU variant whose attention memory grows linearly "
-                       f"(about {fused.describe(loaded=not counts_weights)} here)")
+                       f"(it would need about {gib(_bytes_needed(fused, counts_weights, copies))})")
     workers = f" x {copies} workers" if copies > 1 else ""
     note = f" ({need_estimate.note})" if need_estimate.note else ""
     what = runs[0][1].describe() if len(runs) == 1 else "fused run of " + " and ".join(

@@ -57,13 +57,14 @@ from .preprocess import model_size
 GIB = 1 << 30
 MIB = 1 << 20
 
-# Live tensors of each kind at the peak, calibrated on onnxruntime's CPU provider (bench/bench_memory.py: predicted
-# activations 1.05-2.02x, median 1.19x, the measured ones over 19 shapes at 512-1536 px; never below).
+# Live tensors of each kind at the peak, calibrated on onnxruntime's CPU provider (bench/bench_memory.py, peak after a
+# session's second run: predicted activations 1.11-1.84x the measured ones for model.onnx over 13 shapes at 512-1024
+# px, 1.07-1.77x for the CPU variant over 9 shapes at 512-2048 px; never below).
 ATTENTION_COPIES = 2.5  # [heads, N, N]: scores, softmax, part of the next
 VAE_ATTENTION_COPIES = 2.0  # the VAE mid-block's one-head [n, n] attention
-VAE_CONV_COPIES = 6.0  # [c0, H, W] activations of the VAE's full-resolution blocks (NCHWc reorders included)
+VAE_CONV_COPIES = 6.0  # [c0, H, W] activations of the VAE's full-resolution blocks (the CPU variant's peak)
 STREAM_COPIES = 2.0  # [N, ffn_dim]: the MLP's hidden activations
-FUSED_ATTENTION_COPIES = 2.0  # cpu_variant.attention_bytes(fused=True) per call: calibrated like the rest
+FUSED_ATTENTION_COPIES = 2.0  # x cpu_variant.attention_bytes(fused=True): conservative (under the VAE's peak)
 WEIGHT_COPIES = 1.5  # resident bytes per weight byte (onnxruntime keeps pre-packed GEMM weights too)
 RUNTIME_OVERHEAD = 32 * MIB  # thread pools, arenas' slack, small tensors
 

@@ -1,13 +1,17 @@
 """The runtime's memory estimate (ditf_runtime.memory) against measured peak RSS, side by side.
 
-Each shape runs in a fresh process (peak RSS is per process): load the export, run the graph once on
-onnxruntime's CPU provider, read VmHWM. Printed per shape: the predicted weights and activations, the
-measured ones (RSS after loading minus before; peak minus after loading) and predicted / measured
-(the estimate is meant to be an upper bound: ratios >= 1, not far above).
+Each shape runs in a fresh process (peak RSS is per process): load the export, run the graph twice on
+onnxruntime's CPU provider (a server or a batch job runs its session many times: the second run is
+where a session's memory planning would show), read VmHWM after each run. Printed per shape: the graph
+(model.onnx with dense attention, or the CPU variant model.cpu.onnx with fused attention), the predicted
+weights and activations, the measured ones (RSS after loading minus before; peak minus after loading,
+after run 1 and after run 2) and predicted / measured after run 2 (the estimate is meant to be an upper
+bound: ratios >= 1, not far above).
 
-    python bench/bench_memory.py                       # flux-tiny at 256..1024 px, E 1..8, batch 1..2
+    python bench/bench_memory.py                       # flux-tiny: model.onnx at 256..1024 px, E 1..8, batch 1..2,
+                                                       # its CPU variant at 512..2048 px
     python bench/bench_memory.py --medium              # also a FLUX-like model with FLUX's VAE widths
-    python bench/bench_memory.py --export DIR --shape 640x640x8x1 ...
+    python bench/bench_memory.py --export DIR --shape 640x640x8x1 [--cpu-variant] ...
 
 Needs up to ~8 GB at the largest default shape: run it under the shared lock on a shared machine.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +28,10 @@ from pathlib import Path
 
 TINY_SHAPES = ("256x256x2x1", "512x512x1x1", "512x512x8x1", "768x768x1x1", "768x768x2x1", "768x768x8x1",
                "768x768x2x2", "1024x512x2x1", "1024x1024x1x1", "1024x1024x8x1")
+TINY_VARIANT_SHAPES = ("512x512x2x1", "1024x1024x2x1", "1536x1536x2x1", "2048x2048x2x1", "2048x2048x8x1",
+                       "1024x1024x2x2")
 MEDIUM_SHAPES = ("256x256x1x1", "512x512x1x1", "512x512x4x1", "640x640x2x1", "768x768x1x1")
+MEDIUM_VARIANT_SHAPES = ("512x512x4x1", "1024x1024x2x1", "1536x1536x1x1")
 
 CHILD = r"""
 import json, sys
@@ -37,44 +45,62 @@ def status():
             found[key] = int(value.split()[0]) * 1024
     return found
 
-export, h, w, e, b = sys.argv[1], *map(int, sys.argv[2:6])
+export, h, w, e, b, choice = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
 import ditf_runtime
 before = status()["VmRSS"]
-extractor = ditf_runtime.load(export, threads=2, max_memory=1 << 50)  # measure, never refuse
+extractor = ditf_runtime.load(export, threads=2, max_memory=1 << 50, cpu_variant=choice)  # measure, never refuse
 loaded = status()["VmRSS"]
 g = extractor.geometry
 rng = np.random.default_rng(0)
 image = rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32)
 noise = rng.standard_normal((b, e, g.latent_channels, h // g.vae_stride, w // g.vae_stride)).astype(np.float32)
-extractor.run(image, noise)
-print(json.dumps({"before": before, "loaded": loaded, "peak": status()["VmHWM"]}))
+peaks = []
+for _ in range(2):
+    extractor.run(image, noise)
+    peaks.append(status()["VmHWM"])
+print(json.dumps({"before": before, "loaded": loaded, "peaks": peaks, "fused": extractor.graph.fused_attention}))
 """
 
 
-def measure(export: Path, h: int, w: int, e: int, b: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(export), str(h), str(w), str(e), str(b)],
-                         check=True, capture_output=True, text=True)
+def measure(export: Path, h: int, w: int, e: int, b: int, variant: bool) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(export), str(h), str(w), str(e), str(b),
+                          "on" if variant else "off"], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def table(export: Path, shapes: list[str]) -> None:
+def table(export: Path, shapes: list[str], variant: bool = False) -> list[float]:
+    """Prints one row per shape; returns the ratios predicted / measured (activations, after run 2)."""
     from ditf_runtime.manifest import Manifest
     from ditf_runtime.memory import RunShape, estimate
 
     manifest = Manifest.load(export)
     mib = 1 << 20
-    print(f"\n{manifest.model_name}: {manifest.geometry.feature_channels} channels, "
+    graph = "model.cpu.onnx (fused attention)" if variant else "model.onnx (dense attention)"
+    print(f"\n{manifest.model_name}, {graph}: {manifest.geometry.feature_channels} channels, "
           f"workload {manifest.workload}")
-    print(f"{'H x W, E, B':<20}{'weights pred/meas MiB':>24}{'activations pred/meas MiB':>28}{'ratio':>8}")
+    print(f"{'H x W, E, B':<20}{'weights pred/meas MiB':>23}{'activations pred / run 1 / run 2 MiB':>38}"
+          f"{'ratio':>7}")
+    ratios = []
     for text in shapes:
         h, w, e, b = (int(v) for v in text.split("x"))
-        got = measure(export, h, w, e, b)
-        predicted = estimate(manifest, RunShape(b, e, h, w))
-        weights, activations = got["loaded"] - got["before"], got["peak"] - got["loaded"]
+        got = measure(export, h, w, e, b, variant)
+        assert got["fused"] == variant, f"{export}: expected fused attention {variant}, the graph says {got['fused']}"
+        predicted = estimate(manifest, RunShape(b, e, h, w, fused_attention=variant))
+        weights = got["loaded"] - got["before"]
+        run1, run2 = (peak - got["loaded"] for peak in got["peaks"])
+        ratios.append(predicted.activations / max(run2, 1))
         print(f"{f'{h}x{w}, E={e}, B={b}':<20}"
-              f"{f'{predicted.weights / mib:.0f} / {weights / mib:.0f}':>24}"
-              f"{f'{predicted.activations / mib:.0f} / {activations / mib:.0f}':>28}"
-              f"{predicted.activations / max(activations, 1):>8.2f}", flush=True)
+              f"{f'{predicted.weights / mib:.0f} / {weights / mib:.0f}':>23}"
+              f"{f'{predicted.activations / mib:.0f} / {run1 / mib:.0f} / {run2 / mib:.0f}':>38}"
+              f"{ratios[-1]:>7.2f}", flush=True)
+    return ratios
+
+
+def summary(name: str, ratios: list[float]) -> None:
+    if ratios:
+        ordered = sorted(ratios)
+        print(f"{name}: predicted / measured {ordered[0]:.2f}-{ordered[-1]:.2f}, median "
+              f"{ordered[len(ordered) // 2]:.2f}, over {len(ratios)} shapes")
 
 
 def export_model(kind: str, tmp: Path) -> Path:
@@ -108,15 +134,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export", type=Path, default=None, help="Measure this export folder instead.")
     ap.add_argument("--shape", action="append", default=None, help="HxWxExB (repeatable).")
+    ap.add_argument("--cpu-variant", action="store_true", help="With --export: run its CPU variant.")
     ap.add_argument("--medium", action="store_true", help="Also a FLUX-like model with FLUX's VAE widths.")
     args = ap.parse_args()
     if args.export is not None:
-        table(args.export, args.shape or list(TINY_SHAPES))
+        summary("this export", table(args.export, args.shape or list(TINY_SHAPES), args.cpu_variant))
         return
+    from ditf_runtime.cpu_rewrite import make_cpu_variant
+
+    dense, fused = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        table(export_model("flux-tiny", Path(tmp)), args.shape or list(TINY_SHAPES))
+        os.environ["DITF_CACHE"] = str(Path(tmp) / "cache")  # flux-tiny is built there, not in the user's cache
+        models = [("flux-tiny", TINY_SHAPES, TINY_VARIANT_SHAPES)]
         if args.medium:
-            table(export_model("medium", Path(tmp)), args.shape or list(MEDIUM_SHAPES))
+            models.append(("medium", MEDIUM_SHAPES, MEDIUM_VARIANT_SHAPES))
+        for kind, shapes, variant_shapes in models:
+            export = export_model(kind, Path(tmp))
+            make_cpu_variant(export)
+            dense += table(export, args.shape or list(shapes))
+            fused += table(export, args.shape or list(variant_shapes), variant=True)
+    print()
+    summary("model.onnx", dense)
+    summary("CPU variant", fused)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,19 @@ def flux_tiny_export(tmp_path_factory, flux_tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flux_tiny_cpu_variant(tmp_path_factory, flux_tiny_export) -> Path:
+    """A copy of flux_tiny_export with its CPU variant (`ditf optimize-cpu`): model.cpu.onnx + model.cpu.json."""
+    import shutil
+
+    from ditf_runtime.cpu_rewrite import make_cpu_variant
+
+    out = tmp_path_factory.mktemp("cpu-variant") / "export"
+    shutil.copytree(flux_tiny_export, out)
+    make_cpu_variant(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def flux_tiny_export_double(tmp_path_factory, flux_tiny_dir) -> Path:
     """flux-tiny exported at layer 1 (the last double-stream block)."""
     out = tmp_path_factory.mktemp("exports") / "flux-tiny-l1"

@@ -28,10 +28,8 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def variant_dir(tmp_path_factory, flux_tiny_export):
-    out = _copy(flux_tiny_export, tmp_path_factory.mktemp("cpu-variant") / "export")
-    make_cpu_variant(out)
-    return out
+def variant_dir(flux_tiny_cpu_variant):
+    return flux_tiny_cpu_variant  # shared with the memory guard's tests (conftest.py): read, never changed here
 
 
 def test_variant_files_and_record(variant_dir):
@@ -88,6 +86,21 @@ def test_selection_rules(variant_dir, flux_tiny_export):
     assert not none.variant and "optimize-cpu" in none.reason
     with pytest.raises(BackendError, match="no CPU variant"):
         choose_graph(flux_tiny_export, plain, on_cpu=True, choice="on")
+
+
+def test_the_choice_says_whether_attention_is_fused(variant_dir, tmp_path):
+    """What the memory guard reads (memory.RunShape.fused_attention): every attention of the variant is fused;
+    a record saying some attention stayed dense (a Softmax the rewrite did not match) keeps the dense estimate."""
+    manifest = Manifest.load(variant_dir)
+    assert choose_graph(variant_dir, manifest, on_cpu=True).fused_attention
+    assert not choose_graph(variant_dir, manifest, on_cpu=True, choice="off").fused_attention
+    assert not choose_graph(variant_dir, manifest, on_cpu=False).fused_attention
+    partial = _copy(variant_dir, tmp_path / "partial")
+    record = json.loads((partial / RECORD_FILE).read_text())
+    record["rewrites"]["attention_fused"] -= 1
+    (partial / RECORD_FILE).write_text(json.dumps(record))
+    choice = choose_graph(partial, manifest, on_cpu=True)
+    assert choice.variant and not choice.fused_attention
 
 
 def test_load_uses_the_variant_on_the_cpu_only(variant_dir):

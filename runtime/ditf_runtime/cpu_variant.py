@@ -93,6 +93,8 @@ class GraphChoice:
     path: Path
     variant: bool
     reason: str
+    # every attention of the graph is the fused kernel (no [heads, N, N] scores): what the memory estimate uses
+    fused_attention: bool = False
 
 
 def source_hashes(manifest: Manifest) -> dict[str, str]:
@@ -138,8 +140,10 @@ def choose_graph(export_dir: Path, manifest: Manifest, *, on_cpu: bool, choice: 
         why = (f"{VARIANT_FILE} has no {RECORD_FILE} (an interrupted ditf optimize-cpu?): not used; {MAKE_IT} again"
                if orphan else f"no CPU variant ({MAKE_IT})")
         return GraphChoice(plain, False, why)
-    check_variant(export_dir, manifest)
-    return GraphChoice(export_dir / VARIANT_FILE, True, f"CPU variant {VARIANT_FILE} (see {RECORD_FILE})")
+    rewrites = check_variant(export_dir, manifest).rewrites
+    # Softmaxes the rewrite could not match stay dense attention: the memory estimate must then stay dense too.
+    fused = rewrites.get("attention_fused", 0) == rewrites.get("attention_found", -1)
+    return GraphChoice(export_dir / VARIANT_FILE, True, f"CPU variant {VARIANT_FILE} (see {RECORD_FILE})", fused)
 
 
 def attention_bytes(batch: int, heads: int, q_tokens: int, kv_tokens: int, head_dim: int, *, fused: bool,

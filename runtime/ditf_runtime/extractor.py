@@ -202,7 +202,7 @@ class Extractor:
         )
 
     def _check_memory(self, shape: memory.RunShape) -> None:
-        memory.check(self.manifest, shape, max_memory=self.max_memory, device=self.device, loaded=True)
+        memory.check(self.manifest, shape.for_graph(self.graph), max_memory=self.max_memory, device=self.device)
 
     def extract(
         self,

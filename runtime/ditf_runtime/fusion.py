@@ -312,8 +312,10 @@ class FusedExtractor:
                       frames: int = 1) -> None:
         """Both graphs run at once: their calls for the largest image must fit the budget together (each
         member then checks its own call as well), before anything is resized or run."""
+        fused_attention = memory.fused_attention_of(self)  # each member's own graph
         candidates = [memory.runs_at(self.manifests, sizes, image_size=hw, batch=batch, ensemble=ensemble,
-                                     frames=frames) for hw in {(image.height, image.width) for image in images}]
+                                     frames=frames, fused_attention=fused_attention)
+                      for hw in {(image.height, image.width) for image in images}]
         worst = max(candidates, key=lambda runs: sum(memory.estimate(m, shape).total for m, shape in runs))
         memory.check_runs(worst, max_memory=self.max_memory, device=self.device)
 
@@ -324,8 +326,8 @@ class FusedExtractor:
             for member, image, member_noise in zip(self.members, images, noise):
                 frames = image.shape[1] if member.is_video else 1
                 ensemble = member_noise.shape[1] if member_noise is not None else 1
-                runs.append((member.manifest, memory.RunShape(image.shape[0], ensemble, image.shape[-2],
-                                                              image.shape[-1], frames)))
+                shape = memory.RunShape(image.shape[0], ensemble, image.shape[-2], image.shape[-1], frames)
+                runs.append((member.manifest, shape.for_graph(member.graph)))
         except (AttributeError, IndexError, TypeError):
             return
         memory.check_runs(runs, max_memory=self.max_memory, device=self.device)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .backends.base import BaseRunner
-from .cpu_variant import choose_graph
+from .cpu_variant import GraphChoice, choose_graph
 from .errors import BackendError, InputError
 from .extractor import Extractor
 from .manifest import (
@@ -59,9 +59,10 @@ class LoadOptions:
              weights: Sequence[float] | None = None) -> Extractor | FusedExtractor:
         return load(path, *more_paths, weights=weights, **{f.name: getattr(self, f.name) for f in fields(self)})
 
-    def check(self, path: str | os.PathLike) -> Manifest:
+    def check(self, path: str | os.PathLike) -> tuple[Manifest, GraphChoice | None]:
         """What `load` refuses before it starts anything (folder, manifest, backend, device), without
-        loading the graph or hashing its files: for a driver whose workers load it (Ray)."""
+        loading the graph or hashing its files: for a driver whose workers load it (Ray). Returns the
+        manifest and the graph onnxruntime would open (None for TensorRT), for the memory check."""
         export_dir = _export_folder(path)
         manifest = Manifest.load(export_dir)
         _check_contract(manifest)
@@ -71,7 +72,7 @@ class LoadOptions:
             from .backends.onnxrt import check_providers
 
             check_providers(loader.providers)
-        return manifest
+        return manifest, getattr(runner, "graph", None)
 
 
 def load(

@@ -1,10 +1,13 @@
 """How much memory a run will take, estimated from the manifest before it runs; refusing what does not fit.
 
 Dense attention makes memory grow with the fourth power of the image side: a 2048-pixel run of even
-the tiny built-in model needs ~17 GB. Every way into the graph (extract, match, track, show,
-eval-spair, the server's requests, Ray workers) goes through `Extractor.run`, which calls `check`
-with the exact input shape before it starts the backend; batch commands also check their largest
-possible input up front (`check_long_side`), before they write anything.
+the tiny built-in model needs ~34 GB by this estimate. The CPU variant (`ditf optimize-cpu`, cpu_variant.py)
+fuses attention into onnxruntime's flash kernel, which never stores the scores: its memory grows with the
+pixels, and the same run needs ~1.5 GB. Every way into the graph (extract, match, track, show, eval-spair,
+the server's requests, Ray workers) goes through `Extractor.run`, which calls `check` with the exact input
+shape, and whether its graph fuses attention (`RunShape.fused_attention`, from `Extractor.graph`), before it
+starts the backend; batch commands also check their largest possible input up front (`check_long_side`),
+before they write anything.
 
 The formula (`estimate`; docs/DESIGN.md, "Memory") for a run of B images (or clips of F frames),
 E noise draws (1 for a graph without noise: DINOv2), H x W pixels, with n = (H/vae_stride)(W/vae_stride)
@@ -12,21 +15,29 @@ latent cells, t = the image tokens per frame plus the extra tokens attended with
 and register tokens), L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention):
 
     weights      = model.onnx + model.onnx.data bytes              x WEIGHT_COPIES
-    VAE          = B F (VAE_CONV_COPIES x c0 H W  +  VAE_ATTENTION_COPIES x n^2) x 4   (0 without a VAE)
+    VAE          = B F (VAE_CONV_COPIES x c0 H W x 4  +  VAE attention)          (0 without a VAE)
     attention    = B E F heads x N_q N_k x s                       x ATTENTION_COPIES
                    (joint prompt: N_q = N_k = t + L; cross: t^2 + t L; video adds the temporal t F^2)
     MLP / stream = B E F (t + L) x ffn_dim x 4                     x STREAM_COPIES
     total        = weights + VAE + attention + MLP + RUNTIME_OVERHEAD
 
-Two fused exports (fusion.py) run at once, on two threads: a fused run's estimate is the sum of both
-models' (`check_runs`), weights included, and a refusal suggests one --size for both.
+    VAE attention, dense = VAE_ATTENTION_COPIES x n^2 x 4               (one head over the latent cells)
 
-c0 is the VAE's first block width. The copies are calibrated against measured peak RSS of
-onnxruntime on the CPU (bench/bench_memory.py prints predicted against measured); the sum (rather
-than the larger of the VAE and transformer terms) keeps the estimate an upper bound, since
-onnxruntime's arena does not always reuse the VAE's memory for the blocks. A graph that computes
-attention without materialising the [heads, N, N] scores (manifest workload.attention other than
-"dense") would change only the attention line: this function is the one place that knows.
+Fused attention (the CPU variant) replaces both attention terms by the kernel's own memory,
+cpu_variant.attention_bytes(fused=True), the one place that knows it (linear in the tokens):
+
+    VAE attention, fused = FUSED_ATTENTION_COPIES x attention_bytes(1, 1, n, n, c_mid)
+    attention, fused     = FUSED_ATTENTION_COPIES x B E F x attention_bytes(1, heads, t + L, t + L, head_dim)
+                           (cross: (t, t) + (t, L); video adds B E t x attention_bytes(1, heads, F, F, head_dim))
+
+Two fused exports (fusion.py) run at once, on two threads: a fused run's estimate is the sum of both
+models' (`check_runs`), weights included, and a refusal suggests one --size for both. A refusal of a
+dense graph on the CPU that the CPU variant would fit says so.
+
+c0 and c_mid are the VAE's first and last block widths. The copies are calibrated against measured peak
+RSS of onnxruntime on the CPU (bench/bench_memory.py prints predicted against measured, for model.onnx
+and the CPU variant); the sum (rather than the larger of the VAE and transformer terms) keeps the estimate
+an upper bound, since onnxruntime's arena does not always reuse the VAE's memory for the blocks.
 """
 
 from __future__ import annotations
@@ -34,23 +45,26 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence, Union
 
+from .cpu_variant import attention_bytes
 from .errors import InputError
+from .host_memory import available_memory
 from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
 from .preprocess import model_size
 
 GIB = 1 << 30
 MIB = 1 << 20
 
-# Live tensors of each kind at the peak, calibrated on onnxruntime's CPU provider (bench/bench_memory.py: predicted
-# activations 1.05-2.02x, median 1.19x, the measured ones over 19 shapes at 512-1536 px; never below).
+# Live tensors of each kind at the peak, calibrated on onnxruntime's CPU provider (bench/bench_memory.py, peak after a
+# session's second run: predicted activations 1.11-1.84x the measured ones for model.onnx over 13 shapes at 512-1024
+# px, 1.07-1.77x for the CPU variant over 9 shapes at 512-2048 px; never below).
 ATTENTION_COPIES = 2.5  # [heads, N, N]: scores, softmax, part of the next
 VAE_ATTENTION_COPIES = 2.0  # the VAE mid-block's one-head [n, n] attention
-VAE_CONV_COPIES = 3.0  # [c0, H, W] activations of the VAE's full-resolution blocks
+VAE_CONV_COPIES = 6.0  # [c0, H, W] activations of the VAE's full-resolution blocks (the CPU variant's peak)
 STREAM_COPIES = 2.0  # [N, ffn_dim]: the MLP's hidden activations
+FUSED_ATTENTION_COPIES = 2.0  # x cpu_variant.attention_bytes(fused=True): conservative (under the VAE's peak)
 WEIGHT_COPIES = 1.5  # resident bytes per weight byte (onnxruntime keeps pre-packed GEMM weights too)
 RUNTIME_OVERHEAD = 32 * MIB  # thread pools, arenas' slack, small tensors
 
@@ -71,6 +85,13 @@ class RunShape:
     height: int
     width: int
     frames: int = 1
+    # The graph's attention is onnxruntime's fused kernel (the CPU variant, Extractor.graph.fused_attention): it
+    # never stores the [heads, N, N] scores, so its memory grows linearly with the tokens.
+    fused_attention: bool = False
+
+    def for_graph(self, graph: Any) -> "RunShape":
+        """This call on `graph` (a cpu_variant.GraphChoice; None, as for TensorRT: dense attention)."""
+        return replace(self, fused_attention=bool(getattr(graph, "fused_attention", False)))
 
     def describe(self) -> str:
         clip = f" x {self.frames} frames" if self.frames > 1 else ""
@@ -135,78 +156,53 @@ def estimate(manifest: Manifest, shape: RunShape) -> MemoryEstimate:
     geometry = manifest.geometry
     b, e, f = shape.batch, shape.ensemble, shape.frames
     tokens = (shape.height // geometry.feature_stride) * (shape.width // geometry.feature_stride) + work.extra_tokens
+    text = work.text_tokens if work.text_attention != "none" else 0
+    sequence = tokens + text if work.text_attention == "joint" else tokens
     vae = 0
     if work.vae_channels and geometry.vae_stride:
         cells = (shape.height // geometry.vae_stride) * (shape.width // geometry.vae_stride)
-        conv = VAE_CONV_COPIES * work.vae_channels[0] * shape.height * shape.width
-        attention = VAE_ATTENTION_COPIES * cells * cells if work.vae_attention else 0
-        vae = int(b * f * (conv + attention) * 4)
-    text = work.text_tokens if work.text_attention != "none" else 0
-    if work.text_attention == "joint":
-        pairs, sequence = (tokens + text) ** 2, tokens + text
-    else:  # self-attention over the image tokens, then cross-attention to the prompt
-        pairs, sequence = tokens * tokens + tokens * text, tokens
-    if f > 1:
-        pairs += tokens * f  # temporal blocks: F x F scores per token, i.e. t F per frame
-    score_bytes = 2 if manifest.precision in ("fp16", "bf16") else 4
-    attention = int(ATTENTION_COPIES * b * e * f * work.heads * pairs * score_bytes)
+        conv = VAE_CONV_COPIES * work.vae_channels[0] * shape.height * shape.width * 4
+        if not work.vae_attention:
+            attention = 0
+        elif shape.fused_attention:  # one head over the latent cells, the mid-block's width per cell
+            attention = FUSED_ATTENTION_COPIES * attention_bytes(1, 1, cells, cells, work.vae_channels[-1],
+                                                                 fused=True, threads=_threads())
+        else:
+            attention = VAE_ATTENTION_COPIES * cells * cells * 4
+        vae = int(b * f * (conv + attention))
+    if shape.fused_attention:
+        attention = int(FUSED_ATTENTION_COPIES * _fused_transformer_attention(work, b * e * f, tokens, text, f))
+    else:
+        if work.text_attention == "joint":
+            pairs = sequence ** 2
+        else:  # self-attention over the image tokens, then cross-attention to the prompt
+            pairs = tokens * tokens + tokens * text
+        if f > 1:
+            pairs += tokens * f  # temporal blocks: F x F scores per token, i.e. t F per frame
+        score_bytes = 2 if manifest.precision in ("fp16", "bf16") else 4
+        attention = int(ATTENTION_COPIES * b * e * f * work.heads * pairs * score_bytes)
     stream = int(STREAM_COPIES * b * e * f * sequence * max(work.ffn_dim, 1) * 4)
     return MemoryEstimate(int(WEIGHT_COPIES * weight_bytes(manifest)), vae, attention, stream, note=note)
 
 
-# -- how much there is ------------------------------------------------------------------------------
+def _fused_transformer_attention(work: Workload, sequences: int, tokens: int, text: int, frames: int) -> int:
+    """cpu_variant.attention_bytes of the blocks' attention calls, added up (they run one after another: an
+    upper bound): joint over image + prompt tokens, or self then cross; video's temporal F x F per token."""
+    def call(batch: int, q_tokens: int, kv_tokens: int) -> int:
+        return attention_bytes(batch, work.heads, q_tokens, kv_tokens, work.head_dim, fused=True, threads=_threads())
+
+    if work.text_attention == "joint":
+        total = call(sequences, tokens + text, tokens + text)
+    else:
+        total = call(sequences, tokens, tokens) + (call(sequences, tokens, text) if text else 0)
+    if frames > 1:
+        total += call(sequences // frames * tokens, frames, frames)
+    return total
 
 
-def available_memory(device: str = "cpu") -> int | None:
-    """Bytes a run may still use: MemAvailable (within this process's cgroup limit) on the CPU, free GPU
-    memory for CUDA (through cuda-python, when installed); None when it cannot be measured."""
-    if device == "cuda":
-        return _free_gpu_memory()
-    available = _meminfo_available()
-    limit = _cgroup_room()
-    if available is None:
-        return limit
-    return available if limit is None else min(available, limit)
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # other Unixes: free physical pages
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_room() -> int | None:
-    """Room left under a container's memory limit (cgroup v2, else v1); None without a limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit_text = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit_text == "max" or int(limit_text) >= 1 << 60:  # no limit (v1 writes a huge number)
-            return None
-        return max(0, int(limit_text) - usage)
-    return None
-
-
-def _free_gpu_memory() -> int | None:
-    from .backends.trt.flavors import import_cudart  # the one place that knows where cuda-python keeps it
-    from .errors import BackendError
-
-    try:
-        error, free, _total = import_cudart().cudaMemGetInfo()
-    except (BackendError, Exception):  # noqa: BLE001 - no cuda-python, no driver, no device: cannot tell
-        return None
-    return int(free) if int(error) == 0 else None
+def _threads() -> int:
+    """An upper bound on the kernel's threads (one block buffer each): onnxruntime's default is the cores."""
+    return os.cpu_count() or 1
 
 
 def parse_bytes(text: str) -> int:
@@ -246,7 +242,7 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
                copies: int = 1) -> MemoryEstimate:
     """`check` for graph calls that run at once (two fused exports): their estimates add up."""
     runs = list(runs)
-    need_estimate = sum((estimate(m, shape) for m, shape in runs[1:]), estimate(*runs[0]))
+    need_estimate = estimate_runs(runs)
     if max_memory is not None:
         budget, source, counts_weights = int(max_memory), "the --max-memory budget", True
     else:
@@ -255,12 +251,16 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
             return need_estimate
         budget, counts_weights = available, not loaded
         source = "free GPU memory" if device == "cuda" else "available memory"
-    need = copies * (need_estimate.total if counts_weights else need_estimate.activations)
-    if need <= budget:
+    if _bytes_needed(need_estimate, counts_weights, copies) <= budget:
         return need_estimate
     fits = largest_fitting_side(runs, budget, counts_weights, copies)
     advice = (f"--size {fits} fits" if fits else
               "no image size fits at this batch and ensemble: lower --ensemble or --batch-size")
+    if device == "cpu" and not all(shape.fused_attention for _, shape in runs):
+        fused = estimate_runs([(m, replace(shape, fused_attention=True)) for m, shape in runs])
+        if _bytes_needed(fused, counts_weights, copies) <= budget:  # worth saying only where it fits
+            advice += (", or `ditf optimize-cpu EXPORT` makes a CPU variant whose attention memory grows linearly "
+                       f"(it would need about {gib(_bytes_needed(fused, counts_weights, copies))})")
     workers = f" x {copies} workers" if copies > 1 else ""
     note = f" ({need_estimate.note})" if need_estimate.note else ""
     what = runs[0][1].describe() if len(runs) == 1 else "fused run of " + " and ".join(
@@ -272,18 +272,26 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
     )
 
 
+def estimate_runs(runs: Sequence[Run]) -> MemoryEstimate:
+    """Graph calls that run at once: their estimates add up, weights included."""
+    return sum((estimate(m, shape) for m, shape in runs[1:]), estimate(*runs[0]))
+
+
+def _bytes_needed(need: MemoryEstimate, counts_weights: bool, copies: int) -> int:
+    return copies * (need.total if counts_weights else need.activations)
+
+
 def largest_fitting_side(runs: Sequence[Run], budget: int, counts_weights: bool, copies: int = 1) -> int | None:
     """The largest long side (a multiple of the first export's size multiple, at most the run's) at which the
     runs fit `budget` together, for an input of the runs' aspect ratio (each export rounds it to its multiple)."""
     multiple = runs[0][0].geometry.size_multiple
 
     def fits(side: int) -> bool:
-        need = None
+        resized = []
         for manifest, shape in runs:
             h, w = model_size(shape.height, shape.width, side, manifest.geometry.size_multiple)
-            part = estimate(manifest, RunShape(shape.batch, shape.ensemble, h, w, shape.frames))
-            need = part if need is None else need + part
-        return copies * (need.total if counts_weights else need.activations) <= budget
+            resized.append((manifest, replace(shape, height=h, width=w)))
+        return _bytes_needed(estimate_runs(resized), counts_weights, copies) <= budget
 
     longest = max(max(shape.height, shape.width) for _, shape in runs)
     low, high = 1, max(1, longest // multiple)  # in units of `multiple`
@@ -307,6 +315,13 @@ def manifests_of(extractor: Any) -> tuple[Manifest, ...]:
     return tuple(fused) if fused is not None else (extractor.manifest,)
 
 
+def fused_attention_of(extractor: Any) -> tuple[bool, ...]:
+    """Per export an Extractor or a FusedExtractor runs: whether its graph fuses attention (the CPU variant;
+    `Extractor.graph`, a cpu_variant.GraphChoice, says so; TensorRT engines have none: dense, the safe side)."""
+    members = getattr(extractor, "members", None) or (extractor,)
+    return tuple(bool(getattr(member.graph, "fused_attention", False)) for member in members)
+
+
 def budget_check(extractor: Any) -> Callable[[Sequence[Run]], MemoryEstimate]:
     """`check_runs` with an Extractor's (or FusedExtractor's) budget and device: for code that knows the
     calls' shapes but not the extractor (the server's fused pipeline)."""
@@ -322,24 +337,29 @@ def ensemble_for(manifest: Manifest, ensemble: int | None) -> int:
 
 def runs_at(manifests: Manifests, long_side: int | Sequence[int | None] | None, *,
             image_size: tuple[int, int] | None = None, batch: int = 1, ensemble: int | None = None,
-            frames: int = 1) -> list[Run]:
+            frames: int = 1, fused_attention: bool | Sequence[bool] = False) -> list[Run]:
     """Each export's graph call for an image of `image_size` (H, W; default a square) resized to `long_side`
-    (one for every export, one per export, or None: each manifest's own), as preprocessing sizes it."""
+    (one for every export, one per export, or None: each manifest's own), as preprocessing sizes it.
+    `fused_attention`: whether each export's graph fuses its attention (one for all, or one per export;
+    `fused_attention_of(extractor)` says it for a loaded one)."""
     manifests = (manifests,) if isinstance(manifests, Manifest) else tuple(manifests)
     sides = list(long_side) if isinstance(long_side, (tuple, list)) else [long_side] * len(manifests)
+    fused = list(fused_attention) if isinstance(fused_attention, (tuple, list)) else [fused_attention] * len(manifests)
     runs = []
-    for manifest, side in zip(manifests, sides):
+    for manifest, side, fused_here in zip(manifests, sides, fused):
         side = manifest.preprocess.long_side if side is None else int(side)
         height, width = image_size if image_size is not None else (side, side)
         h, w = model_size(height, width, side, manifest.geometry.size_multiple)
-        runs.append((manifest, RunShape(batch, ensemble_for(manifest, ensemble), h, w, frames)))
+        runs.append((manifest, RunShape(batch, ensemble_for(manifest, ensemble), h, w, frames, bool(fused_here))))
     return runs
 
 
 def check_long_side(manifests: Manifests, long_side: int | Sequence[int | None] | None, *, batch: int = 1,
-                    ensemble: int | None = None, frames: int = 1, max_memory: int | None = None,
-                    device: str = "cpu", loaded: bool = True, copies: int = 1) -> MemoryEstimate:
+                    ensemble: int | None = None, frames: int = 1, fused_attention: bool | Sequence[bool] = False,
+                    max_memory: int | None = None, device: str = "cpu", loaded: bool = True,
+                    copies: int = 1) -> MemoryEstimate:
     """`check` for the largest input a batch run can see: a square image at its long side (both exports'
     calls together when two are fused)."""
-    return check_runs(runs_at(manifests, long_side, batch=batch, ensemble=ensemble, frames=frames),
-                      max_memory=max_memory, device=device, loaded=loaded, copies=copies)
+    runs = runs_at(manifests, long_side, batch=batch, ensemble=ensemble, frames=frames,
+                   fused_attention=fused_attention)
+    return check_runs(runs, max_memory=max_memory, device=device, loaded=loaded, copies=copies)

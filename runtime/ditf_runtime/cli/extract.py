@@ -12,7 +12,7 @@ import click
 
 from ..jobs import DONE, FAILED, ExtractSettings, FolderPlan, extract_jobs, plan_folder, start_folder
 from ..loading import LoadOptions
-from ..memory import check_long_side, manifests_of
+from ..memory import check_long_side, fused_attention_of, manifests_of
 from ..progress import progress_bar
 from ..ray_extract import RayOptions, run_jobs
 from .options import ModelChoice, friendly_errors, model_options
@@ -109,7 +109,8 @@ def _extract_here(plan: FolderPlan, model: ModelChoice, settings: ExtractSetting
     with load.load(*model.export_dirs, weights=model.weights) as extractor:
         # The largest input this run can see (a square image at --size) must fit, before OUT is touched.
         check_long_side(manifests_of(extractor), settings.size, batch=load.batch_size, ensemble=settings.ensemble,
-                        max_memory=load.max_memory, device=extractor.device)
+                        fused_attention=fused_attention_of(extractor), max_memory=load.max_memory,
+                        device=extractor.device)
         start_folder(plan)
         with progress_bar(total=len(plan.pending), unit="img", desc="extract") as bar:
             extract_jobs(extractor, plan.pending, settings, plan.metadata, partial(counts.progress, bar))
@@ -117,9 +118,11 @@ def _extract_here(plan: FolderPlan, model: ModelChoice, settings: ExtractSetting
 
 def _extract_with_ray(plan: FolderPlan, model: ModelChoice, settings: ExtractSettings, load: LoadOptions,
                       ray: RayOptions, counts: _Counts) -> None:
-    manifests = [load.check(d) for d in model.export_dirs]  # the actors load them; check what they would refuse
+    # the actors load them; check what they would refuse, and which graph each would run
+    manifests, graphs = zip(*(load.check(d) for d in model.export_dirs))
     local = ray.address is None and not os.environ.get("RAY_ADDRESS")  # then every actor shares this machine
     check_long_side(manifests, settings.size, batch=load.batch_size, ensemble=settings.ensemble,
+                    fused_attention=[getattr(g, "fused_attention", False) for g in graphs],
                     max_memory=load.max_memory, device="cuda" if load.uses_gpu else "cpu", loaded=False,
                     copies=min(ray.workers, len(plan.pending)) if local else 1)
     start_folder(plan)

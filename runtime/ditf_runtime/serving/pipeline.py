@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cpu_variant import GraphChoice
 from ..errors import BackendError, DitfError, InputError
 from ..features import FeatureMap
 from ..fusion import MODELS, check_weights, fuse_arrays
@@ -68,11 +69,12 @@ class _Row:
 
 @dataclass(frozen=True)
 class Member:
-    """One export the pipeline runs: its manifest, `run(image, noise)`, and the one E its engine takes."""
+    """One export the pipeline runs: its manifest, `run(image, noise)`, the one E its engine takes, its graph."""
 
     manifest: Manifest
     run: Run
     fixed_ensemble: int | None = None
+    graph: GraphChoice | None = None  # Extractor.graph: whether attention is fused, for the memory check
 
     @property
     def has_noise(self) -> bool:
@@ -371,8 +373,8 @@ class FeaturePipeline:
             if mine:
                 big = max(mine, key=lambda row: row.pixels.shape[1] * row.pixels.shape[2])
                 ensemble = 1 if big.noise is None else big.noise.shape[0]
-                runs.append((member.manifest, RunShape(min(len(mine), self.max_batch_size), ensemble,
-                                                       big.pixels.shape[1], big.pixels.shape[2])))
+                shape = RunShape(min(len(mine), self.max_batch_size), ensemble, *big.pixels.shape[1:3])
+                runs.append((member.manifest, shape.for_graph(member.graph)))
         if runs:
             self.check_memory(runs)
 

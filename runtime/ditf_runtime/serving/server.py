@@ -220,7 +220,7 @@ class FeatureServer:
         self.extractor = self.load_options.load(*self.export_dirs, weights=self.weights)
         max_pixels = self.load_options.max_pixels
         if isinstance(self.extractor, FusedExtractor):
-            members = [Member(m.manifest, m.run, _fixed_ensemble(m)) for m in self.extractor.members]
+            members = [Member(m.manifest, m.run, _fixed_ensemble(m), m.graph) for m in self.extractor.members]
             pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size,
                                              max_pixels=max_pixels, check_memory=budget_check(self.extractor))
         else:

@@ -80,7 +80,7 @@ class TritonPythonModel:
             self.extractor = ditf_runtime.load(*fusion["export_dirs"], weights=fusion["weights"],
                                                device=params.get("ditf_device") or "cpu",
                                                threads=int(threads) if threads else None)
-            members = [Member(m.manifest, m.run) for m in self.extractor.members]
+            members = [Member(m.manifest, m.run, graph=m.graph) for m in self.extractor.members]
             check_memory = budget_check(self.extractor)  # both graphs run here, at once
         else:  # the graph models run in Triton's own instances: their memory is Triton's to manage
             members = [Member(manifest, _GraphModel(name), ensemble) for manifest, name, ensemble

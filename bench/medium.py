@@ -15,9 +15,9 @@ text tokens, like FLUX.1-dev), so no text encoder is needed. Layer 6 (single blo
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
+
+from build_cache import cached_build
 
 HIDDEN, BLOCKS, TEXT_TOKENS = 768, 4, 512
 MASSIVE = (5, 77)
@@ -41,28 +41,17 @@ def build_medium(out: Path = DEFAULT_OUT, hidden: int = HIDDEN, blocks: int = BL
 
     from ditf_export.tiny import save_pipeline_folder, tiny_flux_transformer, tiny_vae
 
-    what = {"version": VERSION, "hidden": hidden, "blocks": blocks, "massive": list(massive),
-            "text_tokens": text_tokens, "seed": seed}
-    stamp = out / "medium.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == what:
-        return out
-    tmp = out.with_name(f".{out.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_pipeline_folder(tmp, {"transformer": tiny_flux_transformer(seed, massive=massive,
-                                                                        **transformer_overrides(hidden, blocks)),
-                                   "vae": tiny_vae(seed + 1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
+    def build(folder: Path) -> None:
+        save_pipeline_folder(folder, {"transformer": tiny_flux_transformer(seed, massive=massive,
+                                                                           **transformer_overrides(hidden, blocks)),
+                                      "vae": tiny_vae(seed + 1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
         g = torch.Generator().manual_seed(seed)
         save_file({"prompt_embeds": torch.randn(1, text_tokens, 256, generator=g),
-                   "pooled_prompt_embeds": torch.randn(1, 128, generator=g)}, str(tmp / "prompt_embeds.safetensors"))
-        (tmp / "medium.json").write_text(json.dumps(what, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+                   "pooled_prompt_embeds": torch.randn(1, 128, generator=g)}, str(folder / "prompt_embeds.safetensors"))
+
+    what = {"version": VERSION, "hidden": hidden, "blocks": blocks, "massive": list(massive),
+            "text_tokens": text_tokens, "seed": seed}
+    return cached_build(out, "medium.json", what, build)
 
 
 def main() -> None:

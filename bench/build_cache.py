@@ -1,4 +1,5 @@
-"""Benchmark models built once into a cache folder (bench/medium.py, bench/standin.py).
+"""Benchmark models built once into a cache folder (bench/medium.py, bench/standin.py), with the random
+prompt-embeddings file they carry (so no text encoder is needed).
 
 The folder holds a stamp file saying what was built; a folder whose stamp differs is rebuilt. A build
 is written beside the folder and renamed into place (ditf_runtime.files.staged_folder), its stamp
@@ -24,3 +25,13 @@ def cached_build(out: Path, stamp_file: str, stamp: dict[str, Any], build: Calla
         build(tmp)
         (tmp / stamp_file).write_text(json.dumps(stamp, indent=2))
     return out
+
+
+def save_random_prompt_embeds(path: Path, text_tokens: int, text_width: int, pooled_width: int, seed: int) -> None:
+    """A FLUX-style --prompt-embeds file: standard normal T5 [1, tokens, width] and pooled CLIP [1, width]."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({"prompt_embeds": torch.randn(1, text_tokens, text_width, generator=g),
+               "pooled_prompt_embeds": torch.randn(1, pooled_width, generator=g)}, str(path))

@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from build_cache import cached_build
+from build_cache import cached_build, save_random_prompt_embeds
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096,
@@ -88,10 +88,10 @@ def _write_transformer(folder: Path, config: dict, seed: int) -> None:
 
 def build_standin(out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
     """Build (or reuse) the stand-in pipeline folder; returns it. prompt embeds are at out/prompt_embeds.safetensors."""
+
     def build(folder: Path) -> None:
         import torch
         from diffusers import AutoencoderKL
-        from safetensors.torch import save_file
 
         config = {**FLUX_DEV, "num_layers": STANDIN_BLOCKS[0], "num_single_layers": STANDIN_BLOCKS[1]}
         _write_transformer(folder / "transformer", config, seed)
@@ -100,10 +100,8 @@ def build_standin(out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
         (folder / "model_index.json").write_text(json.dumps(
             {"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1",
              "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
-        gen = torch.Generator().manual_seed(seed + 2)
-        save_file({"prompt_embeds": torch.randn(1, TEXT_TOKENS, FLUX_DEV["joint_attention_dim"], generator=gen),
-                   "pooled_prompt_embeds": torch.randn(1, FLUX_DEV["pooled_projection_dim"], generator=gen)},
-                  str(folder / "prompt_embeds.safetensors"))
+        save_random_prompt_embeds(folder / "prompt_embeds.safetensors", TEXT_TOKENS, FLUX_DEV["joint_attention_dim"],
+                                  FLUX_DEV["pooled_projection_dim"], seed + 2)
 
     what = {"version": VERSION, "what": "FLUX.1-dev dimensions, random bf16 weights", "blocks": STANDIN_BLOCKS,
             "layer": STANDIN_LAYER, "seed": seed}

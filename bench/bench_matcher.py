@@ -33,22 +33,15 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
+def upsample(features: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[C, h, w] -> [C, H, W], bilinear like F.interpolate(align_corners=False)."""
+    rows, cols = bilinear_matrix(features.shape[1], size[0]), bilinear_matrix(features.shape[2], size[1])
+    return np.einsum("Hh,chw,Ww->cHW", rows, features, cols, optimize=True)
+
+
 def naive_transfer(src, trg, points, src_size, trg_size):
     """The authors' algorithm in numpy float32: full upsampling of both maps, cosine, argmax."""
-    up_src = np.einsum(
-        "Hh,chw,Ww->cHW",
-        bilinear_matrix(src.shape[1], src_size[0]),
-        src,
-        bilinear_matrix(src.shape[2], src_size[1]),
-        optimize=True,
-    )
-    up_trg = np.einsum(
-        "Hh,chw,Ww->cHW",
-        bilinear_matrix(trg.shape[1], trg_size[0]),
-        trg,
-        bilinear_matrix(trg.shape[2], trg_size[1]),
-        optimize=True,
-    )
+    up_src, up_trg = upsample(src, src_size), upsample(trg, trg_size)
     flat = up_trg.reshape(up_trg.shape[0], -1)
     flat /= np.maximum(np.linalg.norm(flat, axis=0), 1e-12)
     vectors = up_src[:, points[:, 1], points[:, 0]]

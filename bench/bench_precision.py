@@ -8,6 +8,10 @@ ditf-export's own loop, exactly as the command does:
     ditf-export --model <medium> --layer 6 --prompt-embeds <file> --discard 5,77 --ensemble 8 \\
         --precision int8 --calib-images examples/images [--calib-method M] --out <dir>
 
+Besides one int8 export per --methods entry, one with the VAE encoder's convolutions quantized too (the
+first method, `--int8-convs`), unless --no-int8-convs. On these random weights the export's own int8 gates
+may refuse it; the run then prints the refusal's reason instead of its rows.
+
 Accuracy (from each export's own parity report, against the FP32 PyTorch module on the same inputs, after
 discard): the held-out real images (cat-a, cat-b: split off examples/images, never calibrated on) at the
 export's default size, which decide the INT8 gate, and the random-pixel inputs, reported beside them.
@@ -18,7 +22,8 @@ image repeated E times, the VAE run E times, the full conditioning path) timed o
 more per image here) unless --recipe-repeats says otherwise.
 
     python bench/bench_precision.py [--methods max,percentile,mse,entropy] [--speed-size 512] [--threads 2]
-        [--exports DIR]   (keep the exports in DIR/fp32, DIR/int8-<method>; ones already there are reused)
+        [--no-int8-convs] [--exports DIR]   (keep the exports in DIR/fp32, DIR/int8-<method>,
+        DIR/int8-<method>-convs; ones already there are reused)
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def export_one(folder: Path, out: Path, precision: str, method: str, image_size: int) -> tuple[dict, float]:
+def export_one(folder: Path, out: Path, precision: str, method: str, image_size: int,
+               int8_convs: bool = False) -> tuple[dict, float]:
     from ditf_export.export import ExportRequest, export
     from ditf_runtime.manifest import Manifest
 
@@ -47,7 +53,7 @@ def export_one(folder: Path, out: Path, precision: str, method: str, image_size:
         model=str(folder), out=out, layer=LAYER, discard=",".join(map(str, MASSIVE)), ensemble=8,
         image_size=image_size, prompt_embeds=folder / "prompt_embeds.safetensors", precision=precision,
         calib_images=ROOT / "examples" / "images" if precision != "fp32" else None,
-        calib_method=method if precision == "int8" else "max", progress=lambda line: None))
+        calib_method=method if precision == "int8" else "max", int8_convs=int8_convs, progress=lambda line: None))
     return manifest.parity, time.perf_counter() - t0
 
 
@@ -74,6 +80,41 @@ def row_text(row: dict) -> str:
             f"NN {nn} ({row['nn_points']}), PCK {pck} ({row['pck_points']})")
 
 
+def export_all(folder: Path, tmp: Path, methods: list[str], convs_methods: list[str], image_size: int
+               ) -> tuple[dict[str, tuple[Path, dict, float]], dict[str, str]]:
+    """fp32, int8 per method, int8 + encoder convs per convs method: name -> (folder, parity, seconds), and
+    name -> the reason of each export the exporter refused (a refused INT8 export is a result too)."""
+    plans = [("fp32", "fp32", "max", False, "fp32")]
+    plans += [(f"int8 {m}", "int8", m, False, f"int8-{m}") for m in methods]
+    plans += [(f"int8 {m} + encoder convs", "int8", m, True, f"int8-{m}-convs") for m in convs_methods]
+    exports, refused = {}, {}
+    for name, precision, method, convs, folder_name in plans:
+        out = tmp / folder_name
+        try:
+            parity, took = export_one(folder, out, precision, method, image_size, int8_convs=convs)
+        except Exception as exc:  # say why, keep going
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            print(f"{name}: export refused: {lines[0]}\n  " + "\n  ".join(lines[1:6]))
+            refused[name] = lines[0]
+            continue
+        exports[name] = (out, parity, took)
+        print(f"{name}: " + (f"exported in {took:.0f} s" if took == took else f"reused {out}"))
+    return exports, refused
+
+
+def print_accuracy(exports: dict[str, tuple[Path, dict, float]]) -> None:
+    print("\naccuracy vs the FP32 PyTorch module (each export's parity report); [gate] rows decide, the others "
+          "are reported")
+    width = max(map(len, exports), default=10) + 1
+    for name, (out, parity, _) in exports.items():
+        if name == "fp32":
+            continue
+        for row in parity["results"]:
+            what = row.get("inputs") or f"random pixels {row['height']}x{row['width']} B={row['batch']}"
+            mark = "[gate]" if row.get("gates", True) else "      "
+            print(f"{name:<{width}}{mark} {what}\n{'':{width + 7}}{row_text(row)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="max", help="comma list of INT8 calibration methods to export and compare")
@@ -82,13 +123,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--recipe-repeats", type=int, default=1)
+    ap.add_argument("--no-int8-convs", action="store_true",
+                    help="skip the int8 export whose encoder convolutions are quantized too (--int8-convs)")
     ap.add_argument("--model", type=Path, default=None, help="medium model folder (default: built into /work/cache)")
     ap.add_argument("--exports", type=Path, default=None, help="keep (and reuse) the exports in this folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from ditf_runtime.backends.onnxrt import create_session
-    from safetensors.torch import load_file
 
     from bench_end_to_end import AuthorsRecipe
     from medium import DEFAULT_OUT, LAYER, MASSIVE, build_medium
@@ -98,17 +140,8 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     with tempfile.TemporaryDirectory(prefix="ditf-bench-precision-") as tmp:
         tmp = args.exports or Path(tmp)
-        exports: dict[str, tuple[Path, dict, float]] = {}
-        for name, precision, method in [("fp32", "fp32", "max")] + [(f"int8 {m}", "int8", m) for m in methods]:
-            out = tmp / name.replace(" ", "-")
-            try:
-                parity, took = export_one(folder, out, precision, method, args.image_size)
-            except Exception as exc:  # a refused INT8 export is a result too: say why, keep going
-                print(f"{name}: export refused: {str(exc).splitlines()[0]}\n  " +
-                      "\n  ".join(str(exc).splitlines()[1:6]))
-                continue
-            exports[name] = (out, parity, took)
-            print(f"{name}: " + (f"exported in {took:.0f} s" if took == took else f"reused {out}"))
+        convs = methods[:1] if not args.no_int8_convs else []
+        exports, refused = export_all(folder, tmp, methods, convs, args.image_size)
 
         s, e = args.speed_size, 8
         g = torch.Generator().manual_seed(0)
@@ -121,8 +154,7 @@ def main() -> None:
             latency[name] = best_of(lambda: sess.run(["features"], feed), args.repeats)
             outputs[name] = sess.run(["features"], feed)[0]
             del sess
-        recipe = AuthorsRecipe(folder, LAYER, load_file(str(folder / "prompt_embeds.safetensors")),
-                               discard=MASSIVE)
+        recipe = AuthorsRecipe(folder, LAYER, folder / "prompt_embeds.safetensors", discard=MASSIVE)
         # no warm-up: a minute or more per run, and its first run is no slower than the next
         recipe_s = min(_timed(lambda: recipe(image, noise, sample=True)) for _ in range(args.recipe_repeats))
 
@@ -139,15 +171,9 @@ def main() -> None:
         vs32 = f"{fp32_s / latency[name]:>9.2f}" if fp32_s else f"{'-':>9}"
         print(f"{name:<34}{latency[name]:>9.2f}{recipe_s / latency[name]:>10.2f}{vs32}  "
               f"{'PASS' if parity['passed'] else 'FAIL'}")
-    print("\naccuracy vs the FP32 PyTorch module (each export's parity report); [gate] rows decide, the others "
-          "are reported")
-    for name, (out, parity, _) in exports.items():
-        if name == "fp32":
-            continue
-        for row in parity["results"]:
-            what = row.get("inputs") or f"random pixels {row['height']}x{row['width']} B={row['batch']}"
-            mark = "[gate]" if row.get("gates", True) else "      "
-            print(f"{name:<10}{mark} {what}\n{'':17}{row_text(row)}")
+    for name, reason in refused.items():
+        print(f"{name:<34}{'-':>9}{'-':>10}{'-':>9}  refused: {reason}")
+    print_accuracy(exports)
     ref = outputs.get("fp32")
     if ref is not None:
         from ditf_runtime.parity import compare

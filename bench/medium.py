@@ -15,9 +15,9 @@ text tokens, like FLUX.1-dev), so no text encoder is needed. Layer 6 (single blo
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
+
+from build_cache import cached_build, save_random_prompt_embeds
 
 HIDDEN, BLOCKS, TEXT_TOKENS = 768, 4, 512
 MASSIVE = (5, 77)
@@ -36,33 +36,17 @@ def transformer_overrides(hidden: int = HIDDEN, blocks: int = BLOCKS) -> dict:
 def build_medium(out: Path = DEFAULT_OUT, hidden: int = HIDDEN, blocks: int = BLOCKS,
                  massive: tuple[int, ...] = MASSIVE, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> Path:
     """Build (or reuse, when its stamp matches) the pipeline folder; prompt embeds at out/prompt_embeds.safetensors."""
-    import torch
-    from safetensors.torch import save_file
-
     from ditf_export.tiny import save_pipeline_folder, tiny_flux_transformer, tiny_vae
+
+    def build(folder: Path) -> None:
+        save_pipeline_folder(folder, {"transformer": tiny_flux_transformer(seed, massive=massive,
+                                                                           **transformer_overrides(hidden, blocks)),
+                                      "vae": tiny_vae(seed + 1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
+        save_random_prompt_embeds(folder / "prompt_embeds.safetensors", text_tokens, 256, 128, seed)
 
     what = {"version": VERSION, "hidden": hidden, "blocks": blocks, "massive": list(massive),
             "text_tokens": text_tokens, "seed": seed}
-    stamp = out / "medium.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == what:
-        return out
-    tmp = out.with_name(f".{out.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_pipeline_folder(tmp, {"transformer": tiny_flux_transformer(seed, massive=massive,
-                                                                        **transformer_overrides(hidden, blocks)),
-                                   "vae": tiny_vae(seed + 1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
-        g = torch.Generator().manual_seed(seed)
-        save_file({"prompt_embeds": torch.randn(1, text_tokens, 256, generator=g),
-                   "pooled_prompt_embeds": torch.randn(1, 128, generator=g)}, str(tmp / "prompt_embeds.safetensors"))
-        (tmp / "medium.json").write_text(json.dumps(what, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return cached_build(out, "medium.json", what, build)
 
 
 def main() -> None:

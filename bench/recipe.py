@@ -1,8 +1,8 @@
 """The medium FLUX-architecture model of the CPU benchmarks, and the authors' recipe in PyTorch.
 
-`build_medium` saves a random-weight pipeline folder of the real diffusers classes (FLUX-size VAE)
-and random prompt embeddings; `AuthorsRecipe` computes one image's features the authors' way and
-remembers the fewest seconds its VAE and its transformer + head took over the calls.
+`build_medium` saves bench/medium.py's random-weight pipeline folder of the real diffusers classes
+(FLUX-size VAE) and random prompt embeddings; `AuthorsRecipe` computes one image's features the authors'
+way and remembers the fewest seconds its VAE and its transformer + head took over the calls.
 """
 
 from __future__ import annotations
@@ -13,27 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FLUX_VAE_SIZE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
-
 
 def build_medium(tmp: Path, hidden: int = 768, blocks: int = 4, text_tokens: int = 512) -> tuple[Path, Path, int]:
-    """(pipeline folder, prompt-embeddings file, layer) of the medium model; the layer is the last single block's
-    input, so blocks 0..2*blocks-2 run."""
-    from safetensors.torch import save_file
+    """(pipeline folder, prompt-embeddings file, layer) of bench/medium.py's model without planted massive
+    channels, built in `tmp`; the layer is the last single block's input, so blocks 0..2*blocks-2 run."""
+    from medium import build_medium as build_medium_folder
 
-    from ditf_export.tiny import save_pipeline_folder, tiny_flux_transformer, tiny_vae
-
-    overrides = dict(num_layers=blocks, num_single_layers=blocks, attention_head_dim=64,
-                     num_attention_heads=hidden // 64, axes_dims_rope=(8, 28, 28),
-                     joint_attention_dim=256, pooled_projection_dim=128)
-    folder = save_pipeline_folder(
-        tmp / "medium", {"transformer": tiny_flux_transformer(0, massive=(), **overrides),
-                         "vae": tiny_vae(1, **FLUX_VAE_SIZE)}, False, "FluxPipeline")
-    g = torch.Generator().manual_seed(0)
-    embeds = {"prompt_embeds": torch.randn(1, text_tokens, 256, generator=g),
-              "pooled_prompt_embeds": torch.randn(1, 128, generator=g)}
-    save_file(embeds, str(tmp / "embeds.safetensors"))
-    return folder, tmp / "embeds.safetensors", 2 * blocks - 1
+    folder = build_medium_folder(tmp / "medium", hidden, blocks, massive=(), text_tokens=text_tokens)
+    return folder, folder / "prompt_embeds.safetensors", 2 * blocks - 1
 
 
 class _Stop(Exception):

@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
+
+from build_cache import cached_build, save_random_prompt_embeds
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096,
@@ -88,37 +88,24 @@ def _write_transformer(folder: Path, config: dict, seed: int) -> None:
 
 def build_standin(out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
     """Build (or reuse) the stand-in pipeline folder; returns it. prompt embeds are at out/prompt_embeds.safetensors."""
-    stamp = out / "standin.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("version") == VERSION:
-        return out
-    import torch
-    from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def build(folder: Path) -> None:
+        import torch
+        from diffusers import AutoencoderKL
+
         config = {**FLUX_DEV, "num_layers": STANDIN_BLOCKS[0], "num_single_layers": STANDIN_BLOCKS[1]}
-        _write_transformer(tmp / "transformer", config, seed)
+        _write_transformer(folder / "transformer", config, seed)
         torch.manual_seed(seed + 1)
-        AutoencoderKL(**FLUX_VAE).eval().save_pretrained(tmp / "vae", safe_serialization=True)
-        (tmp / "model_index.json").write_text(json.dumps(
+        AutoencoderKL(**FLUX_VAE).eval().save_pretrained(folder / "vae", safe_serialization=True)
+        (folder / "model_index.json").write_text(json.dumps(
             {"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1",
              "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
-        gen = torch.Generator().manual_seed(seed + 2)
-        save_file({"prompt_embeds": torch.randn(1, TEXT_TOKENS, FLUX_DEV["joint_attention_dim"], generator=gen),
-                   "pooled_prompt_embeds": torch.randn(1, FLUX_DEV["pooled_projection_dim"], generator=gen)},
-                  str(tmp / "prompt_embeds.safetensors"))
-        (tmp / "standin.json").write_text(json.dumps(
-            {"version": VERSION, "what": "FLUX.1-dev dimensions, random bf16 weights", "blocks": STANDIN_BLOCKS,
-             "layer": STANDIN_LAYER, "seed": seed}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        save_random_prompt_embeds(folder / "prompt_embeds.safetensors", TEXT_TOKENS, FLUX_DEV["joint_attention_dim"],
+                                  FLUX_DEV["pooled_projection_dim"], seed + 2)
+
+    what = {"version": VERSION, "what": "FLUX.1-dev dimensions, random bf16 weights", "blocks": STANDIN_BLOCKS,
+            "layer": STANDIN_LAYER, "seed": seed}
+    return cached_build(out, "standin.json", what, build)
 
 
 def main() -> None:

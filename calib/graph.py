@@ -18,6 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
+from ditf_runtime.onnx_names import Namer
+
 from .tensors import EXTERNAL_THRESHOLD, TensorStore
 
 
@@ -121,30 +123,6 @@ def gemm_to_matmul(model: onnx.ModelProto, store: TensorStore | None = None) -> 
         model.graph.node.extend(nodes)
         prune_initializers(model)
     return count
-
-
-class Namer:
-    """Fresh tensor/node names for one rewrite of `model`: `base` itself when free, else `base_1`, ...
-
-    Deterministic (the same rewrite of the same graph gives the same names, so exports are
-    reproducible byte for byte) and readable in Netron / TensorRT's layer names.
-    """
-
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.used = {i.name for i in g.initializer} | {v.name for v in list(g.input) + list(g.output)}
-        for n in g.node:
-            self.used.update(n.input)
-            self.used.update(n.output)
-            self.used.add(n.name)
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
 
 
 def ensure_node_names(model: onnx.ModelProto) -> None:

@@ -33,15 +33,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph import (
-    GraphIndex,
-    Namer,
-    ensure_node_names,
-    gemm_to_matmul,
-    prune_initializers,
-    reduction_probes,
-    session,
-)
+from ditf_runtime.onnx_names import Namer
+
+from .graph import GraphIndex, ensure_node_names, gemm_to_matmul, prune_initializers, reduction_probes, session
 from .stats import METHODS, QMAX, Histogram, amax_from_histogram
 from .tensors import TensorStore
 

@@ -40,9 +40,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ditf_runtime.onnx_names import Namer
 from ditf_runtime.precision import Precision
 
-from .graph import GraphIndex, Namer, cast, prune_initializers, reduction_probes, session
+from .graph import GraphIndex, cast, prune_initializers, reduction_probes, session
 from .tensors import TensorStore
 
 LOW_TYPES = {Precision.FP16: TensorProto.FLOAT16, Precision.BF16: TensorProto.BFLOAT16}

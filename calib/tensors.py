@@ -258,11 +258,17 @@ class GraphRewrite:
         return self.dst
 
 
-def _all_initializers(graph: onnx.GraphProto):
-    yield from graph.initializer
+def all_graphs(graph: onnx.GraphProto):
+    """`graph` and every subgraph in it (If / Loop / Scan bodies), depth first."""
+    yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_initializers(attr.g)
+                yield from all_graphs(attr.g)
             for g in attr.graphs:
-                yield from _all_initializers(g)
+                yield from all_graphs(g)
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    for g in all_graphs(graph):
+        yield from g.initializer

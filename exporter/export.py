@@ -10,7 +10,8 @@ Order (after optimum's export_pytorch), one module per step:
   graph_checks.py    forbidden ops and dtypes
   precision_step.py  the precision rewrite (ditf_calib), streamed tensor by tensor on disk
   parity.py          onnxruntime vs the kept PyTorch outputs, same inputs
-  publish.py         manifest, ONNX metadata, then one atomic rename of the finished folder
+  publish.py         manifest, ONNX metadata; then one atomic rename of the finished folder
+                     (ditf_runtime.files.staged_folder)
 
 Memory: the peak is one copy of the kept weights in PyTorch plus what torch.onnx.export adds, or one
 onnxruntime session of the graph, whichever is larger; never the module and a session together, never the
@@ -20,8 +21,6 @@ graph's weights in a protobuf (bench/bench_export_memory.py measures it).
 from __future__ import annotations
 
 import gc
-import shutil
-import tempfile
 import time
 import weakref
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, HEIGHT, WIDTH
+from ditf_runtime.files import staged_folder
 from ditf_runtime.manifest import MODEL_FILE, REFERENCE_FILE, Manifest
 from ditf_runtime.precision import Precision
 
@@ -38,7 +38,7 @@ from .errors import ParityError
 from .logs import quiet_libraries
 from .onnx_export import OPSET, export_onnx
 from .plan import ExportPlan, plan
-from .publish import publish, write_manifest
+from .publish import write_manifest
 from .request import ExportRequest
 
 __all__ = ["ExportRequest", "ExportPlan", "ParityError", "build_graph", "export", "plan"]
@@ -60,7 +60,7 @@ def export(request: ExportRequest) -> Manifest:
     if the_plan.discard_source == "auto":
         the_plan, massive_ratios = detect_discard(the_plan, built, say)
     out = Path(request.out)
-    with _staging_folder(out) as tmp:
+    with staged_folder(out) as tmp:  # renamed into place when the block ends, removed if it fails
         calibration = precision_step.calibration_set(the_plan)
         cases = _reference_and_export(the_plan, built.graph, calibration, tmp, say)
         module = weakref.ref(built.graph)
@@ -72,7 +72,6 @@ def export(request: ExportRequest) -> Manifest:
         report = _precision_and_parity(the_plan, cases, calibration, tmp, say)
         with _step(say, "hashing files and writing the manifest"):
             manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)
-        publish(tmp, out)
     say(f"done in {time.perf_counter() - t0:.1f} s: {out}")
     return manifest
 
@@ -148,16 +147,3 @@ def _step(say: Callable[[str], None], what: str) -> Iterator[None]:
 
 def _dynamic_axes(the_plan: ExportPlan) -> list[str]:
     return [name for name in (BATCH, ENSEMBLE, FRAMES, HEIGHT, WIDTH) if the_plan.io.has_axis(name)]
-
-
-@contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
-    """A hidden temporary folder beside `out`; removed if anything fails, so nothing half-done looks finished."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

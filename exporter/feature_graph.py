@@ -31,23 +31,32 @@ class LatentEncoder(nn.Module):
         return (mean - self.shift_factor) * self.scaling_factor
 
 
-class FeatureHead(nn.Module):
-    """Discard massive channels, LayerNorm (no affine), then `(1 + scale_K) * x + shift_K`."""
+class DiscardingHead(nn.Module):
+    """A feature head that first zeroes the discarded (massive) channels: `tokens * keep`.
 
-    def __init__(self, shift: torch.Tensor, scale: torch.Tensor, discard: tuple[int, ...], eps: float):
+    A multiply by a constant mask, not an index_put: static, and exact (x * 0 == 0, x * 1 == x).
+    """
+
+    def __init__(self, channels: int, discard: tuple[int, ...]):
         super().__init__()
-        # A multiply by a constant mask, not an index_put: static, and exact (x * 0 == 0, x * 1 == x).
-        self.register_buffer("keep", torch.ones(shift.shape[0]))
+        self.register_buffer("keep", torch.ones(channels))
         self.set_discard(discard)
-        self.register_buffer("shift", shift.detach().float().clone())
-        self.register_buffer("scale_plus_one", (1.0 + scale.detach().float()).clone())
-        self.eps = eps
 
     def set_discard(self, discard: tuple[int, ...]) -> None:
         """Choose the zeroed channels (e.g. after detecting them with this very graph, `--discard auto`)."""
         keep = torch.ones_like(self.keep)
         keep[list(discard)] = 0.0
         self.keep.copy_(keep)
+
+
+class FeatureHead(DiscardingHead):
+    """Discard massive channels, LayerNorm (no affine), then `(1 + scale_K) * x + shift_K`."""
+
+    def __init__(self, shift: torch.Tensor, scale: torch.Tensor, discard: tuple[int, ...], eps: float):
+        super().__init__(shift.shape[0], discard)
+        self.register_buffer("shift", shift.detach().float().clone())
+        self.register_buffer("scale_plus_one", (1.0 + scale.detach().float()).clone())
+        self.eps = eps
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = tokens * self.keep

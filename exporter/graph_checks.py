@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 
+from ditf_calib.tensors import all_graphs
 from ditf_runtime.manifest import graph_metadata
 
 FORBIDDEN_OPS = {"Einsum"}
@@ -19,16 +20,6 @@ FORBIDDEN_TYPES = {onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.COMPLEX6
 
 class GraphCheckError(RuntimeError):
     pass
-
-
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
 
 
 def check_graph(path: Path) -> dict[str, int]:
@@ -42,7 +33,7 @@ def check_graph(path: Path) -> dict[str, int]:
         if init.data_location == onnx.TensorProto.EXTERNAL and location != data_file:
             problems.append(f"initializer {init.name} is stored in {location!r}, not {data_file}")
     counts: dict[str, int] = {}
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for node in g.node:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
             if node.op_type in FORBIDDEN_OPS:

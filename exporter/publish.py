@@ -1,4 +1,5 @@
-"""Step 6 of an export: the manifest (the contract the runtime reads) and the atomic rename into place.
+"""Step 6 of an export: the manifest (the contract the runtime reads); the export loop then renames the
+finished folder into place (ditf_runtime.files.staged_folder).
 
 Everything shape-related in the manifest (geometry, I/O specs, TensorRT profiles) comes from the plan's
 GraphIO; everything measured from the parity report; nothing is computed twice.
@@ -7,8 +8,6 @@ GraphIO; everything measured from the parity report; nothing is computed twice.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -118,14 +117,3 @@ def tool_versions() -> dict[str, str]:
     return {"ditf_export": __version__, "ditf_runtime": ditf_runtime.__version__,
             "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place; an existing one (only with --force) is swapped out first."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time())}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

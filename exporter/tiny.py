@@ -10,12 +10,12 @@ channel discard is exercised.
 from __future__ import annotations
 
 import json
-import shutil
 import string
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ditf_runtime.files import staged_folder
 
 from .registry import RANDOM_WEIGHTS_KEY
 
@@ -91,9 +91,7 @@ def save_pipeline_folder(path: str | Path, components: dict, with_text: bool, pi
                          text_builder=None) -> Path:
     """Write a diffusers-style folder atomically: temp folder, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp:
         # Random weights, marked so: exports record it and the runtime's pictures say so.
         index = {"_class_name": pipeline_class, "_diffusers_version": "0.42.1", RANDOM_WEIGHTS_KEY: True}
         for sub, module in components.items():
@@ -104,12 +102,6 @@ def save_pipeline_folder(path: str | Path, components: dict, with_text: bool, pi
             for sub in sorted(p.name for p in tmp.iterdir() if p.is_dir() and p.name not in index):
                 index[sub] = ["transformers", _transformers_class(tmp / sub)]  # as diffusers lists them
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -313,18 +305,10 @@ def build_dinov2_tiny(path: str | Path, seed: int = 0, registers: bool = False, 
         embeddings.cls_token.normal_()
         if registers:
             embeddings.register_tokens.normal_()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         config = json.loads((tmp / "config.json").read_text())  # random weights, marked so (as pipelines are)
         (tmp / "config.json").write_text(json.dumps({**config, RANDOM_WEIGHTS_KEY: True}, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -1,4 +1,5 @@
-"""Shared, session-scoped fixtures: built-in tiny models and their exports are made once per run."""
+"""Shared fixtures: built-in tiny models and their exports are made once per run (session scope); the
+hand-built torch-free tiny export once per test module."""
 
 from __future__ import annotations
 
@@ -135,3 +136,17 @@ def dinov2_tiny_export(tmp_path_factory):
         return built[(registers, precision)]
 
     return get
+
+
+# -- the hand-built tiny export (tests/runtime_graphs.py: numpy + onnx, no torch) -----------------
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """runtime_graphs.build_tiny_export's folder, one per test module (modules write engines, CPU variants
+    or repositories into it, so none shares another's)."""
+    from runtime_graphs import build_tiny_export
+
+    folder = tmp_path_factory.mktemp("tiny_export")
+    build_tiny_export(folder)
+    return folder

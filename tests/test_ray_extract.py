@@ -11,7 +11,6 @@ from ditf_runtime.cli import main
 from ditf_runtime.jobs import RUN_RECORD
 from ditf_runtime.storage import load_features
 from PIL import Image
-from runtime_graphs import build_tiny_export
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ditf-runtime[ray]')")
 from ditf_runtime.ray_extract import extract_with_ray
@@ -24,13 +23,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ray_export")
-    build_tiny_export(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

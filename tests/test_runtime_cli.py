@@ -18,14 +18,6 @@ from ditf_runtime.cli import main
 from ditf_runtime.manifest import MODEL_DATA_FILE
 from ditf_runtime.storage import load_features
 from PIL import Image
-from runtime_graphs import build_tiny_export
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli_export")
-    build_tiny_export(folder)
-    return folder
 
 
 @pytest.fixture()

@@ -18,13 +18,6 @@ from runtime_graphs import build_tiny_export, tiny_reference, with_geometry
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_export")
-    build_tiny_export(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def extractor(export_dir):
     with ditf_runtime.load(export_dir, threads=1) as loaded:
         yield loaded

@@ -23,14 +23,6 @@ from ditf_runtime.jobs import (
 )
 from ditf_runtime.storage import load_features
 from PIL import Image
-from runtime_graphs import build_tiny_export
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("jobs_export")
-    build_tiny_export(folder)
-    return folder
 
 
 @pytest.fixture()

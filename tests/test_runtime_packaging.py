@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from runtime_graphs import build_tiny_export
 
 REPO = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip"]
@@ -28,13 +27,6 @@ def wheel(tmp_path_factory) -> Path:
     )
     (built,) = out.glob("ditf_runtime-*.whl")
     return built
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("packaging_export")
-    build_tiny_export(folder)
-    return folder
 
 
 def requirement_names(wheel: Path) -> dict[str, str]:

@@ -23,18 +23,11 @@ from ditf_runtime.backends.trt import DeviceBufferPool, DeviceInfo, Profile
 from ditf_runtime.cli import main
 from ditf_runtime.errors import BackendError, InputError
 from ditf_runtime.manifest import Manifest
-from runtime_graphs import build_tiny_export, tiny_reference, with_geometry
+from runtime_graphs import tiny_reference, with_geometry
 from trt_standin import StandInCuda, stand_in_runner
 
 RTX_4090 = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0")
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trt_export")
-    build_tiny_export(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,10 @@ import ditf_runtime
 import numpy as np
 import pytest
 from ditf_runtime.serving.triton_repo import TritonOptions, write_model_repository
-from runtime_graphs import build_tiny_export
 from serving_helpers import session_pids, tritonserver
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (which bundles tritonserver) is not installed")
 from ditf_runtime.serving.client import FeatureClient, ServerError
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pb_export")
-    build_tiny_export(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

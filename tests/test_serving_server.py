@@ -16,7 +16,6 @@ from ditf_runtime.matching import transfer_keypoints
 from ditf_runtime.noise import noise_shape
 from ditf_runtime.storage import load_features
 from PIL import Image
-from runtime_graphs import build_tiny_export
 from serving_helpers import ServerProcess, session_pids
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip install 'ditf-runtime[serve]')")
@@ -25,16 +24,9 @@ from ditf_runtime.serving.client import FeatureClient, ServerError, ServerUnavai
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve_export")
-    build_tiny_export(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_server(tiny_export, tmp_path_factory):
+def tiny_server(export_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "tiny-serve.log"
-    server = ServerProcess.ditf_serve(tiny_export, log, "--max-queue-delay-us", "5000")
+    server = ServerProcess.ditf_serve(export_dir, log, "--max-queue-delay-us", "5000")
     with server:
         yield server
     assert server.process.returncode == 0, server.log_text()[-3000:]  # SIGTERM: a clean shutdown
@@ -100,10 +92,10 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_malformed_requests_get_clear_errors_and_the_server_stays_up(tiny_server, tiny_export, protocol):
+def test_malformed_requests_get_clear_errors_and_the_server_stays_up(tiny_server, export_dir, protocol):
     url = tiny_server.url if protocol == "http" else tiny_server.grpc_url
     good = random_images(1, [(40, 60)])[0]
-    with ditf_runtime.load(tiny_export, threads=1) as extractor:
+    with ditf_runtime.load(export_dir, threads=1) as extractor:
         expected = np.asarray(extractor.extract(good)[0])
     with FeatureClient(url) as client:
         for inputs, message in MALFORMED:
@@ -122,7 +114,7 @@ def test_malformed_requests_get_clear_errors_and_the_server_stays_up(tiny_server
     assert tiny_server.process.poll() is None
 
 
-def test_a_malformed_request_never_fails_its_batch_mates(tiny_server, tiny_export):
+def test_a_malformed_request_never_fails_its_batch_mates(tiny_server, export_dir):
     """Dynamic batching puts same-shape requests together: NaN pixels must fail alone."""
     good = np.random.default_rng(2).uniform(-1, 1, (1, 3, 48, 64)).astype(np.float32)
     bad = np.full_like(good, np.nan)
@@ -146,11 +138,11 @@ def test_a_malformed_request_never_fails_its_batch_mates(tiny_server, tiny_expor
     assert len(outcomes["bad"]) == 15 and all("NaN or infinite" in m for m in outcomes["bad"])
 
 
-def test_load_concurrent_clients(tiny_server, tiny_export, capsys):
+def test_load_concurrent_clients(tiny_server, export_dir, capsys):
     """N clients for a bounded time on loopback; every answer checked; throughput and latency reported."""
     clients, duration_s = 4, 3.0
     images = random_images(3, [(48, 64), (64, 48), (40, 40)])
-    with ditf_runtime.load(tiny_export, threads=1) as extractor:
+    with ditf_runtime.load(export_dir, threads=1) as extractor:
         expected = [np.asarray(fm) for fm in extractor.extract(images)]
     latencies: list[float] = []
     errors: list[str] = []
@@ -192,13 +184,13 @@ def test_load_concurrent_clients(tiny_server, tiny_export, capsys):
     assert len(latencies) >= clients and tiny_server.process.poll() is None
 
 
-def test_killed_server_gives_a_clear_error_and_leaves_no_partial_files(tiny_export, tmp_path):
+def test_killed_server_gives_a_clear_error_and_leaves_no_partial_files(export_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for i, image in enumerate(random_images(4, [(60 + i % 7, 80 + i % 5) for i in range(80)])):
         Image.fromarray(image).save(images / f"img{i:03d}.png")
     out = tmp_path / "out"
-    server = ServerProcess.ditf_serve(tiny_export, tmp_path / "serve.log").wait_ready()
+    server = ServerProcess.ditf_serve(export_dir, tmp_path / "serve.log").wait_ready()
     outcome: dict = {}
 
     def client_run():
@@ -224,14 +216,14 @@ def test_killed_server_gives_a_clear_error_and_leaves_no_partial_files(tiny_expo
     assert 5 <= len(written) < 80
     leftovers = [p.name for p in out.iterdir() if p.suffix != ".safetensors"]
     assert leftovers == []  # no temporary or half-written files
-    with ditf_runtime.load(tiny_export, threads=1) as extractor:
+    with ditf_runtime.load(export_dir, threads=1) as extractor:
         for path in written:
             fm = load_features(path)  # every file that exists is complete and correct
             expected = extractor.extract(images / f"{path.stem}.png", size=512)[0]
             np.testing.assert_allclose(np.asarray(fm), np.asarray(expected), rtol=0, atol=1e-6)
 
     # A new server: the rerun does only what is missing.
-    with ServerProcess.ditf_serve(tiny_export, tmp_path / "serve2.log") as again:
+    with ServerProcess.ditf_serve(export_dir, tmp_path / "serve2.log") as again:
         with FeatureClient(again.url, concurrency=2) as client:
             report = extract_folder(client, [images], out, size=512)
     assert (report.total, report.skipped, report.written, report.failed) == (80, len(written), 80 - len(written), ())
@@ -278,7 +270,7 @@ def _serve_command(export_dir, http_port, grpc_port):
             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"]
 
 
-def test_a_busy_port_is_refused_at_once_naming_it(tiny_export, tmp_path):
+def test_a_busy_port_is_refused_at_once_naming_it(export_dir, tmp_path):
     import os
     import socket
     import subprocess
@@ -291,19 +283,19 @@ def test_a_busy_port_is_refused_at_once_naming_it(tiny_export, tmp_path):
         taken.bind(("127.0.0.1", grpc_port))
         taken.listen()
         start = time.monotonic()
-        busy = subprocess.run(_serve_command(tiny_export, http_port, grpc_port), capture_output=True, text=True,
+        busy = subprocess.run(_serve_command(export_dir, http_port, grpc_port), capture_output=True, text=True,
                               timeout=60, env=env)
         elapsed = time.monotonic() - start
     assert busy.returncode == 1 and elapsed < 15, (elapsed, busy.stderr)  # mostly Python's start-up
     assert f"port {grpc_port} (--grpc-port) on 127.0.0.1 is already in use" in busy.stderr, busy.stderr
     assert "Traceback" not in busy.stderr
-    same = subprocess.run(_serve_command(tiny_export, http_port, http_port), capture_output=True, text=True,
+    same = subprocess.run(_serve_command(export_dir, http_port, http_port), capture_output=True, text=True,
                           timeout=60, env=env)
     assert same.returncode == 1 and f"--grpc-port and --http-port are both {http_port}" in same.stderr
     assert list(tmp_path.glob("ditf-serve-*")) == []
 
 
-def test_sigterm_during_startup_leaves_no_temporary_folder(tiny_export, tmp_path):
+def test_sigterm_during_startup_leaves_no_temporary_folder(export_dir, tmp_path):
     import os
     import signal
     import subprocess
@@ -311,7 +303,7 @@ def test_sigterm_during_startup_leaves_no_temporary_folder(tiny_export, tmp_path
     from serving_helpers import free_ports
 
     http_port, grpc_port = free_ports(2)
-    process = subprocess.Popen(_serve_command(tiny_export, http_port, grpc_port), stdout=subprocess.PIPE,
+    process = subprocess.Popen(_serve_command(export_dir, http_port, grpc_port), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                env={**os.environ, "TMPDIR": str(tmp_path)})
     try:

@@ -13,17 +13,9 @@ from ditf_runtime.manifest import MANIFEST_FILE, MODEL_DATA_FILE, MODEL_FILE, Ma
 from ditf_runtime.serving import triton_repo
 from ditf_runtime.serving.protocol import extract_ports, match_ports
 from ditf_runtime.serving.triton_repo import TritonOptions, write_model_repository
-from runtime_graphs import build_tiny_export
 
 text_format = pytest.importorskip("google.protobuf.text_format", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="installed by `make setup` (ditf-runtime[serve]); absent only in a hand-made environment")
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("repo_export")
-    build_tiny_export(folder)
-    return folder
 
 
 def parse(path: Path):

@@ -17,6 +17,8 @@ import copy
 import torch
 from torch import nn
 
+from ..feature_graph import DiscardingHead
+
 
 class PositionTable(nn.Module):
     """transformers' `interpolate_pos_encoding` for token grids up to `max_grid` per side.
@@ -106,19 +108,12 @@ def _interpolation_weights(embeddings: nn.Module, side: int, max_grid: int) -> t
     return tables[0], tables[1]
 
 
-class TokenHead(nn.Module):
+class TokenHead(DiscardingHead):
     """Zero the discarded channels, then (for the default feature) the model's own final LayerNorm."""
 
     def __init__(self, channels: int, norm: nn.Module | None, discard: tuple[int, ...]):
-        super().__init__()
+        super().__init__(channels, discard)
         self.norm = norm
-        self.register_buffer("keep", torch.ones(channels))
-        self.set_discard(discard)
-
-    def set_discard(self, discard: tuple[int, ...]) -> None:
-        keep = torch.ones_like(self.keep)
-        keep[list(discard)] = 0.0
-        self.keep.copy_(keep)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = tokens * self.keep

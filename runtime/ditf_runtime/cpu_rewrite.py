@@ -34,6 +34,7 @@ from .cpu_variant import RECORD_FILE, VARIANT_FILE, VariantRecord, source_hashes
 from .errors import BackendError, DitfError
 from .files import file_record
 from .manifest import MODEL_DATA_FILE, MODEL_FILE, REFERENCE_FILE, Manifest, ManifestError
+from .onnx_names import Namer
 
 MS_DOMAIN = "com.microsoft"
 
@@ -53,7 +54,6 @@ class _Graph:
     model: object
     producer: dict = field(default_factory=dict)
     consumers: dict = field(default_factory=dict)
-    used: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
         g = self.model.graph
@@ -63,16 +63,7 @@ class _Graph:
                 self.producer[o] = n
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
-            self.used.update(n.input, n.output, [n.name])
-        self.used.update(self.inits)
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
+        self.fresh = Namer(self.model)
 
     def scalar(self, name: str) -> float | None:
         """The value of a one-element constant (initializer or Constant node), else None."""

@@ -1,10 +1,10 @@
 """Server-side request handling, shared by `ditf serve` (PyTriton) and the Triton python-backend
 model that `ditf triton-repo` writes: requests in, per-request responses or errors out.
 
-Each request is checked on its own (a malformed one gets its own error), then the rows of all
-valid requests are grouped by (model, model input size, E) and run `max_batch_size` at a time through
-that model's `run(image, noise) -> features`: `Extractor.run` in-process, or a BLS call to the graph
-model inside Triton. Preprocessing and default noise are the runtime's own (preprocess.prepare,
+Each request is checked on its own (request_checks.py: a malformed one gets its own error), then the
+rows of all valid requests are grouped by (model, model input size, E) and run `max_batch_size` at a
+time through that model's `run(image, noise) -> features`: `Extractor.run` in-process, or a BLS call to
+the graph model inside Triton. Preprocessing and default noise are the runtime's own (preprocess.prepare,
 noise.default_noise), so a served image gets exactly the arrays local extraction feeds the graph.
 
 A fused pipeline (`FeaturePipeline.fused`, two exports) prepares every image once per model, runs
@@ -17,68 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..cpu_variant import GraphChoice
 from ..errors import BackendError, DitfError, InputError
 from ..features import FeatureMap
 from ..fusion import MODELS, check_weights, fuse_arrays
-from ..manifest import NOISE_INPUT, Manifest
+from ..manifest import Manifest
 from ..matching import cell_centers, mutual_nn_matches, transfer_keypoints
-from ..noise import DEFAULT_SEED, check_image_noise, default_noise
-from ..preprocess import DEFAULT_MAX_PIXELS, prepare
-from .protocol import (
-    DEFAULT_MAX_MATCHES,
-    ERROR_OUTPUT,
-    EXTRACT_MODEL,
-    MATCH_MODEL,
-    Feed,
-    batch_size,
-    error_column,
-    read_array,
-    read_option,
-)
+from ..preprocess import DEFAULT_MAX_PIXELS
+from .protocol import ERROR_OUTPUT, EXTRACT_MODEL, MATCH_MODEL, Feed, batch_size, error_column
+from .request_checks import MatchRows, Member, RequestChecks, Row, Run
 
-# Requests are untrusted: bound what one of them may make the server allocate.
-MAX_ENSEMBLE = 64
-MAX_LONG_SIDE = 4096
-
-
-Run = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 # memory.check_runs with the server's budget: refuses graph calls that would not fit together
 MemoryCheck = Callable[[list], object]
-
-
-@dataclass
-class _Row:
-    """One image as one model sees it (a fused request has one row per model for each image)."""
-
-    request: int
-    pixels: np.ndarray  # float32 [3, H, W]
-    noise: np.ndarray | None  # float32 [E, c, H/vs, W/vs]; None for a graph without noise
-    image_size: tuple[int, int]
-    model: int = 0  # which member runs it
-    features: np.ndarray | None = None
-
-    @property
-    def key(self) -> tuple:
-        return (self.model, self.pixels.shape[1:], 0 if self.noise is None else self.noise.shape[0])
-
-
-@dataclass(frozen=True)
-class Member:
-    """One export the pipeline runs: its manifest, `run(image, noise)`, the one E its engine takes, its graph."""
-
-    manifest: Manifest
-    run: Run
-    fixed_ensemble: int | None = None
-    graph: GraphChoice | None = None  # Extractor.graph: whether attention is fused, for the memory check
-
-    @property
-    def has_noise(self) -> bool:
-        return any(spec.name == NOISE_INPUT for spec in self.manifest.inputs)
 
 
 class FeaturePipeline:
@@ -147,13 +99,17 @@ class FeaturePipeline:
             return self.match(requests)
         raise InputError(f"unknown task {task!r}")
 
+    def _request_checks(self) -> RequestChecks:
+        return RequestChecks(self.members, self.weights is not None, self.max_pixels)
+
     # -- extract ---------------------------------------------------------------------------------
     def extract(self, requests: Sequence[Feed]) -> list:
         results: list = [None] * len(requests)
-        rows: dict[int, list[_Row]] = {}
+        rows: dict[int, list[Row]] = {}
+        checks = self._request_checks()
         for index, feed in enumerate(requests):
             try:
-                rows[index] = self._extract_rows(index, feed)
+                rows[index] = checks.extract_rows(index, feed)
                 self._check_request_memory(rows[index])
             except DitfError as exc:
                 rows.pop(index, None)
@@ -170,7 +126,7 @@ class FeaturePipeline:
                 }
         return results
 
-    def _image_features(self, rows: Sequence[_Row]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    def _image_features(self, rows: Sequence[Row]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """(features [C, h, w], input size, image size) of one image from its row per model."""
         if self.weights is None:
             row = rows[0]
@@ -178,118 +134,28 @@ class FeaturePipeline:
         features, finer = fuse_arrays([row.features for row in rows], self.weights)
         return features, rows[finer].pixels.shape[1:], rows[0].image_size
 
-    def _extract_rows(self, index: int, feed: Feed) -> list[_Row]:
-        has_image, has_pixels = feed.get("image") is not None, feed.get("pixels") is not None
-        if self.weights is not None and (has_pixels or feed.get("noise") is not None):
-            raise InputError("this server fuses two models, each preparing its own input: send the uint8 'image' "
-                             "(no 'pixels' or 'noise')")
-        if has_image == has_pixels:
-            raise InputError("send exactly one of 'image' (uint8 [B, H, W, 3]) or 'pixels' (float32 [B, 3, H, W])")
-        batch = batch_size(feed)
-        seeds, ensembles, sizes = (read_option(feed, name, batch) for name in ("seed", "ensemble", "size"))
-        if not has_image:
-            if any(size is not None for size in sizes):
-                raise InputError("'size' resizes an 'image'; 'pixels' are already the model input")
-            pixels = read_array(feed, "pixels", np.float32, 4)
-            noise = feed.get("noise")
-            if noise is not None:
-                noise = read_array(feed, "noise", np.float32, 5)
-            return [
-                _Row(index, self._check_pixels(pixels[i]), self._noise(self.members[0], pixels[i], noise, i, seeds[i],
-                                                                       ensembles[i]), tuple(pixels.shape[2:]))
-                for i in range(batch)
-            ]
-        images = read_array(feed, "image", np.uint8, 4)
-        noise = feed.get("noise")
-        if noise is not None:
-            noise = read_array(feed, "noise", np.float32, 5)
-        rows = []
-        for i in range(batch):
-            for k, member in enumerate(self.members):
-                pixels, image_size = self._prepare(member, images[i], sizes[i])
-                rows.append(_Row(index, pixels, self._noise(member, pixels, noise, i, seeds[i], ensembles[i]),
-                                 image_size, model=k))
-        return rows
-
-    def _prepare(self, member: Member, image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-        geometry = member.manifest.geometry
-        if size is not None and self.weights is not None:
-            raise InputError("'size': each fused model keeps its own input size; leave it out")
-        if size is not None and not geometry.size_multiple <= size <= MAX_LONG_SIDE:
-            raise InputError(f"size {size} must be between {geometry.size_multiple} and {MAX_LONG_SIDE}")
-        item = prepare(
-            image,
-            member.manifest.preprocess,
-            geometry,
-            long_side=size,
-            exif_transpose=False,  # arrays carry no EXIF; clients apply it when they read files
-            max_pixels=self.max_pixels,
-        )
-        return item.pixels, item.image_size
-
-    def _check_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        multiple = self.geometry.size_multiple
-        _, height, width = pixels.shape
-        if pixels.shape[0] != 3:
-            raise InputError(f"pixels must be [B, 3, H, W] RGB, got a row of shape {pixels.shape}")
-        if height < multiple or width < multiple or height % multiple or width % multiple:
-            raise InputError(
-                f"pixels are {height}x{width}: height and width must be positive multiples of {multiple} "
-                "(send the uint8 'image' instead to have the server resize it)"
-            )
-        if max(height, width) > MAX_LONG_SIDE:
-            raise InputError(f"pixels are {height}x{width}: the long side must be <= {MAX_LONG_SIDE}")
-        if not np.isfinite(pixels).all():
-            raise InputError("pixels hold NaN or infinite values")
-        return np.ascontiguousarray(pixels)
-
-    def _noise(self, member: Member, pixels, noise, row, seed, ensemble) -> np.ndarray | None:
-        if not member.has_noise:
-            if noise is not None or (ensemble is not None and self.weights is None):
-                raise InputError(f"{member.manifest.model_name} takes no noise: leave out 'noise' and 'ensemble'")
-            return None  # (a fused server's E is for the model that has noise)
-        input_size = (pixels.shape[1], pixels.shape[2])
-        geometry = member.manifest.geometry
-        if noise is not None:
-            if seed is not None:
-                raise InputError("send either 'noise' or 'seed', not both (seed only draws the default noise)")
-            checked = check_image_noise(noise[row], geometry, input_size, f"row {row}")
-            if ensemble is not None and checked.shape[0] != ensemble:
-                raise InputError(f"ensemble={ensemble} disagrees with the E={checked.shape[0]} of the given noise")
-            self._check_ensemble(member, checked.shape[0])
-            return np.ascontiguousarray(checked)
-        default = member.fixed_ensemble or member.manifest.feature.ensemble
-        ensemble = default if ensemble is None else ensemble
-        self._check_ensemble(member, ensemble)
-        return default_noise(pixels, geometry, ensemble, DEFAULT_SEED if seed is None else seed)
-
-    @staticmethod
-    def _check_ensemble(member: Member, ensemble: int) -> None:
-        if not 1 <= ensemble <= MAX_ENSEMBLE:
-            raise InputError(f"ensemble must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
-        if member.fixed_ensemble is not None and ensemble != member.fixed_ensemble:
-            raise InputError(f"this server's engine was built for ensemble E={member.fixed_ensemble}, got E={ensemble}")
-
     # -- match -----------------------------------------------------------------------------------
     def match(self, requests: Sequence[Feed]) -> list:
         results: list = [None] * len(requests)
-        pairs: dict[int, tuple[_Row, _Row, np.ndarray | None, int]] = {}
+        pairs: dict[int, MatchRows] = {}
+        checks = self._request_checks()
         for index, feed in enumerate(requests):
             try:
-                pairs[index] = self._match_rows(index, feed)
-                self._check_request_memory([*pairs[index][0], *pairs[index][1]])
+                pairs[index] = checks.match_rows(index, feed)
+                self._check_request_memory([*pairs[index].source, *pairs[index].target])
             except DitfError as exc:
                 pairs.pop(index, None)
                 results[index] = exc
-        self._run_rows([row for pair in pairs.values() for rows in pair[:2] for row in rows], results)
-        for index, (src_rows, trg_rows, points, max_matches) in pairs.items():
+        self._run_rows([row for pair in pairs.values() for row in (*pair.source, *pair.target)], results)
+        for index, pair in pairs.items():
             if results[index] is not None:
                 continue
-            src, trg = (self._feature_map(rows) for rows in (src_rows, trg_rows))
+            src, trg = self._feature_map(pair.source), self._feature_map(pair.target)
+            points = pair.points
             try:
                 if points is None:
                     cells, _, _ = mutual_nn_matches(src, trg)
-                    points = cell_centers(cells[:max_matches], src.grid_size, src.image_size)
+                    points = cell_centers(cells[:pair.max_matches], src.grid_size, src.image_size)
                 target, scores = transfer_keypoints(src, trg, points, return_scores=True)
             except DitfError as exc:
                 results[index] = exc
@@ -302,33 +168,7 @@ class FeaturePipeline:
             }
         return results
 
-    def _match_rows(self, index: int, feed: Feed):
-        for name in ("source", "target"):
-            if feed.get(name) is None:
-                raise InputError(f"a match request needs 'source' and 'target' (uint8 [1, H, W, 3]); {name!r} is missing")
-        batch = batch_size(feed)
-        if batch != 1:
-            raise InputError(f"send one pair per match request (batch 1), got {batch}; the server batches requests")
-        seed, ensemble, size = (read_option(feed, name, 1)[0] for name in ("seed", "ensemble", "size"))
-        max_matches = read_option(feed, "max_matches", 1)[0]
-        max_matches = DEFAULT_MAX_MATCHES if max_matches is None else max_matches
-        if max_matches < 1:
-            raise InputError(f"max_matches must be >= 1, got {max_matches}")
-        points = feed.get("points")
-        if points is not None:
-            points = read_array(feed, "points", np.int64, 3)[0]
-        rows = []
-        for name in ("source", "target"):
-            image = read_array(feed, name, np.uint8, 4)[0]
-            image_rows = []
-            for k, member in enumerate(self.members):
-                pixels, image_size = self._prepare(member, image, size)
-                image_rows.append(_Row(index, pixels, self._noise(member, pixels, None, 0, seed, ensemble), image_size,
-                                       model=k))
-            rows.append(image_rows)
-        return rows[0], rows[1], points, max_matches
-
-    def _feature_map(self, rows: Sequence[_Row]) -> FeatureMap:
+    def _feature_map(self, rows: Sequence[Row]) -> FeatureMap:
         features, input_size, image_size = self._image_features(rows)
         return FeatureMap(features, image_size, input_size, input_size[0] // features.shape[-2])
 
@@ -361,7 +201,7 @@ class FeaturePipeline:
         return outputs
 
     # -- running ---------------------------------------------------------------------------------
-    def _check_request_memory(self, rows: Sequence[_Row]) -> None:
+    def _check_request_memory(self, rows: Sequence[Row]) -> None:
         """A fused request: each model's largest call for it (its rows batched up to max_batch_size), together."""
         if self.check_memory is None:
             return
@@ -378,15 +218,15 @@ class FeaturePipeline:
         if runs:
             self.check_memory(runs)
 
-    def _run_rows(self, rows: list[_Row], results: list) -> None:
+    def _run_rows(self, rows: list[Row], results: list) -> None:
         """Fill row.features, same-shape rows max_batch_size at a time; a failed run fails its requests.
 
         A fused pipeline runs each model's rows on its own thread, so the two graphs overlap.
         """
-        groups: dict[tuple, list[_Row]] = {}
+        groups: dict[tuple, list[Row]] = {}
         for row in rows:
             groups.setdefault(row.key, []).append(row)
-        per_model: dict[int, list[list[_Row]]] = {}
+        per_model: dict[int, list[list[Row]]] = {}
         for key, group in groups.items():
             per_model.setdefault(key[0], []).append(group)
         if len(per_model) < 2:
@@ -397,7 +237,7 @@ class FeaturePipeline:
             for future in [pool.submit(self._run_groups, g, results) for g in per_model.values()]:
                 future.result()
 
-    def _run_groups(self, groups: list[list[_Row]], results: list) -> None:
+    def _run_groups(self, groups: list[list[Row]], results: list) -> None:
         for group in groups:
             for start in range(0, len(group), self.max_batch_size):
                 chunk = group[start : start + self.max_batch_size]
@@ -417,6 +257,6 @@ class FeaturePipeline:
                         results[row.request] = results[row.request] or error
 
 
-def _by_image(rows: Sequence[_Row], models: int) -> list[Sequence[_Row]]:
+def _by_image(rows: Sequence[Row], models: int) -> list[Sequence[Row]]:
     """A request's rows (image by image, one per model) grouped per image."""
     return [rows[start : start + models] for start in range(0, len(rows), models)]

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
+from ..files import staged_folder
 from ..fusion import MODELS, check_weights
 from ..jobs import as_export_dirs
 from ..manifest import (
@@ -192,10 +192,7 @@ def write_model_repository(
         raise InputError(f"{repo_dir} exists: choose another folder or overwrite it (--force)")
     members = _members(export_dirs, manifests, options, verify)
     options = replace(options, max_batch_size=min(m.options.max_batch_size for m in members))
-    repo_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = repo_dir.parent / f".{repo_dir.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        tmp.mkdir()
+    with staged_folder(repo_dir) as tmp:
         if options.graph:
             for member in members:
                 _write_graph_model(tmp / member.options.name, member.manifest, member.export_dir, member.options,
@@ -203,10 +200,6 @@ def write_model_repository(
         if options.pipeline is not None:
             for task in (EXTRACT_MODEL, MATCH_MODEL):
                 _write_pipeline_model(tmp / task, task, members, options)
-        _swap_into_place(tmp, repo_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return repo_dir
 
 
@@ -320,14 +313,3 @@ def _write_pipeline_model(model_dir: Path, task: str, members: list[_Member], op
         parameters=parameters,
     )
     (model_dir / "config.pbtxt").write_text(text)
-
-
-def _swap_into_place(tmp: Path, repo_dir: Path) -> None:
-    """Rename the finished repository into place (replacing an old one only after it is complete)."""
-    if not repo_dir.exists():
-        os.replace(tmp, repo_dir)
-        return
-    old = repo_dir.parent / f".{repo_dir.name}.old-{secrets.token_hex(4)}"
-    os.replace(repo_dir, old)
-    os.replace(tmp, repo_dir)
-    shutil.rmtree(old, ignore_errors=True)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import gc
 import json
-import secrets
-import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ...errors import BackendError, InputError
+from ...files import staged_folder
 from ...manifest import MODEL_FILE, NOISE_INPUT, Manifest, sha256_file, write_bytes_atomic, write_text_atomic
 from .flavors import RTX, DeviceInfo, choose_flavor, collecting_logger, current_device, import_flavor, library_version
 from .profiles import Profile, check_profile, manifest_profiles
@@ -102,9 +101,7 @@ def build_engine(
     manifest.verify_files(export_dir, names=ONNX_FILES)
     cache_in = None if flavor is RTX else Path(timing_cache) if timing_cache else target.folder / TIMING_CACHE_FILE
 
-    tmp = target.folder.parent / f".{target.folder.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(target.folder) as tmp:  # renamed into place at the end; removed if anything fails
         started = time.perf_counter()
         log(f"building with {flavor.label} {target.version} for {target.describe()} "
             f"(strongly typed, TF32 {'on' if allow_tf32 else 'off'})")
@@ -124,10 +121,6 @@ def build_engine(
                                 plan_path=tmp / ENGINE_FILE, timing_cache=cache_bytes is not None, seconds=seconds)
         # engine.json last: its presence marks a finished engine.
         write_text_atomic(tmp / ENGINE_RECORD_FILE, json.dumps(record, indent=2) + "\n")
-        _swap_into_place(tmp, target.folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {target.folder / ENGINE_FILE} ({len(plan) / 2**20:.1f} MiB) in {seconds:.1f} s")
     return target.folder
 
@@ -327,14 +320,3 @@ def _run_cancellable(build: Callable[[], object], monitor):
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result["value"]
-
-
-def _swap_into_place(tmp: Path, folder: Path) -> None:
-    """Rename the finished folder into place; an existing one (only with --force) is moved aside first."""
-    if folder.exists():
-        old = folder.parent / f".{folder.name}.old-{secrets.token_hex(4)}"
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(folder)

@@ -95,7 +95,8 @@ def export_all(folder: Path, tmp: Path, methods: list[str], convs_methods: list[
         except Exception as exc:  # say why, keep going
             lines = str(exc).splitlines() or [type(exc).__name__]
             print(f"{name}: export refused: {lines[0]}\n  " + "\n  ".join(lines[1:6]))
-            refused[name] = lines[0]
+            gates = [line.split("FAIL: ", 1)[1] for line in lines if "FAIL: " in line and "not gated" not in line]
+            refused[name] = lines[0].rstrip(":") + (f" ({'; '.join(gates)})" if gates else "")
             continue
         exports[name] = (out, parity, took)
         print(f"{name}: " + (f"exported in {took:.0f} s" if took == took else f"reused {out}"))

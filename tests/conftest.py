@@ -150,3 +150,15 @@ def export_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_export")
     build_tiny_export(folder)
     return folder
+
+
+@pytest.fixture
+def spair_pair_without_images(tmp_path) -> Path:
+    """An SPair-71k folder with one test pair and no images: an eval-spair run stops at its first image."""
+    root = tmp_path / "spair"
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "PairAnnotation" / "test" / "0:cat.json").write_text(
+        '{"src_imname": "a.jpg", "trg_imname": "b.jpg", "category": "cat", "src_kps": [[1, 1]], '
+        '"trg_kps": [[1, 1]], "trg_bndbox": [0, 0, 10, 10]}')
+    return root

@@ -126,15 +126,10 @@ def _invoke(*args):
     return result
 
 
-def test_cli_up_front_checks_use_the_graph_that_will_run(flux_tiny_cpu_variant, tmp_path):
+def test_cli_up_front_checks_use_the_graph_that_will_run(flux_tiny_cpu_variant, spair_pair_without_images):
     """eval-spair checks its largest input (a square at --size) before the first pair: 2048 within 4G passes for
     the variant (then the pair's missing images stop it), and is refused for model.onnx."""
-    root = tmp_path / "spair"
-    (root / "PairAnnotation" / "test").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "PairAnnotation" / "test" / "0:cat.json").write_text(
-        '{"src_imname": "a.jpg", "trg_imname": "b.jpg", "category": "cat", "src_kps": [[1, 1]], '
-        '"trg_kps": [[1, 1]], "trg_bndbox": [0, 0, 10, 10]}')
+    root = spair_pair_without_images
     args = ("eval-spair", root, "--model", flux_tiny_cpu_variant, "--size", "2048", "--max-memory", "4G")
     variant = _invoke(*args)
     assert variant.exit_code == 1 and "needs about" not in variant.output and "a.jpg" in variant.output, \

@@ -161,13 +161,8 @@ def test_cli_extract_refuses_before_writing_anything(flux_tiny_export, tmp_path)
         assert not out.exists()  # no folder, no ditf-extract.json
 
 
-def test_cli_eval_spair_checks_the_largest_input_first(flux_tiny_export, tmp_path):
-    root = tmp_path / "spair"
-    (root / "PairAnnotation" / "test").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "PairAnnotation" / "test" / "0:cat.json").write_text(
-        '{"src_imname": "a.jpg", "trg_imname": "b.jpg", "category": "cat", "src_kps": [[1, 1]], '
-        '"trg_kps": [[1, 1]], "trg_bndbox": [0, 0, 10, 10]}')
+def test_cli_eval_spair_checks_the_largest_input_first(flux_tiny_export, spair_pair_without_images):
+    root = spair_pair_without_images
     result = _invoke("eval-spair", root, "--model", flux_tiny_export, "--size", "2048", "--max-memory", "1G")
     assert result.exit_code == 1 and "2048x2048, batch 1, E=2 needs about" in result.output, result.output
 

@@ -35,3 +35,14 @@ def save_random_prompt_embeds(path: Path, text_tokens: int, text_width: int, poo
     g = torch.Generator().manual_seed(seed)
     save_file({"prompt_embeds": torch.randn(1, text_tokens, text_width, generator=g),
                "pooled_prompt_embeds": torch.randn(1, pooled_width, generator=g)}, str(path))
+
+
+def build_cli(doc: str, build: Callable[[Path], Path], default_out: Path) -> None:
+    """The command line of a bench model script: `--out FOLDER`, built (or found cached), size on disk printed."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=default_out)
+    folder = build(ap.parse_args().out)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"{folder}: {size / 1e9:.2f} GB on disk")

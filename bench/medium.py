@@ -14,10 +14,9 @@ text tokens, like FLUX.1-dev), so no text encoder is needed. Layer 6 (single blo
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from build_cache import cached_build, save_random_prompt_embeds
+from build_cache import build_cli, cached_build, save_random_prompt_embeds
 
 HIDDEN, BLOCKS, TEXT_TOKENS = 768, 4, 512
 MASSIVE = (5, 77)
@@ -50,12 +49,7 @@ def build_medium(out: Path = DEFAULT_OUT, hidden: int = HIDDEN, blocks: int = BL
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args()
-    folder = build_medium(args.out)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    print(f"{folder}: {size / 1e6:.0f} MB on disk")
+    build_cli(__doc__, build_medium, DEFAULT_OUT)
 
 
 if __name__ == "__main__":

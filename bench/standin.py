@@ -17,12 +17,11 @@ PyTorch's default Linear init (uniform +-1/sqrt(fan_in)), norms are ones; the pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
-from build_cache import cached_build, save_random_prompt_embeds
+from build_cache import build_cli, cached_build, save_random_prompt_embeds
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096,
@@ -109,12 +108,7 @@ def build_standin(out: Path = DEFAULT_OUT, seed: int = 0) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args()
-    folder = build_standin(args.out)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    print(f"{folder}: {size / 1e9:.2f} GB on disk")
+    build_cli(__doc__, build_standin, DEFAULT_OUT)
 
 
 if __name__ == "__main__":

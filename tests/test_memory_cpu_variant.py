@@ -7,7 +7,6 @@ bench/bench_memory.py, not here."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import ditf_runtime
 import numpy as np

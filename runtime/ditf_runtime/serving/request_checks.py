@@ -8,7 +8,7 @@ MAX_LONG_SIDE bound what one of them may make the server allocate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np

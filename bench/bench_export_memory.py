@@ -1,20 +1,26 @@
 """Export peak memory and time, per precision, on a FLUX.1-dev stand-in with the real dimensions.
 
     python bench/bench_export_memory.py --standin [--precisions fp32,fp16,bf16,int8]   (minutes per precision)
+    python bench/bench_export_memory.py --medium [--precisions int8]                   (the same table, medium model)
     python bench/bench_export_memory.py [--hidden 1024 --double 4 --single 12]         (medium model, layer sweep)
 
 --standin: bench/standin.py's FLUX.1-dev stand-in (hidden 3072, T5 width 4096, the real VAE, random bf16
 shards; cached in /work/cache), exported at layer 4, which keeps ~4.1 GB of fp32 weights with the same
 per-block shapes as a FLUX.1-dev export at layer 28. Each precision runs `ditf-export` in a fresh process
-(--prompt-embeds, so no text encoder; int8 and the fp16/bf16 range checks use examples/images at
---image-size). Peak RSS is VmHWM; the ratio is (peak - baseline) / kept fp32 weights, the baseline being
-an interpreter with torch, diffusers, onnx and onnxruntime imported. A sampler thread also gives the
-peak of each export step. Then the measured ratios are applied to FLUX.1-dev's own kept weights at
+(--prompt-embeds, so no text encoder; int8 and the fp16/bf16 range checks use examples/images at the
+export's default size, long side 640, unless --image-size says otherwise: what a user gets). Peak RSS is
+VmHWM; the ratio is (peak - baseline) / kept fp32 weights, the baseline being an interpreter with torch,
+diffusers, onnx and onnxruntime imported. A sampler thread also gives the peak of each export step (a step
+runs from one progress line to the next; it is named by the line that began it), and the table names the
+step where each precision peaks. Then the measured ratios are applied to FLUX.1-dev's own kept weights at
 layers 28 and 18 (computed from its config, not guessed).
 
-Without --standin: a medium FLUX-architecture model (real diffusers classes, random weights) exported at
-several layers at fp32, beside a plain `from_pretrained` of the whole transformer: peak memory follows
-the kept blocks, not the whole model.
+--medium: the same per-precision table on bench/medium.py's model (hidden 768, 4+4 blocks, layer 6,
+massive channels 5 and 77 discarded; cached in /work/cache): a minute or two per precision, for profiling.
+
+Without --standin or --medium: a medium FLUX-architecture model (real diffusers classes, random weights)
+exported at several layers at fp32, beside a plain `from_pretrained` of the whole transformer: peak memory
+follows the kept blocks, not the whole model.
 """
 
 from __future__ import annotations
@@ -122,47 +128,73 @@ def flux_dev_kept_bytes(layer: int) -> int:
     return sum(4 * p.numel() for k, p in model.state_dict().items() if adapter.needed_weight(k, config, layer))
 
 
-def step_table(steps: list[dict], base: int, kept: int) -> list[str]:
-    """Each step's duration and peak, from the progress lines (a step ends where the next line is said)."""
-    lines, last = [], 0.0
+def steps_named(steps: list[dict]) -> list[dict]:
+    """Each step with its duration and the line that began it (a step's peak is recorded at the line that
+    ends it: the sampler's peak since the line before)."""
+    named, last, began = [], 0.0, "start"
     for step in steps:
-        took = step["t"] - last
-        last = step["t"]
-        if took >= 1.0 or (step["peak_rss"] - base) / kept > 0.5:
-            lines.append(f"    {took:7.1f} s  peak {(step['peak_rss'] - base) / kept:5.2f}x  until: {step['msg'][:90]}")
+        named.append({**step, "took": step["t"] - last, "phase": began})
+        last, began = step["t"], step["msg"]
+    return named
+
+
+def peak_phase(steps: list[dict]) -> dict:
+    """The step whose peak is the run's highest."""
+    return max(steps_named(steps), key=lambda s: s["peak_rss"])
+
+
+def step_table(steps: list[dict], base: int, kept: int) -> list[str]:
+    """Each step's duration and peak (steps over 1 s or 0.5x), named by the line that began it."""
+    lines = []
+    for step in steps_named(steps):
+        ratio = (step["peak_rss"] - base) / kept
+        if step["took"] >= 1.0 or ratio > 0.5:
+            lines.append(f"    {step['took']:7.1f} s  peak {ratio:5.2f}x  during: {step['phase'][:90]}")
     return lines
 
 
-def bench_standin(args) -> None:
-    from standin import STANDIN_LAYER, build_standin
+def bench_precisions(args) -> None:
+    """Every precision's export in a fresh process: wall, peak RSS over the kept fp32 weights, the peaking step."""
+    if args.medium:
+        from medium import DEFAULT_OUT, LAYER, MASSIVE, build_medium
 
-    folder = build_standin(args.cache)
-    kept = kept_fp32_bytes(folder, STANDIN_LAYER)
+        folder, layer = build_medium(args.cache or DEFAULT_OUT), LAYER
+        discard = ",".join(map(str, MASSIVE))
+        title = f"medium FLUX-architecture model (bench/medium.py: hidden 768, 4+4 blocks; random weights), layer {layer}"
+    else:
+        from standin import DEFAULT_OUT, STANDIN_LAYER, build_standin
+
+        folder, layer, discard = build_standin(args.cache or DEFAULT_OUT), STANDIN_LAYER, None
+        title = (f"FLUX.1-dev stand-in (hidden 3072, T5 width 4096, real VAE; random bf16 shards), layer {layer}")
+    kept = kept_fp32_bytes(folder, layer)
     base = run(CHILD_BASELINE)["peak_rss"]
     gb = 1e-9
     rows = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         for precision in args.precisions.split(","):
-            kw = dict(model=str(folder), out=str(Path(tmp) / precision), layer=STANDIN_LAYER,
+            kw = dict(model=str(folder), out=str(Path(tmp) / precision), layer=layer, discard=discard,
                       prompt_embeds=str(folder / "prompt_embeds.safetensors"), precision=precision,
                       image_size=args.image_size, calib_images=str(IMAGES) if precision != "fp32" else None)
-            print(f"\n== {precision}: ditf-export of the stand-in at layer {STANDIN_LAYER}", file=sys.stderr)
+            print(f"\n== {precision}: ditf-export of {folder.name} at layer {layer}", file=sys.stderr)
             r = run(CHILD_EXPORT, json.dumps(kw), echo=args.verbose)
             rows.append((precision, r))
             print(f"{precision}: {r['wall']:.0f} s, peak {(r['peak_rss'] - base) * gb:.2f} GB above baseline "
-                  f"= {(r['peak_rss'] - base) / kept:.2f}x the kept weights", file=sys.stderr)
+                  f"= {(r['peak_rss'] - base) / kept:.2f}x the kept weights, during: {peak_phase(r['steps'])['phase']}",
+                  file=sys.stderr)
 
-    print(f"\nFLUX.1-dev stand-in (hidden 3072, T5 width 4096, real VAE; random bf16 shards), layer {STANDIN_LAYER}: "
-          f"kept fp32 weights {kept * gb:.2f} GB; --image-size {args.image_size}, 512 T5 tokens")
+    size = f"--image-size {args.image_size}" if args.image_size else "the export's default image size (long side 640)"
+    print(f"\n{title}: kept fp32 weights {kept * gb:.2f} GB; calibration and range checks at {size}")
     print(f"interpreter baseline (torch, diffusers, onnx, onnxruntime imported): {base * gb:.2f} GB")
-    print(f"{'precision':<10}{'wall':>9}{'peak RSS GB':>13}{'above base':>12}{'/ kept':>8}")
+    print(f"{'precision':<10}{'wall':>9}{'peak RSS GB':>13}{'above base':>12}{'/ kept':>8}  peaks during")
     for precision, r in rows:
         print(f"{precision:<10}{r['wall'] / 60:>7.1f}m{r['peak_rss'] * gb:>13.2f}{(r['peak_rss'] - base) * gb:>12.2f}"
-              f"{(r['peak_rss'] - base) / kept:>7.2f}x")
+              f"{(r['peak_rss'] - base) / kept:>7.2f}x  {peak_phase(r['steps'])['phase'][:80]}")
     print("\nwhere the time goes and the peak per step (steps over 1 s or 0.5x):")
     for precision, r in rows:
         print(f"  {precision}:")
         print("\n".join(step_table(r["steps"], base, kept)))
+    if args.medium:
+        return
 
     layers = {28: flux_dev_kept_bytes(28), 18: flux_dev_kept_bytes(18)}
     print("\nExtrapolated to FLUX.1-dev (RAM = baseline + ratio x kept fp32 weights; time x kept-weights ratio):")
@@ -212,19 +244,23 @@ def bench_medium(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--standin", action="store_true", help="the real-dimension FLUX.1-dev stand-in, per precision")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--standin", action="store_true", help="the real-dimension FLUX.1-dev stand-in, per precision")
+    which.add_argument("--medium", action="store_true", help="bench/medium.py's model, per precision (fast)")
     ap.add_argument("--precisions", default="fp32,fp16,bf16,int8")
-    ap.add_argument("--image-size", type=int, default=256, help="--standin: calibration / range-check image size")
-    ap.add_argument("--cache", type=Path, default=Path("/work/cache/flux-dev-standin"),
-                    help="--standin: where the stand-in is built once and reused")
-    ap.add_argument("--scratch", type=Path, default=None, help="--standin: folder for the exports (default: tmp)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="--standin/--medium: the export's --image-size, which calibration and the held-out "
+                         "images use (default: the export's own, long side 640)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="--standin/--medium: where the model is built once and reused (default: /work/cache/...)")
+    ap.add_argument("--scratch", type=Path, default=None, help="--standin/--medium: folder for the exports (default: tmp)")
     ap.add_argument("--verbose", action="store_true", help="show the exports' progress lines")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--double", type=int, default=4)
     ap.add_argument("--single", type=int, default=12)
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/standin.py
-    bench_standin(args) if args.standin else bench_medium(args)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/standin.py, bench/medium.py
+    bench_precisions(args) if args.standin or args.medium else bench_medium(args)
 
 
 if __name__ == "__main__":

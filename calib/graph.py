@@ -199,6 +199,67 @@ def reduction_probes(model: onnx.ModelProto, tensors: dict[str, int],
     return probes
 
 
+def histogram_probes(model: onnx.ModelProto, tensors: dict[str, tuple[int, np.float32, np.ndarray | None]]
+                     ) -> dict[str, tuple[str, str, str]]:
+    """For each tensor x (name -> (bins, bin scale, mask)) add outputs: the histogram of |x * mask| and its max.
+
+    The histogram is stats.Histogram.add's, computed inside the graph: bin = min(int(|x * mask| * scale),
+    bins - 1) (float32 products, truncation: the same bins numpy gives), counted by ScatterElements(add) into
+    `bins` int32 counts. mask: [C] over x's last axis, or None (x itself). Returns name -> (counts output,
+    max |x * mask| output, element count output): the caller adds counts per run (int32 per run and tensor;
+    the element count tells an overflow, never reached below 2**31 elements).
+
+    Like reduction_probes, each probe runs right after the node that makes its tensor, so a calibration run
+    holds one tensor's probe at a time instead of every raw activation as a graph output (which onnxruntime
+    keeps alive until the run ends, then copies to numpy).
+    """
+    probes: dict[str, tuple[str, str, str]] = {}
+    after: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    fresh = Namer(model)
+    flat_shape = _const(model, fresh, [-1])
+    zero_name = fresh("hist_zero")
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.int32), zero_name))
+    for t, (bins, scale, mask) in tensors.items():
+        nodes, x = after[t], t
+        if mask is not None:
+            masked = fresh(t + "_hmasked")
+            mask_name = fresh(t + "_hmask")
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(mask, np.float32), mask_name))
+            nodes.append(helper.make_node("Mul", [x, mask_name], [masked], name=masked))
+            x = masked
+        absx, scaled, index, top, flat, valid, ones, counts, amax, size = (
+            fresh(t + suffix) for suffix in ("_habs", "_hscaled", "_hindex", "_htop", "_hflat", "_hvalid", "_hones",
+                                             "_hcounts", "_habsmax", "_hsize"))
+        scale_name, top_name, zeros_name = fresh(t + "_hscale"), fresh(t + "_hlast"), fresh(t + "_hzeros")
+        model.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), scale_name),
+                                        numpy_helper.from_array(np.asarray(bins - 1, np.int32), top_name),
+                                        numpy_helper.from_array(np.zeros(bins, np.int32), zeros_name)])
+        # The ones ScatterElements adds come from the data (index >= 0 holds for every bin), not from
+        # ConstantOfShape(Shape(x)): where x's shape is static, onnxruntime would fold that into an initializer
+        # as large as x, one per probe, held for the session's life.
+        nodes += [
+            helper.make_node("Abs", [x], [absx], name=absx),
+            helper.make_node("ReduceMax", [absx], [amax], keepdims=0, name=amax),
+            helper.make_node("Size", [absx], [size], name=size),
+            helper.make_node("Mul", [absx, scale_name], [scaled], name=scaled),
+            helper.make_node("Cast", [scaled], [index], to=TensorProto.INT32, name=index),
+            helper.make_node("Min", [index, top_name], [top], name=top),
+            helper.make_node("Reshape", [top, flat_shape], [flat], name=flat),
+            helper.make_node("GreaterOrEqual", [flat, zero_name], [valid], name=valid),
+            helper.make_node("Cast", [valid], [ones], to=TensorProto.INT32, name=ones),
+            helper.make_node("ScatterElements", [zeros_name, flat, ones], [counts], axis=0, reduction="add",
+                             name=counts),
+        ]
+        probes[t] = (counts, amax, size)
+    _insert_after_producers(model.graph, after)
+    have = {o.name for o in model.graph.output}
+    for t, (counts, amax, size) in probes.items():
+        for name, elem in ((counts, TensorProto.INT32), (amax, TensorProto.FLOAT), (size, TensorProto.INT64)):
+            if name not in have:
+                model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    return probes
+
+
 def _insert_after_producers(graph: onnx.GraphProto, after: dict[str, list[onnx.NodeProto]]) -> None:
     """Put each tensor's extra nodes right after the node that produces it (graph inputs: first)."""
     produced = {o for node in graph.node for o in node.output}

@@ -26,7 +26,7 @@ A consumer-shared input (q, k, v read the same tensor) gets one mask/scale, one 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -40,6 +40,8 @@ from .stats import METHODS, QMAX, Histogram, amax_from_histogram
 from .tensors import TensorStore
 
 
+# Ignored since the histograms are computed inside the calibration graph (all tensors in one run, each freed as
+# it is made): kept for callers that still pass it.
 CONV_TENSORS_PER_RUN = 6
 
 
@@ -60,7 +62,7 @@ class Int8Config:
     exclude: tuple[str, ...] = ()  # substrings of node or weight names whose GEMMs (and convs) stay FP32
     convs: bool = False  # also the image encoder's convolutions (int8_conv.py)
     bins: int = 2048
-    tensors_per_run: int = 48  # raw activations fetched per calibration pass (bounds memory)
+    tensors_per_run: int = 48  # ignored: histograms are streamed inside one run (graph.histogram_probes)
 
     def __post_init__(self) -> None:
         if self.calibration not in METHODS:
@@ -152,15 +154,16 @@ def _run_progress(progress, iterable, desc):
 def calibrate(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
               progress: Callable | None = None, store: TensorStore | None = None,
               say: Callable[[str], None] | None = None) -> tuple[list[GemmGroup], list[str]]:
-    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms
-    (`tensors_per_run` tensors per run, so maybe several runs over the feeds).
+    """Two passes over the feeds: per-channel max |x| of each GEMM input, then |x * mask| histograms.
 
-    Each pass opens one onnxruntime session at a time on the graph (its weights read from `store`'s folder
-    for a model loaded without them). say: the plan and, after the first pass, a time estimate."""
+    Each pass is one onnxruntime session (its weights read from `store`'s folder for a model loaded without
+    them), freed before the next, run once per feed; both reduce every tensor inside the graph as it is made,
+    so a run holds the graph's own activations and one tensor's statistics, whatever the number of GEMM
+    inputs or the image size. say: the plan and, after the first pass, a time estimate."""
     groups, skipped = _groups(model, config.exclude)
     if not groups:
         return groups, skipped
-    runs = 1 + -(-len(groups) // config.tensors_per_run)
+    runs = 2
     if say is not None:
         say(f"calibration: {len(feeds)} inputs x {runs} runs over them ({len(groups)} GEMM inputs)")
     start = time.perf_counter()
@@ -216,24 +219,30 @@ def _outliers_and_smoothing(idx: GraphIndex, g: GemmGroup, config: Int8Config) -
 
 def _activation_ranges(model: onnx.ModelProto, groups: list[GemmGroup], feeds: list[Mapping[str, np.ndarray]],
                        config: Int8Config, progress: Callable | None, store: TensorStore | None) -> None:
-    """Pass 2: histograms of what will actually be quantized, |x * mask| on [0, max_c(max|x_c| |mask_c|)],
-    `tensors_per_run` raw activations at a time; each group's amax from its histogram."""
+    """Pass 2: histograms of what will actually be quantized, |x * mask| on [0, max_c(max|x_c| |mask_c|)];
+    each group's amax from its histogram.
+
+    The histograms are made inside the graph (graph.histogram_probes, the same bins as Histogram.add), each
+    right after its tensor, so a run returns `bins` counts per tensor instead of the raw activations: fetched
+    as graph outputs, those were all alive at the end of a run and copied to numpy (FLUX.1-dev stand-in,
+    640 px: the export's peak, 1.78x the kept weights)."""
+    from .graph import histogram_probes
+
     hists = {g.tensor: Histogram(float((g.channel_max * np.abs(g.mask)).max()), config.bins) for g in groups}
-    chunks = [groups[i:i + config.tensors_per_run] for i in range(0, len(groups), config.tensors_per_run)]
-    for ci, chunk in enumerate(chunks):
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        have = {o.name for o in out.graph.output}
-        for g in chunk:
-            if g.tensor not in have:
-                out.graph.output.append(helper.make_tensor_value_info(g.tensor, TensorProto.FLOAT, None))
-        sess = session(out, store=store)
-        names = [g.tensor for g in chunk]
-        desc = "calibration: histograms" + (f" {ci + 1}/{len(chunks)}" if len(chunks) > 1 else "")
-        for feed in _run_progress(progress, feeds, desc):
-            for g, x in zip(chunk, sess.run(names, dict(feed))):
-                hists[g.tensor].add(np.abs(x.reshape(-1, g.channels) * g.mask))
-        del sess, out
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    masks = {g.tensor: None if np.all(g.mask == 1.0) else g.mask for g in groups}  # x * 1.0 is x exactly
+    probes = histogram_probes(probe, {t: (h.bins, h.scale, masks[t]) for t, h in hists.items()})
+    sess = session(probe, store=store)
+    del probe
+    names = [name for g in groups for name in probes[g.tensor]]
+    for feed in _run_progress(progress, feeds, "calibration: histograms"):
+        out = sess.run(names, dict(feed))
+        for i, g in enumerate(groups):
+            counts, seen_max, size = out[3 * i:3 * i + 3]
+            hists[g.tensor].add_counts(counts, seen_max, size)
+        del out
+    del sess
     for g in groups:
         g.amax = amax_from_histogram(hists[g.tensor], config.calibration, config.percentile)
 
@@ -391,7 +400,5 @@ def _calibrate_convs(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray
     groups = [GemmGroup(t, [], 1) for t in plan.tensors()]
     if groups:
         _channel_ranges(model, groups, feeds, progress, store)
-        # encoder activations are image-sized (a 512x512 image: 134 MB per 128-channel tensor): fewer per pass
-        _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN), progress,
-                           store)
+        _activation_ranges(model, groups, feeds, config, progress, store)
     return plan, {g.tensor: g.amax for g in groups}

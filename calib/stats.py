@@ -36,13 +36,30 @@ class Histogram:
             self.counts = np.zeros(self.bins, np.int64)
         self.upper = float(self.upper) if self.upper > 0 else 1e-12
 
+    @property
+    def scale(self) -> np.float32:
+        """What |x| is multiplied by (in float32) before truncation to its bin."""
+        return np.float32(self.bins / self.upper)
+
     def add(self, absx: np.ndarray) -> None:
         absx = np.asarray(absx, np.float32).ravel()
         if absx.size:
             self.seen_max = max(self.seen_max, float(absx.max()))
         # values above `upper` (should not happen: upper is the first pass's max) land in the last bin
-        idx = np.minimum((absx * (self.bins / self.upper)).astype(np.int64), self.bins - 1)
+        idx = np.minimum((absx * self.scale).astype(np.int64), self.bins - 1)
         self.counts += np.bincount(idx, minlength=self.bins)
+
+    def add_counts(self, counts: np.ndarray, seen_max: float, size: int) -> None:
+        """Counts binned elsewhere the way `add` bins (graph.histogram_probes, inside a calibration run).
+
+        size: how many values were binned; counts that do not add up to it overflowed where they were made."""
+        counts = np.asarray(counts).astype(np.int64)
+        if counts.shape != (self.bins,) or int(counts.sum()) != int(size) or (counts < 0).any():
+            raise ValueError(f"histogram counts of {int(size)} values add up to {int(counts.sum())} "
+                             f"over {counts.shape} bins: they overflowed or are not this histogram's")
+        if size:
+            self.seen_max = max(self.seen_max, float(seen_max))
+        self.counts += counts
 
     @property
     def edges(self) -> np.ndarray:

@@ -26,6 +26,7 @@ import torch
 
 from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, GraphIO, Sizes
 from ditf_runtime.backends.onnxrt import create_session
+from ditf_runtime.cpu_info import this_cpu
 from ditf_runtime.parity import TOLERANCES, compare
 from ditf_runtime.precision import Precision
 
@@ -50,6 +51,7 @@ class ParityReport:
     reference: str = REFERENCE
     decided_by: Mapping[str, Any] = field(default_factory=dict)  # the gating rows: which inputs, which sizes
     evidence_missing: str | None = None  # why the gate had nothing decisive to judge (then it fails)
+    machine: Mapping[str, Any] = field(default_factory=dict)  # where the gate ran: CPU class, integer kernels
 
     @property
     def passed(self) -> bool:
@@ -59,6 +61,8 @@ class ParityReport:
         d = {"backend": self.backend, "reference": self.reference, "tolerance": dict(self.tolerance),
              "results": [dict(r) for r in self.results], "passed": self.passed, "summary": list(self.summary),
              "precision": dict(self.precision), "decided_by": dict(self.decided_by)}
+        if self.machine:
+            d["machine"] = dict(self.machine)
         if self.evidence_missing:
             d["evidence_missing"] = self.evidence_missing
         return d
@@ -206,7 +210,17 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
                    "min_nn_agreement": tol.min_nn_agreement,
                    **({"min_pck_agreement": tol.min_pck_agreement} if tol.min_pck_agreement is not None else {})},
         precision=dict(precision_report or {}), decided_by=decided_by, evidence_missing=missing,
+        machine=gate_machine(),
     )
+
+
+def gate_machine() -> dict[str, str]:
+    """Which class of CPU the gate ran on (its integer kernels differ: ditf_runtime.cpu_info)."""
+    import onnxruntime
+
+    cpu = this_cpu()
+    return {"cpu_class": cpu.name, "cpu_model": cpu.model, "int8_kernels": cpu.int8_kernels,
+            "onnxruntime": onnxruntime.__version__}
 
 
 def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],

@@ -141,7 +141,21 @@ def load(
         max_memory=max_memory,
     )
     _check_graph(extractor)
+    if options.verify:
+        _check_integer_kernels(extractor)
     return extractor
+
+
+def _check_integer_kernels(extractor: Extractor) -> None:
+    """An INT8 export on the CPU: once per machine, its reference must still pass here (int8_check.py)."""
+    from .int8_check import check_this_machine, needs_check
+
+    if needs_check(extractor):
+        try:
+            check_this_machine(extractor)
+        except BaseException:
+            extractor.close()
+            raise
 
 
 def _export_folder(path: str | os.PathLike) -> Path:

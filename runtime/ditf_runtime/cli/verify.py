@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..int8_check import INTEGER_PRECISIONS
 from ..manifest import Manifest
 from .options import friendly_errors
 
@@ -35,6 +36,24 @@ def verify(export_dir: Path) -> None:
     where = stamp_location(export_dir)
     click.echo(f"{len(checks)} files match their records; "
                + (f"stamp: {where}" if where else "no stamp written (neither the folder nor the user cache is writable)"))
+    if manifest.precision in INTEGER_PRECISIONS:
+        check_integer_kernels_here(export_dir)
+
+
+def check_integer_kernels_here(export_dir: Path) -> None:
+    """An INT8 export: its reference, run on this CPU's integer kernels, must still pass its tolerance (always
+    re-run here; the result is remembered for later loads on this machine)."""
+    from ..cpu_info import this_cpu
+    from ..int8_check import check_this_machine
+    from ..loading import load
+
+    click.echo(f"INT8 on this CPU ({this_cpu().name}; integer kernels: {this_cpu().int8_kernels}):")
+    with load(export_dir, device="cpu", verify=False) as extractor:  # the graph a load would run
+        result = check_this_machine(extractor, force=True)  # raises with the reason when it fails
+    gate = Manifest.load(export_dir).parity.get("machine") or {}
+    click.echo(f"  reference inputs: cosine min {result['cosine_min']:.5f}, relative error "
+               f"{result['max_rel_error']:.4f}, NN agreement {result['nn_agreement']:.3f}: PASS "
+               f"(the export's gate ran on {gate.get('cpu_class', 'an unrecorded CPU')})")
 
 
 def engine_plans(export_dir: Path) -> dict[str, dict]:

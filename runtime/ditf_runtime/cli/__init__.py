@@ -15,6 +15,7 @@ import click
 
 from .._version import __version__
 from ..errors import DitfWarning
+from .benchmark import make_benchmark
 from .davis import eval_davis
 from .engines import build_engine
 from .evaluate import eval_spair
@@ -44,5 +45,5 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, optimize_cpu, triton_repo, serve,
-                verify):
+                verify, make_benchmark):
     main.add_command(command)

@@ -32,7 +32,7 @@ from ditf_runtime.files import staged_folder
 from ditf_runtime.manifest import MODEL_FILE, REFERENCE_FILE, Manifest
 from ditf_runtime.precision import Precision
 
-from . import graph_checks, parity, precision_step
+from . import graph_checks, parity, precision_step, semantic_gate
 from .build import build_graph, detect_discard
 from .errors import ParityError
 from .logs import quiet_libraries
@@ -80,6 +80,8 @@ def _reference_and_export(the_plan: ExportPlan, graph, calibration, folder: Path
                           say: Callable[[str], None]) -> tuple[parity.ParityCase, ...]:
     """The PyTorch module's outputs on every parity input (kept for parity), then the ONNX export."""
     extra = precision_step.calibration_parity_feeds(the_plan, calibration)
+    semantic = semantic_gate.semantic_input(the_plan, the_plan.semantic_pairs)
+    extra = extra + ((semantic,) if semantic is not None else ())
     with _step(say, f"PyTorch reference outputs on {len(the_plan.parity_sizes) + len(extra)} parity inputs"):
         # INT8 is judged on held-out real images only; random inputs are reported beside them
         cases = parity.reference_cases(graph, the_plan.io, the_plan.parity_sizes, extra,

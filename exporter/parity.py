@@ -196,6 +196,10 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
             res = compare([m for g in got for m in _maps(g)], [m for r in case.references for m in _maps(r)],
                           precision)
         row, line = _row(case, io, res)
+        if case.record.get("semantic"):  # a trained model's held-out pairs: ground-truth PCK gates too
+            from .semantic_gate import judge
+
+            line += judge(row, case.record["semantic"], _maps(got[0]), _maps(case.reference))
         results.append(row)
         summary.append(line)
         say(line)

@@ -45,6 +45,7 @@ class ExportPlan:
     calib_sizes: tuple[int, ...] = ()  # int8: long sides calibrated at
     calib_method: str = "max"
     calib_percentile: float = 99.99
+    semantic_pairs: int = 0  # trained models (flux-mini): held-out creature pairs judged by ground truth
 
     @property
     def block(self) -> str:
@@ -93,7 +94,19 @@ def plan(request: ExportRequest) -> ExportPlan:
         notes=tuple(notes), prompt_embeds_file=request.prompt_embeds, calib_images=request.calib_images,
         massive_threshold=request.massive_threshold, int8_convs=request.int8_convs, image_split=split,
         calib_sizes=calib_sizes, calib_method=request.calib_method, calib_percentile=float(request.calib_percentile),
+        semantic_pairs=_semantic_pairs(request, source),
     )
+
+
+def _semantic_pairs(request: ExportRequest, source) -> int:
+    from .semantic_gate import DEFAULT_PAIRS
+
+    if not source.trained_on:
+        return 0
+    pairs = DEFAULT_PAIRS if request.semantic_pairs is None else int(request.semantic_pairs)
+    if pairs < 0:
+        raise ExportInputError(f"semantic_pairs must be >= 0, got {pairs}")
+    return pairs
 
 
 def parse_discard(text: str, hidden: int) -> tuple[int, ...]:

@@ -72,6 +72,7 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         defaults={"model": source.spec.name if source.spec is not None else None, "rule": source.defaults_rule},
         random_weights=source.random_weights,
+        trained_on=source.trained_on,
         workload=built.workload,
     )
     graph_checks.finalize(folder / MODEL_FILE, draft)  # changes model.onnx: hash it afterwards

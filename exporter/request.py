@@ -67,6 +67,7 @@ class ExportRequest:
     massive_threshold: float = 100.0  # --discard auto: channels whose median |h_K| ratio exceeds this (paper: 100x)
     force: bool = False
     parity_sizes: tuple[tuple[int, int], ...] | None = None  # (H, W) pixels; None: PARITY_GRIDS x size multiple
+    semantic_pairs: int | None = None  # models trained by ditf: ground-truth pairs that gate (semantic_gate.py)
     progress: Callable[[str], None] = field(default=lambda msg: None, compare=False)
 
     def __post_init__(self) -> None:

@@ -38,7 +38,7 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
 # The run-record fields every feature file also carries in its own metadata (fused runs: "models" and
 # "weights" instead of the per-model ones).
-FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed", "random_weights")
+FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed", "random_weights", "trained_on")
 FUSED_FILE_FIELDS = ("models", "weights", "seed")
 
 Progress = Callable[[str, str, str], None]  # (output path, status, message), as each job finishes
@@ -110,6 +110,8 @@ class ExtractSettings:
         }
         if manifest.random_weights:  # built-in test models: their files' pictures say so (ditf show)
             record["random_weights"] = True
+        if manifest.trained_on:  # flux-mini: what the weights learned from
+            record["trained_on"] = manifest.trained_on
         return record
 
     def extract(self, extractor: Extractor | FusedExtractor, images: list[Path]) -> list[FeatureMap | FusedParts]:

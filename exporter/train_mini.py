@@ -274,6 +274,31 @@ def train(out: str | os.PathLike, cfg: TrainConfig) -> Path:
     return out
 
 
+def random_twin(trained: Path, out: Path, seed: int = 0) -> Path:
+    """A copy of a trained pipeline with a freshly initialised transformer and VAE (same configs), marked random:
+    the "learned nothing" row beside flux-mini (bench/bench_semantic.py, tests)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from .registry import RANDOM_WEIGHTS_KEY
+
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(trained, tmp)
+    torch.manual_seed(seed)
+    for sub, cls in (("transformer", FluxTransformer2DModel), ("vae", AutoencoderKL)):
+        model = cls.from_config(cls.load_config(tmp / sub))
+        shutil.rmtree(tmp / sub)
+        model.save_pretrained(tmp / sub, safe_serialization=True)
+    index = json.loads((tmp / "model_index.json").read_text())
+    index.pop(TRAINED_ON_KEY, None)
+    index[RANDOM_WEIGHTS_KEY] = True
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    tmp.rename(out)
+    return out
+
+
 SMOKE = dict(image_size=64, images=24, vae_steps=3, vae_batch=4, vae_crop=32, steps=3, batch=4, warmup=1,
              checkpoint_every=2)
 

@@ -24,7 +24,7 @@ from ditf_runtime.cli import main
 from ditf_runtime.errors import BackendError, InputError
 from ditf_runtime.manifest import Manifest
 from runtime_graphs import tiny_reference, with_geometry
-from trt_standin import StandInCuda, stand_in_runner
+from trt_standin import StandInCuda, StreamHandle, stand_in_runner
 
 RTX_4090 = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -278,7 +278,7 @@ def test_buffer_pool_grows_and_frees():
     assert pool.get("image", 32) == small  # big enough: reused
     large = pool.get("image", 4096)
     assert large != small and small not in cuda.allocations and len(cuda.allocations) == 1
-    cuda.cudaMemcpyAsync(large, 0, 16, 1, 7)  # work queued on the stream that writes `large`
+    cuda.cudaMemcpyAsync(large, 0, 16, 1, StreamHandle(7))  # work queued on the stream that writes `large`
     pool.get("image", 8192)  # growing now would free memory in flight: the stand-in records it
     assert cuda.violations and "while queued work still uses it" in cuda.violations[0]
     cuda.queue.clear()

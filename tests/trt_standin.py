@@ -272,9 +272,9 @@ class StandInContext:
 class StandInEngine:
     """An engine of the tiny test graph with the given profiles ({name: (min, opt, max)} each).
 
-    rtx: offers TensorRT-RTX's create_runtime_config. device: the ordinal it was deserialised on."""
+    device: the ordinal it was deserialised on."""
 
-    def __init__(self, cuda: StandInCuda, geometry, profiles: list[dict], rtx: bool = False, device: int = 0,
+    def __init__(self, cuda: StandInCuda, geometry, profiles: list[dict], device: int = 0,
                  weights: int = 3 << 20, activations_per_profile: list[int] | None = None) -> None:
         self.cuda, self.geometry, self.profiles = cuda, geometry, profiles
         self.weight, self.bias = tiny_weights(geometry)
@@ -288,8 +288,6 @@ class StandInEngine:
         self.dtypes = {"image": DataType.FLOAT, "noise": DataType.FLOAT, "features": DataType.FLOAT}
         self.weights = weights
         self.activations = activations_per_profile or [(i + 1) << 20 for i in range(len(profiles))]
-        if rtx:
-            self.create_runtime_config = lambda: StandInRuntimeConfig(self.released)
         weakref.finalize(self, self.released.append, "engine")
 
     def compute(self, image, noise):
@@ -332,6 +330,13 @@ class StandInRuntime:
     """trt.Runtime: the engine's deserialiser, which must outlive it."""
 
 
+class StandInRtxEngine(StandInEngine):
+    """TensorRT-RTX's engine: contexts are made with a runtime config (and its runtime cache)."""
+
+    def create_runtime_config(self):
+        return StandInRuntimeConfig(self.released)
+
+
 class StandInLoader:
     """EngineFromPath's part the runner sees: called once, then `folder`, `device` and `record` are set."""
 
@@ -355,7 +360,8 @@ def stand_in_runner(monkeypatch, geometry, profiles, *, rtx: bool = False, folde
     from ditf_runtime.backends.trt import TrtRunner, flavors, runner
 
     cuda = cuda or StandInCuda()
-    engine = StandInEngine(cuda, geometry, profiles, rtx=rtx, device=device.index if device is not None else 0)
+    engine = (StandInRtxEngine if rtx else StandInEngine)(cuda, geometry, profiles,
+                                                          device=getattr(device, "index", 0))
     monkeypatch.setattr(runner, "import_cudart", lambda: cuda)
     monkeypatch.setattr(flavors, "import_cudart", lambda: cuda)
     return TrtRunner(StandInLoader(engine, folder, device)), engine, cuda

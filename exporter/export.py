@@ -38,7 +38,7 @@ from .errors import ParityError
 from .logs import quiet_libraries
 from .onnx_export import OPSET, export_onnx
 from .plan import ExportPlan, plan
-from .publish import write_manifest
+from .publish import PROFILE_MAX_BATCH, write_manifest
 from .request import ExportRequest
 
 __all__ = ["ExportRequest", "ExportPlan", "ParityError", "build_graph", "export", "plan"]
@@ -68,7 +68,8 @@ def export(request: ExportRequest) -> Manifest:
         _check_freed(module, say)
         graph_checks.check_graph(tmp / MODEL_FILE)
         # the first gating case: what `verify_reference` later judges must be what the export's gate judged
-        parity.save_reference(next((c for c in cases if c.gates), cases[0]), the_plan.io, tmp / REFERENCE_FILE)
+        parity.save_reference(next((c for c in cases if c.gates), cases[0]), the_plan.io, tmp / REFERENCE_FILE,
+                              max_batch=PROFILE_MAX_BATCH[the_plan.io.has_axis(FRAMES)])
         report = _precision_and_parity(the_plan, cases, calibration, tmp, say)
         with _step(say, "hashing files and writing the manifest"):
             manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)

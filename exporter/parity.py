@@ -167,11 +167,18 @@ def reference_cases(graph: torch.nn.Module, io: GraphIO, sizes: tuple[tuple[int,
     return tuple(cases)
 
 
-def save_reference(case: ParityCase, io: GraphIO, path: Path) -> None:
-    """reference.safetensors: one case's inputs and PyTorch output, for the runtime's verify_reference."""
+def save_reference(case: ParityCase, io: GraphIO, path: Path, max_batch: int | None = None) -> None:
+    """reference.safetensors: one case's inputs and PyTorch output, for the runtime's verify_reference.
+
+    max_batch: keep only the case's first batch elements (each is computed on its own, so they are the
+    same numbers): a video export's TensorRT profile takes one clip at a time."""
     from safetensors.numpy import save_file
 
     tensors = {**case.feed, io.output_names[0]: case.reference}
+    batch_axes = {t.name: t.axis_index(BATCH) for t in io.inputs + io.outputs}
+    if max_batch is not None and None not in batch_axes.values():
+        tensors = {k: np.take(v, np.arange(min(max_batch, np.shape(v)[batch_axes[k]])), axis=batch_axes[k])
+                   for k, v in tensors.items()}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
 
 

@@ -360,3 +360,27 @@ def test_triton_repo_refuses_an_rtx_engine_for_tensorrt_plan(rtx_engine, tmp_pat
                                   TritonOptions(backend="tensorrt", pipeline="local", graph=False))
     assert sorted(p.name for p in repo.iterdir()) == ["extract", "match"]
     assert 'key: "ditf_ensemble"\n  value: { string_value: "2" }' in (repo / "extract" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("family,precision", [("flux", p) for p in PRECISIONS] + [("latte", "fp32")],
+                         ids=[f"flux-{p}" for p in PRECISIONS] + ["latte-fp32"])
+def test_an_engine_of_the_manifest_profile_holds_the_reference(family, precision, family_export, tmp_path):
+    """Issue 23: `ditf build-engine EXPORT` (the manifest's own profile) must take reference.safetensors' inputs, at
+    every precision, so `ditf verify EXPORT --backend tensorrt` and `verify_reference()` can run the engine. (The
+    reference used to be the random parity inputs, 64x96 at E = 3, below the profile's smallest side; for video a
+    batch of 2 clips where the profile takes one.)"""
+    from safetensors.numpy import load_file
+
+    export = linked_copy(family_export(family, precision), tmp_path / f"{family}-{precision}")
+    result = build(export)
+    assert result.exit_code == 0, result.output
+    record = trt.read_engine_record(Path(result.stdout.strip().splitlines()[-1]))
+    assert record["profiles_from"] == "manifest"
+    reference = load_file(str(export / "reference.safetensors"))
+    shapes = {name: reference[name].shape for name in record["profiles"][0]}
+    assert trt.choose_profile(trt.record_ranges(record), shapes) == 0
+    verify = CliRunner().invoke(main, ["verify", str(export), "--backend", "tensorrt"])
+    if trt.gpu_or_none() is None:  # here it gets as far as needing the GPU
+        assert verify.exit_code == 1 and "TensorRT engines run on a CUDA GPU" in verify.output, verify.output
+    else:
+        assert verify.exit_code == 0, verify.output

@@ -45,7 +45,9 @@ def default_providers(device: str) -> list[str]:
     if device == "cuda":
         # CPU stays listed so onnxruntime may place the odd shape op there; CUDA must be active.
         return [CUDA, CPU]
-    raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if str(device).startswith("cuda:") and device[5:].isdigit():  # the N-th GPU this process sees
+        return [(CUDA, {"device_id": int(device[5:])}), CPU]
+    raise BackendError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 
 
 def _provider_name(spec: Any) -> str:

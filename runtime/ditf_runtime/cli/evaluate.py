@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..evaluate import evaluate, read_pairs
-from ..memory import check_long_side, fused_attention_of, manifests_of
+from ..memory import check_long_side, engines_of, fused_attention_of, manifests_of
 from ..manifest import write_text_atomic
 from .options import ModelChoice, friendly_errors, model_options
 
@@ -45,7 +45,7 @@ def eval_spair(dataset, model: ModelChoice, split, categories, limit, alpha, min
         # The largest input the run can see (a square image at --size) must fit before the first pair.
         check_long_side(manifests_of(extractor), model.size, ensemble=model.ensemble,
                         fused_attention=fused_attention_of(extractor), max_memory=model.load.max_memory,
-                        device=extractor.device)
+                        device=extractor.device, engines=engines_of(extractor))
         result = evaluate(
             extractor,
             dataset,

@@ -12,7 +12,7 @@ import click
 
 from ..jobs import DONE, FAILED, ExtractSettings, FolderPlan, extract_jobs, plan_folder, start_folder
 from ..loading import LoadOptions
-from ..memory import check_long_side, fused_attention_of, manifests_of
+from ..memory import check_long_side, engines_of, fused_attention_of, manifests_of
 from ..progress import progress_bar
 from ..ray_extract import RayOptions, run_jobs
 from .options import ModelChoice, friendly_errors, model_options
@@ -110,7 +110,7 @@ def _extract_here(plan: FolderPlan, model: ModelChoice, settings: ExtractSetting
         # The largest input this run can see (a square image at --size) must fit, before OUT is touched.
         check_long_side(manifests_of(extractor), settings.size, batch=load.batch_size, ensemble=settings.ensemble,
                         fused_attention=fused_attention_of(extractor), max_memory=load.max_memory,
-                        device=extractor.device)
+                        device=extractor.device, engines=engines_of(extractor))
         start_folder(plan)
         with progress_bar(total=len(plan.pending), unit="img", desc="extract") as bar:
             extract_jobs(extractor, plan.pending, settings, plan.metadata, partial(counts.progress, bar))

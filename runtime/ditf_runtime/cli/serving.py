@@ -12,7 +12,7 @@ from ..errors import InputError
 from ..fusion import MODELS, check_weights
 from ..loading import LoadOptions
 from ..serving.triton_repo import TritonOptions, write_model_repository
-from .options import friendly_errors, max_memory_option, max_pixels_option
+from .options import DEVICE, friendly_errors, max_memory_option, max_pixels_option
 
 
 def _exports(export_dir: Path | None, models: tuple[Path, ...], fuse_weight: float | None):
@@ -100,7 +100,7 @@ def triton_repo(
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Prometheus metrics (default off).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--device", type=DEVICE, default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)

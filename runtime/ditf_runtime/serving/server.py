@@ -34,6 +34,7 @@ from ..manifest import Manifest
 from ..memory import budget_check
 from ..fusion import FusedExtractor
 from ..jobs import as_export_dirs
+from .admission import DEFAULT_WAIT_S, Admission
 from .pipeline import FeaturePipeline, Member
 from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports, served_geometry
 
@@ -150,7 +151,9 @@ class FeatureServer:
     `start()`, then `serve_forever()` or `stop()`.
 
     `load` says how the export is loaded (backend, device, threads, verify); requests are batched
-    by Triton's dynamic batcher, up to `max_batch_size` rows after at most `queue_delay_us`.
+    by Triton's dynamic batcher, up to `max_batch_size` rows after at most `queue_delay_us`. Graph calls share
+    one memory budget (admission.py): a call that does not fit beside those running waits up to `busy_timeout_s`,
+    then gets a "server is busy" error.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class FeatureServer:
         log_verbose: int = 0,
         weights: Sequence[float] | None = None,
         log_file: str | os.PathLike | None = None,
+        busy_timeout_s: float = DEFAULT_WAIT_S,
     ) -> None:
         self.export_dirs = as_export_dirs(export_dir)
         self.export_dir = self.export_dirs[0]
@@ -179,6 +183,7 @@ class FeatureServer:
         self.max_batch_size = int(max_batch_size)
         self.queue_delay_us = int(queue_delay_us)
         self.log_verbose = int(log_verbose)
+        self.busy_timeout_s = float(busy_timeout_s)
         # Triton's own log (its ~55 start-up lines, CUDA notes on CPU machines): a file, not the terminal.
         self.log_file = Path(log_file) if log_file is not None else default_log_file(self.http_port)
         self.extractor = None
@@ -219,13 +224,18 @@ class FeatureServer:
         manifests = [Manifest.load(d) for d in self.export_dirs]
         self.extractor = self.load_options.load(*self.export_dirs, weights=self.weights)
         max_pixels = self.load_options.max_pixels
+        # One memory account for every graph call of this server, whichever Triton thread makes it (admission.py).
+        admission = Admission(manifests, max_memory=self.load_options.max_memory, device=self.extractor.device,
+                              wait_s=self.busy_timeout_s)
         if isinstance(self.extractor, FusedExtractor):
             members = [Member(m.manifest, m.run, _fixed_ensemble(m), m.graph) for m in self.extractor.members]
             pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size,
-                                             max_pixels=max_pixels, check_memory=budget_check(self.extractor))
+                                             max_pixels=max_pixels, check_memory=budget_check(self.extractor),
+                                             admission=admission)
         else:
             pipeline = FeaturePipeline(manifests[0], self.extractor.run, max_batch_size=self.max_batch_size,
-                                       fixed_ensemble=_fixed_ensemble(self.extractor), max_pixels=max_pixels)
+                                       fixed_ensemble=_fixed_ensemble(self.extractor), max_pixels=max_pixels,
+                                       graph=self.extractor.graph, admission=admission)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         config = TritonConfig(
             http_address=self.host,

@@ -154,6 +154,9 @@ def _serve(dirs, weights, host, http_port, grpc_port, metrics_port, backend, dev
         max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us, weights=weights, log_file=log_file,
         busy_timeout_s=busy_timeout,
     )  # fmt: skip
+    # A busy port is refused before the first line: with the default log file (one per HTTP port) that line would
+    # name the log of the server already listening there, as if it were this one's.
+    server.check_ports()
     click.echo(f"starting Triton for {' + '.join(map(str, dirs))} (its log: {server.log_file})", err=True)
     try:
         server.start()

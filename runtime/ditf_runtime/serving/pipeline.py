@@ -108,7 +108,17 @@ class FeaturePipeline:
         raise InputError(f"unknown task {task!r}")
 
     def _request_checks(self) -> RequestChecks:
-        return RequestChecks(self.members, self.weights is not None, self.max_pixels)
+        check_call = self._check_call if self.check_memory is not None or self.admission is not None else None
+        return RequestChecks(self.members, self.weights is not None, self.max_pixels, check_call)
+
+    def _check_call(self, member: Member, size: tuple[int, int], ensemble: int) -> None:
+        """One image's call at model size (H, W): refused before the image is resized when it could never fit."""
+        from ..memory import RunShape
+
+        runs = [(member.manifest, RunShape(1, ensemble, *size).for_graph(member.graph))]
+        for check in (self.check_memory, self.admission and self.admission.check):
+            if check is not None:
+                check(runs)
 
     # -- extract ---------------------------------------------------------------------------------
     def extract(self, requests: Sequence[Feed]) -> list:

@@ -36,6 +36,7 @@ from ..fusion import FusedExtractor
 from ..jobs import as_export_dirs
 from .admission import DEFAULT_WAIT_S, Admission
 from .pipeline import FeaturePipeline, Member
+from .pytriton_errors import one_line_errors
 from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports, served_geometry
 
 DEFAULT_HTTP_PORT = 8000
@@ -198,12 +199,16 @@ class FeatureServer:
     def grpc_url(self) -> str:
         return f"grpc://{self.host}:{self.grpc_port}"
 
+    def check_ports(self) -> None:
+        """Refuse ports that are taken, at once (check_ports), before anything is loaded or printed."""
+        check_ports(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
+                                "--metrics-port": self.metrics_port})
+
     def start(self) -> FeatureServer:
         """Check the ports, load the export, start Triton; on any failure or interruption (Ctrl-C, or
         SIGTERM where the caller maps it to KeyboardInterrupt) everything started so far is stopped and
         the temporary workspace removed."""
-        check_ports(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
-                                "--metrics-port": self.metrics_port})
+        self.check_ports()
         Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor = _import_pytriton()
         use_own_libpython()
         try:
@@ -252,7 +257,15 @@ class FeatureServer:
         logging.getLogger("pytriton").setLevel(logging.ERROR)
         # Our own workspace (sockets, model store, a copy of the Triton binaries), removed with the server.
         self._workspace = tempfile.TemporaryDirectory(prefix="ditf-serve-")
-        self.triton = Triton(config=config, workspace=Path(self._workspace.name) / "pytriton")
+        # The models are written into a local model store before Triton starts, and Triton loads them before it
+        # opens its ports: /v2/health/ready (and the port itself) then means "extract and match are loaded".
+        # PyTriton's default starts Triton first and loads the models over its API afterwards: the server
+        # answered ready, with nothing loaded, seconds before `extract` could take a request.
+        from pytriton.triton import TritonLifecyclePolicy
+
+        workspace = Path(self._workspace.name) / "pytriton"
+        self.triton = Triton(config=config, workspace=workspace, triton_lifecycle_policy=TritonLifecyclePolicy(
+            launch_triton_on_startup=False, local_model_store=True))
         batching = ModelConfig(
             batching=True,
             max_batch_size=self.max_batch_size,
@@ -268,6 +281,8 @@ class FeatureServer:
                 config=batching,
                 strict=False,
             )
+        for task in (EXTRACT_MODEL, MATCH_MODEL):
+            one_line_errors(workspace / "model-store" / task)
         self.triton.run()
         # What the Triton process still prints itself ("Signal (15) received." on shutdown) PyTriton echoes to
         # our stdout; its log file has the rest. PyTriton 0.7 has no option for this: a private flag, if there.

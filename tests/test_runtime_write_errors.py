@@ -66,7 +66,8 @@ def test_extract_on_a_disk_that_fills_up_names_the_file_and_resumes(export_dir, 
     args = ["extract", str(images), "--model", str(export_dir), "--out", str(out)]
     line = _one_line_error(CliRunner().invoke(main, args))
     assert f"cannot write {out / 'img02.safetensors'}: the disk is full" in line, line
-    assert "2 of 6 file(s) were written before that, each complete: rerun the same command to resume" in line
+    assert "2 of 6 file(s) were written before that, each complete: free some space, then rerun the same command " \
+        "to resume" in line
     assert sorted(p.name for p in out.iterdir()) == ["ditf-extract.json", "img00.safetensors", "img01.safetensors"]
 
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the same command resumes

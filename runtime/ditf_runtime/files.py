@@ -81,7 +81,7 @@ def write_failure(path: str | os.PathLike, exc: OSError, *, fix: str | None = No
     else:
         cause, default_fix = (exc.strerror or str(exc) or type(exc).__name__).rstrip("."), "check the folder and rerun"
     error = OutputError(f"cannot write {path}: {cause}; {fix or default_fix}")
-    error.errno = exc.errno
+    error.errno, error.target, error.cause = exc.errno, path, cause  # for callers that give their own fix
     return error
 
 

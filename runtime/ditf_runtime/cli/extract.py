@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import OutputError
+from ..files import FULL_ERRNOS
 from ..jobs import DONE, FAILED, ExtractSettings, FolderPlan, check_room, extract_jobs, plan_folder, start_folder
 from ..loading import LoadOptions
 from ..memory import check_long_side, fused_attention_of, manifests_of
@@ -87,8 +88,12 @@ def extract(
         )
         sys.exit(130)
     except OutputError as exc:  # disk full, read-only, no permission: the one file that failed is not left behind
-        written = f"{counts.written} of {len(plan.pending)} file(s) were written before that, each complete"
-        raise click.ClickException(f"{exc}; {written}: rerun the same command to resume") from None
+        if not hasattr(exc, "cause"):  # refused up front (check_room): nothing was written
+            raise click.ClickException(str(exc)) from None
+        fix = "free some space" if exc.errno in FULL_ERRNOS else "fix that"
+        raise click.ClickException(
+            f"cannot write {exc.target}: {exc.cause}; {counts.written} of {len(plan.pending)} file(s) were written "
+            f"before that, each complete: {fix}, then rerun the same command to resume") from None
     click.echo(f"wrote {counts.written} file(s) to {out_dir}", err=True)
     if counts.failures:
         for message in counts.failures:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ditf_runtime.errors import OutputError
 from ditf_runtime.precision import PRECISIONS, Precision
 
 from .errors import ExportInputError, ParityError
@@ -108,13 +109,13 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
             progress=lambda msg: click.echo(msg, err=True),
         )
         request.check()  # before torch is imported: a wrong option fails in well under a second
-    except ExportInputError as exc:
+    except (ExportInputError, OutputError) as exc:
         raise click.ClickException(str(exc)) from None
     from .export import export  # torch, diffusers: seconds
 
     try:
         manifest = export(request)
-    except (ExportInputError, ParityError) as exc:
+    except (ExportInputError, ParityError, OutputError) as exc:  # OutputError: disk full, read-only (files.py)
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written to --out", err=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, HEIGHT, WIDTH
-from ditf_runtime.files import staged_folder
+from ditf_runtime.files import check_free_space, staged_folder
 from ditf_runtime.manifest import MODEL_FILE, REFERENCE_FILE, Manifest
 from ditf_runtime.precision import Precision
 
@@ -60,6 +60,8 @@ def export(request: ExportRequest) -> Manifest:
     if the_plan.discard_source == "auto":
         the_plan, massive_ratios = detect_discard(the_plan, built, say)
     out = Path(request.out)
+    check_free_space(out.parent, _folder_bytes(built.graph, the_plan), "the export",
+                     fix="free some space, or choose another --out")  # known now, before minutes of writing
     with staged_folder(out) as tmp:  # renamed into place when the block ends, removed if it fails
         calibration = precision_step.calibration_set(the_plan)
         cases = _reference_and_export(the_plan, built.graph, calibration, tmp, say)
@@ -75,6 +77,14 @@ def export(request: ExportRequest) -> Manifest:
             manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)
     say(f"done in {time.perf_counter() - t0:.1f} s: {out}")
     return manifest
+
+
+def _folder_bytes(graph, the_plan: ExportPlan) -> int:
+    """About what the export writes at its peak: the fp32 graph's weights (model.onnx.data), and for another
+    precision its rewrite beside it until the fp32 file goes (calib/tensors.GraphRewrite), plus some slack."""
+    tensors = [*graph.parameters(), *graph.buffers()]
+    fp32 = sum(t.numel() for t in tensors if t.device.type != "meta") * 4  # meta: weights never read
+    return fp32 * (1 if the_plan.precision == Precision.FP32 else 2) + (64 << 20)
 
 
 def _reference_and_export(the_plan: ExportPlan, graph, calibration, folder: Path,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ditf_runtime.files import check_writable
 from ditf_runtime.precision import Precision
 
 from .errors import ExportInputError
@@ -87,6 +88,7 @@ class ExportRequest:
             raise ExportInputError(f"--out {out} already exists; pass --force to replace it (or choose another folder)")
         if out.exists() and not out.is_dir():
             raise ExportInputError(f"--out {out} exists and is not a folder")
+        check_writable(out, what="--out")  # a read-only or forbidden place: now, not after minutes of work
         _check_model_text(self.model)
         if self.layer is not None and self.layer < 0:
             raise ExportInputError(f"--layer {self.layer}: layers are numbered from 0")

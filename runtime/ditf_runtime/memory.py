@@ -52,7 +52,7 @@ from .cpu_variant import attention_bytes
 from .errors import InputError
 from .host_memory import available_memory
 from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
-from .preprocess import model_size
+from .preprocess import check_size_limit, model_size
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -410,6 +410,7 @@ def runs_at(manifests: Manifests, long_side: int | Sequence[int | None] | None, 
     runs = []
     for manifest, side, fused_here in zip(manifests, sides, fused):
         side = manifest.preprocess.long_side if side is None else int(side)
+        check_size_limit(manifest.geometry, side)  # the export's own limit speaks first, as for one image
         height, width = image_size if image_size is not None else (side, side)
         h, w = model_size(height, width, side, manifest.geometry.size_multiple)
         runs.append((manifest, RunShape(batch, ensemble_for(manifest, ensemble), h, w, frames, bool(fused_here))))

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 1234  # torch's seed (weights, noise, batches); the images come from TRAIN_SEED
     threads: int | None = None
     checkpoint_every: int = 500  # a complete pipeline folder at OUT-checkpoint, to evaluate while training runs
+    resume: str | None = None  # a folder this script wrote: keep its VAE and text encoders, train its transformer on
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Record:
     latent_shift: float = 0.0
     latent_scale: float = 1.0
     torch_version: str = torch.__version__
+    resumed_from: dict | None = None  # the training.json of the run this one continued (its whole history)
 
 
 def _draw_training_image(args: tuple[int, int]) -> np.ndarray:
@@ -180,7 +182,10 @@ def train_transformer(latents: torch.Tensor, text: dict[str, torch.Tensor], cfg:
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(cfg.seed + 1)
-    model = FluxTransformer2DModel(**MINI_TRANSFORMER)
+    if cfg.resume:
+        model = FluxTransformer2DModel.from_pretrained(Path(cfg.resume) / "transformer")
+    else:
+        model = FluxTransformer2DModel(**MINI_TRANSFORMER)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(cfg.seed + 2)
     h, w = latents.shape[2] // 2, latents.shape[3] // 2
@@ -231,16 +236,28 @@ def train(out: str | os.PathLike, cfg: TrainConfig) -> Path:
     t0 = time.perf_counter()
     images = make_images(cfg.images, cfg.image_size)
     record.data_seconds = round(time.perf_counter() - t0, 1)
-    vae = train_vae(images, cfg, record)
-    raw = encode_latents(vae, images)
-    shift, std = float(raw.mean()), float(raw.std())
-    record.latent_shift, record.latent_scale = round(shift, 5), round(1.0 / std, 5)
-    vae.register_to_config(shift_factor=record.latent_shift, scaling_factor=record.latent_scale)
+    if cfg.resume:  # the earlier run's VAE and latent statistics, unchanged: the transformer's inputs stay the same
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(Path(cfg.resume) / "vae").eval()
+        record.resumed_from = json.loads((Path(cfg.resume) / "training.json").read_text())
+        raw = encode_latents(vae, images)
+        record.latent_shift, record.latent_scale = vae.config.shift_factor, vae.config.scaling_factor
+    else:
+        vae = train_vae(images, cfg, record)
+        raw = encode_latents(vae, images)
+        shift, std = float(raw.mean()), float(raw.std())
+        record.latent_shift, record.latent_scale = round(shift, 5), round(1.0 / std, 5)
+        vae.register_to_config(shift_factor=record.latent_shift, scaling_factor=record.latent_scale)
     latents = (raw - record.latent_shift) * record.latent_scale
     del images, raw
     out = Path(out)
     with staged_folder(out) as tmp:
-        tiny_text_encoders(tmp, cfg.seed + 200)  # frozen random encoders: "" -> a constant conditioning
+        if cfg.resume:
+            for sub in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+                shutil.copytree(Path(cfg.resume) / sub, tmp / sub)
+        else:
+            tiny_text_encoders(tmp, cfg.seed + 200)  # frozen random encoders: "" -> a constant conditioning
 
         class _Source:  # what encode_clip_t5 reads: the folder's path
             path = tmp
@@ -310,11 +327,16 @@ SMOKE = dict(image_size=64, images=24, vae_steps=3, vae_batch=4, vae_crop=32, st
 @click.option("--vae-steps", type=int, default=None)
 @click.option("--images", type=int, default=None, help="training images drawn")
 @click.option("--threads", type=int, default=None)
+@click.option("--batch", type=int, default=None, help="transformer batch size")
+@click.option("--lr", type=float, default=None, help="transformer peak learning rate")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+              help="continue training the transformer of a folder this script wrote (its VAE is kept)")
 def main(out: str, smoke: bool, steps: int | None, vae_steps: int | None, images: int | None,
-         threads: int | None) -> None:
+         threads: int | None, batch: int | None, lr: float | None, resume: str | None) -> None:
     """Train flux-mini on procedural creatures and write it as a diffusers pipeline folder."""
-    cfg = TrainConfig(**(SMOKE if smoke else {}), threads=threads)
-    for name, value in (("steps", steps), ("vae_steps", vae_steps), ("images", images)):
+    cfg = TrainConfig(**(SMOKE if smoke else {}), threads=threads, resume=resume)
+    for name, value in (("steps", steps), ("vae_steps", vae_steps), ("images", images), ("batch", batch),
+                        ("lr", lr)):
         if value is not None:
             setattr(cfg, name, value)
     path = train(out, cfg)

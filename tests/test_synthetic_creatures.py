@@ -69,7 +69,7 @@ def test_benchmark_in_spair_layout(tmp_path):
         trg = json.loads((out / "ImageAnnotation" / pair.category / pair.trg_name.replace(".png", ".json")).read_text())
         for name, xy in zip(record["kps_names"], record["src_kps"]):  # exactly the keypoints visible in both
             assert src["keypoints"][name]["visible"] and trg["keypoints"][name]["visible"]
-            assert src["keypoints"][name]["xy"] == xy
+            assert [round(v) for v in src["keypoints"][name]["xy"]] == xy  # integer pixels, as SPair's
         hidden = [n for n in KEYPOINTS[pair.category] if n not in record["kps_names"]]
         assert all(not (src["keypoints"][n]["visible"] and trg["keypoints"][n]["visible"]) for n in hidden)
     meta = json.loads((out / "benchmark.json").read_text())

@@ -100,8 +100,9 @@ def write_benchmark(out: str | os.PathLike, kind: str = "creatures", pairs: int 
                 "pair_id": pair.index, "category": pair.category, "src_imname": pair.source_name,
                 "trg_imname": pair.target_name, "kps_ids": ids,
                 "kps_names": [KEYPOINTS[pair.category][k] for k in ids],
-                "src_kps": [[round(float(v), 2) for v in pair.source.keypoints[k]] for k in ids],
-                "trg_kps": [[round(float(v), 2) for v in pair.target.keypoints[k]] for k in ids],
+                # integer pixels, as SPair-71k annotates them (and as eval-spair's matcher takes them)
+                "src_kps": [[int(round(float(v))) for v in pair.source.keypoints[k]] for k in ids],
+                "trg_kps": [[int(round(float(v))) for v in pair.target.keypoints[k]] for k in ids],
                 "src_bndbox": [round(v, 2) for v in pair.source.bbox], "trg_bndbox": [round(v, 2) for v in pair.target.bbox],
                 "src_imsize": [size, size, 3], "trg_imsize": [size, size, 3],
                 "src_facing": pair.source.facing, "trg_facing": pair.target.facing,

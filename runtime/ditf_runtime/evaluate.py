@@ -293,7 +293,9 @@ def _score_pair(pair: Pair, features_of: _PairFeatures, index: int) -> tuple[np.
     base; and how many keypoints were left out because the annotation puts them outside the source image."""
     try:
         src_features, src_size = features_of(index, pair.src_image)
-        trg_features, trg_size = features_of(index, pair.trg_image)
+        # An image matched with itself is read once (the cache lets a map go after its last pair).
+        trg_features, trg_size = (src_features, src_size) if pair.trg_image == pair.src_image \
+            else features_of(index, pair.trg_image)
     except ImageError as exc:  # a missing or unreadable image: say which pair needs it
         raise ImageError(f"{pair.annotation}: {exc}") from exc
     for annotated, actual, image in (

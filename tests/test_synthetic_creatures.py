@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ditf_runtime.cli import main
 from ditf_runtime.errors import InputError
-from ditf_runtime.evaluate import image_path, read_pairs
+from ditf_runtime.evaluate import read_pairs
 from ditf_runtime.synthetic.benchmark import creature_pairs, write_benchmark
 from ditf_runtime.synthetic.creatures import CATEGORIES, KEYPOINTS, TRAIN_SEED, draw
 
@@ -62,11 +62,11 @@ def test_benchmark_in_spair_layout(tmp_path):
     pairs = read_pairs(out, "test")  # eval-spair's own reader
     assert len(pairs) == 10 and {p.category for p in pairs} == set(CATEGORIES)
     for pair in pairs:
-        assert pair.src_name != pair.trg_name  # two different creatures, not an augmented copy
-        assert image_path(out, pair.category, pair.src_name).is_file()
+        assert pair.src_image != pair.trg_image  # two different creatures, not an augmented copy
+        assert pair.src_image.is_file() and pair.src_image.parent == out / "JPEGImages" / pair.category
         record = json.loads(pair.annotation.read_text())
-        src = json.loads((out / "ImageAnnotation" / pair.category / pair.src_name.replace(".png", ".json")).read_text())
-        trg = json.loads((out / "ImageAnnotation" / pair.category / pair.trg_name.replace(".png", ".json")).read_text())
+        src = json.loads((out / "ImageAnnotation" / pair.category / pair.src_image.name.replace(".png", ".json")).read_text())
+        trg = json.loads((out / "ImageAnnotation" / pair.category / pair.trg_image.name.replace(".png", ".json")).read_text())
         for name, xy in zip(record["kps_names"], record["src_kps"]):  # exactly the keypoints visible in both
             assert src["keypoints"][name]["visible"] and trg["keypoints"][name]["visible"]
             assert [round(v) for v in src["keypoints"][name]["xy"]] == xy  # integer pixels, as SPair's

@@ -17,7 +17,6 @@ docs/precision.md for what it costs in accuracy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -25,7 +24,6 @@ from onnx import helper
 
 from .graph import GraphIndex
 from .qformat import QFormat
-from .tensors import TensorStore
 
 # The softmax output lies in [0, 1]: its scale needs no calibration (ModelOpt and TensorRT use the same).
 SOFTMAX_AMAX = 1.0
@@ -42,7 +40,7 @@ def fp8_config(config):
 @dataclass
 class AttentionPlan:
     """Attention's matrix products: QK^T (MatMul -> Softmax) and PV (Softmax -> MatMul), and the per-tensor
-    amax of every input to quantize (q, k, v calibrated; the softmax output fixed)."""
+    amax of every input to quantize (q, k, v calibrated by int8._calibrate_attention; the softmax output fixed)."""
 
     matmuls: list[onnx.NodeProto] = field(default_factory=list)
     amax: dict[str, float] = field(default_factory=dict)
@@ -66,27 +64,6 @@ def plan_attention(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Att
         plan.matmuls.append(n)
         plan.amax.setdefault(n.input[0], SOFTMAX_AMAX if reads_softmax else None)
         plan.amax.setdefault(n.input[1], None)
-    return plan
-
-
-def calibrate_attention(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config,
-                        progress: Callable | None, store: TensorStore | None) -> AttentionPlan:
-    """q, k and v ranges from int8.py's passes (one channel per tensor); with `max` calibration the first,
-    scalar-sized pass decides alone (a histogram's max is that same max)."""
-    from .int8 import CONV_TENSORS_PER_RUN, GemmGroup, _activation_ranges, _channel_ranges
-
-    plan = plan_attention(model, config.exclude)
-    groups = [GemmGroup(t, [], 1) for t in plan.calibrated()]
-    if groups:
-        _channel_ranges(model, groups, feeds, progress, store)
-        if config.calibration == "max":
-            for g in groups:
-                g.amax = float(g.channel_max.max())
-        else:  # q/k/v are token-sized: as few per run as the encoder's activations
-            _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN),
-                               progress, store)
-        for g in groups:
-            plan.amax[g.tensor] = g.amax
     return plan
 
 

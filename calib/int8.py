@@ -394,11 +394,7 @@ def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], 
         skipped += [f"{g.tensor} (sensitivity {g.sensitivity:.3g})" for g in worst]
         groups = [g for g in groups if g not in worst]
     conv_plan, conv_amax = (_calibrate_convs(model_f, feeds, config, progress, store) if config.convs else (None, {}))
-    attention = None
-    if config.attention:
-        from .fp8 import calibrate_attention
-
-        attention = calibrate_attention(model_f, feeds, config, progress, store)
+    attention = _calibrate_attention(model_f, feeds, config, progress, store) if config.attention else None
     out = insert_qdq(model_f, groups, store, config.fmt)
     report = Int8Report(config, groups, skipped, len(feeds))
     if attention is not None:
@@ -432,3 +428,23 @@ def _calibrate_convs(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray
         _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN), progress,
                            store)
     return plan, {g.tensor: g.amax for g in groups}
+
+
+def _calibrate_attention(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
+                         progress: Callable | None, store: TensorStore | None):
+    """fp8.plan_attention's q, k and v ranges from the GEMM passes (one channel per tensor); with `max`
+    calibration the first, scalar-sized pass decides alone (a histogram's max is that same max)."""
+    from .fp8 import plan_attention
+
+    plan = plan_attention(model, config.exclude)
+    groups = [GemmGroup(t, [], 1) for t in plan.calibrated()]
+    if groups:
+        _channel_ranges(model, groups, feeds, progress, store)
+        if config.calibration == "max":
+            for g in groups:
+                g.amax = float(g.channel_max.max())
+        else:  # q/k/v are token-sized: as few per run as the encoder's activations
+            _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN),
+                               progress, store)
+    plan.amax.update({g.tensor: g.amax for g in groups})
+    return plan

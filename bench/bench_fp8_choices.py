@@ -29,7 +29,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "examples" / "images"
 

@@ -85,7 +85,8 @@ def main() -> None:
     ap.add_argument("--export", type=Path, required=True)
     ap.add_argument("--modelopt-python", required=True)
     ap.add_argument("--modes", default="fp8,fp8:linears,int8",
-                    help="fp8 / int8: ModelOpt's defaults (attention and Conv Q/DQ too); fp8:linears: linear layers only")
+                    help="fp8 / int8: ModelOpt's defaults (attention and Conv Q/DQ too); fp8:linears: linear "
+                         "layers only")
     ap.add_argument("--side", type=int, default=None, help="calibration side (default: the export's long side)")
     args = ap.parse_args()
 

@@ -10,7 +10,8 @@ ditf-export's own loop, exactly as the command does:
 
 Besides one int8 export per --methods entry, one with the VAE encoder's convolutions quantized too (the
 first method, `--int8-convs`), unless --no-int8-convs, and one fp8 export (`--precision fp8`, max calibration;
-onnxruntime's CPU runs it as dequantise + FP32, so its speed row is not what a GPU does), unless --no-fp8. On these random weights the export's own int8 gates
+onnxruntime's CPU runs it as dequantise + FP32, so its speed row is not what a GPU does), unless --no-fp8.
+On these random weights the export's own int8 gates
 may refuse it; the run then prints the refusal's reason instead of its rows.
 
 Accuracy (from each export's own parity report, against the FP32 PyTorch module on the same inputs, after
@@ -54,7 +55,8 @@ def export_one(folder: Path, out: Path, precision: str, method: str, image_size:
         model=str(folder), out=out, layer=LAYER, discard=",".join(map(str, MASSIVE)), ensemble=8,
         image_size=image_size, prompt_embeds=folder / "prompt_embeds.safetensors", precision=precision,
         calib_images=ROOT / "examples" / "images" if precision != "fp32" else None,
-        calib_method=method if precision in ("int8", "fp8") else "max", int8_convs=int8_convs, progress=lambda line: None))
+        calib_method=method if precision in ("int8", "fp8") else "max", int8_convs=int8_convs,
+        progress=lambda line: None))
     return manifest.parity, time.perf_counter() - t0
 
 

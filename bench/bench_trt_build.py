@@ -7,7 +7,8 @@ Each family's tiny random pipeline (ditf_export.tiny) is exported at layer 1 (im
 at fp32, fp16, bf16, int8 and fp8 (video: fp32 only; int8/fp8 calibrate on examples/images), then built with
 `ditf_runtime.backends.trt.build_engine(..., tensorrt="rtx")` for the profile the tests use
 (1x64x64 / 1x128x128 / 2x256x256; video 1x2x64x64 / 1x4x128x128 / 1x4x256x256) and once more for the
-manifest's own profile (for 8.6; fp8, which needs >= 8.9: for 8.9). The table gives export and build wall times and plan sizes. Not part of CI.
+manifest's own profile (for 8.6; fp8, which needs >= 8.9: for 8.9). The table gives export and build wall
+times and plan sizes. Not part of CI.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main() -> None:
                 out = root / f"{family}-{precision}"
                 started = time.perf_counter()
                 export(ExportRequest(model=str(model), out=out, layer=1, ensemble=2, image_size=256,
-                                     precision=precision, calib_images=IMAGES if precision in ("int8", "fp8") else None))
+                                     precision=precision,
+                                     calib_images=IMAGES if precision in ("int8", "fp8") else None))
                 exported = time.perf_counter() - started
                 manifest = Manifest.load(out)
                 sizes = ("1x2x64x64", "1x4x128x128", "1x4x256x256") if video else ("1x64x64", "1x128x128", "2x256x256")

@@ -34,7 +34,8 @@ from .options import friendly_errors
     "--compute-capability",
     "compute_capabilities",
     multiple=True,
-    help="rtx: a target GPU compute capability, e.g. 8.6 (repeatable). Default: the builder's (8.0, 8.6, 8.9, 12.0+); fp8 exports: 8.9 and 12.0.",
+    help="rtx: a target GPU compute capability, e.g. 8.6 (repeatable). Default: the builder's (8.0, 8.6, 8.9, "
+    "12.0+); fp8 exports: 8.9 and 12.0.",
 )
 @click.option("--allow-tf32", is_flag=True, help="Let FP32 GEMMs/convolutions use TF32 (off by default, for parity).")
 @click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None, help="Workspace limit, GiB.")

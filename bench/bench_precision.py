@@ -11,8 +11,8 @@ ditf-export's own loop, exactly as the command does:
 Besides one int8 export per --methods entry, one with the VAE encoder's convolutions quantized too (the
 first method, `--int8-convs`), unless --no-int8-convs, and one fp8 export (`--precision fp8`, max calibration;
 onnxruntime's CPU runs it as dequantise + FP32, so its speed row is not what a GPU does), unless --no-fp8.
-On these random weights the export's own int8 gates
-may refuse it; the run then prints the refusal's reason instead of its rows.
+On these random weights the export's own gates may refuse one; the run then prints the refusal's reason
+instead of its rows.
 
 Accuracy (from each export's own parity report, against the FP32 PyTorch module on the same inputs, after
 discard): the held-out real images (cat-a, cat-b: split off examples/images, never calibrated on) at the

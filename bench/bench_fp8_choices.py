@@ -26,7 +26,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,53 @@ def variants():
     }
 
 
+@dataclass
+class HeldOut:
+    """An fp32 export's manifest, its calibration images (the export's own split of examples/images) and the
+    held-out images with the fp32 graph's outputs on them: what a quantizer is calibrated on and judged by."""
+
+    manifest: object
+    calibration: object  # ditf_calib.data.CalibrationSet
+    feeds: list  # the held-out images, one feed each, at the export's default long side, E = 2
+    references: list  # the fp32 graph's features on them
+    held_out: tuple[Path, ...]
+    size: int
+
+    @classmethod
+    def of(cls, export: Path, calib_side: int | None = None) -> "HeldOut":
+        """calib_side: long side of the calibration images (default: the export's)."""
+        from ditf_calib import graph as G
+        from ditf_calib.data import load_calibration_set
+        from ditf_calib.graph_io import diffusion_io
+        from ditf_calib.split import split_images
+        from ditf_runtime.manifest import Manifest
+
+        manifest = Manifest.load(export)
+        geo = manifest.geometry
+        io = diffusion_io(latent_channels=geo.latent_channels, feature_channels=geo.feature_channels,
+                          vae_stride=geo.vae_stride, patch_size=geo.feature_stride // geo.vae_stride)
+        size = manifest.preprocess.long_side
+        split = split_images(IMAGES, None)
+        calibration = load_calibration_set(split.calibration, io=io, long_side=(calib_side or size,), ensemble=2)
+        feeds = list(load_calibration_set(split.held_out, io=io, long_side=size, ensemble=2, seed=1).feeds())
+        fp32 = G.session(export / "model.onnx")
+        references = [fp32.run(None, f)[0] for f in feeds]
+        return cls(manifest, calibration, feeds, references, tuple(split.held_out), size)
+
+    def judge(self, model_path: Path, precision: str):
+        """The quantized graph on the held-out images against the fp32 graph (ditf_runtime.parity)."""
+        from ditf_calib import graph as G
+        from ditf_runtime.parity import compare
+
+        sess = G.session(model_path)
+        got = [sess.run(None, f)[0] for f in self.feeds]
+        return compare([g[0] for g in got], [r[0] for r in self.references], precision)
+
+    def describe(self) -> str:
+        return (f"held-out {', '.join(Path(p).name for p in self.held_out)} at long side {self.size}, E=2, vs the "
+                f"fp32 graph (onnxruntime CPU); calibrated on {len(self.calibration)} images")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export", type=Path, required=True)
@@ -55,27 +102,12 @@ def main() -> None:
     ap.add_argument("--calib-size", type=int, default=None, help="default: the export's long side")
     args = ap.parse_args()
 
-    from ditf_calib import graph as G
-    from ditf_calib.data import load_calibration_set
-    from ditf_calib.graph_io import diffusion_io
     from ditf_calib.int8 import quantize
-    from ditf_calib.split import split_images
     from ditf_calib.tensors import GraphRewrite
-    from ditf_runtime.manifest import Manifest
-    from ditf_runtime.parity import compare
 
-    manifest = Manifest.load(args.export)
-    geo = manifest.geometry
-    io = diffusion_io(latent_channels=geo.latent_channels, feature_channels=geo.feature_channels,
-                      vae_stride=geo.vae_stride, patch_size=geo.feature_stride // geo.vae_stride)
-    size = manifest.preprocess["long_side"] if isinstance(manifest.preprocess, dict) else manifest.preprocess.long_side
-    split = split_images(IMAGES, None)
-    calib = load_calibration_set(split.calibration, io=io, long_side=(args.calib_size or size,), ensemble=2)
-    held = load_calibration_set(split.held_out, io=io, long_side=size, ensemble=2, seed=1)
-    feeds, held_feeds = list(calib.feeds()), list(held.feeds())
-    fp32 = G.session(args.export / "model.onnx")
-    refs = [fp32.run(None, f)[0] for f in held_feeds]
-    del fp32
+    data = HeldOut.of(args.export, args.calib_size)
+    manifest = data.manifest
+    feeds = list(data.calibration.feeds())
     discard = tuple(manifest.feature.discard)
     chosen = variants() if args.variants == "all" else {k: variants()[k] for k in args.variants.split(",")}
     rows = []
@@ -90,17 +122,13 @@ def main() -> None:
                 qmodel, report = quantize(rw.model, feeds, config, store=rw.store)
                 rw.commit(qmodel)
             took = time.perf_counter() - t0
-            sess = G.session(out)
-            got = [sess.run(None, f)[0] for f in held_feeds]
-            del sess
-            res = compare([g[0] for g in got], [r[0] for r in refs], "int8")
+            res = data.judge(out, "fp8")
             data_mb = (out.parent / "model.onnx.data").stat().st_size / 1e6
             d = report.to_dict()
             rows.append((name, res, took, data_mb, d))
             print(f"{name}: {res}  ({took:.0f} s, data {data_mb:.1f} MB)", flush=True)
     fp32_mb = (args.export / "model.onnx.data").stat().st_size / 1e6
-    print(f"\n{args.export.name}: held-out {', '.join(Path(p).name for p in split.held_out)} at long side {size}, "
-          f"E=2, vs the fp32 graph; calibrated on {len(split.calibration)} images; fp32 data {fp32_mb:.1f} MB")
+    print(f"\n{args.export.name}: {data.describe()}; fp32 data {fp32_mb:.1f} MB")
     print(f"{'variant':<15}{'cos min':>9}{'cos mean':>10}{'rel err':>9}{'NN':>7}{'PCK':>7}{'quantize s':>12}"
           f"{'data MB':>9}{'GEMMs':>7}{'attn':>6}{'convs':>7}")
     for name, r, took, mb, d in rows:

@@ -25,13 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ROOT / "examples" / "images"
-
-STATUS = '''
-def status(key):
-    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
-'''
+from bench_export_memory import STATUS
+from bench_fp8_choices import HeldOut
 
 MODELOPT_CHILD = STATUS + r'''
 import json, sys, time
@@ -90,29 +85,13 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=None, help="calibration side (default: the export's long side)")
     args = ap.parse_args()
 
-    from ditf_calib import graph as G
-    from ditf_calib.data import load_calibration_set
-    from ditf_calib.graph_io import diffusion_io
-    from ditf_calib.split import split_images
-    from ditf_runtime.manifest import Manifest
-    from ditf_runtime.parity import compare
-
-    manifest = Manifest.load(args.export)
-    geo = manifest.geometry
-    io = diffusion_io(latent_channels=geo.latent_channels, feature_channels=geo.feature_channels,
-                      vae_stride=geo.vae_stride, patch_size=geo.feature_stride // geo.vae_stride)
-    size = manifest.preprocess.long_side
-    side = args.side or size
-    split = split_images(IMAGES, None)
-    calib = load_calibration_set(split.calibration, io=io, long_side=side, ensemble=2)
-    held = list(load_calibration_set(split.held_out, io=io, long_side=size, ensemble=2, seed=1).feeds())
-    fp32 = G.session(args.export / "model.onnx")
-    refs = [fp32.run(None, f)[0] for f in held]
-    del fp32
+    data = HeldOut.of(args.export, args.side)
+    manifest, geo = data.manifest, data.manifest.geometry
+    side = args.side or data.size
     rows = []
     with tempfile.TemporaryDirectory(prefix="ditf-modelopt-") as tmp:
         feeds = Path(tmp) / "calib.npz"
-        np.savez(feeds, **calib.batched((side, side)))
+        np.savez(feeds, **data.calibration.batched((side, side)))
         for mode in args.modes.split(","):
             ours = () if ":" in mode else (("calib/", sys.executable, OURS_CHILD,
                      (",".join(map(str, manifest.feature.discard)), str(geo.feature_channels))),)
@@ -123,17 +102,12 @@ def main() -> None:
                 r = run(python, code, str(args.export / "model.onnx"), str(out), mode, str(feeds), *extra)
                 r["process"] = time.perf_counter() - t0
                 if "error" not in r:
-                    sess = G.session(out)
-                    got = [sess.run(None, f)[0] for f in held]
-                    del sess
-                    r["parity"] = compare([g[0] for g in got], [x[0] for x in refs], mode.split(":")[0])
+                    r["parity"] = data.judge(out, mode.split(":")[0])
                     r["data_mb"] = sum(p.stat().st_size for p in out.parent.iterdir() if p.suffix != ".onnx") / 1e6
                 rows.append((who, mode, r))
                 print(who, mode, {k: v for k, v in r.items() if k != "parity"}, r.get("parity"), flush=True)
 
-    print(f"\n{args.export.name}: calibration {len(calib)} images at {side}x{side} E=2, held-out "
-          f"{', '.join(Path(p).name for p in split.held_out)} at long side {size} vs the fp32 graph "
-          f"(onnxruntime CPU)")
+    print(f"\n{args.export.name}: calibration images at {side}x{side} E=2; {data.describe()}")
     print(f"{'quantizer':<10}{'mode':<14}{'cos min':>9}{'cos mean':>10}{'rel err':>9}{'NN':>7}{'PCK':>7}"
           f"{'quantize s':>12}{'import s':>10}{'peak RSS GB':>13}{'data MB':>9}")
     for who, mode, r in rows:

@@ -61,8 +61,8 @@ class HeldOut:
     size: int
 
     @classmethod
-    def of(cls, export: Path, calib_side: int | None = None) -> "HeldOut":
-        """calib_side: long side of the calibration images (default: the export's)."""
+    def of(cls, export: Path, calib_side: int | None = None, side: int | None = None) -> "HeldOut":
+        """calib_side, side: long sides of the calibration and held-out images (default: the export's)."""
         from ditf_calib import graph as G
         from ditf_calib.data import load_calibration_set
         from ditf_calib.graph_io import diffusion_io
@@ -73,7 +73,7 @@ class HeldOut:
         geo = manifest.geometry
         io = diffusion_io(latent_channels=geo.latent_channels, feature_channels=geo.feature_channels,
                           vae_stride=geo.vae_stride, patch_size=geo.feature_stride // geo.vae_stride)
-        size = manifest.preprocess.long_side
+        size = side or manifest.preprocess.long_side
         split = split_images(IMAGES, None)
         calibration = load_calibration_set(split.calibration, io=io, long_side=(calib_side or size,), ensemble=2)
         feeds = list(load_calibration_set(split.held_out, io=io, long_side=size, ensemble=2, seed=1).feeds())
@@ -100,12 +100,13 @@ def main() -> None:
     ap.add_argument("--export", type=Path, required=True)
     ap.add_argument("--variants", default="all", help="comma list of the variants above, or all")
     ap.add_argument("--calib-size", type=int, default=None, help="default: the export's long side")
+    ap.add_argument("--size", type=int, default=None, help="held-out images' long side (default: the export's)")
     args = ap.parse_args()
 
     from ditf_calib.int8 import quantize
     from ditf_calib.tensors import GraphRewrite
 
-    data = HeldOut.of(args.export, args.calib_size)
+    data = HeldOut.of(args.export, args.calib_size, args.size)
     manifest = data.manifest
     feeds = list(data.calibration.feeds())
     discard = tuple(manifest.feature.discard)

@@ -83,9 +83,10 @@ def main() -> None:
                     help="fp8 / int8: ModelOpt's defaults (attention and Conv Q/DQ too); fp8:linears: linear "
                          "layers only")
     ap.add_argument("--side", type=int, default=None, help="calibration side (default: the export's long side)")
+    ap.add_argument("--size", type=int, default=None, help="held-out images' long side (default: the export's)")
     args = ap.parse_args()
 
-    data = HeldOut.of(args.export, args.side)
+    data = HeldOut.of(args.export, args.side, args.size)
     manifest, geo = data.manifest, data.manifest.geometry
     side = args.side or data.size
     rows = []

@@ -132,17 +132,20 @@ def _precision_and_parity(the_plan: ExportPlan, cases: tuple[parity.ParityCase, 
 
 
 def _what_to_give(the_plan: ExportPlan, report: parity.ParityReport) -> str:
-    """INT8's failure message ends with what to give instead (calibration that covers the held-out images)."""
+    """INT8's / FP8's failure message ends with what to give instead (calibration that covers the held-out
+    images)."""
     split = the_plan.image_split
     if split is None:
         return ""
     from ditf_runtime.preprocess import open_image
 
     sizes = ", ".join(f"{p.name} {open_image(p).size[0]}x{open_image(p).size[1]}" for p in split.calibration[:8])
-    why = (report.evidence_missing and f"INT8 had nothing decisive to be judged on ({report.evidence_missing})"
-           or f"INT8 calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
+    name = the_plan.precision.value.upper()
+    why = (report.evidence_missing and f"{name} had nothing decisive to be judged on ({report.evidence_missing})"
+           or f"{name} calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
               f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
-    others = "|".join(m for m in ("max", "mse", "entropy", "percentile") if m != the_plan.calib_method)
+    methods = ("max", "percentile") if the_plan.precision == Precision.FP8 else ("max", "mse", "entropy", "percentile")
+    others = "|".join(m for m in methods if m != the_plan.calib_method)
     return (f"\n{why}.\nGive instead: --calib-images with more, varied real photos like the ones you will run "
             f"(5-50 is typical; at least {the_plan.image_size} px on the long side, since smaller ones are "
             f"upscaled), and --eval-images DIR with at least 2 other such photos (held out: {len(split.held_out)}); "

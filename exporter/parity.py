@@ -212,7 +212,7 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
         say(line)
     del session
     tol = TOLERANCES[precision]
-    decided_by, missing = _decision(cases, results, needs_matches=Precision(precision) == Precision.INT8)
+    decided_by, missing = _decision(cases, results, needs_matches=Precision(precision).is_calibrated)
     if missing:
         summary.append(f"no decisive evidence: {missing}")
     return ParityReport(
@@ -238,7 +238,7 @@ def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],
               needs_matches: bool = True) -> tuple[dict[str, Any], str | None]:
     """Which rows decided the gate (for the manifest), and why there was nothing decisive, if so.
 
-    needs_matches (INT8): the gate rests on matching (NN and PCK agreement); gating rows with neither a
+    needs_matches (INT8, FP8): the gate rests on matching (NN and PCK agreement); gating rows with neither a
     decisive nearest-neighbour point nor a keypoint transfer are no evidence (a tiny random model's
     near-constant features give no NN point, yet keypoint transfers still compare). Elsewhere cosine and
     relative error decide on their own."""

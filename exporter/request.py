@@ -104,9 +104,10 @@ class ExportRequest:
         if self.int8_convs and self.precision != Precision.INT8:
             raise ExportInputError(f"--int8-convs quantizes convolutions to INT8: it needs --precision int8, "
                                    f"not {self.precision}")
-        if self.precision == Precision.INT8 and self.calib_images is None:
-            raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
-                                   "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
+        if self.precision.is_calibrated and self.calib_images is None:
+            raise ExportInputError(f"--precision {self.precision} needs --calib-images DIR: a folder of real images "
+                                   "for the activation ranges (e.g. --calib-images examples/images; 5-50 photos is "
+                                   "typical)")
         if self.calib_images is not None:
             from ditf_calib.data import CalibrationError, check_folder
 

@@ -1,11 +1,11 @@
 """GPU machines only (`make parity-gpu`): engines and typed graphs run where they are meant to run.
 
 - TensorRT engines (TensorRT-RTX, or TensorRT where RTX has no target for this GPU), strongly typed
-  (no precision flags): the fp32, fp16, bf16 and int8 exports of flux-tiny each build an engine whose
+  (no precision flags): the fp32, fp16, bf16, int8 and fp8 exports of flux-tiny each build an engine whose
   features match onnxruntime on the CPU on the same inputs (fp32: cosine >= 0.99999 with TF32 off)
   and their reference.safetensors at their precision's gate (ditf_runtime.parity.TOLERANCES, the same
   gate the export used on the CPU). One engine is hammered from several threads, and one with two
-  optimisation profiles serves requests from both.
+  optimisation profiles serves requests from both. fp8 needs compute capability >= 8.9 (skipped below).
 - TensorRT-RTX's own verdict on a CPU-built engine for this GPU (get_engine_validity), recorded either
   way: its targets are 8.0/8.6/8.9/12.0+ (no 9.0), so an H100/H200 is expected to be refused.
 - onnxruntime CUDA: the typed fp16 / bf16 graphs run with real low-precision kernels (on the CPU fp16
@@ -73,11 +73,16 @@ def _onnxruntime_cpu(folder, image, noise):
 
 
 @pytest.mark.tensorrt
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "fp8"])
 def test_engine_matches_onnxruntime_and_the_reference(request, tmp_path, precision):
     import ditf_runtime
+    from ditf_runtime.precision import Precision
 
     device = _need_gpu()
+    floor = Precision(precision).min_compute_capability
+    if floor is not None and tuple(int(v) for v in device.compute_capability.split(".")) < floor:
+        pytest.skip(f"{precision} runs on compute capability >= {floor[0]}.{floor[1]}; {device.gpu_name} is "
+                    f"{device.compute_capability}")
     export = (request.getfixturevalue("flux_tiny_export") if precision == "fp32"
               else request.getfixturevalue("flux_tiny_precision_export")(precision))  # fmt: skip
     folder, manifest = _engine_export(export, tmp_path, device)

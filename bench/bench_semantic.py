@@ -3,7 +3,7 @@
 One benchmark (procedural creatures, `ditf make-benchmark`, seed 1: never seen in training, which drew seed 0),
 every row evaluated with `ditf eval-spair`'s own code (ditf_runtime.evaluate) on the exported graphs:
 
-- flux-mini trained: fp32, fp16, bf16, int8, int8 with --int8-convs (calibrated on creatures of seed 5);
+- flux-mini trained: fp32, fp16, bf16, int8, int8 with --int8-convs, fp8 (calibrated on creatures of seed 5);
 - the paper's ablation on the trained model: the raw block input (--head raw --discard none), + AdaLN
   (--discard none), + channel discard (the registry default);
 - the same architecture with freshly initialised random weights (transformer and VAE);
@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 BENCHMARK_SEED, CALIBRATION_SEED = 1, 5
-ROWS = ("fp32", "fp16", "bf16", "int8", "int8-convs", "raw-head", "adaln-no-discard", "random-weights", "pixels")
+ROWS = ("fp32", "fp16", "bf16", "int8", "int8-convs", "fp8", "raw-head", "adaln-no-discard", "random-weights", "pixels")
 
 
 def export_row(row: str, work: Path, calib: Path, random_folder: Path) -> Path:
@@ -32,9 +32,9 @@ def export_row(row: str, work: Path, calib: Path, random_folder: Path) -> Path:
     if (out / "manifest.json").is_file():
         return out
     kw: dict = {"model": "flux-mini", "out": out, "force": True, "progress": lambda msg: None}
-    precision = {"fp16": "fp16", "bf16": "bf16", "int8": "int8", "int8-convs": "int8"}.get(row, "fp32")
+    precision = {"fp16": "fp16", "bf16": "bf16", "int8": "int8", "int8-convs": "int8", "fp8": "fp8"}.get(row, "fp32")
     kw["precision"] = precision
-    if precision in ("fp16", "int8"):
+    if precision in ("fp16", "int8", "fp8"):
         kw["calib_images"] = calib
     if row == "int8-convs":
         kw["int8_convs"] = True
@@ -103,6 +103,7 @@ def main() -> None:
               f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     label = {"fp32": "flux-mini trained, fp32", "fp16": "flux-mini trained, fp16", "bf16": "flux-mini trained, bf16",
              "int8": "flux-mini trained, int8", "int8-convs": "flux-mini trained, int8 + --int8-convs",
+             "fp8": "flux-mini trained, fp8 (E4M3 Q/DQ, run as dequantise + fp32 here)",
              "raw-head": "ablation: raw block input (--head raw, no discard)",
              "adaln-no-discard": "ablation: + AdaLN (--discard none)",
              "random-weights": "same architecture, random weights", "pixels": "raw pixels (RGB, 8 px cells)"}

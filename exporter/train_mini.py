@@ -278,7 +278,11 @@ def train(out: str | os.PathLike, cfg: TrainConfig) -> Path:
                 for item in tmp.iterdir():
                     shutil.copytree(item, ck / item.name) if item.is_dir() else shutil.copy(item, ck / item.name)
                 model.save_pretrained(ck / "transformer", safe_serialization=True)
-                (ck / "training.json").write_text(json.dumps({"step": step, **asdict(record)}, indent=1) + "\n")
+                (ck / "training.json").write_text(json.dumps(
+                    {"step": step, **asdict(record), "wall_seconds": round(time.perf_counter() - wall, 1),
+                     "trained_on": TRAINED_ON, "params": {"transformer": sum(p.numel() for p in model.parameters()),
+                                                          "vae": sum(p.numel() for p in vae.parameters())}},
+                    indent=1) + "\n")
 
         model = train_transformer(latents, text, cfg, record, checkpoint)
         model.save_pretrained(tmp / "transformer", safe_serialization=True)

@@ -1,13 +1,13 @@
 """Export peak memory and time, per precision, on a FLUX.1-dev stand-in with the real dimensions.
 
-    python bench/bench_export_memory.py --standin [--precisions fp32,fp16,bf16,int8]   (minutes per precision)
+    python bench/bench_export_memory.py --standin [--precisions fp32,fp16,bf16,int8,fp8]   (minutes per precision)
     python bench/bench_export_memory.py --medium [--precisions int8]                   (the same table, medium model)
     python bench/bench_export_memory.py [--hidden 1024 --double 4 --single 12]         (medium model, layer sweep)
 
 --standin: bench/standin.py's FLUX.1-dev stand-in (hidden 3072, T5 width 4096, the real VAE, random bf16
 shards; cached in /work/cache), exported at layer 4, which keeps ~4.1 GB of fp32 weights with the same
 per-block shapes as a FLUX.1-dev export at layer 28. Each precision runs `ditf-export` in a fresh process
-(--prompt-embeds, so no text encoder; int8 and the fp16/bf16 range checks use examples/images at the
+(--prompt-embeds, so no text encoder; int8/fp8 and the fp16/bf16 range checks use examples/images at the
 export's default size, long side 640, unless --image-size says otherwise: what a user gets). Peak RSS is
 VmHWM; the ratio is (peak - baseline) / kept fp32 weights, the baseline being an interpreter with torch,
 diffusers, onnx and onnxruntime imported. A sampler thread also gives the peak of each export step (a step
@@ -247,7 +247,7 @@ def main() -> None:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--standin", action="store_true", help="the real-dimension FLUX.1-dev stand-in, per precision")
     which.add_argument("--medium", action="store_true", help="bench/medium.py's model, per precision (fast)")
-    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8")
+    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8,fp8")
     ap.add_argument("--image-size", type=int, default=None,
                     help="--standin/--medium: the export's --image-size, which calibration and the held-out "
                          "images use (default: the export's own, long side 640)")

@@ -1,5 +1,5 @@
-"""INT8 on the medium FLUX-architecture model: accuracy on held-out real images, CPU speed vs fp32 and the
-authors' recipe, measured side by side in one run.
+"""INT8 and FP8 on the medium FLUX-architecture model: accuracy on held-out real images, CPU speed vs fp32 and
+the authors' recipe, measured side by side in one run.
 
 The model is bench/medium.py's (hidden 768, 4 double + 4 single blocks, layer 6, 512 text tokens, a VAE
 the size of FLUX's, planted massive channels 5 and 77, discarded; E = 8). Every graph is written by
@@ -9,8 +9,10 @@ ditf-export's own loop, exactly as the command does:
         --precision int8 --calib-images examples/images [--calib-method M] --out <dir>
 
 Besides one int8 export per --methods entry, one with the VAE encoder's convolutions quantized too (the
-first method, `--int8-convs`), unless --no-int8-convs. On these random weights the export's own int8 gates
-may refuse it; the run then prints the refusal's reason instead of its rows.
+first method, `--int8-convs`), unless --no-int8-convs, and one fp8 export (`--precision fp8`, max calibration;
+onnxruntime's CPU runs it as dequantise + FP32, so its speed row is not what a GPU does), unless --no-fp8.
+On these random weights the export's own gates may refuse one; the run then prints the refusal's reason
+instead of its rows.
 
 Accuracy (from each export's own parity report, against the FP32 PyTorch module on the same inputs, after
 discard): the held-out real images (cat-a, cat-b: split off examples/images, never calibrated on) at the
@@ -53,7 +55,8 @@ def export_one(folder: Path, out: Path, precision: str, method: str, image_size:
         model=str(folder), out=out, layer=LAYER, discard=",".join(map(str, MASSIVE)), ensemble=8,
         image_size=image_size, prompt_embeds=folder / "prompt_embeds.safetensors", precision=precision,
         calib_images=ROOT / "examples" / "images" if precision != "fp32" else None,
-        calib_method=method if precision == "int8" else "max", int8_convs=int8_convs, progress=lambda line: None))
+        calib_method=method if precision in ("int8", "fp8") else "max", int8_convs=int8_convs,
+        progress=lambda line: None))
     return manifest.parity, time.perf_counter() - t0
 
 
@@ -80,13 +83,14 @@ def row_text(row: dict) -> str:
             f"NN {nn} ({row['nn_points']}), PCK {pck} ({row['pck_points']})")
 
 
-def export_all(folder: Path, tmp: Path, methods: list[str], convs_methods: list[str], image_size: int
-               ) -> tuple[dict[str, tuple[Path, dict, float]], dict[str, str]]:
+def export_all(folder: Path, tmp: Path, methods: list[str], convs_methods: list[str], image_size: int,
+               fp8: bool = True) -> tuple[dict[str, tuple[Path, dict, float]], dict[str, str]]:
     """fp32, int8 per method, int8 + encoder convs per convs method: name -> (folder, parity, seconds), and
     name -> the reason of each export the exporter refused (a refused INT8 export is a result too)."""
     plans = [("fp32", "fp32", "max", False, "fp32")]
     plans += [(f"int8 {m}", "int8", m, False, f"int8-{m}") for m in methods]
     plans += [(f"int8 {m} + encoder convs", "int8", m, True, f"int8-{m}-convs") for m in convs_methods]
+    plans += [("fp8 max", "fp8", "max", False, "fp8-max")] if fp8 else []
     exports, refused = {}, {}
     for name, precision, method, convs, folder_name in plans:
         out = tmp / folder_name
@@ -126,6 +130,7 @@ def main() -> None:
     ap.add_argument("--recipe-repeats", type=int, default=1)
     ap.add_argument("--no-int8-convs", action="store_true",
                     help="skip the int8 export whose encoder convolutions are quantized too (--int8-convs)")
+    ap.add_argument("--no-fp8", action="store_true", help="skip the fp8 export")
     ap.add_argument("--model", type=Path, default=None, help="medium model folder (default: built into /work/cache)")
     ap.add_argument("--exports", type=Path, default=None, help="keep (and reuse) the exports in this folder")
     args = ap.parse_args()
@@ -142,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ditf-bench-precision-") as tmp:
         tmp = args.exports or Path(tmp)
         convs = methods[:1] if not args.no_int8_convs else []
-        exports, refused = export_all(folder, tmp, methods, convs, args.image_size)
+        exports, refused = export_all(folder, tmp, methods, convs, args.image_size, fp8=not args.no_fp8)
 
         s, e = args.speed_size, 8
         g = torch.Generator().manual_seed(0)
@@ -182,7 +187,7 @@ def main() -> None:
         for name, got in outputs.items():
             if name != "fp32":
                 print(f"{name} vs fp32 graph on the speed input (random pixels {s}x{s}, E=8): "
-                      f"{compare(got, ref, 'int8')}")
+                      f"{compare(got, ref, 'fp8' if name.startswith('fp8') else 'int8')}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@
     python bench/bench_trt_build.py --families flux,dit  # a subset
 
 Each family's tiny random pipeline (ditf_export.tiny) is exported at layer 1 (image side 256, E = 2)
-at fp32, fp16, bf16 and int8 (video: fp32 only; int8 calibrates on examples/images), then built with
+at fp32, fp16, bf16, int8 and fp8 (video: fp32 only; int8/fp8 calibrate on examples/images), then built with
 `ditf_runtime.backends.trt.build_engine(..., tensorrt="rtx")` for the profile the tests use
 (1x64x64 / 1x128x128 / 2x256x256; video 1x2x64x64 / 1x4x128x128 / 1x4x256x256) and once more for the
-manifest's own profile. The table gives export and build wall times and plan sizes. Not part of CI.
+manifest's own profile (for 8.6; fp8, which needs >= 8.9: for 8.9). The table gives export and build wall
+times and plan sizes. Not part of CI.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 VIDEO_FAMILIES = ("latte",)
 
 
@@ -42,13 +43,15 @@ def main() -> None:
                 out = root / f"{family}-{precision}"
                 started = time.perf_counter()
                 export(ExportRequest(model=str(model), out=out, layer=1, ensemble=2, image_size=256,
-                                     precision=precision, calib_images=IMAGES if precision == "int8" else None))
+                                     precision=precision,
+                                     calib_images=IMAGES if precision in ("int8", "fp8") else None))
                 exported = time.perf_counter() - started
                 manifest = Manifest.load(out)
                 sizes = ("1x2x64x64", "1x4x128x128", "1x4x256x256") if video else ("1x64x64", "1x128x128", "2x256x256")
                 profile = trt.cli_profile(manifest, *sizes, ensemble=2)
                 timings = []
-                for profiles, targets in (([profile], ()), (None, ("8.6",))):  # small profile; manifest's profile
+                old_enough = "8.9" if precision == "fp8" else "8.6"
+                for profiles, targets in (([profile], ()), (None, (old_enough,))):  # small profile; manifest's
                     started = time.perf_counter()
                     folder = trt.build_engine(out, manifest, profiles, tensorrt="rtx", compute_capabilities=targets,
                                               log=lambda _: None)  # fmt: skip

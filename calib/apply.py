@@ -8,7 +8,7 @@ precision keeps FP32 graph I/O; the written graph is what TensorRT builds strong
         the Cast-emulated twin (onnxruntime CPU has no bf16 kernels, and computes FP16 GEMMs in FP32),
         which the report says. FP16 is refused before anything is written when the twin overflows on
         the check inputs (random inputs at the parity sizes, plus the calibration images if given).
-- int8: explicit Q/DQ calibrated on --calib-images (calib/int8.py).
+- int8 / fp8: explicit Q/DQ calibrated on --calib-images (calib/int8.py; FP8 E4M3's defaults: calib/fp8.py).
 
 Memory: the graph is never loaded with its weights. Every rewrite streams them tensor by tensor from the
 old data file to a new one (tensors.GraphRewrite), and every check runs one onnxruntime session at a
@@ -75,7 +75,8 @@ def apply_precision(model_path: Path, precision: Precision, *, check_feeds: Sequ
     """Rewrite `model_path` in place (model.onnx + model.onnx.data) to `precision`.
 
     check_feeds: random inputs for the fp16/bf16 range check; calibration (its feeds in the graph's own
-    layout): INT8 calibration, and more range-check inputs.
+    layout): INT8 / FP8 calibration, and more range-check inputs. int8_config: the Q/DQ quantizer's settings
+    (int8.Int8Config; its number_format must be the precision's).
     """
     precision = Precision.parse(precision)
     model_path = Path(model_path)
@@ -85,8 +86,8 @@ def apply_precision(model_path: Path, precision: Precision, *, check_feeds: Sequ
     if precision.is_low_float:
         return _low_float(model_path, precision, list(check_feeds) + calib_feeds, say, progress)
     if calibration is None:
-        raise ValueError("int8 needs calibration images")
-    return _int8(model_path, calibration, calib_feeds, int8_config, say, progress)
+        raise ValueError(f"{precision} needs calibration images")
+    return _quantized(model_path, precision, calibration, calib_feeds, int8_config, say, progress)
 
 
 def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: Callable[[str], None],
@@ -133,20 +134,23 @@ def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: C
     return PrecisionResult(precision, twin_path, backend, report, scratch, disabled_optimizers=UNFOLDED)
 
 
-def _int8(model_path: Path, calibration: CalibrationSet, feeds: list[Feed], config,
-          say: Callable[[str], None], progress: Progress | None) -> PrecisionResult:
-    """int8: explicit Q/DQ calibrated on the calibration images; parity runs the written graph."""
+def _quantized(model_path: Path, precision: Precision, calibration: CalibrationSet, feeds: list[Feed], config,
+               say: Callable[[str], None], progress: Progress | None) -> PrecisionResult:
+    """int8 / fp8: explicit Q/DQ calibrated on the calibration images; parity runs the written graph."""
+    from .fp8 import fp8_config
     from .int8 import Int8Config, quantize
 
-    config = config or Int8Config()
+    config = config or (fp8_config(Int8Config()) if precision == Precision.FP8 else Int8Config())
+    if config.number_format != precision:
+        raise ValueError(f"--precision {precision} given a {config.number_format} quantizer configuration")
     sizes = sorted({img.input_size for img in calibration.images})
-    say(f"INT8 calibration on {len(calibration)} images at {', '.join(f'{h}x{w}' for h, w in sizes)} "
-        f"({config.calibration}, SmoothQuant alpha {config.smooth_alpha}, massive channels "
-        f"{list(config.protect_channels)} kept FP32)")
+    say(f"{precision.value.upper()} calibration on {len(calibration)} images at "
+        f"{', '.join(f'{h}x{w}' for h, w in sizes)} ({config.calibration}, SmoothQuant alpha {config.smooth_alpha}, "
+        f"massive channels {list(config.protect_channels)} kept FP32)")
     with GraphRewrite(model_path, model_path) as rw:
         qmodel, report = quantize(rw.model, feeds, config, progress, store=rw.store, say=say)
         rw.commit(qmodel)
     record = report.to_dict()
     record["calibration_inputs"] = [{"image": Path(img.name).name, "size": list(img.input_size)}
                                     for img in calibration.images]
-    return PrecisionResult(Precision.INT8, model_path, report=record)
+    return PrecisionResult(precision, model_path, report=record)

@@ -1,4 +1,7 @@
-"""INT8 with explicit QuantizeLinear/DequantizeLinear (what TensorRT 10 strongly typed / 11 builds).
+"""INT8 (and FP8 E4M3) with explicit QuantizeLinear/DequantizeLinear (what TensorRT 10 strongly typed / 11 builds).
+
+The number format is Int8Config.number_format (calib/qformat.py): everything below holds for both, with
+127 -> 448 and int8 -> FLOAT8E4M3FN tensors for fp8 (calib/fp8.py: its defaults and attention's Q/DQ).
 
 Our own Q/DQ insertion (onnxruntime's quantize_static would do the basic job but not the outlier
 split below, and needs its symbolic-shape pre-pass disabled on these graphs, docs/DESIGN.md, "Export traps"):
@@ -36,7 +39,8 @@ from onnx import TensorProto, helper
 from ditf_runtime.onnx_names import Namer
 
 from .graph import GraphIndex, ensure_node_names, gemm_to_matmul, prune_initializers, reduction_probes, session
-from .stats import METHODS, QMAX, Histogram, amax_from_histogram
+from .qformat import FORMATS, INT8, QFormat, new_quantized, zero_point
+from .stats import METHODS, Histogram, amax_from_histogram
 from .tensors import TensorStore
 
 
@@ -63,10 +67,19 @@ class Int8Config:
     convs: bool = False  # also the image encoder's convolutions (int8_conv.py)
     bins: int = 2048
     tensors_per_run: int = 48  # raw activations fetched per calibration pass (bounds memory)
+    number_format: str = "int8"  # "int8" | "fp8" (qformat.FORMATS)
+    attention: bool = False  # fp8: also attention's two matrix products (fp8.insert_attention_qdq)
 
     def __post_init__(self) -> None:
         if self.calibration not in METHODS:
             raise ValueError(f"calibration {self.calibration!r}: expected one of {METHODS}")
+        if self.calibration not in self.fmt.methods:
+            raise ValueError(f"calibration {self.calibration!r} searches int8's uniform grid: {self.number_format} "
+                             f"takes {' or '.join(self.fmt.methods)}")
+
+    @property
+    def fmt(self) -> QFormat:
+        return FORMATS[self.number_format]
 
 
 @dataclass
@@ -98,11 +111,13 @@ class Int8Report:
     feeds: int
     convs: int = 0
     requantized_outputs: int = 0
+    attention_matmuls: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         quant = self.groups
+        name = {"int8": "int8", "fp8": "fp8 E4M3 (FLOAT8E4M3FN, max 448)"}[self.config.number_format]
         return {
-            "scheme": "explicit QuantizeLinear/DequantizeLinear, int8, symmetric, zero point 0; weights "
+            "scheme": f"explicit QuantizeLinear/DequantizeLinear, {name}, symmetric, zero point 0; weights "
                       "per output channel, activations per tensor",
             "calibration": self.config.calibration + (f" {self.config.percentile}" if
                                                       self.config.calibration == "percentile" else ""),
@@ -114,6 +129,7 @@ class Int8Report:
             "kept_fp32": self.skipped,
             "conv_layers_quantized": self.convs,
             "conv_outputs_requantized": self.requantized_outputs,
+            **({"attention_matmuls_quantized": self.attention_matmuls} if self.config.number_format != "int8" else {}),
             "protected_channels": list(self.config.protect_channels),
             "fp32_outlier_channels": {g.tensor: g.outliers.tolist() for g in quant if len(g.outliers)},
             "activation_amax": {g.tensor: round(float(g.amax), 6) for g in quant},
@@ -260,9 +276,21 @@ class _QdqWriter:
         self.inits.append(self.store.new(arr, name))
         return name
 
+    def quantized(self, values: np.ndarray, base: str, fmt: QFormat) -> str:
+        """A new initializer of fmt's type holding fmt.encode()d values."""
+        name = self.fresh(base)
+        self.inits.append(new_quantized(self.store, values, name, fmt))
+        return name
 
-def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup], store: TensorStore | None = None) -> onnx.ModelProto:
-    """A copy of `model` with Q/DQ on every group's input and int8 per-channel weights.
+    def zero_point(self, base: str, fmt: QFormat, channels: int | None = None) -> str:
+        name = self.fresh(base)
+        self.inits.append(zero_point(self.store, name, fmt, channels))
+        return name
+
+
+def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup], store: TensorStore | None = None,
+               fmt: QFormat = INT8) -> onnx.ModelProto:
+    """A copy of `model` with Q/DQ on every group's input and per-channel weights in `fmt` (int8 or fp8).
 
     store: reads each FP32 weight and writes its int8 version at once (an export's graph, tensor by tensor);
     default: an in-memory model."""
@@ -278,10 +306,10 @@ def insert_qdq(model: onnx.ModelProto, groups: list[GemmGroup], store: TensorSto
         first = min(grp.nodes, key=lambda n: order[n.name])
         pre, x, outlier_in = _group_inputs(grp, writer)
         before.setdefault(first.name, []).extend(pre)
-        scale = np.float32(max(grp.amax, 1e-8) / QMAX)
+        scale = np.float32(max(grp.amax, 1e-8) / fmt.qmax)
         for node in grp.nodes:
             w = idx.array(node.input[1]).astype(np.float32, copy=False)
-            replace[node.name] = _quantized_matmul(node, w, grp, x, scale, outlier_in, writer)
+            replace[node.name] = _quantized_matmul(node, w, grp, x, scale, outlier_in, writer, fmt)
             del w
     new_nodes = []
     for n in g.node:
@@ -312,26 +340,27 @@ def _group_inputs(grp: GemmGroup, writer: _QdqWriter) -> tuple[list[onnx.NodePro
 
 
 def _quantized_matmul(node: onnx.NodeProto, w: np.ndarray, grp: GemmGroup, x: str, scale: np.float32,
-                      outlier_in: str | None, writer: _QdqWriter) -> list[onnx.NodeProto]:
-    """`node` (x @ W) as Q/DQ(x) @ DQ(int8 W) [+ outliers @ W[outlier rows] in FP32]."""
+                      outlier_in: str | None, writer: _QdqWriter, fmt: QFormat = INT8) -> list[onnx.NodeProto]:
+    """`node` (x @ W) as Q/DQ(x) @ DQ(8-bit W) [+ outliers @ W[outlier rows] in FP32]."""
     fresh, init = writer.fresh, writer.init
     ws = w * (grp.smooth[:, None] if grp.smooth is not None else 1.0)
     ws[grp.outliers] = 0.0
-    wscale = np.maximum(np.abs(ws).max(axis=0), 1e-12) / QMAX
-    wq = np.clip(np.round(ws / wscale), -QMAX, QMAX).astype(np.int8)
+    wscale = fmt.scale(np.abs(ws).max(axis=0))
+    wq = fmt.encode(ws / wscale)
     wname = node.input[1]
     wdq = fresh(wname + "_dq")
     # A dedicated Q/DQ pair per consumer, same scale value in its own initializer: onnxruntime
     # fuses Q -> DQ -> MatMul into an integer GEMM (MatMulIntegerToFloat) only when the pair
     # feeds one MatMul, and its common-subexpression pass would merge pairs that share inputs.
     # TensorRT takes either form.
-    s_name, zp_name = init(np.array(scale, np.float32), x + "_scale"), init(np.array(0, np.int8), x + "_zp")
+    s_name, zp_name = init(np.array(scale, np.float32), x + "_scale"), writer.zero_point(x + "_zp", fmt)
     q, dq = fresh(grp.tensor + "_q"), fresh(grp.tensor + "_dq")
     nodes = [helper.make_node("QuantizeLinear", [x, s_name, zp_name], [q], name=q),
              helper.make_node("DequantizeLinear", [q, s_name, zp_name], [dq], name=dq),
              helper.make_node("DequantizeLinear",
-                              [init(wq, wname + "_int8"), init(wscale.astype(np.float32), wname + "_scale"),
-                               init(np.zeros(wq.shape[1], np.int8), wname + "_zp")],
+                              [writer.quantized(wq, wname + f"_{fmt.name}", fmt),
+                               init(wscale.astype(np.float32), wname + "_scale"),
+                               writer.zero_point(wname + "_zp", fmt, wq.shape[1])],
                               [wdq], axis=1, name=wdq)]
     y = node.output[0]
     if outlier_in is None:
@@ -344,11 +373,11 @@ def _quantized_matmul(node: onnx.NodeProto, w: np.ndarray, grp: GemmGroup, x: st
 
 
 def sensitivity(model: onnx.ModelProto, groups: list[GemmGroup], feed: Mapping[str, np.ndarray],
-                progress: Callable | None = None) -> None:
+                progress: Callable | None = None, fmt: QFormat = INT8) -> None:
     """Each group's own damage: output error when only it is quantized (relative L2), on one feed."""
     ref = session(model).run(None, dict(feed))[0]
     for grp in _run_progress(progress, groups, "calibration: layer sensitivity"):
-        got = session(insert_qdq(model, [grp])).run(None, dict(feed))[0]
+        got = session(insert_qdq(model, [grp], fmt=fmt)).run(None, dict(feed))[0]
         grp.sensitivity = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
@@ -366,24 +395,31 @@ def quantize(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], 
     ensure_node_names(model_f)
     feeds = list(feeds)
     if not feeds:
-        raise ValueError("INT8 calibration needs at least one input feed")
+        raise ValueError(f"{config.number_format.upper()} calibration needs at least one input feed")
     if config.keep_sensitive and store is not None and store.sink is not None:
         # one trial quantisation per GEMM input: a full model each, fine in memory, not streamed to disk
         raise ValueError("keep_sensitive works on in-memory models only")
     groups, skipped = calibrate(model_f, feeds, config, progress, store, say)
     if config.keep_sensitive and groups:
-        sensitivity(model_f, groups, feeds[0], progress)
+        sensitivity(model_f, groups, feeds[0], progress, config.fmt)
         worst = sorted(groups, key=lambda g: -(g.sensitivity or 0.0))[: config.keep_sensitive]
         skipped += [f"{g.tensor} (sensitivity {g.sensitivity:.3g})" for g in worst]
         groups = [g for g in groups if g not in worst]
     conv_plan, conv_amax = (_calibrate_convs(model_f, feeds, config, progress, store) if config.convs else (None, {}))
-    out = insert_qdq(model_f, groups, store)
+    attention = _calibrate_attention(model_f, feeds, config, progress, store) if config.attention else None
+    out = insert_qdq(model_f, groups, store, config.fmt)
     report = Int8Report(config, groups, skipped, len(feeds))
+    if attention is not None:
+        from .fp8 import insert_attention_qdq
+
+        writer = _QdqWriter(out, store if store is not None else TensorStore.in_memory())
+        report.attention_matmuls = insert_attention_qdq(out, attention, writer, config.fmt)
+        out.graph.initializer.extend(writer.inits)
     if conv_plan is not None and conv_plan.convs:
         from .int8_conv import insert_conv_qdq
 
         writer = _QdqWriter(out, store if store is not None else TensorStore.in_memory())
-        report.convs = insert_conv_qdq(out, conv_plan, conv_amax, writer)
+        report.convs = insert_conv_qdq(out, conv_plan, conv_amax, writer, config.fmt)
         report.requantized_outputs = len(conv_plan.requantized)
         out.graph.initializer.extend(writer.inits)
         prune_initializers(out)
@@ -404,3 +440,23 @@ def _calibrate_convs(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray
         _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN), progress,
                            store)
     return plan, {g.tensor: g.amax for g in groups}
+
+
+def _calibrate_attention(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray]], config: Int8Config,
+                         progress: Callable | None, store: TensorStore | None):
+    """fp8.plan_attention's q, k and v ranges from the GEMM passes (one channel per tensor); with `max`
+    calibration the first, scalar-sized pass decides alone (a histogram's max is that same max)."""
+    from .fp8 import plan_attention
+
+    plan = plan_attention(model, config.exclude)
+    groups = [GemmGroup(t, [], 1) for t in plan.calibrated()]
+    if groups:
+        _channel_ranges(model, groups, feeds, progress, store)
+        if config.calibration == "max":
+            for g in groups:
+                g.amax = float(g.channel_max.max())
+        else:  # q/k/v are token-sized: as few per run as the encoder's activations
+            _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN),
+                               progress, store)
+    plan.amax.update({g.tensor: g.amax for g in groups})
+    return plan

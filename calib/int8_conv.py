@@ -33,7 +33,7 @@ from onnx import helper
 from ditf_runtime.manifest import IMAGE_INPUT, NOISE_INPUT
 
 from .graph import GraphIndex
-from .stats import QMAX
+from .qformat import INT8, QFormat
 
 
 @dataclass
@@ -92,15 +92,16 @@ def _reaches_another_conv(idx: GraphIndex, tensor: str, encoder: set[str]) -> bo
     return False
 
 
-def insert_conv_qdq(model: onnx.ModelProto, plan: ConvPlan, amax: Mapping[str, float], writer) -> int:
-    """Rewrite `model` in place: Q/DQ inputs, int8 per-channel weights, Q/DQ outputs. Returns the count.
+def insert_conv_qdq(model: onnx.ModelProto, plan: ConvPlan, amax: Mapping[str, float], writer,
+                    fmt: QFormat = INT8) -> int:
+    """Rewrite `model` in place: Q/DQ inputs, per-channel weights in `fmt`, Q/DQ outputs. Returns the count.
     writer: int8._QdqWriter (fresh names; new tensors written through its TensorStore, which also reads the
     FP32 weights: an export's graph has them on disk)."""
     idx = GraphIndex(model.graph, writer.store)
     fresh, init = writer.fresh, writer.init
 
     def qdq(x: str, scale: np.float32, base: str) -> tuple[list, str]:
-        s, z = init(np.array(scale, np.float32), base + "_scale"), init(np.array(0, np.int8), base + "_zp")
+        s, z = init(np.array(scale, np.float32), base + "_scale"), writer.zero_point(base + "_zp", fmt)
         q, dq = fresh(base + "_q"), fresh(base + "_dq")
         return [helper.make_node("QuantizeLinear", [x, s, z], [q], name=q),
                 helper.make_node("DequantizeLinear", [q, s, z], [dq], name=dq)], dq
@@ -108,20 +109,20 @@ def insert_conv_qdq(model: onnx.ModelProto, plan: ConvPlan, amax: Mapping[str, f
     replace: dict[str, list] = {}
     for conv in plan.convs:
         x, w = conv.input[0], conv.input[1]
-        nodes, xdq = qdq(x, np.float32(max(amax[x], 1e-8) / QMAX), x)
+        nodes, xdq = qdq(x, np.float32(max(amax[x], 1e-8) / fmt.qmax), x)
         weight = idx.array(w).astype(np.float32)
-        wscale = np.maximum(np.abs(weight).reshape(weight.shape[0], -1).max(axis=1), 1e-12) / QMAX
-        wq = np.clip(np.round(weight / wscale[:, None, None, None]), -QMAX, QMAX).astype(np.int8)
+        wscale = fmt.scale(np.abs(weight).reshape(weight.shape[0], -1).max(axis=1))
+        wq = fmt.encode(weight / wscale[:, None, None, None])
         wdq = fresh(w + "_dq")
-        nodes.append(helper.make_node("DequantizeLinear", [init(wq, w + "_int8"), init(wscale.astype(np.float32),
-                                      w + "_scale"), init(np.zeros(len(wscale), np.int8), w + "_zp")], [wdq],
-                                      axis=0, name=wdq))
+        nodes.append(helper.make_node("DequantizeLinear", [writer.quantized(wq, w + f"_{fmt.name}", fmt),
+                                      init(wscale, w + "_scale"), writer.zero_point(w + "_zp", fmt, len(wscale))],
+                                      [wdq], axis=0, name=wdq))
         y = conv.output[0]
         inputs = [xdq, wdq, *conv.input[2:]]
         if y in plan.requantized:
             raw = fresh(y + "_fp32")
             nodes.append(helper.make_node("Conv", inputs, [raw], name=conv.name, **_attrs(conv)))
-            out_nodes, _ = qdq(raw, np.float32(max(amax[y], 1e-8) / QMAX), y)
+            out_nodes, _ = qdq(raw, np.float32(max(amax[y], 1e-8) / fmt.qmax), y)
             out_nodes[-1].output[0] = y  # the DQ writes the conv's old output name: consumers unchanged
             nodes += out_nodes
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ditf_runtime.errors import OutputError
 from ditf_runtime.precision import PRECISIONS, Precision
 
 from .errors import ExportInputError, ParityError
@@ -72,20 +73,22 @@ class _Precision(click.Choice):
               help="Default long side for the runtime (default 640; DINOv2 840).")
 @click.option("--precision", type=_Precision(), default="fp32", show_default=True,
               help="Precision written into the ONNX (TensorRT builds it strongly typed): fp16/bf16 GEMMs and "
-                   "attention with an FP32 residual stream, norms and head; int8 explicit Q/DQ.")
+                   "attention with an FP32 residual stream, norms and head; int8 / fp8 (E4M3, GPUs of compute "
+                   "capability >= 8.9) explicit Q/DQ, calibrated on --calib-images.")
 @click.option("--calib-images", type=click.Path(path_type=Path), default=None,
-              help="Folder of real images: INT8 calibration (required with --precision int8; part of it is held "
-                   "out to judge INT8 unless --eval-images is given), the fp16/bf16 range check and a parity row on "
+              help="Folder of real images: INT8/FP8 calibration (required with --precision int8/fp8; part of it is "
+                   "held out to judge it unless --eval-images is given), the fp16/bf16 range check and a parity row on "
                    "real images, and --discard auto.")
 @click.option("--eval-images", type=click.Path(path_type=Path), default=None,
-              help="int8: folder of real photos (at least 2, none of them calibration images) that judge INT8 at "
+              help="int8/fp8: folder of real photos (at least 2, none of them calibration images) that judge it at "
                    "the default image size. Default: held out from --calib-images (near-duplicates kept together).")
 @click.option("--calib-method", type=click.Choice(["max", "percentile", "mse", "entropy"]), default="max",
-              show_default=True, help="int8: how each activation's range is chosen from its histogram.")
+              show_default=True, help="int8/fp8: how each activation's range is chosen from its histogram (fp8: "
+                                      "max or percentile).")
 @click.option("--calib-percentile", type=float, default=99.99, show_default=True,
-              help="int8 with --calib-method percentile: the percentile of |x| kept unclipped.")
+              help="int8/fp8 with --calib-method percentile: the percentile of |x| kept unclipped.")
 @click.option("--calib-sizes", type=str, default=None,
-              help="int8: comma list of long sides to calibrate at (each image at each). Default: the export's "
+              help="int8/fp8: comma list of long sides to calibrate at (each image at each). Default: the export's "
                    "--image-size, where it runs.")
 @click.option("--int8-convs", is_flag=True,
               help="--precision int8: quantize the image encoder's convolutions too (int8 in and out, weights per "
@@ -108,13 +111,13 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
             progress=lambda msg: click.echo(msg, err=True),
         )
         request.check()  # before torch is imported: a wrong option fails in well under a second
-    except ExportInputError as exc:
+    except (ExportInputError, OutputError) as exc:
         raise click.ClickException(str(exc)) from None
     from .export import export  # torch, diffusers: seconds
 
     try:
         manifest = export(request)
-    except (ExportInputError, ParityError) as exc:
+    except (ExportInputError, ParityError, OutputError) as exc:  # OutputError: disk full, read-only (files.py)
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written to --out", err=True)

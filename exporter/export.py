@@ -28,17 +28,17 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, HEIGHT, WIDTH
-from ditf_runtime.files import staged_folder
+from ditf_runtime.files import check_free_space, staged_folder
 from ditf_runtime.manifest import MODEL_FILE, REFERENCE_FILE, Manifest
 from ditf_runtime.precision import Precision
 
-from . import graph_checks, parity, precision_step
+from . import graph_checks, parity, precision_step, semantic_gate
 from .build import build_graph, detect_discard
 from .errors import ParityError
 from .logs import quiet_libraries
 from .onnx_export import OPSET, export_onnx
 from .plan import ExportPlan, plan
-from .publish import write_manifest
+from .publish import PROFILE_MAX_BATCH, write_manifest
 from .request import ExportRequest
 
 __all__ = ["ExportRequest", "ExportPlan", "ParityError", "build_graph", "export", "plan"]
@@ -60,6 +60,8 @@ def export(request: ExportRequest) -> Manifest:
     if the_plan.discard_source == "auto":
         the_plan, massive_ratios = detect_discard(the_plan, built, say)
     out = Path(request.out)
+    check_free_space(out.parent, _folder_bytes(built.graph, the_plan), "the export",
+                     fix="free some space, or choose another --out")  # known now, before minutes of writing
     with staged_folder(out) as tmp:  # renamed into place when the block ends, removed if it fails
         calibration = precision_step.calibration_set(the_plan)
         cases = _reference_and_export(the_plan, built.graph, calibration, tmp, say)
@@ -68,7 +70,8 @@ def export(request: ExportRequest) -> Manifest:
         _check_freed(module, say)
         graph_checks.check_graph(tmp / MODEL_FILE)
         # the first gating case: what `verify_reference` later judges must be what the export's gate judged
-        parity.save_reference(next((c for c in cases if c.gates), cases[0]), the_plan.io, tmp / REFERENCE_FILE)
+        parity.save_reference(next((c for c in cases if c.gates), cases[0]), the_plan.io, tmp / REFERENCE_FILE,
+                              max_batch=PROFILE_MAX_BATCH[the_plan.io.has_axis(FRAMES)])
         report = _precision_and_parity(the_plan, cases, calibration, tmp, say)
         with _step(say, "hashing files and writing the manifest"):
             manifest = write_manifest(the_plan, built, report, massive_ratios, tmp)
@@ -76,10 +79,20 @@ def export(request: ExportRequest) -> Manifest:
     return manifest
 
 
+def _folder_bytes(graph, the_plan: ExportPlan) -> int:
+    """About what the export writes at its peak: the fp32 graph's weights (model.onnx.data), and for another
+    precision its rewrite beside it until the fp32 file goes (calib/tensors.GraphRewrite), plus some slack."""
+    tensors = [*graph.parameters(), *graph.buffers()]
+    fp32 = sum(t.numel() for t in tensors if t.device.type != "meta") * 4  # meta: weights never read
+    return fp32 * (1 if the_plan.precision == Precision.FP32 else 2) + (64 << 20)
+
+
 def _reference_and_export(the_plan: ExportPlan, graph, calibration, folder: Path,
                           say: Callable[[str], None]) -> tuple[parity.ParityCase, ...]:
     """The PyTorch module's outputs on every parity input (kept for parity), then the ONNX export."""
     extra = precision_step.calibration_parity_feeds(the_plan, calibration)
+    semantic = semantic_gate.semantic_input(the_plan, the_plan.semantic_pairs)
+    extra = extra + ((semantic,) if semantic is not None else ())
     with _step(say, f"PyTorch reference outputs on {len(the_plan.parity_sizes) + len(extra)} parity inputs"):
         # INT8 is judged on held-out real images only; random inputs are reported beside them
         cases = parity.reference_cases(graph, the_plan.io, the_plan.parity_sizes, extra,
@@ -119,17 +132,20 @@ def _precision_and_parity(the_plan: ExportPlan, cases: tuple[parity.ParityCase, 
 
 
 def _what_to_give(the_plan: ExportPlan, report: parity.ParityReport) -> str:
-    """INT8's failure message ends with what to give instead (calibration that covers the held-out images)."""
+    """INT8's / FP8's failure message ends with what to give instead (calibration that covers the held-out
+    images)."""
     split = the_plan.image_split
     if split is None:
         return ""
     from ditf_runtime.preprocess import open_image
 
     sizes = ", ".join(f"{p.name} {open_image(p).size[0]}x{open_image(p).size[1]}" for p in split.calibration[:8])
-    why = (report.evidence_missing and f"INT8 had nothing decisive to be judged on ({report.evidence_missing})"
-           or f"INT8 calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
+    name = the_plan.precision.value.upper()
+    why = (report.evidence_missing and f"{name} had nothing decisive to be judged on ({report.evidence_missing})"
+           or f"{name} calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
               f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
-    others = "|".join(m for m in ("max", "mse", "entropy", "percentile") if m != the_plan.calib_method)
+    methods = ("max", "percentile") if the_plan.precision == Precision.FP8 else ("max", "mse", "entropy", "percentile")
+    others = "|".join(m for m in methods if m != the_plan.calib_method)
     return (f"\n{why}.\nGive instead: --calib-images with more, varied real photos like the ones you will run "
             f"(5-50 is typical; at least {the_plan.image_size} px on the long side, since smaller ones are "
             f"upscaled), and --eval-images DIR with at least 2 other such photos (held out: {len(split.held_out)}); "

@@ -14,7 +14,7 @@ import torch
 from . import catalog
 from .errors import ExportInputError
 from .families.base import FamilyAdapter
-from .registry import RANDOM_WEIGHTS_KEY, ModelSpec
+from .registry import RANDOM_WEIGHTS_KEY, TRAINED_ON_KEY, ModelSpec
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -29,6 +29,7 @@ class ModelSource:
     transformer_config: dict[str, Any]
     defaults_rule: str = ""  # how `spec` was chosen (registry name, HF id, config facts): for the manifest
     random_weights: bool = False  # a built-in test model (tiny.py marks its model_index.json)
+    trained_on: str | None = None  # a model trained by train_mini.py: what it learned from
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,12 @@ def resolve_source(model: str) -> ModelSource:
     """Find the model's pipeline folder and which registered model's defaults apply (catalog.identify)."""
     spec = catalog.model_spec(model)
     hints: list[tuple[str, str]] = []
-    if spec is not None and spec.builtin is not None:
+    if spec is not None and spec.shipped is not None:
+        path = Path(__file__).resolve().parent / spec.shipped
+        if not (path / "model_index.json").is_file():
+            raise ExportInputError(f"--model {model}: its folder {path} is missing from this installation; "
+                                   "reinstall ditf (or run `make train-mini` to train it again)")
+    elif spec is not None and spec.builtin is not None:
         path = builtin_cache_dir() / spec.name
         family_config = catalog.families()[spec.family].config_file
         if not builtin_complete(path, family_config):  # absent, damaged, or built by an older ditf: (re)build it
@@ -80,7 +86,7 @@ def resolve_source(model: str) -> ModelSource:
                                  tuple(hints) + _hf_ids_of_folder(path, config))
         spec, rule = found.spec, found.rule
     return ModelSource(name=model, path=path, family=family, spec=spec, transformer_config=config,
-                       defaults_rule=rule, random_weights=has_random_weights(path))
+                       defaults_rule=rule, random_weights=has_random_weights(path), trained_on=trained_on(path))
 
 
 def _hf_ids_of_folder(path: Path, config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -125,6 +131,13 @@ def builtin_complete(path: Path, config_file: str) -> bool:
         if not is_tokenizer and not any(folder.glob("*.safetensors")):
             return False
     return True
+
+
+def trained_on(path: Path) -> str | None:
+    """What a model trained by train_mini.py learned from (its model_index.json says), else None."""
+    index = _read_json(path / "model_index.json")
+    value = index.get(TRAINED_ON_KEY) if isinstance(index, dict) else None
+    return str(value) if value else None
 
 
 def has_random_weights(path: Path) -> bool:

@@ -26,6 +26,7 @@ import torch
 
 from ditf_calib.graph_io import BATCH, ENSEMBLE, FRAMES, GraphIO, Sizes
 from ditf_runtime.backends.onnxrt import create_session
+from ditf_runtime.cpu_info import this_cpu
 from ditf_runtime.parity import TOLERANCES, compare
 from ditf_runtime.precision import Precision
 
@@ -50,6 +51,7 @@ class ParityReport:
     reference: str = REFERENCE
     decided_by: Mapping[str, Any] = field(default_factory=dict)  # the gating rows: which inputs, which sizes
     evidence_missing: str | None = None  # why the gate had nothing decisive to judge (then it fails)
+    machine: Mapping[str, Any] = field(default_factory=dict)  # where the gate ran: CPU class, integer kernels
 
     @property
     def passed(self) -> bool:
@@ -59,6 +61,8 @@ class ParityReport:
         d = {"backend": self.backend, "reference": self.reference, "tolerance": dict(self.tolerance),
              "results": [dict(r) for r in self.results], "passed": self.passed, "summary": list(self.summary),
              "precision": dict(self.precision), "decided_by": dict(self.decided_by)}
+        if self.machine:
+            d["machine"] = dict(self.machine)
         if self.evidence_missing:
             d["evidence_missing"] = self.evidence_missing
         return d
@@ -163,11 +167,18 @@ def reference_cases(graph: torch.nn.Module, io: GraphIO, sizes: tuple[tuple[int,
     return tuple(cases)
 
 
-def save_reference(case: ParityCase, io: GraphIO, path: Path) -> None:
-    """reference.safetensors: one case's inputs and PyTorch output, for the runtime's verify_reference."""
+def save_reference(case: ParityCase, io: GraphIO, path: Path, max_batch: int | None = None) -> None:
+    """reference.safetensors: one case's inputs and PyTorch output, for the runtime's verify_reference.
+
+    max_batch: keep only the case's first batch elements (each is computed on its own, so they are the
+    same numbers): a video export's TensorRT profile takes one clip at a time."""
     from safetensors.numpy import save_file
 
     tensors = {**case.feed, io.output_names[0]: case.reference}
+    batch_axes = {t.name: t.axis_index(BATCH) for t in io.inputs + io.outputs}
+    if max_batch is not None and None not in batch_axes.values():
+        tensors = {k: np.take(v, np.arange(min(max_batch, np.shape(v)[batch_axes[k]])), axis=batch_axes[k])
+                   for k, v in tensors.items()}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
 
 
@@ -192,12 +203,16 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
             res = compare([m for g in got for m in _maps(g)], [m for r in case.references for m in _maps(r)],
                           precision)
         row, line = _row(case, io, res)
+        if case.record.get("semantic"):  # a trained model's held-out pairs: ground-truth PCK gates too
+            from .semantic_gate import judge
+
+            line += judge(row, case.record["semantic"], _maps(got[0]), _maps(case.reference))
         results.append(row)
         summary.append(line)
         say(line)
     del session
     tol = TOLERANCES[precision]
-    decided_by, missing = _decision(cases, results, needs_matches=Precision(precision) == Precision.INT8)
+    decided_by, missing = _decision(cases, results, needs_matches=Precision(precision).is_calibrated)
     if missing:
         summary.append(f"no decisive evidence: {missing}")
     return ParityReport(
@@ -206,14 +221,24 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
                    "min_nn_agreement": tol.min_nn_agreement,
                    **({"min_pck_agreement": tol.min_pck_agreement} if tol.min_pck_agreement is not None else {})},
         precision=dict(precision_report or {}), decided_by=decided_by, evidence_missing=missing,
+        machine=gate_machine(),
     )
+
+
+def gate_machine() -> dict[str, str]:
+    """Which class of CPU the gate ran on (its integer kernels differ: ditf_runtime.cpu_info)."""
+    import onnxruntime
+
+    cpu = this_cpu()
+    return {"cpu_class": cpu.name, "cpu_model": cpu.model, "int8_kernels": cpu.int8_kernels,
+            "onnxruntime": onnxruntime.__version__}
 
 
 def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],
               needs_matches: bool = True) -> tuple[dict[str, Any], str | None]:
     """Which rows decided the gate (for the manifest), and why there was nothing decisive, if so.
 
-    needs_matches (INT8): the gate rests on matching (NN and PCK agreement); gating rows with neither a
+    needs_matches (INT8, FP8): the gate rests on matching (NN and PCK agreement); gating rows with neither a
     decisive nearest-neighbour point nor a keypoint transfer are no evidence (a tiny random model's
     near-constant features give no NN point, yet keypoint transfers still compare). Elsewhere cosine and
     relative error decide on their own."""

@@ -45,6 +45,7 @@ class ExportPlan:
     calib_sizes: tuple[int, ...] = ()  # int8: long sides calibrated at
     calib_method: str = "max"
     calib_percentile: float = 99.99
+    semantic_pairs: int = 0  # trained models (flux-mini): held-out creature pairs judged by ground truth
 
     @property
     def block(self) -> str:
@@ -93,7 +94,19 @@ def plan(request: ExportRequest) -> ExportPlan:
         notes=tuple(notes), prompt_embeds_file=request.prompt_embeds, calib_images=request.calib_images,
         massive_threshold=request.massive_threshold, int8_convs=request.int8_convs, image_split=split,
         calib_sizes=calib_sizes, calib_method=request.calib_method, calib_percentile=float(request.calib_percentile),
+        semantic_pairs=_semantic_pairs(request, source),
     )
+
+
+def _semantic_pairs(request: ExportRequest, source) -> int:
+    from .semantic_gate import DEFAULT_PAIRS
+
+    if not source.trained_on:
+        return 0
+    pairs = DEFAULT_PAIRS if request.semantic_pairs is None else int(request.semantic_pairs)
+    if pairs < 0:
+        raise ExportInputError(f"semantic_pairs must be >= 0, got {pairs}")
+    return pairs
 
 
 def parse_discard(text: str, hidden: int) -> tuple[int, ...]:
@@ -225,20 +238,24 @@ def _check_precision(request: ExportRequest, source: ModelSource, io: GraphIO, d
 
 def _int8_data(request: ExportRequest, io: GraphIO, image_size: int,
                notes: list[str]) -> tuple[ImageSplit | None, tuple[int, ...]]:
-    """INT8: which images calibrate and which judge (ditf_calib.split), and the calibration sizes."""
+    """INT8 / FP8: which images calibrate and which judge (ditf_calib.split), and the calibration sizes."""
     from ditf_calib.data import CalibrationError
     from ditf_calib.split import split_images
+    from ditf_calib.qformat import FP8
     from ditf_calib.stats import METHODS
 
-    int8 = request.precision == Precision.INT8
     if request.calib_method not in METHODS:
         raise ExportInputError(f"--calib-method {request.calib_method!r}: choose one of {', '.join(METHODS)}")
     if not 0 < request.calib_percentile <= 100:
         raise ExportInputError(f"--calib-percentile {request.calib_percentile}: must be in (0, 100], e.g. 99.99")
-    if not int8:
+    if not request.precision.is_calibrated:
         if request.eval_images is not None or request.calib_sizes or request.calib_method != "max":
-            raise ExportInputError("--eval-images, --calib-sizes and --calib-method apply to --precision int8 only")
+            raise ExportInputError("--eval-images, --calib-sizes and --calib-method apply to --precision int8 and "
+                                   "fp8 only")
         return None, ()
+    if request.precision == Precision.FP8 and request.calib_method not in FP8.methods:
+        raise ExportInputError(f"--calib-method {request.calib_method} searches int8's evenly spaced levels; "
+                               f"--precision fp8 takes --calib-method {' or '.join(FP8.methods)}")
     sizes = tuple(int(s) for s in (request.calib_sizes or (image_size,)))
     limit, m = io.geometry.max_size, io.size_multiple
     for side in sizes:
@@ -246,7 +263,8 @@ def _int8_data(request: ExportRequest, io: GraphIO, image_size: int,
             raise ExportInputError(f"--calib-sizes {side}: a long side must be a positive multiple of {m}"
                                    + (f" up to {limit}" if limit is not None else ""))
     if image_size not in sizes:
-        notes.append(f"int8 calibrated at long sides {list(sizes)}, not the default {image_size} it is judged at")
+        notes.append(f"{request.precision} calibrated at long sides {list(sizes)}, not the default {image_size} it "
+                     "is judged at")
     try:
         split = split_images(request.calib_images, request.eval_images)
     except CalibrationError as exc:

@@ -4,7 +4,7 @@ This module only gathers what calibration needs from the plan: calibration image
 layout, random range-check inputs, the channels INT8 must keep FP32, and the real-image parity inputs
 (made before the PyTorch module is freed, so their reference outputs can be computed). FP32 is a no-op.
 
-INT8 is calibrated at the sizes it will run at (the export's default long side, or --calib-sizes) on the
+INT8 and FP8 are calibrated at the sizes they will run at (the export's default long side, or --calib-sizes) on the
 calibration part of the plan's image split, and judged on the held-out part, each image alone at the
 export's default long side (aspect kept, as the runtime prepares it): those rows decide the gate.
 fp16/bf16 keep their row of all calibration images at one square size.
@@ -101,6 +101,7 @@ def rewrite_precision(plan: ExportPlan, model_path: Path, data: CalibrationData 
                       say: Callable[[str], None]) -> PrecisionResult:
     """Rewrite model_path in place; the result says what parity runs on. Use it as a context manager."""
     from ditf_calib.apply import apply_precision
+    from ditf_calib.fp8 import fp8_config
     from ditf_calib.int8 import Int8Config
     from ditf_calib.precision import PrecisionError
 
@@ -110,6 +111,8 @@ def rewrite_precision(plan: ExportPlan, model_path: Path, data: CalibrationData 
     config = Int8Config(calibration=plan.calib_method, percentile=plan.calib_percentile,
                         protect_channels=tuple(plan.options.discard), protect_width=io.geometry.feature_channels,
                         convs=plan.int8_convs)
+    if plan.precision == Precision.FP8:
+        config = fp8_config(config)
     try:
         return apply_precision(model_path, plan.precision, check_feeds=check_feeds,
                                calibration=data.calibration if data is not None else None, int8_config=config,

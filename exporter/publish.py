@@ -8,7 +8,7 @@ GraphIO; everything measured from the parity report; nothing is computed twice.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from .parity import ParityReport
 from .plan import ExportPlan
 
 # TensorRT profile: sides from 256 to 1024 px (rounded to the size multiple), batch up to 4 images or
-# one clip, E up to 8 (or the export's default, if larger).
+# one clip, E up to 8 (or the export's default, if larger); widened to hold reference.safetensors' inputs, so
+# an engine built from the manifest's profile can run `verify_reference` (issue 23).
 PROFILE_SIDES = (256, 1024)
 PROFILE_MAX_BATCH = {False: 4, True: 1}  # keyed by "the graph has frames"
 PROFILE_MAX_ENSEMBLE = 8
@@ -68,10 +69,11 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
                         for p in [*built.load.files, *vae_weight_files(source)]},
         parity=parity.to_dict(),
         tools=tool_versions(),
-        tensorrt_profiles=trt_profiles(io, plan.image_size, plan.ensemble),
+        tensorrt_profiles=trt_profiles(io, plan.image_size, plan.ensemble, covers=reference_sizes(io, folder)),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         defaults={"model": source.spec.name if source.spec is not None else None, "rule": source.defaults_rule},
         random_weights=source.random_weights,
+        trained_on=source.trained_on,
         workload=built.workload,
     )
     graph_checks.finalize(folder / MODEL_FILE, draft)  # changes model.onnx: hash it afterwards
@@ -84,8 +86,19 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
     return manifest
 
 
-def trt_profiles(io: GraphIO, image_size: int, ensemble: int) -> dict[str, Any]:
-    """min/opt/max shapes for a TensorRT optimization profile, from the graph's one shape function."""
+def reference_sizes(io: GraphIO, folder: Path) -> Sizes | None:
+    """The sizes of reference.safetensors' inputs (None where the folder has none)."""
+    from safetensors.numpy import load_file
+
+    path = folder / REFERENCE_FILE
+    return io.sizes_of(load_file(str(path))) if path.is_file() else None
+
+
+def trt_profiles(io: GraphIO, image_size: int, ensemble: int, covers: Sizes | None = None) -> dict[str, Any]:
+    """min/opt/max shapes for a TensorRT optimization profile, from the graph's one shape function.
+
+    covers: sizes the profile must hold besides its defaults (the reference's inputs): min and max are
+    widened on every axis to include them."""
     m = io.size_multiple
     # within the position tables' limit; the export's own size always fits (the plan checked it)
     top = max(PROFILE_SIDES[1], image_size)
@@ -94,12 +107,19 @@ def trt_profiles(io: GraphIO, image_size: int, ensemble: int) -> dict[str, Any]:
     low = min(-(-PROFILE_SIDES[0] // m) * m, image_size, high)
     video = io.has_axis(FRAMES)
     few, most = (MIN_FRAMES, io.max_frames) if video else (None, None)
-    return io.profiles(
-        Sizes(batch=1, ensemble=1, height=low, width=low, frames=few),
-        Sizes(batch=1, ensemble=ensemble, height=image_size, width=image_size, frames=most),
-        Sizes(batch=PROFILE_MAX_BATCH[video], ensemble=max(ensemble, PROFILE_MAX_ENSEMBLE), height=high, width=high,
-              frames=most),
-    )
+    smallest = Sizes(batch=1, ensemble=1, height=low, width=low, frames=few)
+    largest = Sizes(batch=PROFILE_MAX_BATCH[video], ensemble=max(ensemble, PROFILE_MAX_ENSEMBLE), height=high,
+                    width=high, frames=most)
+    if covers is not None:
+        smallest, largest = _widened(smallest, covers, min), _widened(largest, covers, max)
+    return io.profiles(smallest, Sizes(batch=1, ensemble=ensemble, height=image_size, width=image_size, frames=most),
+                       largest)
+
+
+def _widened(bound: Sizes, covers: Sizes, pick) -> Sizes:
+    """`bound` moved (pick = min or max) on every axis both give, to hold `covers`."""
+    return Sizes(**{f.name: getattr(bound, f.name) if getattr(covers, f.name) is None or getattr(bound, f.name) is None
+                    else pick(getattr(bound, f.name), getattr(covers, f.name)) for f in fields(Sizes)})
 
 
 def tool_versions() -> dict[str, str]:

@@ -17,6 +17,8 @@ _MODELS: dict[str, "ModelSpec"] = {}
 
 # model_index.json key that marks a pipeline of random weights (what tiny.py builds); diffusers ignores "_" keys.
 RANDOM_WEIGHTS_KEY = "_ditf_random_weights"
+# model_index.json key of a built-in model that was trained here (train_mini.py): what it learned from.
+TRAINED_ON_KEY = "_ditf_trained_on"
 
 
 def register(family: str) -> Callable[[type], type]:
@@ -100,6 +102,7 @@ class ModelSpec:
     hidden_size: int | None = None  # the family's hidden size: a local folder that differs gets no default discard
     text_max_length: int | None = None  # T5 tokens; None: the family's own default
     builtin: Callable[[str], None] | None = None  # builds the model folder offline (flux-tiny)
+    shipped: str | None = None  # a trained model folder inside this package (flux-mini), relative to ditf_export/
     signature: tuple[ConfigFact, ...] | None = None
     gated: bool = False  # the HF repository asks each user to accept its licence before downloading
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ditf_runtime.files import check_writable
 from ditf_runtime.precision import Precision
 
 from .errors import ExportInputError
@@ -67,6 +68,7 @@ class ExportRequest:
     massive_threshold: float = 100.0  # --discard auto: channels whose median |h_K| ratio exceeds this (paper: 100x)
     force: bool = False
     parity_sizes: tuple[tuple[int, int], ...] | None = None  # (H, W) pixels; None: PARITY_GRIDS x size multiple
+    semantic_pairs: int | None = None  # models trained by ditf: ground-truth pairs that gate (semantic_gate.py)
     progress: Callable[[str], None] = field(default=lambda msg: None, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class ExportRequest:
             raise ExportInputError(f"--out {out} already exists; pass --force to replace it (or choose another folder)")
         if out.exists() and not out.is_dir():
             raise ExportInputError(f"--out {out} exists and is not a folder")
+        check_writable(out, what="--out")  # a read-only or forbidden place: now, not after minutes of work
         _check_model_text(self.model)
         if self.layer is not None and self.layer < 0:
             raise ExportInputError(f"--layer {self.layer}: layers are numbered from 0")
@@ -101,9 +104,10 @@ class ExportRequest:
         if self.int8_convs and self.precision != Precision.INT8:
             raise ExportInputError(f"--int8-convs quantizes convolutions to INT8: it needs --precision int8, "
                                    f"not {self.precision}")
-        if self.precision == Precision.INT8 and self.calib_images is None:
-            raise ExportInputError("--precision int8 needs --calib-images DIR: a folder of real images for the "
-                                   "activation ranges (e.g. --calib-images examples/images; 5-50 photos is typical)")
+        if self.precision.is_calibrated and self.calib_images is None:
+            raise ExportInputError(f"--precision {self.precision} needs --calib-images DIR: a folder of real images "
+                                   "for the activation ranges (e.g. --calib-images examples/images; 5-50 photos is "
+                                   "typical)")
         if self.calib_images is not None:
             from ditf_calib.data import CalibrationError, check_folder
 

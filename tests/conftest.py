@@ -97,9 +97,9 @@ EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
 @pytest.fixture(scope="session")
 def flux_tiny_precision_export(tmp_path_factory, flux_tiny_dir):
-    """`flux_tiny_precision_export("fp16" | "bf16" | "int8")` -> that export folder, built once per session.
+    """`flux_tiny_precision_export("fp16" | "bf16" | "int8" | "fp8")` -> that export folder, built once per session.
 
-    fp16 and int8 use examples/images for calibration / the range check; bf16 uses random inputs only.
+    fp16, int8 and fp8 use examples/images for calibration / the range check; bf16 uses random inputs only.
     """
     root = tmp_path_factory.mktemp("precision-exports")
     built: dict[str, Path] = {}
@@ -107,7 +107,7 @@ def flux_tiny_precision_export(tmp_path_factory, flux_tiny_dir):
     def get(precision: str) -> Path:
         if precision not in built:
             out = root / f"flux-tiny-l3-{precision}"
-            calib = EXAMPLE_IMAGES if precision in ("fp16", "int8") else None
+            calib = EXAMPLE_IMAGES if precision in ("fp16", "int8", "fp8") else None
             _export(str(flux_tiny_dir), out, layer=3, discard="7,41", ensemble=2, image_size=128,
                     text_max_length=32, precision=precision, calib_images=calib)
             built[precision] = out

@@ -17,6 +17,7 @@ from ditf_calib.data import load_calibration_set
 from ditf_calib.graph_io import diffusion_io
 from ditf_calib.int8 import Int8Config, quantize
 from ditf_calib.int8_conv import plan_convs
+from ditf_runtime.backends.onnxrt import create_session
 from ditf_runtime.cpu_rewrite import integer_convs
 from ditf_runtime.manifest import Manifest
 
@@ -97,8 +98,9 @@ def test_the_cpu_variant_runs_every_int8_conv_as_qlinearconv(quantized, tmp_path
     onnx.save(rewritten, str(tmp_path / "q.cpu.onnx"))
     variant = optimised_ops(tmp_path / "q.cpu.onnx", tmp_path)
     assert variant["QLinearConv"] == 17 and variant["Conv"] == 1  # (as written, onnxruntime 1.32 fuses 6 of 17)
-    a = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    b = ort.InferenceSession(str(tmp_path / "q.cpu.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    # ditf's session factory: exact integer kernels on every x86 CPU class (VNNI or not)
+    a = create_session(path).run(None, feed)[0]
+    b = create_session(tmp_path / "q.cpu.onnx").run(None, feed)[0]
     # the same integer arithmetic; a re-quantized output may land one int8 step apart after fp32 rounding
     assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
 

@@ -21,6 +21,8 @@ CASES = {
     "out-exists": (["--model", "flux-tiny", "--out", "{exists}"], "--out {exists} already exists; pass --force"),
     "int8-no-calib": (["--model", "flux-tiny", "--out", "{out}", "--precision", "int8"],
                       "--precision int8 needs --calib-images DIR"),
+    "fp8-no-calib": (["--model", "flux-tiny", "--out", "{out}", "--precision", "fp8"],
+                     "--precision fp8 needs --calib-images DIR"),
     "calib-missing": (["--model", "flux-tiny", "--out", "{out}", "--precision", "int8", "--calib-images", "{nope}"],
                       "--calib-images {nope}: no such folder"),
     "discard-syntax": (["--model", "flux-tiny", "--out", "{out}", "--discard", "7,x"], "comma list of channel"),

@@ -209,7 +209,7 @@ def test_one_tiny_calibration_image_is_refused_with_what_to_give(tmp_path, flux_
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--precision", "fp16", "--eval-images", str(IMAGES)], "apply to --precision int8 only"),
+    (["--precision", "fp16", "--eval-images", str(IMAGES)], "apply to --precision int8 and fp8 only"),
     (["--precision", "int8", "--calib-images", str(IMAGES), "--calib-sizes", "100"], "multiple of 16"),
     (["--precision", "int8", "--calib-images", str(IMAGES), "--calib-sizes", "a,b"], "comma list of long sides"),
     (["--precision", "int8", "--calib-images", str(IMAGES), "--calib-method", "median"], "'median' is not one of"),

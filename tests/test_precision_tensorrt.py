@@ -1,11 +1,11 @@
 """GPU machines only (`make parity-gpu`): engines and typed graphs run where they are meant to run.
 
 - TensorRT engines (TensorRT-RTX, or TensorRT where RTX has no target for this GPU), strongly typed
-  (no precision flags): the fp32, fp16, bf16 and int8 exports of flux-tiny each build an engine whose
+  (no precision flags): the fp32, fp16, bf16, int8 and fp8 exports of flux-tiny each build an engine whose
   features match onnxruntime on the CPU on the same inputs (fp32: cosine >= 0.99999 with TF32 off)
   and their reference.safetensors at their precision's gate (ditf_runtime.parity.TOLERANCES, the same
   gate the export used on the CPU). One engine is hammered from several threads, and one with two
-  optimisation profiles serves requests from both.
+  optimisation profiles serves requests from both. fp8 needs compute capability >= 8.9 (skipped below).
 - TensorRT-RTX's own verdict on a CPU-built engine for this GPU (get_engine_validity), recorded either
   way: its targets are 8.0/8.6/8.9/12.0+ (no 9.0), so an H100/H200 is expected to be refused.
 - onnxruntime CUDA: the typed fp16 / bf16 graphs run with real low-precision kernels (on the CPU fp16
@@ -48,14 +48,21 @@ def _flavor_for(device: trt.DeviceInfo) -> tuple[str, list[str]]:
     pytest.skip(f"no TensorRT flavour here builds for compute capability {device.compute_capability}")
 
 
-def _engine_export(export, tmp_path, device, profiles=(("1x64x64", "2x64x96", "2x128x128"),)):
-    """A linked copy of `export` with an engine for this GPU; returns (folder, manifest)."""
+def _engine_export(export, tmp_path, device, profiles=None):
+    """A linked copy of `export` with an engine for this GPU (default: the manifest's own profile, which holds
+    reference.safetensors' inputs); returns (folder, manifest)."""
     folder = linked_copy(export, tmp_path / "export")
     manifest = Manifest.load(folder)
     flavor, targets = _flavor_for(device)
-    built = [trt.cli_profile(manifest, *p, ensemble=manifest.feature.ensemble) for p in profiles]
+    built = None if profiles is None else [trt.cli_profile(manifest, *p, ensemble=manifest.feature.ensemble)
+                                           for p in profiles]
     trt.build_engine(folder, manifest, built, tensorrt=flavor, compute_capabilities=targets, log=lambda _: None)
     return folder, manifest
+
+
+# onnxruntime's CPU provider runs these graphs as written; it has no bf16 kernels, so a bf16 engine is judged
+# against reference.safetensors alone (and, where onnxruntime-gpu is installed, its CUDA provider).
+ONNXRUNTIME_CPU_RUNS = ("fp32", "fp16", "int8")
 
 
 def _onnxruntime_cpu(folder, image, noise):
@@ -66,21 +73,28 @@ def _onnxruntime_cpu(folder, image, noise):
 
 
 @pytest.mark.tensorrt
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "fp8"])
 def test_engine_matches_onnxruntime_and_the_reference(request, tmp_path, precision):
     import ditf_runtime
+    from ditf_runtime.precision import Precision
 
     device = _need_gpu()
+    floor = Precision(precision).min_compute_capability
+    if floor is not None and tuple(int(v) for v in device.compute_capability.split(".")) < floor:
+        pytest.skip(f"{precision} runs on compute capability >= {floor[0]}.{floor[1]}; {device.gpu_name} is "
+                    f"{device.compute_capability}")
     export = (request.getfixturevalue("flux_tiny_export") if precision == "fp32"
               else request.getfixturevalue("flux_tiny_precision_export")(precision))  # fmt: skip
     folder, manifest = _engine_export(export, tmp_path, device)
     ref = load_file(str(folder / "reference.safetensors"))
     with ditf_runtime.load(folder, backend="tensorrt", device="cuda") as extractor:
         got = extractor.run(ref["image"], ref["noise"])
-    cpu = _onnxruntime_cpu(folder, ref["image"], ref["noise"])
-    if precision == "fp32":
-        res = compare(got, cpu, "fp32")
-        assert res.min_cosine >= 0.99999, res
+        assert extractor.verify_reference(), "verify_reference on the engine of the manifest's profile"
+    if precision in ONNXRUNTIME_CPU_RUNS:
+        cpu = _onnxruntime_cpu(folder, ref["image"], ref["noise"])
+        if precision == "fp32":
+            res = compare(got, cpu, "fp32")
+            assert res.min_cosine >= 0.99999, res
     assert compare(got, ref["features"], precision), "engine vs the PyTorch reference at the export's gate"
 
 

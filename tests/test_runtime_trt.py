@@ -24,7 +24,7 @@ from ditf_runtime.cli import main
 from ditf_runtime.errors import BackendError, InputError
 from ditf_runtime.manifest import Manifest
 from runtime_graphs import tiny_reference, with_geometry
-from trt_standin import StandInCuda, stand_in_runner
+from trt_standin import StandInCuda, StreamHandle, stand_in_runner
 
 RTX_4090 = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -278,7 +278,7 @@ def test_buffer_pool_grows_and_frees():
     assert pool.get("image", 32) == small  # big enough: reused
     large = pool.get("image", 4096)
     assert large != small and small not in cuda.allocations and len(cuda.allocations) == 1
-    cuda.cudaMemcpyAsync(large, 0, 16, 1, 7)  # work queued on the stream that writes `large`
+    cuda.cudaMemcpyAsync(large, 0, 16, 1, StreamHandle(7))  # work queued on the stream that writes `large`
     pool.get("image", 8192)  # growing now would free memory in flight: the stand-in records it
     assert cuda.violations and "while queued work still uses it" in cuda.violations[0]
     cuda.queue.clear()
@@ -321,3 +321,119 @@ def test_engine_plan_is_checked_against_its_record_once_then_trusted(monkeypatch
     record.pop("plan_sha256")
     with pytest.raises(BackendError, match="records no plan_sha256: every file the runtime opens needs"):
         loader._check_plan(plan, record, trt.RTX)
+
+
+# -- issue 23: lifetimes, the runtime cache, the device, the memory guard (stand-in) ---------------------------
+
+TWO_GPUS = (("NVIDIA H100 80GB HBM3", 9, 0), ("NVIDIA GeForce RTX 4090", 8, 9))
+
+
+def test_rtx_runtime_config_outlives_the_context_and_release_goes_in_reverse(monkeypatch, manifest, tmp_path):
+    """The context holds raw pointers to its IRuntimeConfig and that config's runtime cache: both must live as long
+    as the context, then go before the engine, which goes before the runtime."""
+    import gc
+
+    runner, engine, cuda = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES, rtx=True,
+                                           folder=tmp_path, device=RTX_4090)
+    released, violations = engine.released, engine.violations
+    del engine
+    with runner:
+        gc.collect()  # a config kept only as a local would be gone now
+        runner.infer(_feed(1, 32, 32))
+    gc.collect()
+    assert violations == []
+    assert released == ["context", "runtime_config", "runtime_cache", "engine", "runtime"]
+
+
+def test_rtx_runtime_cache_is_recorded_and_a_changed_one_is_not_loaded(monkeypatch, manifest, tmp_path):
+    """The cache beside the plan is written with its sha256 (runtime-sm89.cache.json) and read only when it
+    matches: a changed or unrecorded file is compiled again (a warning), never handed to TensorRT-RTX."""
+    import json
+
+    def start():
+        runner, engine, _ = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES, rtx=True,
+                                            folder=tmp_path, device=RTX_4090)
+        runner.activate()
+        runner.infer(_feed(1, 32, 32))
+        return runner, runner._runtime_cache
+
+    runner, cache = start()
+    assert cache.loaded == []  # nothing there yet
+    runner.deactivate()
+    path = tmp_path / "runtime-sm89.cache"
+    record = json.loads((tmp_path / "runtime-sm89.cache.json").read_text())
+    from ditf_runtime.files import sha256_file
+
+    assert record["sha256"] == sha256_file(path) and record["bytes"] == path.stat().st_size
+    assert record["gpu"] == RTX_4090.gpu_name and record["compute_capability"] == "8.9"
+    runner, cache = start()
+    assert cache.loaded == [path.read_bytes()]  # recorded and unchanged: loaded
+    runner.deactivate()
+    path.write_bytes(path.read_bytes() + b"0")  # changed after it was recorded
+    with pytest.warns(UserWarning, match="does not match the sha256 recorded"):
+        runner, cache = start()
+    assert cache.loaded == []
+    runner.deactivate()
+    (tmp_path / "runtime-sm89.cache.json").unlink()
+    with pytest.warns(UserWarning, match="ignoring the TensorRT-RTX runtime cache"):
+        runner, cache = start()
+    assert cache.loaded == []
+    runner.deactivate()
+
+
+def test_the_engine_runs_on_the_device_it_was_checked_against(monkeypatch, manifest, tmp_path):
+    """cuda:1 (or CUDA_VISIBLE_DEVICES' second GPU): the record is checked against device 1, the cache is named for
+    it, and every thread that runs the engine makes device 1 current first (the current device is per thread)."""
+    from ditf_runtime.backends.trt import flavors
+
+    RTX_4090_ON_1 = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9", 1)  # noqa: N806
+    cuda = StandInCuda(gpus=TWO_GPUS)
+    monkeypatch.setattr(flavors, "import_cudart", lambda: cuda)
+    assert trt.current_device() == DeviceInfo("NVIDIA H100 80GB HBM3", "9.0", 0)
+    assert trt.current_device(1) == RTX_4090_ON_1
+    cuda.cudaSetDevice(1)  # what cudaSetDevice (or a framework) made current on this thread
+    assert trt.current_device() == RTX_4090_ON_1
+    cuda.cudaSetDevice(0)
+    with pytest.raises(BackendError, match="CUDA device 2 does not exist: this process sees 2 GPU"):
+        trt.current_device(2)
+    assert trt.flavors.parse_device("cuda:1") == 1 and trt.flavors.parse_device("cuda") is None
+    with pytest.raises(BackendError, match="use 'cuda' .* or 'cuda:N'"):
+        trt.flavors.parse_device("gpu1")
+
+    runner, engine, _ = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES, rtx=True, folder=tmp_path,
+                                        device=RTX_4090_ON_1, cuda=cuda)
+    feeds = [_feed(*shape, seed=i) for i, shape in enumerate(SHAPES)]
+    with runner:
+        answers, errors = _hammer(runner, feeds, threads=3, rounds=2)  # fresh threads: current device 0
+    assert errors == [] and engine.violations == []
+    assert (tmp_path / "runtime-sm89.cache").is_file()  # named for device 1 (sm89), not device 0 (sm90)
+
+
+def test_memory_guard_budgets_engines_by_what_they_report(monkeypatch, manifest, export_dir):
+    """--backend tensorrt: the context already holds the largest profile's activation memory and the weights
+    when a run is checked, and engines fuse attention. Free GPU memory is compared with what the call still
+    allocates (its I/O buffers), --max-memory with weights + context memory + I/O, as the engine reports them."""
+    from ditf_runtime import host_memory, memory
+    from ditf_runtime.extractor import Extractor
+
+    runner, engine, cuda = stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES)
+    free = {"bytes": 8 << 20}  # 8 MiB free after the context took its memory: less than any dense estimate
+    monkeypatch.setattr(host_memory, "_free_gpu_memory", lambda: free["bytes"])
+    feed = _feed(2, 128, 128, ensemble=4)
+    dense = memory.estimate(manifest, memory.RunShape(2, 4, 128, 128))
+    assert dense.activations > free["bytes"]  # what the guard used to compare: refused
+    with Extractor(export_dir, manifest, runner) as extractor:
+        assert extractor.device == "cuda"
+        features = extractor.run(feed["image"], feed["noise"])
+        np.testing.assert_allclose(features, tiny_reference(export_dir, feed["image"], feed["noise"]), atol=1e-6)
+        need = runner.memory_need(manifest, memory.RunShape(2, 4, 128, 128))
+        io = sum(a.nbytes for a in feed.values()) + features.nbytes
+        assert need == memory.EngineMemory(weights=3 << 20, activations=2 << 20, io=io, io_new=0)  # pooled now
+        free["bytes"] = 1024  # a larger call must allocate its buffers: refused, with the engine's numbers
+        with pytest.raises(memory.MemoryBudgetError, match=r"on TensorRT needs .*the engine reports weights 3 MiB "
+                                                           r"\+ context memory 2 MiB.*more than free GPU memory"):
+            extractor.run(*_feed(2, 128, 128, ensemble=8).values())
+    with Extractor(export_dir, manifest, stand_in_runner(monkeypatch, manifest.geometry, TWO_PROFILES)[0],
+                   max_memory=5 << 20) as capped:  # weights + context memory + I/O > 5 MiB
+        with pytest.raises(memory.MemoryBudgetError, match="more than the --max-memory budget"):
+            capped.run(feed["image"], feed["noise"])

@@ -87,7 +87,8 @@ MALFORMED = [
     ({"image": np.zeros((2, 40, 40, 3), np.uint8), "seed": np.zeros((1, 1), np.int64)}, "batch size does not match other inputs"),
     ({"pixels": np.zeros((1, 3, 48, 64), np.float32), "noise": np.zeros((1, 2, 4, 5, 8), np.float32)}, "noise for row 0 has shape"),
     ({"pixels": np.zeros((1, 3, 48, 64), np.float32), "ensemble": np.full((1, 1), 10**6, np.int64)}, "ensemble must be between 1 and 64"),
-    ({"image": np.zeros((1, 40, 40, 3), np.uint8), "size": np.full((1, 1), 100000, np.int64)}, "size 100000 must be between"),
+    # no size limit recorded in this export: the memory budget refuses it, before the image is resized
+    ({"image": np.zeros((1, 40, 40, 3), np.uint8), "size": np.full((1, 1), 100000, np.int64)}, "100000x100000, batch 1, E=2 needs about"),
 ]  # fmt: skip
 
 
@@ -112,6 +113,55 @@ def test_malformed_requests_get_clear_errors_and_the_server_stays_up(tiny_server
         with pytest.raises(Exception, match="empty batch"):  # refused before it leaves the client
             client.infer("extract", {"pixels": np.zeros((0, 3, 48, 64), np.float32)}, ["features"])
     assert tiny_server.process.poll() is None
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_official_tritonclient_gets_the_reason_in_one_line(tiny_server, protocol):
+    """PyTriton wrapped a refused request's reason in two tracebacks (29 lines); now each refused request is
+    answered with the reason alone, and a request at fault is an invalid argument (HTTP 400), not a server error."""
+    import tritonclient.grpc
+    import tritonclient.http
+    from tritonclient.utils import InferenceServerException
+
+    module = tritonclient.http if protocol == "http" else tritonclient.grpc
+    url = tiny_server.url if protocol == "http" else tiny_server.grpc_url
+    client = module.InferenceServerClient(url.split("://", 1)[1])
+    pixels = np.full((1, 3, 48, 64), np.nan, np.float32)
+    item = module.InferInput("pixels", list(pixels.shape), "FP32")
+    item.set_data_from_numpy(pixels)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("extract", [item])
+    text = str(caught.value)
+    assert len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert text.endswith("InputError: pixels hold NaN or infinite values"), text
+    assert str(caught.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), caught.value.status()
+    client.close()
+
+
+def test_ready_means_the_models_are_loaded(export_dir, tmp_path):
+    """/v2/health/ready (what a load balancer or Kubernetes probes) must not answer 200 before `extract` and
+    `match` are loaded: PyTriton's default start answered it with no model loaded yet."""
+    import urllib.error
+    import urllib.request
+
+    def status(url):
+        try:
+            return urllib.request.urlopen(url, timeout=2).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:  # not listening yet
+            return None
+
+    server = ServerProcess.ditf_serve(export_dir, tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 90
+        while status(f"{server.url}/v2/health/ready") != 200:
+            assert server.process.poll() is None and time.monotonic() < deadline, server.log_text()[-3000:]
+            time.sleep(0.02)
+        assert status(f"{server.url}/v2/models/extract/ready") == 200
+        assert status(f"{server.url}/v2/models/match/ready") == 200
+    finally:
+        server.stop()
 
 
 def test_a_malformed_request_never_fails_its_batch_mates(tiny_server, export_dir):
@@ -289,6 +339,8 @@ def test_a_busy_port_is_refused_at_once_naming_it(export_dir, tmp_path):
     assert busy.returncode == 1 and elapsed < 15, (elapsed, busy.stderr)  # mostly Python's start-up
     assert f"port {grpc_port} (--grpc-port) on 127.0.0.1 is already in use" in busy.stderr, busy.stderr
     assert "Traceback" not in busy.stderr
+    # Not a word about a log: the default one (per HTTP port) would be the running server's.
+    assert "its log" not in busy.stderr and len(busy.stderr.strip().splitlines()) == 1, busy.stderr
     same = subprocess.run(_serve_command(export_dir, http_port, http_port), capture_output=True, text=True,
                           timeout=60, env=env)
     assert same.returncode == 1 and f"--grpc-port and --http-port are both {http_port}" in same.stderr

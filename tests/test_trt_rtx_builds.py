@@ -2,7 +2,7 @@
 
 flux-tiny and one tiny export of every other family (SD3, PixArt, DiT, and the video family Latte)
 are built once per session through `ditf build-engine --tensorrt rtx`, at every precision the
-family exports (video: fp32 only). TensorRT-RTX needs a GPU only to deserialise and run an engine
+family exports (video: fp32 only); flux-tiny's fp8 export for compute capabilities 8.9 and 12.0 only. TensorRT-RTX needs a GPU only to deserialise and run an engine
 (test_precision_tensorrt.py, skipped without one); everything before that is checked here: the
 parse, the AOT build, engine.json, the parser's own errors, and the loader's refusals.
 """
@@ -143,6 +143,48 @@ def test_dinov2_builds_with_an_image_only_profile(precision, dinov2_tiny_export,
                                      for k in ("min", "opt", "max")}}
         bad = build(export, "--force", "--min", "1x64x64", "--opt", "1x128x128", "--max", "2x256x256")
         assert bad.exit_code == 1 and "multiples of 14" in bad.output
+
+
+def test_fp8_builds_for_sm89_and_sm120_and_is_refused_below(rtx_engine, family_export, tmp_path):
+    """FP8 E4M3 Q/DQ runs on compute capability >= 8.9: without --compute-capability the build targets the
+    builder's 8.9 and 12.0 (its own default would add 8.0 and 8.6); asking for 7.5, 8.0 or 8.6 is refused
+    before TensorRT-RTX starts (it would fail with "Cannot compile for target(s) sm86, because the model
+    contains HW-specific datatypes: fp8_e4m3"), naming the targets that can."""
+    export, folder, result = rtx_engine("flux", "fp8")
+    assert folder.name == f"rtx{'.'.join(rtx_version().split('.')[:3])}-sm89_120"
+    record = trt.read_engine_record(folder)
+    assert record["precision"] == Manifest.load(export).precision == "fp8" and record["strongly_typed"] is True
+    assert record["targets"] == ["sm89", "sm120"] and record["targets_default"] is False
+    assert record["plan_bytes"] > 100_000 and "compute capabilities 8.9, 12.0" in result.stderr
+    work = linked_copy(family_export("flux", "fp8"), tmp_path / "flux-fp8")
+    for old in ("7.5", "8.0", "8.6"):
+        refused = build(work, "--compute-capability", old, "--compute-capability", "8.9", *IMAGE_PROFILE)
+        assert refused.exit_code == 1, refused.output
+        assert (f"this export is fp8 (FP8 E4M3 Q/DQ: Ada, Hopper and Blackwell GPUs): it runs on compute capability "
+                f"8.9 and later, not on {old}. TensorRT-RTX {rtx_version()} builds it for 8.9, 12.0, 12.1 "
+                "(--compute-capability 8.9 --compute-capability 12.0 --compute-capability 12.1)") in refused.output
+        assert "export --precision int8, bf16 or fp16" in refused.output and "Traceback" not in refused.output
+    assert not (work / "engines").exists() or not any((work / "engines").iterdir())
+
+
+@pytest.mark.parametrize("gpu,capability,refused", [("NVIDIA A100-SXM4-80GB", "8.0", True),
+                                                    ("NVIDIA GeForce RTX 3090", "8.6", True),
+                                                    ("Tesla T4", "7.5", True),
+                                                    ("NVIDIA L4", "8.9", False), ("NVIDIA H100 80GB HBM3", "9.0", False),
+                                                    ("NVIDIA GeForce RTX 5090", "12.0", False)])
+def test_tensorrt_enterprise_refuses_fp8_by_the_cards_capability(gpu, capability, refused):
+    """TensorRT builds on the serving GPU: an fp8 export is refused there below 8.9 (any other precision is not)."""
+    from ditf_runtime.backends.trt.builder import check_device_precision
+    from ditf_runtime.precision import Precision
+
+    device = DeviceInfo(gpu, capability)
+    for precision in Precision:
+        if precision != Precision.FP8 or not refused:
+            check_device_precision(device, precision, "TensorRT")
+    if refused:
+        with pytest.raises(InputError, match=f"runs it on compute capability 8.9 and later .* and {gpu} is "
+                                             f"{capability}. Export --precision int8, bf16 or fp16 for this GPU"):
+            check_device_precision(device, Precision.FP8, "TensorRT")
 
 
 def test_default_profiles_come_from_the_manifest_for_images_and_video(family_export, tmp_path):
@@ -360,3 +402,27 @@ def test_triton_repo_refuses_an_rtx_engine_for_tensorrt_plan(rtx_engine, tmp_pat
                                   TritonOptions(backend="tensorrt", pipeline="local", graph=False))
     assert sorted(p.name for p in repo.iterdir()) == ["extract", "match"]
     assert 'key: "ditf_ensemble"\n  value: { string_value: "2" }' in (repo / "extract" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("family,precision", [("flux", p) for p in PRECISIONS] + [("latte", "fp32")],
+                         ids=[f"flux-{p}" for p in PRECISIONS] + ["latte-fp32"])
+def test_an_engine_of_the_manifest_profile_holds_the_reference(family, precision, family_export, tmp_path):
+    """Issue 23: `ditf build-engine EXPORT` (the manifest's own profile) must take reference.safetensors' inputs, at
+    every precision, so `ditf verify EXPORT --backend tensorrt` and `verify_reference()` can run the engine. (The
+    reference used to be the random parity inputs, 64x96 at E = 3, below the profile's smallest side; for video a
+    batch of 2 clips where the profile takes one.)"""
+    from safetensors.numpy import load_file
+
+    export = linked_copy(family_export(family, precision), tmp_path / f"{family}-{precision}")
+    result = build(export)
+    assert result.exit_code == 0, result.output
+    record = trt.read_engine_record(Path(result.stdout.strip().splitlines()[-1]))
+    assert record["profiles_from"] == "manifest"
+    reference = load_file(str(export / "reference.safetensors"))
+    shapes = {name: reference[name].shape for name in record["profiles"][0]}
+    assert trt.choose_profile(trt.record_ranges(record), shapes) == 0
+    verify = CliRunner().invoke(main, ["verify", str(export), "--backend", "tensorrt"])
+    if trt.gpu_or_none() is None:  # here it gets as far as needing the GPU
+        assert verify.exit_code == 1 and "TensorRT engines run on a CUDA GPU" in verify.output, verify.output
+    else:
+        assert verify.exit_code == 0, verify.output

@@ -235,12 +235,32 @@ register_model(
 )
 
 
+# flux-mini (train_mini.py): a small FLUX trained on synthetic shapes, shipped in exporter/builtin/flux-mini/.
+MINI_LAYER, MINI_TIMESTEP = 4, 260
+
+
 def _build_flux_tiny(path: str) -> None:
     from ..tiny import build_flux_tiny
 
     build_flux_tiny(path)
 
 
+register_model(
+    ModelSpec(
+        name="flux-mini",
+        family="flux",
+        hf_id=None,
+        layer=Default(MINI_LAYER, "chosen on a validation benchmark (creatures, seed 7); see docs/flux-mini.md"),
+        timestep=Default(MINI_TIMESTEP, "chosen on a validation benchmark (creatures, seed 7)"),
+        image_size=Default(192, "flux-mini's training size"),
+        discard=Default((), "none: ditf-detect-massive finds no massive channels in flux-mini (docs/flux-mini.md)"),
+        ensemble=Default(4, "flux-mini: small for the CPU"),
+        guidance=None,
+        hidden_size=128,
+        text_max_length=16,
+        shipped="builtin/flux-mini",
+    )
+)
 register_model(
     ModelSpec(
         name="flux-tiny",

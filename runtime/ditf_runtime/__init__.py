@@ -14,7 +14,7 @@ from ._version import __version__  # noqa: F401 - public attribute, not in __all
 from .davis import evaluate_davis
 from .draw import draw_matches, pca_image
 from .errors import DitfError
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_ap10k
 from .extractor import Extractor
 from .features import FeatureMap
 from .fusion import FusedExtractor
@@ -31,6 +31,7 @@ __all__ = [
     "mutual_nn_matches",
     "track_points",
     "evaluate",
+    "evaluate_ap10k",
     "evaluate_davis",
     "draw_matches",
     "pca_image",

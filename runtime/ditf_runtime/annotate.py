@@ -47,6 +47,7 @@ def caption_for(manifests: Manifest | Sequence[Manifest], *, size: int | Sequenc
     if len(manifests) > 1:
         shares = " / ".join(f"{w:g}" for w in weights) if weights is not None else "equal"
         lines.append(f"fused: each model's features L2-normalised, weighted {shares}, concatenated")
+    lines += [f"{m.model_name}: weights trained on {m.trained_on}" for m in manifests if m.trained_on]
     random = any(m.random_weights for m in manifests)
     return Caption(tuple(lines) if what is None else (what, *lines), RANDOM_WEIGHTS if random else None)
 
@@ -76,6 +77,7 @@ def file_caption(metadata: dict[str, str], what: str) -> Caption:
                  if record.get(key) not in (None, "null")]
         if parts:
             lines.append(" · ".join(parts))
+    lines += [f"weights trained on {r['trained_on']}" for r in records if r.get("trained_on") not in (None, "null")]
     if "weights" in metadata:
         lines.append(f"fused, weights {metadata['weights']}")
     random = any(str(r.get("random_weights", "")).lower() == "true" for r in records)

@@ -28,3 +28,8 @@ class ManifestError(DitfError, ValueError):
 
 class DitfWarning(UserWarning):
     """Something works but deserves a look (e.g. a tiny image); the CLI prints it as one "warning: ..." line."""
+
+
+class OutputError(DitfError, OSError):
+    """An output cannot be written (disk full, read-only file system, no permission): the message names the
+    path, the cause and the fix (files.write_failure). Still an OSError, for callers that catch those."""

@@ -1,132 +1,52 @@
-"""PCK@alpha on a dataset in SPair-71k's layout, with the authors' protocol (eval_spair.py).
+"""PCK@alpha of an extractor's features on keypoint-pair datasets, with DiTF's protocol (the authors' eval_spair.py).
 
-Layout: ROOT/PairAnnotation/<split>/*.json (src_imname, trg_imname, category, src_kps, trg_kps,
-trg_bndbox [x1, y1, x2, y2], optionally src_imsize/trg_imsize [w, h, c]) and
-ROOT/JPEGImages/<category>/<imname>. A keypoint is correct when its transferred position lies
-within alpha * max(bbox height, bbox width) of the annotation. Reported per image (mean over
-pairs of each pair's fraction) and per point (pooled), as "All" (over all pairs) and "Mean"
-(mean of category means).
+One loop for every dataset: a reader in datasets/ turns a layout into `Pair`s (the keypoints to
+score, the two images, the threshold box), and `evaluate_pairs` scores them: features of each image,
+the exact matcher (transfer_keypoints: bilinear upsampling to the image size, cosine, argmax), and a
+keypoint is correct when its transferred position lies within alpha * the pair's threshold base
+(max(height, width) of the target's bbox) of the annotation. Reported per image (mean over pairs of
+each pair's fraction) and per point (pooled), as "All" (over all pairs) and "Mean" (mean of category
+means). `evaluate` reads SPair-71k's layout, `evaluate_ap10k` AP-10K's benchmark (GeoAware-SC).
 
 Annotations are in the files' pixel frame, so images are read WITHOUT EXIF rotation here,
 whatever the extractor's default.
+
+Resumable: with `out_dir`, each scored pair is appended to OUT/pairs.jsonl as it finishes (its
+keypoints' distances over the threshold base, so another alpha needs no new features) next to a
+run record OUT/ditf-pck.json (model, dataset, split, extraction options); a rerun skips the pairs
+recorded there and refuses a folder made with another model or settings unless `overwrite`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .datasets.ap10k import ap10k_split, read_ap10k_pairs
+from .datasets.pairs import Pair
+from .datasets.spair import ANNOTATION_KEYS, SPAIR_LAYOUT, SPAIR_URL, read_spair_pairs, spair_image_path
+from .errors import ImageError, InputError
+from .manifest import MODEL_FILE, write_text_atomic
 from .matching import transfer_keypoints
 from .preprocess import DEFAULT_MAX_PIXELS, open_image
 
 DEFAULT_ALPHA = 0.1
-ANNOTATION_KEYS = ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox")
-SPAIR_URL = "https://cvlab.postech.ac.kr/research/SPair-71k/"
-SPAIR_LAYOUT = f"""SPair-71k's layout (from SPair-71k.tar.gz, {SPAIR_URL}):
-  ROOT/PairAnnotation/<split>/*.json    one pair per file; splits trn, val, test
-  ROOT/JPEGImages/<category>/*.jpg      e.g. JPEGImages/aeroplane/2008_000033.jpg
-  (ImageAnnotation/, Layout/, Segmentation/ may be there too; they are not read)"""
+# Features kept for images still to come (maps needed soonest stay; an evicted map is recomputed, identically).
+DEFAULT_CACHE_BYTES = 4 << 30
+RUN_RECORD = "ditf-pck.json"
+SCORES_FILE = "pairs.jsonl"
 
-
-@dataclass(frozen=True)
-class Pair:
-    """One annotated image pair."""
-
-    annotation: Path
-    category: str
-    src_name: str
-    trg_name: str
-    src_kps: np.ndarray  # [N, 2] pixel (x, y)
-    trg_kps: np.ndarray
-    trg_bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
-    src_imsize: tuple[int, int] | None  # (height, width) as annotated
-    trg_imsize: tuple[int, int] | None
-
-    @property
-    def threshold_base(self) -> float:
-        x1, y1, x2, y2 = self.trg_bbox
-        return max(y2 - y1, x2 - x1)
-
-
-def read_pairs(
-    root: str | os.PathLike,
-    split: str = "test",
-    categories: Sequence[str] | None = None,
-    limit: int | None = None,
-) -> list[Pair]:
-    """Pairs of one split, sorted by category then file name; `limit` caps pairs per category."""
-    root = Path(root)
-    folder = root / "PairAnnotation" / split
-    if not folder.is_dir():
-        splits = sorted(p.name for p in (root / "PairAnnotation").iterdir() if p.is_dir()) \
-            if (root / "PairAnnotation").is_dir() else []
-        found = f"; this dataset has splits {', '.join(splits)} (--split)" if splits else ""
-        raise InputError(f"{folder} not found{found}. Expected {SPAIR_LAYOUT}")
-    if not (root / "JPEGImages").is_dir():
-        raise InputError(f"{root / 'JPEGImages'} not found. Expected {SPAIR_LAYOUT}")
-    pairs = [_read_pair(path) for path in sorted(folder.glob("*.json"))]
-    if categories is not None:
-        wanted = set(categories)
-        unknown = wanted - {p.category for p in pairs}
-        if unknown:
-            raise InputError(f"no pairs of categories {sorted(unknown)} in {folder}")
-        pairs = [p for p in pairs if p.category in wanted]
-    pairs.sort(key=lambda p: (p.category, p.annotation.name))
-    if limit is not None:
-        kept: dict[str, int] = {}
-        limited = []
-        for pair in pairs:
-            if kept.get(pair.category, 0) < limit:
-                kept[pair.category] = kept.get(pair.category, 0) + 1
-                limited.append(pair)
-        pairs = limited
-    if not pairs:
-        raise InputError(f"no pair annotations in {folder}")
-    return pairs
-
-
-def _read_pair(path: Path) -> Pair:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable pair annotation ({exc})") from exc
-    missing = [k for k in ANNOTATION_KEYS if k not in data]
-    if missing:
-        raise InputError(f"{path}: missing keys {missing}")
-    src_kps = np.asarray(data["src_kps"], dtype=np.float64).reshape(-1, 2)
-    trg_kps = np.asarray(data["trg_kps"], dtype=np.float64).reshape(-1, 2)
-    if src_kps.shape != trg_kps.shape:
-        raise InputError(f"{path}: {len(src_kps)} source but {len(trg_kps)} target keypoints")
-    bbox = tuple(float(v) for v in data["trg_bndbox"])
-    if len(bbox) != 4:
-        raise InputError(f"{path}: trg_bndbox must be [x1, y1, x2, y2]")
-
-    def imsize(key):
-        value = data.get(key)
-        return None if value is None else (int(value[1]), int(value[0]))  # annotated [w, h, c]
-
-    return Pair(
-        path,
-        str(data["category"]),
-        str(data["src_imname"]),
-        str(data["trg_imname"]),
-        src_kps,
-        trg_kps,
-        bbox,
-        imsize("src_imsize"),
-        imsize("trg_imsize"),
-    )
-
-
-def image_path(root: str | os.PathLike, category: str, name: str) -> Path:
-    path = Path(root) / "JPEGImages" / category / name
-    return path if Path(name).suffix else path.with_suffix(".jpg")
+# SPair-71k's reader under the names this module has always had.
+read_pairs = read_spair_pairs
+image_path = spair_image_path
+__all__ = ["ANNOTATION_KEYS", "SPAIR_LAYOUT", "SPAIR_URL", "Pair", "read_pairs", "image_path", "CategoryPck",
+           "PckResult", "pck", "relative_distances", "evaluate", "evaluate_ap10k", "evaluate_pairs"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +77,7 @@ class PckResult:
     skipped_points: int = 0  # source keypoints annotated outside their image: not scored
     min_pck: float | None = None
     pair_pck: dict[str, float] = field(default_factory=dict, repr=False)  # annotation file name -> fraction
+    resumed_pairs: int = 0  # pairs whose scores an earlier run recorded (out_dir), not computed again
 
     def __bool__(self) -> bool:
         return self.pairs > 0 and (self.min_pck is None or self.all_per_image >= self.min_pck)
@@ -201,32 +122,15 @@ class PckResult:
         return self.table()
 
 
+def relative_distances(predicted: np.ndarray, truth: np.ndarray, threshold_base: float) -> np.ndarray:
+    """Per point: its distance to the annotation over the threshold base (correct when <= alpha)."""
+    distance = np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(truth, np.float64), axis=1)
+    return distance / threshold_base
+
+
 def pck(predicted: np.ndarray, truth: np.ndarray, threshold_base: float, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """Per point: distance <= alpha * threshold_base (the authors' `dist / threshold <= 0.1`)."""
-    distance = np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(truth, np.float64), axis=1)
-    return distance / threshold_base <= alpha
-
-
-class _CategoryFeatures:
-    """Each image's features computed once; dropped when the category changes (bounds memory)."""
-
-    def __init__(self, extractor: Any, root: Path, max_pixels: int | None, extract_options: dict[str, Any]) -> None:
-        self.extractor, self.root, self.max_pixels, self.extract_options = extractor, root, max_pixels, extract_options
-        self.category: str | None = None
-        self.cache: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
-
-    def __call__(self, category: str, name: str) -> tuple[np.ndarray, tuple[int, int]]:
-        """(features, image (height, width)) of one image."""
-        if category != self.category:
-            self.cache.clear()
-            self.category = category
-        if name not in self.cache:
-            # Read here without EXIF rotation: the annotations use the file's pixel frame.
-            path = image_path(self.root, category, name)
-            image = np.asarray(open_image(path, exif_transpose=False, max_pixels=self.max_pixels))
-            features = np.asarray(self.extractor.extract([image], **self.extract_options)[0], dtype=np.float32)
-            self.cache[name] = (features, image.shape[:2])
-        return self.cache[name]
+    return relative_distances(predicted, truth, threshold_base) <= alpha
 
 
 def evaluate(
@@ -240,53 +144,166 @@ def evaluate(
     min_pck: float | None = None,
     progress: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
     **extract_options: Any,
 ) -> PckResult:
-    """PCK@alpha of `extractor` on an SPair-format dataset.
+    """PCK@alpha of `extractor` on an SPair-format dataset (`split`: PairAnnotation/<split>).
 
     `extractor` is anything with `extract(images, **extract_options) -> [features]` that takes a
-    list of uint8 HxWx3 arrays and returns array-likes [1, C, h, w] or [C, h, w] (an Extractor,
-    or a stand-in in tests). Each image's features are computed once per category; the cache is
-    dropped when the category changes, which bounds memory to one category's images.
+    list of uint8 HxWx3 arrays and returns array-likes [1, C, h, w] or [C, h, w] (an Extractor, a
+    FusedExtractor, or a stand-in in tests). `out_dir` makes the run resumable (module docstring);
+    `cache_bytes` bounds the features kept for images still to come (`evaluate_pairs`).
     """
+    _check_extractor(extractor)
+    pairs = read_pairs(dataset, split, categories, limit)
+    return evaluate_pairs(extractor, pairs, f"SPair-71k:{split}", alpha=alpha, min_pck=min_pck, progress=progress,
+                          max_pixels=max_pixels, out_dir=out_dir, overwrite=overwrite, cache_bytes=cache_bytes,
+                          **extract_options)
+
+
+def evaluate_ap10k(
+    extractor: Any,
+    dataset: str | os.PathLike,
+    subset: str = "intra-species",
+    split: str = "test",
+    *,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    min_pck: float | None = None,
+    progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    **extract_options: Any,
+) -> PckResult:
+    """PCK@alpha of `extractor` on AP-10K's benchmark as GeoAware-SC prepares it (datasets/ap10k.py).
+
+    `subset`: intra-species (categories are species), cross-species (families) or cross-family
+    (one category, "all"); `split`: test or val. Keypoints are scored when visible in both images;
+    the rest is `evaluate`'s protocol, options and result.
+    """
+    _check_extractor(extractor)
+    pairs = read_ap10k_pairs(dataset, subset, split, categories, limit)
+    return evaluate_pairs(extractor, pairs, f"AP-10K:{ap10k_split(subset, split)}", alpha=alpha, min_pck=min_pck,
+                          progress=progress, max_pixels=max_pixels, out_dir=out_dir, overwrite=overwrite,
+                          cache_bytes=cache_bytes, **extract_options)
+
+
+def _check_extractor(extractor: Any) -> None:
     if not hasattr(extractor, "extract"):
         raise InputError(f"evaluate() needs an object with an extract() method, got {type(extractor).__name__}")
-    root = Path(dataset)
-    pairs = read_pairs(root, split, categories, limit)
-    features_of = _CategoryFeatures(extractor, root, max_pixels, extract_options)
-    per_category: dict[str, list[tuple[int, int]]] = {}
-    pair_pck: dict[str, float] = {}
-    skipped, skipped_points = 0, 0
-    iterator: Any = pairs
-    if progress:
-        from .progress import progress_bar
-
-        iterator = progress_bar(pairs, desc=f"PCK@{alpha:g}", unit="pair")
-    for pair in iterator:
-        if len(pair.src_kps) == 0:
-            skipped += 1
-            continue
-        correct, outside = _score_pair(pair, features_of, alpha)
-        skipped_points += outside
-        if len(correct) == 0:
-            skipped += 1
-            continue
-        per_category.setdefault(pair.category, []).append((int(correct.sum()), len(correct)))
-        pair_pck[pair.annotation.name] = float(correct.mean())
-    return _summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points)
 
 
-def _score_pair(pair: Pair, features_of: _CategoryFeatures, alpha: float) -> tuple[np.ndarray, int]:
-    """Per keypoint of one pair: transferred within alpha * threshold_base of the annotation; and how many
-    keypoints were left out because the annotation puts them outside the source image."""
-    src_features, src_size = features_of(pair.category, pair.src_name)
-    trg_features, trg_size = features_of(pair.category, pair.trg_name)
-    for annotated, actual, name in (
-        (pair.src_imsize, src_size, pair.src_name),
-        (pair.trg_imsize, trg_size, pair.trg_name),
+def evaluate_pairs(
+    extractor: Any,
+    pairs: Sequence[Pair],
+    dataset: str,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_pck: float | None = None,
+    progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    **extract_options: Any,
+) -> PckResult:
+    """PCK@alpha of `extractor` on `pairs` (any reader's, in the order they are reported).
+
+    `dataset` names where the pairs come from ("AP-10K:test_cross_species"): a resumed run must be
+    of the same. Each image's features are computed once while they are needed again, within
+    `cache_bytes` (beyond it, the map needed furthest ahead is dropped and recomputed when its turn
+    comes: the same map, so the same result, only slower).
+    """
+    _check_extractor(extractor)
+    with _ScoreLog.open(out_dir, _run_record(extractor, dataset, extract_options), overwrite) as log:
+        pending = [p for p in pairs if len(p.src_kps) and not log.has(p)]
+        resumed = sum(1 for p in pairs if len(p.src_kps)) - len(pending)
+        features_of = _PairFeatures(extractor, pending, max_pixels, extract_options, cache_bytes)
+        iterator: Any = pending
+        if progress:
+            from .progress import progress_bar
+
+            desc = f"PCK@{alpha:g}" + (f" ({resumed} pairs resumed)" if resumed else "")
+            iterator = progress_bar(pending, desc=desc, unit="pair")
+        for index, pair in enumerate(iterator):
+            log.add(pair, *_score_pair(pair, features_of, index))
+        per_category: dict[str, list[tuple[int, int]]] = {}
+        pair_pck: dict[str, float] = {}
+        skipped, skipped_points = 0, 0
+        for pair in pairs:
+            if len(pair.src_kps) == 0:
+                skipped += 1
+                continue
+            distances, outside = log.scores(pair)
+            skipped_points += outside
+            if len(distances) == 0:
+                skipped += 1
+                continue
+            correct = distances <= alpha
+            per_category.setdefault(pair.category, []).append((int(correct.sum()), len(correct)))
+            pair_pck[pair.annotation.name] = float(correct.mean())
+    return replace(_summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points), resumed_pairs=resumed)
+
+
+class _PairFeatures:
+    """Features of the images of `pairs` (in the order they will be scored), each computed once while memory
+    allows: a map is dropped after its last pair, and when the kept maps pass `budget` bytes the one needed
+    furthest ahead goes first (Belady's rule: the fewest recomputations for a known order)."""
+
+    def __init__(self, extractor: Any, pairs: Sequence[Pair], max_pixels: int | None,
+                 extract_options: dict[str, Any], budget: int) -> None:
+        self.extractor, self.max_pixels, self.extract_options, self.budget = (
+            extractor, max_pixels, extract_options, budget)
+        self.uses: dict[Path, deque[int]] = {}  # image -> the indices of the pairs still to use it
+        for index, pair in enumerate(pairs):
+            for path in (pair.src_image, pair.trg_image):
+                self.uses.setdefault(path, deque()).append(index)
+        self.kept: dict[Path, tuple[np.ndarray, tuple[int, int]]] = {}
+        self.kept_bytes = 0
+
+    def __call__(self, index: int, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+        """(features, image (height, width)) of `path` for pair number `index`."""
+        entry = self.kept.pop(path, None)
+        if entry is None:
+            # Read here without EXIF rotation: the annotations use the file's pixel frame.
+            image = np.asarray(open_image(path, exif_transpose=False, max_pixels=self.max_pixels))
+            features = np.asarray(self.extractor.extract([image], **self.extract_options)[0], dtype=np.float32)
+            entry = (features, image.shape[:2])
+        else:
+            self.kept_bytes -= entry[0].nbytes
+        uses = self.uses.get(path, deque())
+        while uses and uses[0] <= index:
+            uses.popleft()
+        if uses:
+            self.kept[path] = entry
+            self.kept_bytes += entry[0].nbytes
+            while self.kept_bytes > self.budget and self.kept:
+                furthest = max(self.kept, key=lambda p: self.uses[p][0])
+                self.kept_bytes -= self.kept.pop(furthest)[0].nbytes
+        return entry
+
+
+def _score_pair(pair: Pair, features_of: _PairFeatures, index: int) -> tuple[np.ndarray, int]:
+    """Per keypoint of one pair: its transferred position's distance to the annotation over the threshold
+    base; and how many keypoints were left out because the annotation puts them outside the source image."""
+    try:
+        src_features, src_size = features_of(index, pair.src_image)
+        # An image matched with itself is read once (the cache lets a map go after its last pair).
+        trg_features, trg_size = (src_features, src_size) if pair.trg_image == pair.src_image \
+            else features_of(index, pair.trg_image)
+    except ImageError as exc:  # a missing or unreadable image: say which pair needs it
+        raise ImageError(f"{pair.annotation}: {exc}") from exc
+    for annotated, actual, image in (
+        (pair.src_imsize, src_size, pair.src_image),
+        (pair.trg_imsize, trg_size, pair.trg_image),
     ):
         if annotated is not None and tuple(annotated) != tuple(actual):
-            raise InputError(f"{pair.annotation}: {name} is {actual} (h, w) but annotated as {annotated}")
+            raise InputError(f"{pair.annotation}: {image.name} is {actual} (h, w) but annotated as {annotated}")
     # A source keypoint outside its image cannot be looked up: skip it (and count it). A target keypoint
     # outside is still a ground truth to measure the distance to, as in the authors' evaluation.
     inside = _inside(pair.src_kps, src_size)
@@ -295,13 +312,120 @@ def _score_pair(pair: Pair, features_of: _CategoryFeatures, alpha: float) -> tup
         predicted = transfer_keypoints(src_features, trg_features, src_kps, src_size, trg_size)
     except InputError as exc:
         raise InputError(f"{pair.annotation}: {exc}") from exc
-    return pck(predicted, trg_kps, pair.threshold_base, alpha), int((~inside).sum())
+    return relative_distances(predicted, trg_kps, pair.threshold_base), int((~inside).sum())
 
 
 def _inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Per (x, y): inside an image of (height, width) pixels."""
     height, width = size
     return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+
+
+# -- resuming: OUT/ditf-pck.json (what the scores depend on) and OUT/pairs.jsonl (one scored pair a line) --
+
+
+def _model_record(manifest: Any) -> dict[str, Any]:
+    return dict(
+        model_name=manifest.model_name,
+        model_sha256=manifest.files.get(MODEL_FILE, {}).get("sha256"),
+        precision=manifest.precision,
+        layer=manifest.feature.layer,
+        timestep=manifest.feature.timestep,
+        ensemble=manifest.feature.ensemble,
+    )
+
+
+def _run_record(extractor: Any, dataset: str, extract_options: dict[str, Any]) -> dict[str, Any]:
+    """What a pair's score depends on besides its annotation (alpha does not: distances are recorded)."""
+    model: dict[str, Any] = {"extractor": type(extractor).__name__}
+    manifest = getattr(extractor, "manifest", None)
+    if manifest is not None:
+        model.update(_model_record(manifest))
+    fused = getattr(extractor, "manifests", None)  # two fused exports (ditf_runtime.fusion)
+    if fused is not None:
+        model.update(models=[_model_record(m) for m in fused], weights=list(extractor.weights))
+    options = {k: v for k, v in sorted(extract_options.items()) if k != "noise"}
+    return json.loads(json.dumps({"dataset": dataset, "model": model, "extract_options": options,
+                                  "matcher": "exact bilinear cosine argmax", "exif_transpose": False}))
+
+
+class _ScoreLog:
+    """Each pair's relative distances and outside-count: kept in memory, and appended to OUT/pairs.jsonl as it
+    is scored when the run has an OUT folder. Appending one line a pair (flushed and synced) keeps a crash's
+    loss to the pair being written; a torn last line is cut off when the log is reopened."""
+
+    def __init__(self, done: dict[str, dict[str, Any]], file: IO[str] | None) -> None:
+        self.done, self.file = done, file
+
+    @classmethod
+    def open(cls, out_dir: str | os.PathLike | None, record: dict[str, Any], overwrite: bool) -> "_ScoreLog":
+        if out_dir is None:
+            return cls({}, None)
+        folder = Path(out_dir)
+        record_path, scores_path = folder / RUN_RECORD, folder / SCORES_FILE
+        if record_path.is_file() and not overwrite:
+            try:
+                previous = json.loads(record_path.read_text())
+            except json.JSONDecodeError:
+                previous = {}
+            if previous != record:
+                changed = sorted(k for k in record if previous.get(k) != record[k]) or ["?"]
+                raise InputError(
+                    f"{folder} holds PCK scores made with other settings (differs in {', '.join(changed)}); "
+                    "use another --out, or --overwrite to redo every pair"
+                )
+        folder.mkdir(parents=True, exist_ok=True)
+        if overwrite or not record_path.is_file():
+            scores_path.unlink(missing_ok=True)
+        write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+        done = _read_scores(scores_path)
+        return cls(done, scores_path.open("a", encoding="utf-8"))
+
+    def __enter__(self) -> "_ScoreLog":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def has(self, pair: Pair) -> bool:
+        """Scored already, for this very pair (same category, same number of keypoints)."""
+        entry = self.done.get(pair.annotation.name)
+        return (entry is not None and entry["category"] == pair.category
+                and len(entry["distances"]) + entry["outside"] == len(pair.src_kps))
+
+    def add(self, pair: Pair, distances: np.ndarray, outside: int) -> None:
+        entry = {"pair": pair.annotation.name, "category": pair.category,
+                 "distances": [float(d) for d in distances], "outside": int(outside)}
+        self.done[pair.annotation.name] = entry
+        if self.file is not None:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def scores(self, pair: Pair) -> tuple[np.ndarray, int]:
+        entry = self.done[pair.annotation.name]
+        return np.asarray(entry["distances"], dtype=np.float64), entry["outside"]
+
+
+def _read_scores(path: Path) -> dict[str, dict[str, Any]]:
+    """The pairs recorded in `path`; a torn last line (a crash while writing it) is cut off the file."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as file:
+            file.truncate(len(complete))
+    done: dict[str, dict[str, Any]] = {}
+    for line in complete.decode("utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            done[str(entry["pair"])] = {"category": str(entry["category"]), "distances": list(entry["distances"]),
+                                        "outside": int(entry["outside"])}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # not a line this log writes: that pair is scored again
+    return done
 
 
 def _summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points=0) -> PckResult:

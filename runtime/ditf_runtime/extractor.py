@@ -202,7 +202,9 @@ class Extractor:
         )
 
     def _check_memory(self, shape: memory.RunShape) -> None:
-        memory.check(self.manifest, shape.for_graph(self.graph), max_memory=self.max_memory, device=self.device)
+        # A TensorRT engine reports its own memory (memory_need); onnxruntime graphs are estimated.
+        memory.check(self.manifest, shape.for_graph(self.graph), max_memory=self.max_memory, device=self.device,
+                     engine=getattr(self.runner, "memory_need", None))
 
     def extract(
         self,

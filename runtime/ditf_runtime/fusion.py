@@ -317,7 +317,7 @@ class FusedExtractor:
                                      frames=frames, fused_attention=fused_attention)
                       for hw in {(image.height, image.width) for image in images}]
         worst = max(candidates, key=lambda runs: sum(memory.estimate(m, shape).total for m, shape in runs))
-        memory.check_runs(worst, max_memory=self.max_memory, device=self.device)
+        memory.check_runs(worst, max_memory=self.max_memory, device=self.device, engines=memory.engines_of(self))
 
     def _check_run_memory(self, images: Sequence[Any], noise: Sequence[Any]) -> None:
         """`run`'s arrays give each call's shape: check both together (malformed arrays: the members say so)."""
@@ -330,7 +330,7 @@ class FusedExtractor:
                 runs.append((member.manifest, shape.for_graph(member.graph)))
         except (AttributeError, IndexError, TypeError):
             return
-        memory.check_runs(runs, max_memory=self.max_memory, device=self.device)
+        memory.check_runs(runs, max_memory=self.max_memory, device=self.device, engines=memory.engines_of(self))
 
     def _each(self, work: Callable[[int, Extractor], Any]) -> list:
         """`work(k, member)` for both members: on two threads when parallel, in order otherwise."""

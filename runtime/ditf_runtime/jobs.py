@@ -23,12 +23,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .errors import ImageError, InputError
+from .files import check_free_space, free_bytes, write_failure
 from .extractor import Extractor
 from .features import FeatureMap
 from .fusion import RECIPE, FusedExtractor, FusedParts, check_weights
 from .manifest import MODEL_FILE, NOISE_INPUT, Manifest, write_text_atomic
-from .preprocess import IMAGE_SUFFIXES
+from .preprocess import IMAGE_SUFFIXES, model_size
 from .storage import output_suffix, save_features
 
 RUN_RECORD = "ditf-extract.json"
@@ -38,7 +41,7 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
 # The run-record fields every feature file also carries in its own metadata (fused runs: "models" and
 # "weights" instead of the per-model ones).
-FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed", "random_weights")
+FILE_FIELDS = ("model_name", "precision", "layer", "timestep", "ensemble", "seed", "random_weights", "trained_on")
 FUSED_FILE_FIELDS = ("models", "weights", "seed")
 
 Progress = Callable[[str, str, str], None]  # (output path, status, message), as each job finishes
@@ -110,6 +113,8 @@ class ExtractSettings:
         }
         if manifest.random_weights:  # built-in test models: their files' pictures say so (ditf show)
             record["random_weights"] = True
+        if manifest.trained_on:  # flux-mini: what the weights learned from
+            record["trained_on"] = manifest.trained_on
         return record
 
     def extract(self, extractor: Extractor | FusedExtractor, images: list[Path]) -> list[FeatureMap | FusedParts]:
@@ -216,9 +221,54 @@ def plan_folder(
     return plan
 
 
+# Bytes of a feature file besides its array: the safetensors header or the .npy header plus its .json sidecar,
+# with the run's metadata (generous: a few hundred bytes in practice).
+FILE_OVERHEAD = 4096
+
+
+def _feature_bytes(manifests: Sequence[Manifest], sizes: Sequence[int], height: int, width: int) -> int:
+    """One image's feature file: each model's float32 [C, H/fs, W/fs] map at its model size."""
+    total = FILE_OVERHEAD
+    for manifest, side in zip(manifests, sizes):
+        g = manifest.geometry
+        h, w = model_size(height, width, side, g.size_multiple)
+        total += g.feature_channels * (h // g.feature_stride) * (w // g.feature_stride) * 4
+    return total
+
+
+def check_room(plan: FolderPlan, export_dirs: str | os.PathLike | Sequence[str | os.PathLike],
+               settings: ExtractSettings) -> int:
+    """Refuse (OutputError) a run whose feature files cannot fit the free space of OUT's disk; returns the bytes
+    needed. A square image at the long side bounds every file; only when that bound does not fit are the
+    images' own sizes read (headers only) for the exact figure."""
+    if not plan.pending:
+        return 0
+    manifests = [Manifest.load(d) for d in as_export_dirs(export_dirs)]
+    raw = settings.size if isinstance(settings.size, (tuple, list)) else (settings.size,) * len(manifests)
+    sizes = [m.preprocess.long_side if s is None else int(s) for m, s in zip(manifests, raw)]
+    free = free_bytes(plan.out_dir)
+    bound = len(plan.pending) * _feature_bytes(manifests, sizes, max(sizes), max(sizes))
+    if free is None or bound <= free:
+        return bound
+    need = 0
+    for job in plan.pending:
+        try:
+            with Image.open(job.image) as image:  # the header only
+                width, height = image.size
+        except (OSError, ValueError):  # unreadable: reported (and not written) when its turn comes
+            continue
+        need += _feature_bytes(manifests, sizes, height, width)
+    check_free_space(plan.out_dir, need, f"{len(plan.pending)} feature file(s)",
+                     fix="free some space or choose another --out (files already there are kept: a rerun resumes)")
+    return need
+
+
 def start_folder(plan: FolderPlan) -> None:
     """Create OUT and write its run record (ditf-extract.json): from here on, the folder is this run's."""
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(plan.out_dir, exc, fix="choose another --out") from None
     write_text_atomic(plan.out_dir / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
 
 

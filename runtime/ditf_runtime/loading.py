@@ -53,7 +53,7 @@ class LoadOptions:
 
     @property
     def uses_gpu(self) -> bool:
-        return self.device == "cuda" or self.backend == "tensorrt"
+        return str(self.device or "").startswith("cuda") or self.backend == "tensorrt"
 
     def load(self, path: str | os.PathLike, *more_paths: str | os.PathLike,
              weights: Sequence[float] | None = None) -> Extractor | FusedExtractor:
@@ -141,7 +141,21 @@ def load(
         max_memory=max_memory,
     )
     _check_graph(extractor)
+    if options.verify:
+        _check_integer_kernels(extractor)
     return extractor
+
+
+def _check_integer_kernels(extractor: Extractor) -> None:
+    """An INT8 export on the CPU: once per machine, its reference must still pass here (int8_check.py)."""
+    from .int8_check import check_this_machine, needs_check
+
+    if needs_check(extractor):
+        try:
+            check_this_machine(extractor)
+        except BaseException:
+            extractor.close()
+            raise
 
 
 def _export_folder(path: str | os.PathLike) -> Path:
@@ -157,11 +171,17 @@ def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) ->
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if device is not None and device not in DEVICES:
-        raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+        from .backends.trt.flavors import parse_device
+
+        try:  # 'cuda:N': the N-th GPU this process sees (after CUDA_VISIBLE_DEVICES)
+            parse_device(device)
+        except BackendError:
+            raise BackendError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
     if backend == "tensorrt" and device == "cpu":
         raise BackendError("the tensorrt backend runs on a GPU: use device='cuda' or backend='onnxruntime'")
     if backend == "auto":
-        backend = "tensorrt" if device == "cuda" and _engine_ready(export_dir, manifest) else "onnxruntime"
+        on_gpu = device is not None and device.startswith("cuda")
+        backend = "tensorrt" if on_gpu and _engine_ready(export_dir, manifest, device) else "onnxruntime"
     if backend == "tensorrt":
         if options.providers is not None or options.threads is not None:
             raise BackendError("providers= and threads= are onnxruntime options; the tensorrt backend takes neither")
@@ -169,8 +189,9 @@ def _start_runner(export_dir: Path, manifest: Manifest, options: LoadOptions) ->
             raise BackendError("cpu_variant='on' is for onnxruntime on the CPU; "
                                "the tensorrt backend builds from model.onnx")
         from .backends.trt import EngineFromPath, TrtRunner
+        from .backends.trt.flavors import parse_device
 
-        return TrtRunner(EngineFromPath(export_dir, manifest, verify=options.verify))
+        return TrtRunner(EngineFromPath(export_dir, manifest, verify=options.verify, device_index=parse_device(device)))
     from .backends.onnxrt import OnnxrtRunner, SessionFromOnnx, cpu_only
 
     on_cpu = (device or "cpu") == "cpu" and (options.providers is None or cpu_only(options.providers))
@@ -219,11 +240,14 @@ def _check_graph(extractor: Extractor) -> None:
                             + ". The folder mixes two exports; re-export it")
 
 
-def _engine_ready(export_dir: Path, manifest: Manifest) -> bool:
+def _engine_ready(export_dir: Path, manifest: Manifest, device: str = "cuda") -> bool:
     """An engine of an installed TensorRT flavour in EXPORT/engines/ that fits this GPU and this export."""
     from .backends import trt
 
     if not trt.tensorrt_available():
         return False
-    device = trt.gpu_or_none()
+    try:
+        device = trt.current_device(trt.flavors.parse_device(device))
+    except BackendError:
+        device = None
     return device is not None and trt.find_engine(export_dir, manifest, device)[0] is not None

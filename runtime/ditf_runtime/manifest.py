@@ -146,6 +146,8 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     # Built-in test models (flux-tiny, latte-tiny, dinov2-tiny) have random weights: their pictures say so.
     random_weights: bool = False
+    # A built-in model trained by ditf (flux-mini): what its weights learned from, said in its pictures.
+    trained_on: str | None = None
     workload: Workload | None = None  # what a run's memory depends on (memory.py); sealed like every field
     digest: str = ""  # sha256 of the canonical JSON of every other field; set by to_dict, checked by from_dict
 

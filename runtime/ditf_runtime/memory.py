@@ -52,7 +52,7 @@ from .cpu_variant import attention_bytes
 from .errors import InputError
 from .host_memory import available_memory
 from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
-from .preprocess import model_size
+from .preprocess import check_size_limit, model_size
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -127,6 +127,29 @@ class MemoryEstimate:
         notes = "; ".join(dict.fromkeys(n for n in (self.note, other.note) if n))
         return MemoryEstimate(self.weights + other.weights, self.vae + other.vae, self.attention + other.attention,
                               self.stream + other.stream, self.overhead + other.overhead, notes)
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """GPU memory of one call of a TensorRT engine, as the engine reports it (TrtRunner.memory_need): no
+    estimate is needed, and none of the dense-attention terms apply (engines fuse attention)."""
+
+    weights: int  # the engine's weights (EngineStat.TOTAL_WEIGHTS_SIZE), resident while the runner is active
+    activations: int  # the context's device memory (device_memory_size_v2: the largest profile's), allocated at start
+    io: int  # the call's input and output device buffers
+    io_new: int  # of which not already held by the runner's buffer pool: all the call still allocates
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations + self.io
+
+    def __add__(self, other: "EngineMemory") -> "EngineMemory":
+        return EngineMemory(self.weights + other.weights, self.activations + other.activations,
+                            self.io + other.io, self.io_new + other.io_new)
+
+    def describe(self) -> str:
+        return (f"{gib(self.total)} (the engine reports weights {gib(self.weights)} + context memory "
+                f"{gib(self.activations)}; input and output buffers {gib(self.io)})")
 
 
 def gib(n: int) -> str:
@@ -228,20 +251,26 @@ Run = tuple[Manifest, RunShape]  # one export's graph call
 
 
 def check(manifest: Manifest, shape: RunShape, *, max_memory: int | None = None, device: str = "cpu",
-          loaded: bool = True, copies: int = 1) -> MemoryEstimate:
+          loaded: bool = True, copies: int = 1, engine: Any = None) -> MemoryEstimate | EngineMemory:
     """Refuse a run whose estimate exceeds the budget: `max_memory` bytes for the whole run (weights
     included), else what the machine has available now (then already loaded weights do not count).
 
     `copies`: runs at once, each with its own weights (local Ray actors). Returns the estimate when it
     fits; does nothing when the budget cannot be measured (a GPU without cuda-python).
     """
-    return check_runs([(manifest, shape)], max_memory=max_memory, device=device, loaded=loaded, copies=copies)
+    return check_runs([(manifest, shape)], max_memory=max_memory, device=device, loaded=loaded, copies=copies,
+                      engines=[engine] if engine is not None else None)
 
 
 def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: str = "cpu", loaded: bool = True,
-               copies: int = 1) -> MemoryEstimate:
-    """`check` for graph calls that run at once (two fused exports): their estimates add up."""
+               copies: int = 1, engines: Sequence[Any] | None = None) -> MemoryEstimate | EngineMemory:
+    """`check` for graph calls that run at once (two fused exports): their estimates add up.
+
+    engines: per run, the TensorRT runner's `memory_need` (or None for an onnxruntime graph); when every run
+    has one, the engines' own numbers are checked instead of the estimate (`check_engines`)."""
     runs = list(runs)
+    if engines and len(engines) == len(runs) and all(e is not None for e in engines):
+        return check_engines(runs, engines, max_memory=max_memory, copies=copies)
     need_estimate = estimate_runs(runs)
     if max_memory is not None:
         budget, source, counts_weights = int(max_memory), "the --max-memory budget", True
@@ -270,6 +299,38 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
         f"{source} ({gib(budget)}){note}: {advice}; --max-memory sets the budget "
         "(docs/DESIGN.md, 'Memory', gives the formula)"
     )
+
+
+def check_engines(runs: Sequence[Run], engines: Sequence[Any], *, max_memory: int | None = None,
+                  copies: int = 1) -> EngineMemory:
+    """Refuse TensorRT calls that would not fit, by what the engines report: against `max_memory`, the whole
+    run (weights, context memory, I/O buffers); otherwise the buffers the call still has to allocate against
+    the free GPU memory now (weights and context memory are already allocated, so they are in use, not free)."""
+    needs = [need(manifest, shape) for need, (manifest, shape) in zip(engines, runs)]
+    need = sum(needs[1:], needs[0])
+    if max_memory is not None:
+        budget, wanted, source = int(max_memory), copies * need.total, "the --max-memory budget"
+    else:
+        free = available_memory("cuda")
+        if free is None:
+            return need
+        budget, wanted, source = free, copies * need.io_new, "free GPU memory"
+    if wanted <= budget:
+        return need
+    what = runs[0][1].describe() if len(runs) == 1 else " and ".join(shape.describe() for _, shape in runs)
+    workers = f" x {copies} workers" if copies > 1 else ""
+    still = "" if max_memory is not None else f", of which {gib(need.io_new)} is still to allocate"
+    raise MemoryBudgetError(
+        f"{what} on TensorRT needs {need.describe()}{workers}{still}: more than {source} ({gib(budget)}); "
+        "use a smaller --size, --batch-size or --ensemble, or rebuild the engine with smaller --max shapes "
+        "(its context memory is sized for the largest profile)"
+    )
+
+
+def engines_of(extractor: Any) -> tuple[Any, ...]:
+    """Per export an Extractor or a FusedExtractor runs: its TensorRT runner's `memory_need`, or None."""
+    members = getattr(extractor, "members", None) or (extractor,)
+    return tuple(getattr(member.runner, "memory_need", None) for member in members)
 
 
 def estimate_runs(runs: Sequence[Run]) -> MemoryEstimate:
@@ -325,7 +386,8 @@ def fused_attention_of(extractor: Any) -> tuple[bool, ...]:
 def budget_check(extractor: Any) -> Callable[[Sequence[Run]], MemoryEstimate]:
     """`check_runs` with an Extractor's (or FusedExtractor's) budget and device: for code that knows the
     calls' shapes but not the extractor (the server's fused pipeline)."""
-    return functools.partial(check_runs, max_memory=extractor.max_memory, device=extractor.device)
+    return functools.partial(check_runs, max_memory=extractor.max_memory, device=extractor.device,
+                             engines=engines_of(extractor))
 
 
 def ensemble_for(manifest: Manifest, ensemble: int | None) -> int:
@@ -348,6 +410,7 @@ def runs_at(manifests: Manifests, long_side: int | Sequence[int | None] | None, 
     runs = []
     for manifest, side, fused_here in zip(manifests, sides, fused):
         side = manifest.preprocess.long_side if side is None else int(side)
+        check_size_limit(manifest.geometry, side)  # the export's own limit speaks first, as for one image
         height, width = image_size if image_size is not None else (side, side)
         h, w = model_size(height, width, side, manifest.geometry.size_multiple)
         runs.append((manifest, RunShape(batch, ensemble_for(manifest, ensemble), h, w, frames, bool(fused_here))))
@@ -357,9 +420,9 @@ def runs_at(manifests: Manifests, long_side: int | Sequence[int | None] | None, 
 def check_long_side(manifests: Manifests, long_side: int | Sequence[int | None] | None, *, batch: int = 1,
                     ensemble: int | None = None, frames: int = 1, fused_attention: bool | Sequence[bool] = False,
                     max_memory: int | None = None, device: str = "cpu", loaded: bool = True,
-                    copies: int = 1) -> MemoryEstimate:
+                    copies: int = 1, engines: Sequence[Any] | None = None) -> MemoryEstimate | EngineMemory:
     """`check` for the largest input a batch run can see: a square image at its long side (both exports'
-    calls together when two are fused)."""
+    calls together when two are fused). engines: `engines_of(extractor)` (TensorRT runners' own numbers)."""
     runs = runs_at(manifests, long_side, batch=batch, ensemble=ensemble, frames=frames,
                    fused_attention=fused_attention)
-    return check_runs(runs, max_memory=max_memory, device=device, loaded=loaded, copies=copies)
+    return check_runs(runs, max_memory=max_memory, device=device, loaded=loaded, copies=copies, engines=engines)

@@ -48,6 +48,11 @@ TOLERANCES = {
     # FLUX-architecture model (bench/bench_precision.py); random pixels, unlike anything calibrated, are
     # reported beside them, not gated
     "int8": Tolerance(min_cosine=0.995, max_rel_error=0.1, min_nn_agreement=0.95, min_pck_agreement=0.9),
+    # fp8 E4M3, judged like int8 on held-out real images. Its 3 mantissa bits round every activation and
+    # weight to ~3% (rms) whatever the scale, where calibrated int8 keeps ~1%: the FP8 quantizer reaches
+    # cosine min >= 0.999, relative error <= 0.04 and NN / PCK agreement >= 0.94 on flux-tiny and the medium
+    # model (docs/precision.md), so the matching gate sits at 0.9 (int8's cosine and error gates stand)
+    "fp8": Tolerance(min_cosine=0.995, max_rel_error=0.1, min_nn_agreement=0.9, min_pck_agreement=0.9),
 }
 
 

@@ -16,6 +16,7 @@ class Precision(str, Enum):
     FP16 = "fp16"
     BF16 = "bf16"
     INT8 = "int8"
+    FP8 = "fp8"  # E4M3 (FLOAT8E4M3FN), explicit Q/DQ; GPUs of compute capability >= 8.9 run it
 
     def __str__(self) -> str:  # "fp16", not "Precision.FP16", in messages and f-strings on every Python
         return self.value
@@ -34,6 +35,16 @@ class Precision(str, Enum):
     def is_low_float(self) -> bool:
         """fp16 / bf16: typed low-precision islands (as opposed to fp32, or int8's Q/DQ)."""
         return self in (Precision.FP16, Precision.BF16)
+
+    @property
+    def is_calibrated(self) -> bool:
+        """int8 / fp8: explicit Q/DQ whose activation ranges come from calibration images, judged on held-out ones."""
+        return self in (Precision.INT8, Precision.FP8)
+
+    @property
+    def min_compute_capability(self) -> tuple[int, int] | None:
+        """The oldest NVIDIA GPU generation whose TensorRT runs this precision's Q/DQ (FP8: Ada 8.9), or None."""
+        return (8, 9) if self == Precision.FP8 else None
 
 
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)

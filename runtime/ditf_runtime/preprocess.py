@@ -245,23 +245,27 @@ def prepare(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     input_size: tuple[int, int] | None = None,
     check_size: Callable[[tuple[int, int]], None] | None = None,
+    option: str = "--size",
 ) -> PreparedImage:
     """Read and preprocess one image the way the manifest says.
 
     `input_size` (H, W) forces the model size instead of the long-side rule: a video's frames all
     take their first frame's size. `check_size(model (H, W))` runs before the resize, which itself can
-    take gigabytes at absurd sizes: the Extractor checks its memory budget there.
+    take gigabytes at absurd sizes: the Extractor (and the server) check their memory budget there.
+    The size limits are the export's own (geometry), for the command line and the server alike; `option`
+    is how the caller names the long side in its messages (the server's requests: 'size').
     """
     if exif_transpose is None:
         exif_transpose = spec.exif_transpose
     long_side = spec.long_side if long_side is None else int(long_side)
     if long_side < geometry.size_multiple:
         raise InputError(f"size {long_side} is smaller than the model's size multiple {geometry.size_multiple}")
-    check_size_limit(geometry, *(input_size or (long_side,)), what="size" if input_size is None else "input size")
+    check_size_limit(geometry, *(input_size or (long_side,)), what="size" if input_size is None else "input size",
+                     option=option)
     image = open_image(source, exif_transpose=exif_transpose, max_pixels=max_pixels)
     width, height = image.size
     size = model_size(height, width, long_side, geometry.size_multiple) if input_size is None else input_size
-    check_size_limit(geometry, *size, what="model size")
+    check_size_limit(geometry, *size, what="model size", option=option)
     if check_size is not None:
         check_size(size)
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -272,7 +276,7 @@ def prepare(
     return PreparedImage(to_model_array(image, size, spec), (height, width), describe(source))
 
 
-def check_size_limit(geometry: Geometry, *sides: int, what: str = "size") -> None:
+def check_size_limit(geometry: Geometry, *sides: int, what: str = "size", option: str = "--size") -> None:
     """Refuse image sides past what the export supports (geometry.max_size): its position tables end
     there, and a larger grid would reuse or wrap positions and give wrong features without any error."""
     limit = geometry.max_size
@@ -280,7 +284,7 @@ def check_size_limit(geometry: Geometry, *sides: int, what: str = "size") -> Non
         raise InputError(
             f"{what} {'x'.join(map(str, sides))} is past this export's limit: it is verified for image sides "
             f"up to {limit} px (its position tables cover token grids up to {limit // geometry.feature_stride} "
-            f"per side at stride {geometry.feature_stride}); use --size {limit} or less"
+            f"per side at stride {geometry.feature_stride}); use {option} {limit} or less"
         )
 
 

@@ -69,9 +69,7 @@ def save_features(
         return _save_parts(path, fm, fmt, extra)
     metadata = feature_metadata(fm, extra)
     if fmt == "safetensors":
-        from safetensors.numpy import save
-
-        return write_bytes_atomic(path, save({TENSOR_NAME: np.ascontiguousarray(fm.array)}, metadata=metadata))
+        return write_bytes_atomic(path, safetensors_bytes({TENSOR_NAME: fm.array}, metadata))
     # npy: sidecar first, array last -- the .npy's presence marks a finished output.
     write_text_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n")
     buffer = io.BytesIO()
@@ -83,8 +81,6 @@ def _save_parts(path: Path, parts: FusedParts, fmt: str, extra: dict[str, Any] |
     if fmt != "safetensors":
         raise InputError("fused features are stored as safetensors (both maps and their weights in one file); "
                          "use --format safetensors")
-    from safetensors.numpy import save
-
     geometry = [{"image_size": list(m.image_size), "input_size": list(m.input_size), "stride": m.stride,
                  "channels": m.channels} for m in parts.maps]
     metadata = feature_metadata(parts.maps[0], extra)
@@ -92,7 +88,31 @@ def _save_parts(path: Path, parts: FusedParts, fmt: str, extra: dict[str, Any] |
         metadata.pop(key)
     metadata[FUSION_KEY] = json.dumps({"weights": list(parts.weights), "recipe": RECIPE, "parts": geometry})
     tensors = {_part_name(k): np.ascontiguousarray(m.array) for k, m in enumerate(parts.maps)}
-    return write_bytes_atomic(path, save(tensors, metadata=metadata))
+    return write_bytes_atomic(path, safetensors_bytes(tensors, metadata))
+
+
+_SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int64): "I64"}
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with its header in a fixed order (keys sorted, tensors by name): the same features
+    give the same bytes on every run. safetensors' own writer orders the metadata as a hash map does, so two
+    runs of the same extraction differed, and a resumed folder could not be checked against a fresh one byte
+    for byte. The layout is the format's own: u64 header size, JSON header padded with spaces to 8 bytes, data."""
+    import json as _json
+
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    offset, blobs = 0, []
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = _json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def load_parts(path: str | os.PathLike) -> FusedParts:

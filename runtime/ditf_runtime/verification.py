@@ -119,17 +119,38 @@ def stamp_export(export_dir: str | os.PathLike, manifest: Manifest) -> Path | No
     return write_stamp(export_dir, manifest, stamp)
 
 
-def write_stamp(export_dir: Path, manifest: Manifest, files: dict[str, dict[str, Any]]) -> Path | None:
+def write_stamp(export_dir: Path, manifest: Manifest, files: dict[str, dict[str, Any]],
+                machines: dict[str, dict[str, Any]] | None = None) -> Path | None:
     """Beside the export if the folder is writable, else in the user cache; None if neither is (the
-    check still happened, it is just not remembered)."""
-    text = json.dumps({"stamp_version": STAMP_VERSION, "manifest_digest": manifest.digest, "files": files},
-                      indent=2) + "\n"
+    check still happened, it is just not remembered). `machines` (the once-per-machine INT8 checks,
+    int8_check.py): None keeps what the stamp holds."""
+    if machines is None:
+        machines = _read_stamp_data(export_dir, manifest).get("machines", {})
+    data = {"stamp_version": STAMP_VERSION, "manifest_digest": manifest.digest, "files": files}
+    if machines:
+        data["machines"] = machines
+    text = json.dumps(data, indent=2) + "\n"
     for path in (export_dir / STAMP_FILE, _cache_stamp_path(export_dir)):
         try:
             return write_text_atomic(path, text)
         except OSError:
             continue
     return None
+
+
+def machine_check(export_dir: str | os.PathLike, manifest: Manifest, key: str) -> dict[str, Any] | None:
+    """What the stamp remembers of a check keyed to this machine (None: never checked here)."""
+    found = _read_stamp_data(Path(export_dir), manifest).get("machines", {}).get(key)
+    return found if isinstance(found, dict) else None
+
+
+def remember_machine_check(export_dir: str | os.PathLike, manifest: Manifest, key: str,
+                           result: dict[str, Any]) -> Path | None:
+    export_dir = Path(export_dir)
+    data = _read_stamp_data(export_dir, manifest)
+    machines = dict(data.get("machines", {}))
+    machines[key] = result
+    return write_stamp(export_dir, manifest, dict(data.get("files", {})), machines)
 
 
 def stamp_location(export_dir: str | os.PathLike) -> Path | None:
@@ -142,6 +163,10 @@ def stamp_location(export_dir: str | os.PathLike) -> Path | None:
 
 
 def _read_stamp(export_dir: Path, manifest: Manifest) -> dict[str, dict[str, Any]]:
+    return dict(_read_stamp_data(export_dir, manifest).get("files", {}))
+
+
+def _read_stamp_data(export_dir: Path, manifest: Manifest) -> dict[str, Any]:
     for path in (export_dir / STAMP_FILE, _cache_stamp_path(export_dir)):
         try:
             data = json.loads(path.read_text())
@@ -149,7 +174,8 @@ def _read_stamp(export_dir: Path, manifest: Manifest) -> dict[str, dict[str, Any
             continue
         if (isinstance(data, dict) and data.get("stamp_version") == STAMP_VERSION
                 and data.get("manifest_digest") == manifest.digest and isinstance(data.get("files"), dict)):
-            return dict(data["files"])
+            machines = data.get("machines")
+            return {"files": data["files"], "machines": machines if isinstance(machines, dict) else {}}
     return {}
 
 

@@ -45,7 +45,9 @@ def default_providers(device: str) -> list[str]:
     if device == "cuda":
         # CPU stays listed so onnxruntime may place the odd shape op there; CUDA must be active.
         return [CUDA, CPU]
-    raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if str(device).startswith("cuda:") and device[5:].isdigit():  # the N-th GPU this process sees
+        return [(CUDA, {"device_id": int(device[5:])}), CPU]
+    raise BackendError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 
 
 def _provider_name(spec: Any) -> str:
@@ -56,6 +58,8 @@ def cpu_only(providers: Sequence[Any]) -> bool:
     """Whether every provider named (a name, or a (name, options) pair) is the CPU provider."""
     return all(_provider_name(p) == CPU for p in providers)
 
+
+X64_QUANT_PRECISION = "session.x64quantprecision"
 
 # Protobuf cannot serialise a model of 2 GiB or more; keep well below it. A larger model is never
 # handed over as bytes: it is written with external data and opened by path (ditf_calib.graph.session).
@@ -106,6 +110,10 @@ def create_session(
     # run on, a session held about twice the first run's peak (medium model, 512x512, E=8: 6.5 GB vs 3.7 GB) for
     # no speed (bench/bench_cpu_options.py: 1.00x). Servers, batch jobs and parity all run a session repeatedly.
     options.enable_mem_pattern = False
+    # x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512 without VNNI) saturate onnxruntime's default U8S8 integer GEMM
+    # (pairs of products summed in 16 bits): an INT8 export gated at cosine 0.999 read 0.96 there. This switches
+    # them to exact U8U8 kernels; VNNI CPUs are unaffected (cpu_info.py, bench/bench_int8_kernels.py).
+    options.add_session_config_entry(X64_QUANT_PRECISION, "1")
     if priority_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     try:

@@ -1,5 +1,5 @@
-"""`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, eval-davis, show, build-engine,
-optimize-cpu, triton-repo, serve, verify.
+"""`ditf`: what runs where the engine runs -- extract, match, track, eval-spair, eval-ap10k, eval-davis, show,
+build-engine, optimize-cpu, triton-repo, serve, verify.
 
 Thin click wrappers, one module per command group, over the library (loading, jobs, matching,
 evaluate, draw, serving, backends). Nothing in the library imports this package. Every
@@ -15,9 +15,10 @@ import click
 
 from .._version import __version__
 from ..errors import DitfWarning
+from .benchmark import make_benchmark
 from .davis import eval_davis
 from .engines import build_engine
-from .evaluate import eval_spair
+from .evaluate import eval_ap10k, eval_spair
 from .extract import extract
 from .match import match, show, track
 from .optimize import optimize_cpu
@@ -43,6 +44,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _python_show_warning(message, category, filename, lineno, file, line)
 
 
-for command in (extract, match, track, eval_spair, eval_davis, show, build_engine, optimize_cpu, triton_repo, serve,
-                verify):
+for command in (extract, match, track, eval_spair, eval_ap10k, eval_davis, show, build_engine, optimize_cpu, triton_repo,
+                serve, verify, make_benchmark):
     main.add_command(command)

@@ -96,4 +96,5 @@ def _check_memory(extractor, model: ModelChoice) -> None:
     height, width = protocol_size(480, 854, model.size or manifests[0].preprocess.long_side)
     runs = memory.runs_at(manifests, max(height, width), image_size=(height, width), batch=extractor.batch_size,
                           ensemble=model.ensemble, fused_attention=memory.fused_attention_of(extractor))
-    memory.check_runs(runs, max_memory=model.load.max_memory, device=extractor.device)
+    memory.check_runs(runs, max_memory=model.load.max_memory, device=extractor.device,
+                      engines=memory.engines_of(extractor))

@@ -34,7 +34,8 @@ from .options import friendly_errors
     "--compute-capability",
     "compute_capabilities",
     multiple=True,
-    help="rtx: a target GPU compute capability, e.g. 8.6 (repeatable). Default: the builder's (8.0, 8.6, 8.9, 12.0+).",
+    help="rtx: a target GPU compute capability, e.g. 8.6 (repeatable). Default: the builder's (8.0, 8.6, 8.9, "
+    "12.0+); fp8 exports: 8.9 and 12.0.",
 )
 @click.option("--allow-tf32", is_flag=True, help="Let FP32 GEMMs/convolutions use TF32 (off by default, for parity).")
 @click.option("--workspace", type=click.FloatRange(min=0, min_open=True), default=None, help="Workspace limit, GiB.")
@@ -50,8 +51,10 @@ def build_engine(export_dir, flavor, min_shapes, opt_shapes, max_shapes, ensembl
                  workspace, timing_cache, force) -> None:  # fmt: skip
     """Build a strongly typed TensorRT engine into EXPORT_DIR/engines/ and print its folder.
 
-    Precision comes from the ONNX (typed tensors, Q/DQ); no FP16/INT8 builder flags are set. Repeat
-    --min/--opt/--max for several optimisation profiles; omit them to use the manifest's profile.
+    Precision comes from the ONNX (typed tensors, Q/DQ); no FP16/INT8 builder flags are set. An fp8 export
+    runs on compute capability 8.9 and later only: TensorRT-RTX builds it for 8.9 and 12.0 by default and
+    refuses older targets. Repeat --min/--opt/--max for several optimisation profiles; omit them to use the
+    manifest's profile.
     """
     from ..backends import trt
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import click
 
-from ..jobs import DONE, FAILED, ExtractSettings, FolderPlan, extract_jobs, plan_folder, start_folder
+from ..errors import OutputError
+from ..files import FULL_ERRNOS
+from ..jobs import DONE, FAILED, ExtractSettings, FolderPlan, check_room, extract_jobs, plan_folder, start_folder
 from ..loading import LoadOptions
-from ..memory import check_long_side, fused_attention_of, manifests_of
+from ..memory import check_long_side, engines_of, fused_attention_of, manifests_of
 from ..progress import progress_bar
 from ..ray_extract import RayOptions, run_jobs
 from .options import ModelChoice, friendly_errors, model_options
@@ -85,6 +87,13 @@ def extract(
             err=True,
         )
         sys.exit(130)
+    except OutputError as exc:  # disk full, read-only, no permission: the one file that failed is not left behind
+        if not hasattr(exc, "cause"):  # refused up front (check_room): nothing was written
+            raise click.ClickException(str(exc)) from None
+        fix = "free some space" if exc.errno in FULL_ERRNOS else "fix that"
+        raise click.ClickException(
+            f"cannot write {exc.target}: {exc.cause}; {counts.written} of {len(plan.pending)} file(s) were written "
+            f"before that, each complete: {fix}, then rerun the same command to resume") from None
     click.echo(f"wrote {counts.written} file(s) to {out_dir}", err=True)
     if counts.failures:
         for message in counts.failures:
@@ -110,7 +119,8 @@ def _extract_here(plan: FolderPlan, model: ModelChoice, settings: ExtractSetting
         # The largest input this run can see (a square image at --size) must fit, before OUT is touched.
         check_long_side(manifests_of(extractor), settings.size, batch=load.batch_size, ensemble=settings.ensemble,
                         fused_attention=fused_attention_of(extractor), max_memory=load.max_memory,
-                        device=extractor.device)
+                        device=extractor.device, engines=engines_of(extractor))
+        check_room(plan, model.export_dirs, settings)  # the files' size is known: refuse a disk too full now
         start_folder(plan)
         with progress_bar(total=len(plan.pending), unit="img", desc="extract") as bar:
             extract_jobs(extractor, plan.pending, settings, plan.metadata, partial(counts.progress, bar))
@@ -125,6 +135,7 @@ def _extract_with_ray(plan: FolderPlan, model: ModelChoice, settings: ExtractSet
                     fused_attention=[getattr(g, "fused_attention", False) for g in graphs],
                     max_memory=load.max_memory, device="cuda" if load.uses_gpu else "cpu", loaded=False,
                     copies=min(ray.workers, len(plan.pending)) if local else 1)
+    check_room(plan, model.export_dirs, settings)
     start_folder(plan)
     with progress_bar(total=len(plan.pending), unit="img", desc="extract (ray)") as bar:
         run_jobs(plan.pending, model.export_dirs, settings, load, plan.metadata, ray, partial(counts.progress, bar))

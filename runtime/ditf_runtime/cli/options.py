@@ -18,6 +18,21 @@ from ..preprocess import DEFAULT_MAX_PIXELS
 from ..manifest import write_text_atomic
 
 
+class DeviceType(click.ParamType):
+    """--device: cpu, cuda (the current GPU) or cuda:N (the N-th GPU this process sees, after CUDA_VISIBLE_DEVICES)."""
+
+    name = "cpu|cuda|cuda:N"
+
+    def convert(self, value, param, ctx):
+        if value in ("cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        self.fail(f"{value!r}: use cpu, cuda or cuda:N (the N-th GPU this process sees, after CUDA_VISIBLE_DEVICES)",
+                  param, ctx)
+
+
+DEVICE = DeviceType()
+
+
 def friendly_errors(command: Callable) -> Callable:
     """DitfError (ManifestError included) and OS errors become click's one-line "Error: ..." (exit 1)."""
 
@@ -102,7 +117,7 @@ def model_options(*, required: bool = True, model_help: str = "Export folder wri
         ),
         click.option(
             "--device",
-            type=click.Choice(["cpu", "cuda"]),
+            type=DEVICE,
             default=None,
             help="Default cpu (cuda for --backend tensorrt). Never falls back silently.",
         ),

@@ -11,8 +11,9 @@ import click
 from ..errors import InputError
 from ..fusion import MODELS, check_weights
 from ..loading import LoadOptions
+from ..serving.admission import DEFAULT_WAIT_S
 from ..serving.triton_repo import TritonOptions, write_model_repository
-from .options import friendly_errors, max_memory_option, max_pixels_option
+from .options import DEVICE, friendly_errors, max_memory_option, max_pixels_option
 
 
 def _exports(export_dir: Path | None, models: tuple[Path, ...], fuse_weight: float | None):
@@ -100,7 +101,7 @@ def triton_repo(
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Prometheus metrics (default off).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--device", type=DEVICE, default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
@@ -108,19 +109,25 @@ def triton_repo(
 @max_memory_option()
 @max_pixels_option()
 @click.option(
+    "--busy-timeout", type=click.FloatRange(min=0), default=DEFAULT_WAIT_S, show_default=True,
+    help="Seconds a request that fits the memory budget, but not beside the requests running, waits for them "
+         "before it gets a 'server is busy' error.",
+)
+@click.option(
     "--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Triton's own log (default: ditf-triton-HTTP_PORT.log in the temp folder).",
 )  # fmt: skip
 @friendly_errors
 def serve(
     export_dir, models, fuse_weight, host, http_port, grpc_port, metrics_port, backend, device, threads,
-    max_batch_size, max_queue_delay_us, no_verify, max_memory, max_pixels, log_file,
+    max_batch_size, max_queue_delay_us, no_verify, max_memory, max_pixels, busy_timeout, log_file,
 ) -> None:  # fmt: skip
     """Serve `extract` and `match` for EXPORT_DIR over Triton's HTTP/gRPC (PyTriton) until Ctrl-C; with two
     exports (EXPORT_DIR --model B, or --model A --model B) their fused features.
 
     Each request is checked against the memory budget before it runs: one that would not fit gets an
-    error saying so (and a size that fits); the server stays up.
+    error saying so (and a size that fits); the server stays up. Requests running at once share that one
+    budget: one that fits alone but not beside them waits (--busy-timeout), then gets a "busy" error.
     """
     dirs, weights = _exports(export_dir, models, fuse_weight)
     # SIGTERM (a process manager, `kill`) stops the server like Ctrl-C, start-up included: nothing is left
@@ -130,14 +137,14 @@ def serve(
     signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         _serve(dirs, weights, host, http_port, grpc_port, metrics_port, backend, device, threads, no_verify,
-               max_memory, max_pixels, max_batch_size, max_queue_delay_us, log_file)
+               max_memory, max_pixels, max_batch_size, max_queue_delay_us, log_file, busy_timeout)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _serve(dirs, weights, host, http_port, grpc_port, metrics_port, backend, device, threads, no_verify,
-           max_memory, max_pixels, max_batch_size, max_queue_delay_us, log_file) -> None:
+           max_memory, max_pixels, max_batch_size, max_queue_delay_us, log_file, busy_timeout) -> None:
     from ..serving.server import FeatureServer
 
     server = FeatureServer(
@@ -145,7 +152,11 @@ def _serve(dirs, weights, host, http_port, grpc_port, metrics_port, backend, dev
         load=LoadOptions(backend=backend, device=device, threads=threads, verify=not no_verify,
                          max_memory=max_memory, max_pixels=max_pixels),
         max_batch_size=max_batch_size, queue_delay_us=max_queue_delay_us, weights=weights, log_file=log_file,
+        busy_timeout_s=busy_timeout,
     )  # fmt: skip
+    # A busy port is refused before the first line: with the default log file (one per HTTP port) that line would
+    # name the log of the server already listening there, as if it were this one's.
+    server.check_ports()
     click.echo(f"starting Triton for {' + '.join(map(str, dirs))} (its log: {server.log_file})", err=True)
     try:
         server.start()

@@ -10,16 +10,22 @@ from pathlib import Path
 
 import click
 
+from ..int8_check import INTEGER_PRECISIONS
 from ..manifest import Manifest
-from .options import friendly_errors
+from .options import DEVICE, friendly_errors
 
 
 @click.command("verify")
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="Also run reference.safetensors' inputs on this backend and judge them at the export's precision.")
+@click.option("--device", type=DEVICE, default=None, help="With --backend: cpu, cuda or cuda:N.")
 @friendly_errors
-def verify(export_dir: Path) -> None:
+def verify(export_dir: Path, backend: str | None, device: str | None) -> None:
     """Check EXPORT_DIR: its manifest's digest, then every recorded file's size and sha256 (always re-hashed
-    here). Writes the stamp that lets later loads skip hashing unchanged files."""
+    here). Writes the stamp that lets later loads skip hashing unchanged files. With --backend, the export's
+    reference inputs run there and are compared with its PyTorch features (an engine built from the
+    manifest's own profiles, `ditf build-engine EXPORT`, holds them)."""
     from ..verification import check_files, check_recorded, stamp_location
 
     manifest = Manifest.load(export_dir)  # refuses a manifest edited by hand
@@ -35,6 +41,34 @@ def verify(export_dir: Path) -> None:
     where = stamp_location(export_dir)
     click.echo(f"{len(checks)} files match their records; "
                + (f"stamp: {where}" if where else "no stamp written (neither the folder nor the user cache is writable)"))
+    if backend is not None:
+        from ..loading import load
+
+        with load(export_dir, backend=backend, device=device or ("cuda" if backend == "tensorrt" else "cpu"),
+                  verify=False) as extractor:  # hashed just above
+            result = extractor.verify_reference()
+        click.echo(f"reference.safetensors on {extractor.backend} ({manifest.precision}): {result}")
+        if not result:
+            raise click.ClickException(f"{export_dir} does not reproduce its reference on {backend} at the "
+                                       f"{manifest.precision} gate")
+    if backend is None and manifest.precision in INTEGER_PRECISIONS:  # the CPU's integer kernels, once per machine
+        check_integer_kernels_here(export_dir)
+
+
+def check_integer_kernels_here(export_dir: Path) -> None:
+    """An INT8 export: its reference, run on this CPU's integer kernels, must still pass its tolerance (always
+    re-run here; the result is remembered for later loads on this machine)."""
+    from ..cpu_info import this_cpu
+    from ..int8_check import check_this_machine
+    from ..loading import load
+
+    click.echo(f"INT8 on this CPU ({this_cpu().name}; integer kernels: {this_cpu().int8_kernels}):")
+    with load(export_dir, device="cpu", verify=False) as extractor:  # the graph a load would run
+        result = check_this_machine(extractor, force=True)  # raises with the reason when it fails
+    gate = Manifest.load(export_dir).parity.get("machine") or {}
+    click.echo(f"  reference inputs: cosine min {result['cosine_min']:.5f}, relative error "
+               f"{result['max_rel_error']:.4f}, NN agreement {result['nn_agreement']:.3f}: PASS "
+               f"(the export's gate ran on {gate.get('cpu_class', 'an unrecorded CPU')})")
 
 
 def engine_plans(export_dir: Path) -> dict[str, dict]:

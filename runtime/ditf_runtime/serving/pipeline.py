@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from ..fusion import MODELS, check_weights, fuse_arrays
 from ..manifest import Manifest
 from ..matching import cell_centers, mutual_nn_matches, transfer_keypoints
 from ..preprocess import DEFAULT_MAX_PIXELS
+from .admission import Admission
 from .protocol import ERROR_OUTPUT, EXTRACT_MODEL, MATCH_MODEL, Feed, batch_size, error_column
 from .request_checks import MatchRows, Member, RequestChecks, Row, Run
 
@@ -44,18 +46,24 @@ class FeaturePipeline:
         max_batch_size: int = 8,
         fixed_ensemble: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        graph=None,
+        admission: Admission | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.members = (Member(manifest, run, fixed_ensemble),)
+        self.members = (Member(manifest, run, fixed_ensemble, graph),)
         self.weights: tuple[float, ...] | None = None  # fused pipelines only
         self.max_batch_size = int(max_batch_size)
         self.max_pixels = max_pixels
         self.check_memory: MemoryCheck | None = None  # fused pipelines: both graphs' calls together
+        # The server's one memory account (admission.py): every graph call reserves its estimate while it runs,
+        # so calls on Triton's threads (extract, match, a fused pair's two graphs) never overrun it together.
+        self.admission = admission
 
     @classmethod
     def fused(cls, members: Sequence[Member], weights: Sequence[float], *, max_batch_size: int = 8,
-              max_pixels: int | None = DEFAULT_MAX_PIXELS, check_memory: MemoryCheck | None = None) -> "FeaturePipeline":
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, check_memory: MemoryCheck | None = None,
+              admission: Admission | None = None) -> "FeaturePipeline":
         """Two exports' fused features (fusion.py): each image prepared and run once per model.
 
         The two graphs run at once (two threads), so each member's own memory check does not see the other's
@@ -65,7 +73,7 @@ class FeaturePipeline:
         if len(members) != MODELS:
             raise InputError(f"a fused pipeline takes exactly {MODELS} exports, got {len(members)}")
         pipeline = cls(members[0].manifest, members[0].run, max_batch_size=max_batch_size,
-                       fixed_ensemble=members[0].fixed_ensemble, max_pixels=max_pixels)
+                       fixed_ensemble=members[0].fixed_ensemble, max_pixels=max_pixels, admission=admission)
         pipeline.members = tuple(members)
         pipeline.weights = check_weights(weights)
         pipeline.check_memory = check_memory
@@ -100,7 +108,17 @@ class FeaturePipeline:
         raise InputError(f"unknown task {task!r}")
 
     def _request_checks(self) -> RequestChecks:
-        return RequestChecks(self.members, self.weights is not None, self.max_pixels)
+        check_call = self._check_call if self.check_memory is not None or self.admission is not None else None
+        return RequestChecks(self.members, self.weights is not None, self.max_pixels, check_call)
+
+    def _check_call(self, member: Member, size: tuple[int, int], ensemble: int) -> None:
+        """One image's call at model size (H, W): refused before the image is resized when it could never fit."""
+        from ..memory import RunShape
+
+        runs = [(member.manifest, RunShape(1, ensemble, *size).for_graph(member.graph))]
+        for check in (self.check_memory, self.admission and self.admission.check):
+            if check is not None:
+                check(runs)
 
     # -- extract ---------------------------------------------------------------------------------
     def extract(self, requests: Sequence[Feed]) -> list:
@@ -202,8 +220,9 @@ class FeaturePipeline:
 
     # -- running ---------------------------------------------------------------------------------
     def _check_request_memory(self, rows: Sequence[Row]) -> None:
-        """A fused request: each model's largest call for it (its rows batched up to max_batch_size), together."""
-        if self.check_memory is None:
+        """A request's largest call per model (its rows batched up to max_batch_size), all models together:
+        refused before anything runs when it could never fit (fused pipelines, and any with an admission)."""
+        if self.check_memory is None and self.admission is None:
             return
         from ..memory import RunShape
 
@@ -216,7 +235,15 @@ class FeaturePipeline:
                 shape = RunShape(min(len(mine), self.max_batch_size), ensemble, *big.pixels.shape[1:3])
                 runs.append((member.manifest, shape.for_graph(member.graph)))
         if runs:
-            self.check_memory(runs)
+            for check in (self.check_memory, self.admission and self.admission.check):
+                if check is not None:
+                    check(runs)
+
+    def _admitted(self, member: Member, chunk: Sequence[Row]):
+        """The graph call's reservation in the server's memory account (nothing to hold without one)."""
+        if self.admission is None:
+            return nullcontext()
+        return self.admission.hold([(member.manifest, _call_shape(member, chunk))])
 
     def _run_rows(self, rows: list[Row], results: list) -> None:
         """Fill row.features, same-shape rows max_batch_size at a time; a failed run fails its requests.
@@ -242,8 +269,10 @@ class FeaturePipeline:
             for start in range(0, len(group), self.max_batch_size):
                 chunk = group[start : start + self.max_batch_size]
                 noise = None if chunk[0].noise is None else np.stack([r.noise for r in chunk])
+                member = self.members[chunk[0].model]
                 try:
-                    features = self.members[chunk[0].model].run(np.stack([r.pixels for r in chunk]), noise)
+                    with self._admitted(member, chunk):
+                        features = member.run(np.stack([r.pixels for r in chunk]), noise)
                 except DitfError as exc:
                     error: DitfError | None = exc
                 except Exception as exc:  # noqa: BLE001 - report, don't take the server down
@@ -255,6 +284,13 @@ class FeaturePipeline:
                 if error is not None:
                     for row in chunk:
                         results[row.request] = results[row.request] or error
+
+
+def _call_shape(member: Member, chunk: Sequence[Row]):
+    from ..memory import RunShape
+
+    ensemble = 1 if chunk[0].noise is None else chunk[0].noise.shape[0]
+    return RunShape(len(chunk), ensemble, *chunk[0].pixels.shape[1:3]).for_graph(member.graph)
 
 
 def _by_image(rows: Sequence[Row], models: int) -> list[Sequence[Row]]:

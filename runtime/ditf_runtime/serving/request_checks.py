@@ -2,8 +2,10 @@
 it, prepared and with its noise) or an InputError that names the problem; nothing runs here.
 
 `RequestChecks` knows what a pipeline accepts (its exports, fused or not, the pixel limit); the pipeline
-(pipeline.py) groups the valid requests' rows and runs them. Requests are untrusted: MAX_ENSEMBLE and
-MAX_LONG_SIDE bound what one of them may make the server allocate.
+(pipeline.py) groups the valid requests' rows and runs them. Requests are untrusted: MAX_ENSEMBLE bounds the
+noise one of them may make the server draw, and `check_call` (the server's memory budget) refuses an image
+size before the image is resized to it. The size limits are the export's own (preprocess.prepare,
+geometry.max_size), the same as `ditf extract --size` and the other commands take.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from ..cpu_variant import GraphChoice
 from ..errors import InputError
 from ..manifest import NOISE_INPUT, Manifest
 from ..noise import DEFAULT_SEED, check_image_noise, default_noise
-from ..preprocess import prepare
+from ..preprocess import check_size_limit, prepare
 from .protocol import DEFAULT_MAX_MATCHES, Feed, batch_size, read_array, read_option
 
 MAX_ENSEMBLE = 64
-MAX_LONG_SIDE = 4096
 
 Run = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+# (member, model (H, W), E): refuses (MemoryBudgetError) one image's graph call that could not fit
+CallCheck = Callable[["Member", tuple[int, int], int], None]
 
 
 @dataclass
@@ -73,6 +76,7 @@ class RequestChecks:
     members: tuple[Member, ...]
     fused: bool
     max_pixels: int | None
+    check_call: CallCheck | None = None
 
     def extract_rows(self, index: int, feed: Feed) -> list[Row]:
         """An extract request's rows, image by image (one row per model for each image)."""
@@ -103,7 +107,7 @@ class RequestChecks:
         rows = []
         for i in range(batch):
             for k, member in enumerate(self.members):
-                pixels, image_size = self._prepare(member, images[i], sizes[i])
+                pixels, image_size = self._prepare(member, images[i], sizes[i], _ensemble(member, noise, i, ensembles[i]))
                 rows.append(Row(index, pixels, self._noise(member, pixels, noise, i, seeds[i], ensembles[i]),
                                 image_size, model=k))
         return rows
@@ -128,18 +132,20 @@ class RequestChecks:
             image = read_array(feed, name, np.uint8, 4)[0]
             image_rows = []
             for k, member in enumerate(self.members):
-                pixels, image_size = self._prepare(member, image, size)
+                pixels, image_size = self._prepare(member, image, size, _ensemble(member, None, 0, ensemble))
                 image_rows.append(Row(index, pixels, self._noise(member, pixels, None, 0, seed, ensemble), image_size,
                                       model=k))
             rows.append(image_rows)
         return MatchRows(rows[0], rows[1], points, max_matches)
 
-    def _prepare(self, member: Member, image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    def _prepare(self, member: Member, image: np.ndarray, size: int | None,
+                 ensemble: int) -> tuple[np.ndarray, tuple[int, int]]:
         geometry = member.manifest.geometry
         if size is not None and self.fused:
             raise InputError("'size': each fused model keeps its own input size; leave it out")
-        if size is not None and not geometry.size_multiple <= size <= MAX_LONG_SIDE:
-            raise InputError(f"size {size} must be between {geometry.size_multiple} and {MAX_LONG_SIDE}")
+        check = None
+        if self.check_call is not None:
+            check = lambda hw: self.check_call(member, hw, ensemble)  # noqa: E731
         item = prepare(
             image,
             member.manifest.preprocess,
@@ -147,6 +153,8 @@ class RequestChecks:
             long_side=size,
             exif_transpose=False,  # arrays carry no EXIF; clients apply it when they read files
             max_pixels=self.max_pixels,
+            check_size=check,  # before the resize, which alone can take gigabytes at an absurd size
+            option="size",
         )
         return item.pixels, item.image_size
 
@@ -160,8 +168,7 @@ class RequestChecks:
                 f"pixels are {height}x{width}: height and width must be positive multiples of {multiple} "
                 "(send the uint8 'image' instead to have the server resize it)"
             )
-        if max(height, width) > MAX_LONG_SIDE:
-            raise InputError(f"pixels are {height}x{width}: the long side must be <= {MAX_LONG_SIDE}")
+        check_size_limit(self.members[0].manifest.geometry, height, width, what="pixels", option="size")
         if not np.isfinite(pixels).all():
             raise InputError("pixels hold NaN or infinite values")
         return np.ascontiguousarray(pixels)
@@ -185,6 +192,17 @@ class RequestChecks:
         ensemble = default if ensemble is None else ensemble
         _check_ensemble(member, ensemble)
         return default_noise(pixels, geometry, ensemble, DEFAULT_SEED if seed is None else seed)
+
+
+def _ensemble(member: Member, noise: np.ndarray | None, row: int, ensemble: int | None) -> int:
+    """The E an image's call will have (for the memory check before its resize); checked later, in _noise."""
+    if not member.has_noise:
+        return 1
+    if noise is not None and noise.ndim == 5:
+        return int(noise.shape[1])
+    if ensemble is None:
+        ensemble = member.fixed_ensemble or member.manifest.feature.ensemble
+    return min(max(int(ensemble), 1), MAX_ENSEMBLE)
 
 
 def _check_ensemble(member: Member, ensemble: int) -> None:

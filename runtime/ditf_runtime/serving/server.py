@@ -34,7 +34,9 @@ from ..manifest import Manifest
 from ..memory import budget_check
 from ..fusion import FusedExtractor
 from ..jobs import as_export_dirs
+from .admission import DEFAULT_WAIT_S, Admission
 from .pipeline import FeaturePipeline, Member
+from .pytriton_errors import one_line_errors
 from .protocol import EXTRACT_MODEL, MATCH_MODEL, Port, ports, served_geometry
 
 DEFAULT_HTTP_PORT = 8000
@@ -150,7 +152,9 @@ class FeatureServer:
     `start()`, then `serve_forever()` or `stop()`.
 
     `load` says how the export is loaded (backend, device, threads, verify); requests are batched
-    by Triton's dynamic batcher, up to `max_batch_size` rows after at most `queue_delay_us`.
+    by Triton's dynamic batcher, up to `max_batch_size` rows after at most `queue_delay_us`. Graph calls share
+    one memory budget (admission.py): a call that does not fit beside those running waits up to `busy_timeout_s`,
+    then gets a "server is busy" error.
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class FeatureServer:
         log_verbose: int = 0,
         weights: Sequence[float] | None = None,
         log_file: str | os.PathLike | None = None,
+        busy_timeout_s: float = DEFAULT_WAIT_S,
     ) -> None:
         self.export_dirs = as_export_dirs(export_dir)
         self.export_dir = self.export_dirs[0]
@@ -179,6 +184,7 @@ class FeatureServer:
         self.max_batch_size = int(max_batch_size)
         self.queue_delay_us = int(queue_delay_us)
         self.log_verbose = int(log_verbose)
+        self.busy_timeout_s = float(busy_timeout_s)
         # Triton's own log (its ~55 start-up lines, CUDA notes on CPU machines): a file, not the terminal.
         self.log_file = Path(log_file) if log_file is not None else default_log_file(self.http_port)
         self.extractor = None
@@ -193,12 +199,16 @@ class FeatureServer:
     def grpc_url(self) -> str:
         return f"grpc://{self.host}:{self.grpc_port}"
 
+    def check_ports(self) -> None:
+        """Refuse ports that are taken, at once (check_ports), before anything is loaded or printed."""
+        check_ports(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
+                                "--metrics-port": self.metrics_port})
+
     def start(self) -> FeatureServer:
         """Check the ports, load the export, start Triton; on any failure or interruption (Ctrl-C, or
         SIGTERM where the caller maps it to KeyboardInterrupt) everything started so far is stopped and
         the temporary workspace removed."""
-        check_ports(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
-                                "--metrics-port": self.metrics_port})
+        self.check_ports()
         Triton, TritonConfig, ModelConfig, DynamicBatcher, Tensor = _import_pytriton()
         use_own_libpython()
         try:
@@ -219,13 +229,18 @@ class FeatureServer:
         manifests = [Manifest.load(d) for d in self.export_dirs]
         self.extractor = self.load_options.load(*self.export_dirs, weights=self.weights)
         max_pixels = self.load_options.max_pixels
+        # One memory account for every graph call of this server, whichever Triton thread makes it (admission.py).
+        admission = Admission(manifests, max_memory=self.load_options.max_memory, device=self.extractor.device,
+                              wait_s=self.busy_timeout_s)
         if isinstance(self.extractor, FusedExtractor):
             members = [Member(m.manifest, m.run, _fixed_ensemble(m), m.graph) for m in self.extractor.members]
             pipeline = FeaturePipeline.fused(members, self.extractor.weights, max_batch_size=self.max_batch_size,
-                                             max_pixels=max_pixels, check_memory=budget_check(self.extractor))
+                                             max_pixels=max_pixels, check_memory=budget_check(self.extractor),
+                                             admission=admission)
         else:
             pipeline = FeaturePipeline(manifests[0], self.extractor.run, max_batch_size=self.max_batch_size,
-                                       fixed_ensemble=_fixed_ensemble(self.extractor), max_pixels=max_pixels)
+                                       fixed_ensemble=_fixed_ensemble(self.extractor), max_pixels=max_pixels,
+                                       graph=self.extractor.graph, admission=admission)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         config = TritonConfig(
             http_address=self.host,
@@ -242,7 +257,15 @@ class FeatureServer:
         logging.getLogger("pytriton").setLevel(logging.ERROR)
         # Our own workspace (sockets, model store, a copy of the Triton binaries), removed with the server.
         self._workspace = tempfile.TemporaryDirectory(prefix="ditf-serve-")
-        self.triton = Triton(config=config, workspace=Path(self._workspace.name) / "pytriton")
+        # The models are written into a local model store before Triton starts, and Triton loads them before it
+        # opens its ports: /v2/health/ready (and the port itself) then means "extract and match are loaded".
+        # PyTriton's default starts Triton first and loads the models over its API afterwards: the server
+        # answered ready, with nothing loaded, seconds before `extract` could take a request.
+        from pytriton.triton import TritonLifecyclePolicy
+
+        workspace = Path(self._workspace.name) / "pytriton"
+        self.triton = Triton(config=config, workspace=workspace, triton_lifecycle_policy=TritonLifecyclePolicy(
+            launch_triton_on_startup=False, local_model_store=True))
         batching = ModelConfig(
             batching=True,
             max_batch_size=self.max_batch_size,
@@ -258,6 +281,8 @@ class FeatureServer:
                 config=batching,
                 strict=False,
             )
+        for task in (EXTRACT_MODEL, MATCH_MODEL):
+            one_line_errors(workspace / "model-store" / task)
         self.triton.run()
         # What the Triton process still prints itself ("Signal (15) received." on shutdown) PyTriton echoes to
         # our stdout; its log file has the rest. PyTriton 0.7 has no option for this: a private flag, if there.

@@ -38,6 +38,7 @@ from .records import (
     parse_compute_capability,
     read_engine_record,
     record_ensemble_range,
+    record_ranges,
     record_flavor,
     rtx_engine_dir,
 )
@@ -56,5 +57,6 @@ __all__ = [
     "cli_profile", "current_device", "engine_dir", "engine_folders", "engine_problems", "find_engine", "gpu_or_none",
     "gpu_slug", "import_cudart", "import_flavor", "installed", "installed_versions", "manifest_profiles",
     "parse_compute_capability", "parse_size", "read_engine_record", "record_ensemble_range", "record_flavor",
+    "record_ranges",
     "rtx_engine_dir", "rtx_targets", "tensorrt_available",
 ]  # fmt: skip

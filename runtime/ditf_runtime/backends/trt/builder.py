@@ -12,6 +12,10 @@ Flavour differences, all here:
   at load instead.
 * TensorRT builds on the GPU that will run the engine and reuses a timing cache between builds.
 
+FP8 exports (E4M3 Q/DQ) run on compute capability 8.9 and later only (Ada, Hopper, Blackwell): TensorRT-RTX
+builds them for the builder's targets from 8.9 up (8.9 and 12.0 unless --compute-capability says
+otherwise) and refuses older targets; TensorRT refuses a GPU below 8.9. Either refusal names what can.
+
 The engine is built into a hidden temporary folder and renamed into place when complete: a failed
 or interrupted (Ctrl-C) build leaves nothing that looks like an engine.
 """
@@ -31,6 +35,7 @@ from typing import Callable, Sequence
 from ...errors import BackendError, InputError
 from ...files import staged_folder
 from ...manifest import MODEL_FILE, NOISE_INPUT, Manifest, sha256_file, write_bytes_atomic, write_text_atomic
+from ...precision import Precision
 from .flavors import RTX, DeviceInfo, choose_flavor, collecting_logger, current_device, import_flavor, library_version
 from .profiles import Profile, check_profile, manifest_profiles
 from .records import (
@@ -53,11 +58,22 @@ RTX_NO_TIMING_CACHE = (
 )
 
 
-def rtx_targets(trt, requested: Sequence[str]) -> tuple[tuple[str, ...], bool]:
-    """--compute-capability values -> sorted 'smXY' targets, and whether they are the builder's default."""
-    if not requested:
-        return RTX_DEFAULT_TARGETS, True
+def _sm_number(sm: str) -> tuple[int, int]:
+    dotted = sm_to_dotted(sm).split(".")
+    return int(dotted[0]), int(dotted[1])
+
+
+def rtx_targets(trt, requested: Sequence[str], precision: Precision = Precision.FP32) -> tuple[tuple[str, ...], bool]:
+    """--compute-capability values -> sorted 'smXY' targets, and whether they are the builder's default.
+
+    A precision with a minimum compute capability (fp8: 8.9) defaults to the builder's default targets at or
+    above it, and refuses requested ones below it."""
     offered = {name.lower(): name for name in trt.ComputeCapability.__members__ if name.startswith("SM")}
+    floor = precision.min_compute_capability
+    if not requested and floor is None:
+        return RTX_DEFAULT_TARGETS, True
+    if not requested:
+        return tuple(sm for sm in RTX_DEFAULT_TARGETS if _sm_number(sm) >= floor), False
     targets = []
     for text in requested:
         sm = parse_compute_capability(text)
@@ -68,7 +84,34 @@ def rtx_targets(trt, requested: Sequence[str]) -> tuple[tuple[str, ...], bool]:
                 f"it builds for {listed}. On another GPU, build with --tensorrt enterprise there."
             )
         targets.append(sm)
+    if floor is not None:
+        below = [sm for sm in sort_targets(targets) if _sm_number(sm) < floor]
+        if below:
+            able = [sm for sm in sort_targets(offered) if _sm_number(sm) >= floor]
+            raise InputError(
+                f"this export is {precision} ({_PRECISION_GPUS[precision]}): it runs on compute capability "
+                f"{floor[0]}.{floor[1]} and later, not on {', '.join(sm_to_dotted(sm) for sm in below)}. "
+                f"TensorRT-RTX {library_version(trt)} builds it for "
+                f"{', '.join(sm_to_dotted(sm) for sm in able)} ("
+                + " ".join(f"--compute-capability {sm_to_dotted(sm)}" for sm in able)
+                + f"); for older GPUs, export --precision int8, bf16 or fp16."
+            )
     return sort_targets(targets), False
+
+
+_PRECISION_GPUS = {Precision.FP8: "FP8 E4M3 Q/DQ: Ada, Hopper and Blackwell GPUs"}
+
+
+def check_device_precision(device: DeviceInfo, precision: Precision, label: str) -> None:
+    """TensorRT (built on the serving GPU): refuse a precision that GPU cannot run, naming the GPUs that can."""
+    floor = precision.min_compute_capability
+    major, minor = (int(v) for v in device.compute_capability.split("."))
+    if floor is not None and (major, minor) < floor:
+        raise InputError(
+            f"this export is {precision} ({_PRECISION_GPUS[precision]}): {label} runs it on compute capability "
+            f"{floor[0]}.{floor[1]} and later (RTX 40xx/RTX 6000 Ada, L4/L40, H100/H200, RTX 50xx, B200), and "
+            f"{device.gpu_name} is {device.compute_capability}. Export --precision int8, bf16 or fp16 for this GPU."
+        )
 
 
 def build_engine(
@@ -95,7 +138,7 @@ def build_engine(
         check_profile(manifest, profile)
     flavor = choose_flavor(tensorrt)
     trt = import_flavor(flavor)
-    target = _target(trt, flavor, export_dir, compute_capabilities, timing_cache)
+    target = _target(trt, flavor, export_dir, compute_capabilities, timing_cache, Precision(manifest.precision))
     if target.folder.exists() and not force:
         raise InputError(f"{target.folder} exists: pass --force to replace it (or remove it)")
     manifest.verify_files(export_dir, names=ONNX_FILES)
@@ -140,18 +183,19 @@ class _Target:
         return f"compute capabilities {listed}" + (" and later (the builder's default)" if self.default_targets else "")
 
 
-def _target(trt, flavor, export_dir: Path, compute_capabilities, timing_cache) -> _Target:
+def _target(trt, flavor, export_dir: Path, compute_capabilities, timing_cache, precision: Precision) -> _Target:
     version = library_version(trt)
     if flavor is RTX:
         if timing_cache is not None:
             raise InputError(
                 f"--timing-cache is for --tensorrt enterprise; TensorRT-RTX uses none ({RTX_NO_TIMING_CACHE})"
             )
-        targets, default_targets = rtx_targets(trt, compute_capabilities)
+        targets, default_targets = rtx_targets(trt, compute_capabilities, precision)
         return _Target(rtx_engine_dir(export_dir, version, targets), version, targets, default_targets, None)
     if compute_capabilities:
         raise InputError("--compute-capability is for --tensorrt rtx: TensorRT builds for the GPU it runs on")
     device = current_device()
+    check_device_precision(device, precision, flavor.label)
     return _Target(engine_dir(export_dir, device.gpu_name, version), version, None, False, device)
 
 

@@ -12,6 +12,7 @@ Both modules and cuda-python are imported lazily: this module imports fine where
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -123,6 +124,7 @@ def choose_flavor(option: str) -> Flavor:
 class DeviceInfo:
     gpu_name: str
     compute_capability: str  # "8.9"
+    index: int = 0  # the CUDA device ordinal in this process (after CUDA_VISIBLE_DEVICES)
 
     @property
     def sm(self) -> str:
@@ -167,15 +169,32 @@ def _cuda_error_text(cudart, error) -> str:
     return f"{text} ({getattr(error, 'name', error)})"
 
 
-def current_device(device_index: int = 0) -> DeviceInfo:
-    """The GPU this process would run on; BackendError (with CUDA's reason) where there is none."""
+def parse_device(device: str | None) -> int | None:
+    """'cuda' -> None (the current CUDA device), 'cuda:1' -> 1; anything else is refused."""
+    if device in (None, "cuda"):
+        return None
+    prefix, _, number = str(device).partition(":")
+    if prefix != "cuda" or not number.isdigit():
+        raise BackendError(f"unknown CUDA device {device!r}: use 'cuda' (the current device) or 'cuda:N'")
+    return int(number)
+
+
+def current_device(device_index: int | None = None) -> DeviceInfo:
+    """The GPU this process runs on: `device_index` (an ordinal after CUDA_VISIBLE_DEVICES), or the calling
+    thread's current CUDA device (cudaGetDevice); BackendError (with CUDA's reason) where there is none."""
     cudart = import_cudart()
     count = cuda_call(cudart, cudart.cudaGetDeviceCount())
     if not count:
         raise BackendError("no CUDA GPU here")
+    if device_index is None:
+        device_index = int(cuda_call(cudart, cudart.cudaGetDevice()))
+    if not 0 <= device_index < count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise BackendError(f"CUDA device {device_index} does not exist: this process sees {count} GPU(s)"
+                           + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""))
     props = cuda_call(cudart, cudart.cudaGetDeviceProperties(device_index))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return DeviceInfo(name.rstrip("\x00").strip(), f"{props.major}.{props.minor}")
+    return DeviceInfo(name.rstrip("\x00").strip(), f"{props.major}.{props.minor}", device_index)
 
 
 def gpu_or_none() -> DeviceInfo | None:

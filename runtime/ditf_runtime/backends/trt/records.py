@@ -177,3 +177,8 @@ def record_ensemble_range(record: dict[str, Any]) -> tuple[int, int]:
     lows = [int(p[NOISE_INPUT]["min"][1]) for p in record["profiles"]]
     highs = [int(p[NOISE_INPUT]["max"][1]) for p in record["profiles"]]
     return min(lows), max(highs)
+
+
+def record_ranges(record: dict[str, Any]) -> list[dict[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Per profile in engine.json: {input: (min shape, max shape)}, what `choose_profile` takes."""
+    return [{name: (tuple(p["min"]), tuple(p["max"])) for name, p in profile.items()} for profile in record["profiles"]]

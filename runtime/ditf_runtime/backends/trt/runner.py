@@ -13,6 +13,8 @@ buffers grow only under that lock, so no buffer is ever freed while a request st
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import warnings
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendError, ManifestError
-from ...manifest import Manifest, write_bytes_atomic
+from ...manifest import FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, Manifest, write_bytes_atomic, write_text_atomic
 from ...verification import check_recorded
 from ..base import BaseRunner, TensorMeta
 from .flavors import (
@@ -50,6 +52,7 @@ from .records import (
 )
 
 RUNTIME_CACHE = "runtime-{sm}.cache"  # TensorRT-RTX: JIT-compiled kernels for one GPU architecture
+RUNTIME_CACHE_RECORD_SUFFIX = ".json"  # beside it: the sha256 it was written with (checked before it is read)
 
 
 def installed_versions() -> dict:
@@ -88,12 +91,14 @@ class EngineFromPath:
     """
 
     def __init__(self, export_dir: str | os.PathLike, manifest: Manifest, *, verify: bool = True,
-                 engine: str | None = None, device: DeviceInfo | None = None) -> None:  # fmt: skip
+                 engine: str | None = None, device: DeviceInfo | None = None,
+                 device_index: int | None = None) -> None:  # fmt: skip
         self.export_dir = Path(export_dir)
         self.manifest = manifest
         self.verify = verify
         self.engine = engine
-        self.device = device
+        self.device = device  # resolved by locate(): the GPU the engine is checked against and runs on
+        self.device_index = device_index if device is None else device.index  # None: the current CUDA device
         self.folder: Path | None = None
         self.record: dict | None = None
         self.flavor = None
@@ -103,9 +108,10 @@ class EngineFromPath:
         if not installed(ENTERPRISE) and not installed(RTX):
             raise BackendError(NOT_INSTALLED)
         try:
-            device = self.device or current_device()
+            device = self.device or current_device(self.device_index)
         except BackendError as exc:
             raise BackendError(f"TensorRT engines run on a CUDA GPU, and this machine has none ({exc})") from None
+        self.device = device
         if self.engine is not None:
             folder = self.export_dir / "engines" / self.engine
             record = read_engine_record(folder)
@@ -132,6 +138,8 @@ class EngineFromPath:
         if self.verify:
             self._check_plan(plan_path, record, flavor)
         plan = plan_path.read_bytes()
+        cudart = import_cudart()
+        cuda_call(cudart, cudart.cudaSetDevice(self.device.index))  # deserialise onto the GPU that was checked
         logger = collecting_logger(trt)
         runtime = trt.Runtime(logger)
         if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX: its own header check, before loading
@@ -188,6 +196,10 @@ class DeviceBufferPool:
             self._buffers[name] = (pointer, nbytes)
         return pointer
 
+    def new_bytes(self, name: str, nbytes: int) -> int:
+        """Bytes `get(name, nbytes)` would allocate now (0 when the buffer is already big enough)."""
+        return nbytes if self._buffers.get(name, (0, -1))[1] < nbytes else 0
+
     def pointer(self, name: str) -> int:
         return self._buffers[name][0]
 
@@ -211,11 +223,21 @@ class TrtRunner(BaseRunner):
         self._pool: DeviceBufferPool | None = None
         self._ranges: list[dict] = []
         self._active_profile = 0
-        self._runtime_cache = None
+        # TensorRT-RTX: the context keeps raw pointers to the runtime config and its cache; both must live
+        # as long as the context, and go before the engine that made them (_deactivate's order).
+        self._runtime_config = self._runtime_cache = None
+        self._device_index = 0
+
+    @property
+    def device(self) -> DeviceInfo | None:
+        """The GPU the engine runs on (the loader's, once it located the engine)."""
+        return getattr(self.engine_loader, "device", None)
 
     def _activate(self) -> None:
         self._runtime, self.engine, self._trt = self.engine_loader()
         self._cudart = import_cudart()
+        self._device_index = self.device.index if self.device is not None else 0
+        self._set_device()
         self.context = self._create_context()
         if self.context is None:
             raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
@@ -228,42 +250,109 @@ class TrtRunner(BaseRunner):
             self._ranges.append({name: (tuple(s[0]), tuple(s[2])) for name, s in shapes.items()})
         self._active_profile = 0  # a new context starts on profile 0
 
+    def _set_device(self) -> None:
+        """The CUDA device is per host thread: every thread that touches the engine sets it first."""
+        cuda_call(self._cudart, self._cudart.cudaSetDevice(self._device_index))
+
     def _create_context(self):
         """TensorRT-RTX: a context with a runtime cache of JIT-compiled kernels, kept beside the plan."""
         make_config = getattr(self.engine, "create_runtime_config", None)
-        config = make_config() if make_config is not None else None
-        if config is None or not hasattr(config, "create_runtime_cache"):  # TensorRT: no runtime cache
+        if make_config is None:  # TensorRT: no runtime config, no runtime cache
             return self.engine.create_execution_context()
-        self._runtime_cache = config.create_runtime_cache()
-        path = self._runtime_cache_path()
-        if path is not None and path.is_file():
-            self._runtime_cache.deserialize(path.read_bytes())
-        config.set_runtime_cache(self._runtime_cache)
+        config = make_config()
+        cache = config.create_runtime_cache()
+        blob = self._read_runtime_cache()
+        if blob is not None and not cache.deserialize(blob):
+            warnings.warn(f"TensorRT-RTX refused the runtime cache {self._runtime_cache_path()} (another GPU, driver "
+                          "or TensorRT-RTX version): kernels are compiled again and the cache is rewritten at close",
+                          stacklevel=3)  # fmt: skip
+        config.set_runtime_cache(cache)
+        self._runtime_config, self._runtime_cache = config, cache
         return self.engine.create_execution_context(config)
 
     def _runtime_cache_path(self) -> Path | None:
         folder = getattr(self.engine_loader, "folder", None)
-        if folder is None:
+        if folder is None or self.device is None:
             return None
-        return Path(folder) / RUNTIME_CACHE.format(sm=current_device().sm)
+        return Path(folder) / RUNTIME_CACHE.format(sm=self.device.sm)
+
+    def _read_runtime_cache(self) -> bytes | None:
+        """The cache file's bytes when they match the sha256 recorded when it was written, else None (a cache
+        is only ever a speed-up: a missing, unrecorded or changed one is compiled again, with a warning)."""
+        path = self._runtime_cache_path()
+        if path is None or not path.is_file():
+            return None
+        record_path = path.with_name(path.name + RUNTIME_CACHE_RECORD_SUFFIX)
+        try:
+            record = json.loads(record_path.read_text())
+            blob = path.read_bytes()
+        except (OSError, ValueError):
+            record, blob = None, b""
+        if not isinstance(record, dict) or record.get("sha256") != hashlib.sha256(blob).hexdigest():
+            warnings.warn(f"ignoring the TensorRT-RTX runtime cache {path}: it does not match the sha256 recorded in "
+                          f"{record_path.name} (changed, or written by something else); it is rebuilt at close",
+                          stacklevel=4)  # fmt: skip
+            return None
+        return blob
 
     def _save_runtime_cache(self) -> None:
         path = self._runtime_cache_path() if self._runtime_cache is not None else None
         if path is None:
             return
         try:
-            write_bytes_atomic(path, bytes(self._runtime_cache.serialize()))
+            blob = bytes(self._runtime_cache.serialize())
+            # the record first: a crash between the two leaves a cache that fails its check, never one trusted
+            record = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob), "gpu": self.device.gpu_name,
+                      "compute_capability": self.device.compute_capability,
+                      "library": library_version(self._trt) if hasattr(self._trt, "__version__") else None}
+            write_text_atomic(path.with_name(path.name + RUNTIME_CACHE_RECORD_SUFFIX), json.dumps(record) + "\n")
+            write_bytes_atomic(path, blob)
         except OSError as exc:  # a read-only export still runs; only the next start is slower
             warnings.warn(f"could not save the TensorRT-RTX runtime cache to {path}: {exc}", stacklevel=2)
 
     def _deactivate(self) -> None:
         with self._lock:  # waits for a request in flight
+            self._set_device()
             self._save_runtime_cache()
             if self._pool is not None:
                 self._pool.free_all()
             if self._stream is not None:
                 self._cudart.cudaStreamDestroy(self._stream)
-            self._stream = self.context = self.engine = self._runtime = self._runtime_cache = None
+            # Release in reverse order of creation: what was made from an object goes before it.
+            self._stream = None
+            self.context = None
+            self._runtime_config = None
+            self._runtime_cache = None
+            self.engine = None
+            self._runtime = None
+
+    def memory_need(self, manifest: Manifest, shape) -> "EngineMemory":
+        """What this engine takes for one call at `shape` (a memory.RunShape), as the engine reports it: its
+        weights and its context's activation memory (allocated when the runner started, for the largest
+        profile), and the call's input and output buffers (of which `io_new` not yet in the buffer pool)."""
+        from ...memory import EngineMemory
+
+        geometry = manifest.geometry
+        frames = (shape.frames,) if geometry.frame_axis is not None else ()
+        shapes = {IMAGE_INPUT: (shape.batch, *frames, 3, shape.height, shape.width),
+                  FEATURES_OUTPUT: (shape.batch, *frames, geometry.feature_channels,
+                                    shape.height // geometry.feature_stride, shape.width // geometry.feature_stride)}
+        if NOISE_INPUT in self._io_names(self._trt.TensorIOMode.INPUT):
+            vs = geometry.vae_stride
+            shapes[NOISE_INPUT] = (shape.batch, shape.ensemble, *frames, geometry.latent_channels,
+                                   shape.height // vs, shape.width // vs)
+        io = {name: int(np.prod(dims)) * np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name))).itemsize
+              for name, dims in shapes.items()}
+        return EngineMemory(weights=self._weight_bytes(), activations=int(self.engine.device_memory_size_v2),
+                            io=sum(io.values()), io_new=sum(self._pool.new_bytes(n, b) for n, b in io.items()))
+
+    def _weight_bytes(self) -> int:
+        """The engine's own count (EngineStat.TOTAL_WEIGHTS_SIZE); older TensorRT: the plan's size, an upper bound."""
+        stat = getattr(self._trt, "EngineStat", None)
+        if stat is not None and hasattr(self.engine, "get_engine_stat"):
+            return int(self.engine.get_engine_stat(stat.TOTAL_WEIGHTS_SIZE))
+        record = getattr(self.engine_loader, "record", None) or {}
+        return int(record.get("plan_bytes") or 0)
 
     def _io_names(self, mode) -> list[str]:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -281,6 +370,7 @@ class TrtRunner(BaseRunner):
         with self._lock:
             if self.context is None:
                 raise BackendError("the TensorRT runner was closed")
+            self._set_device()  # this thread may not have run CUDA on the engine's GPU yet
             try:
                 return self._run(feed)
             finally:  # never leave work in flight on the stream when the lock is released

@@ -124,7 +124,8 @@ def _precision_and_parity(the_plan: ExportPlan, cases: tuple[parity.ParityCase, 
                                        backend=step.backend,
                                        precision_report={"precision": the_plan.precision.value, **step.report},
                                        say=lambda line: say("  " + line),
-                                       disabled_optimizers=step.disabled_optimizers)
+                                       disabled_optimizers=step.disabled_optimizers,
+                                       judges={"semantic": semantic_gate.judge})
     if not report.passed:
         raise ParityError("the exported graph failed parity against PyTorch:\n  " + "\n  ".join(report.summary)
                           + _what_to_give(the_plan, report))

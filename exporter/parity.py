@@ -185,13 +185,17 @@ def save_reference(case: ParityCase, io: GraphIO, path: Path, max_batch: int | N
 def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, precision: Precision,
                backend: str | None = None, precision_report: Mapping[str, Any] | None = None,
                say: Callable[[str], None] = lambda line: None,
-               disabled_optimizers: tuple[str, ...] = ()) -> ParityReport:
+               disabled_optimizers: tuple[str, ...] = (),
+               judges: Mapping[str, Callable[..., str]] | None = None) -> ParityReport:
     """Run `onnx_path` on every case's inputs (one onnxruntime session) and compare with its reference.
 
     backend: what runs onnx_path, when it is not the written graph itself (an emulated twin).
     say: gets each case's summary line as soon as it is judged (cases take minutes on large models).
     disabled_optimizers: onnxruntime graph transformers the session skips (an emulated twin's: its precision step's).
+    judges: record key -> judge(row, setting, graph maps, reference maps) -> summary text, for cases whose record
+    holds that key (semantic_gate.judge under "semantic"); a judge may fail the row.
     """
+    judges = dict(judges or {})
     session = create_session(onnx_path, disabled_optimizers=disabled_optimizers)
     results, summary = [], []
     for case in cases:
@@ -203,10 +207,9 @@ def run_parity(cases: tuple[ParityCase, ...], onnx_path: Path, io: GraphIO, prec
             res = compare([m for g in got for m in _maps(g)], [m for r in case.references for m in _maps(r)],
                           precision)
         row, line = _row(case, io, res)
-        if case.record.get("semantic"):  # a trained model's held-out pairs: ground-truth PCK gates too
-            from .semantic_gate import judge
-
-            line += judge(row, case.record["semantic"], _maps(got[0]), _maps(case.reference))
+        for key, judge in judges.items():  # e.g. a trained model's held-out pairs: ground-truth PCK gates too
+            if case.record.get(key):
+                line += judge(row, case.record[key], _maps(got[0]), _maps(case.reference))
         results.append(row)
         summary.append(line)
         say(line)

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from ditf_runtime import load
-from ditf_runtime.backends.onnxrt import X64_QUANT_PRECISION, create_session
+from ditf_runtime.backends.onnxrt import X64_QUANT_PRECISION, create_session, exact_int8_option
 from ditf_runtime.cpu_info import classify, this_cpu
 from ditf_runtime.errors import BackendError
 from ditf_runtime.int8_check import check_this_machine, machine_key
@@ -37,9 +37,12 @@ def test_cpu_classes_from_flags():
     assert classify({"asimd"}, "aarch64").name == "aarch64"
 
 
-def test_every_session_asks_for_exact_integer_kernels(int8_dir):
+def test_sessions_ask_for_exact_integer_kernels_where_the_cpu_needs_them(int8_dir):
+    assert classify({"avx2"}, "x86_64").needs_exact_int8_option
+    assert not classify({"avx2", "avx512_vnni"}, "x86_64").needs_exact_int8_option
+    assert not classify({"asimd"}, "aarch64").needs_exact_int8_option
     session = create_session(int8_dir / "model.onnx")
-    assert session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "1"
+    assert exact_int8_option(session) == this_cpu().needs_exact_int8_option
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_first_cpu_load_checks_the_reference_once_per_machine(int8_copy, monkeyp
     with load(int8_copy):
         pass
     manifest = Manifest.load(int8_copy)
-    key = machine_key("model.onnx")
+    key = machine_key("model.onnx", this_cpu().needs_exact_int8_option)
     remembered = machine_check(int8_copy, manifest, key)
     assert calls == [1] and remembered["passed"] and remembered["cosine_min"] >= 0.995
     assert remembered["cpu"]["name"] == this_cpu().name
@@ -113,7 +116,7 @@ def test_a_machine_whose_kernels_lost_the_gate_is_refused(int8_copy):
     """A remembered failure on this machine (what an AVX2 CPU without the exact kernels produced) refuses
     the load, with the numbers and the way out."""
     manifest = Manifest.load(int8_copy)
-    remember_machine_check(int8_copy, manifest, machine_key("model.onnx"), {
+    remember_machine_check(int8_copy, manifest, machine_key("model.onnx", this_cpu().needs_exact_int8_option), {
         "passed": False, "cosine_min": 0.9628, "max_rel_error": 0.21, "nn_agreement": 0.8,
         "failures": ["cosine min 0.96282 < 0.995"]})
     with pytest.raises(BackendError, match=r"loses the INT8 gate's accuracy.*0\.96280.*fp32 export"):

@@ -236,7 +236,7 @@ register_model(
 
 
 # flux-mini (train_mini.py): a small FLUX trained on synthetic shapes, shipped in exporter/builtin/flux-mini/.
-MINI_LAYER, MINI_TIMESTEP = 4, 260
+MINI_LAYER, MINI_TIMESTEP = 5, 300
 
 
 def _build_flux_tiny(path: str) -> None:

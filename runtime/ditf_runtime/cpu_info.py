@@ -22,9 +22,12 @@ class CpuClass:
     name: str  # "x86-64 AVX-512 VNNI", "x86-64 AVX2 (no VNNI)", "aarch64", ...
     model: str  # /proc/cpuinfo's "model name", or platform.processor()
     int8_kernels: str  # which integer GEMM onnxruntime uses here, with ditf's session options
+    needs_exact_int8_option: bool = False  # x86 without VNNI: ditf sets session.x64quantprecision=1
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("needs_exact_int8_option")
+        return d
 
 
 def classify(flags: set[str], machine: str, model: str = "") -> CpuClass:
@@ -39,7 +42,7 @@ def classify(flags: set[str], machine: str, model: str = "") -> CpuClass:
     widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE4.1" if "sse4_1" in flags \
         else "baseline"
     return CpuClass(f"x86-64 {widest} (no VNNI)", model,
-                    "U8U8 (exact; session.x64quantprecision=1, instead of the saturating U8S8)")
+                    "U8U8 (exact; session.x64quantprecision=1, instead of the saturating U8S8)", True)
 
 
 def _read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[set[str], str]:

@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 INTEGER_PRECISIONS = ("int8",)  # precisions whose graphs run integer kernels on onnxruntime's CPU provider
 
 
-def machine_key(graph_file: str) -> str:
+def machine_key(graph_file: str, exact_option: bool) -> str:
     """What the result depends on: the CPU, onnxruntime's version and options, and which graph ran."""
     import onnxruntime
 
     from .backends.onnxrt import X64_QUANT_PRECISION
 
     cpu = this_cpu()
-    return f"{graph_file} | {cpu.name} | {cpu.model} | onnxruntime {onnxruntime.__version__} | {X64_QUANT_PRECISION}=1"
+    return (f"{graph_file} | {cpu.name} | {cpu.model} | onnxruntime {onnxruntime.__version__} | "
+            f"{X64_QUANT_PRECISION}={int(exact_option)}")
 
 
 def needs_check(extractor: Extractor) -> bool:
@@ -47,8 +48,13 @@ def _providers(runner: Any) -> list[str]:
 
 def check_this_machine(extractor: Extractor, *, force: bool = False) -> dict[str, Any]:
     """Run (or recall) the INT8 check for this machine; refuse with the reason if it fails."""
-    loader = getattr(extractor.runner, "session_loader", None)
-    key = machine_key(getattr(getattr(loader, "model_path", None), "name", "model.onnx"))
+    from .backends.onnxrt import exact_int8_option
+
+    runner = extractor.runner
+    runner.activate()  # (a no-op once loaded) the session's own options say which kernels run
+    loader = getattr(runner, "session_loader", None)
+    key = machine_key(getattr(getattr(loader, "model_path", None), "name", "model.onnx"),
+                      exact_int8_option(runner.session))
     result = None if force else machine_check(extractor.export_dir, extractor.manifest, key)
     if result is None:
         parity = extractor.verify_reference()

@@ -61,6 +61,18 @@ def cpu_only(providers: Sequence[Any]) -> bool:
 
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
+
+def exact_int8_kernels_needed() -> bool:
+    """An x86 CPU without VNNI, where onnxruntime's default integer GEMM saturates (cpu_info.py)."""
+    from ..cpu_info import this_cpu
+
+    return this_cpu().needs_exact_int8_option
+
+
+def exact_int8_option(session) -> bool:
+    """Whether `session` was opened with the exact-integer-kernel option."""
+    return session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "1"
+
 # Protobuf cannot serialise a model of 2 GiB or more; keep well below it. A larger model is never
 # handed over as bytes: it is written with external data and opened by path (ditf_calib.graph.session).
 MAX_IN_MEMORY_MODEL_BYTES = 1_800_000_000
@@ -110,14 +122,23 @@ def create_session(
     # run on, a session held about twice the first run's peak (medium model, 512x512, E=8: 6.5 GB vs 3.7 GB) for
     # no speed (bench/bench_cpu_options.py: 1.00x). Servers, batch jobs and parity all run a session repeatedly.
     options.enable_mem_pattern = False
-    # x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512 without VNNI) saturate onnxruntime's default U8S8 integer GEMM
-    # (pairs of products summed in 16 bits): an INT8 export gated at cosine 0.999 read 0.96 there. This switches
-    # them to exact U8U8 kernels; VNNI CPUs are unaffected (cpu_info.py, bench/bench_int8_kernels.py).
-    options.add_session_config_entry(X64_QUANT_PRECISION, "1")
     if priority_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+    # x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512 without VNNI) saturate onnxruntime's default U8S8 integer GEMM
+    # (pairs of products summed in 16 bits): an INT8 export gated at cosine 0.999 read 0.96 there. The option
+    # switches them to exact U8U8 kernels. It is set only where it matters: its weight rewrite (s8 -> u8) cannot
+    # load a QLinearConv with int8 activations (the CPU variant of an --int8-convs export), on any CPU. Such a
+    # graph loads without it, and the once-per-machine INT8 check (int8_check.py) judges what it computes.
+    if exact_int8_kernels_needed():
+        options.add_session_config_entry(X64_QUANT_PRECISION, "1")
+        try:
+            session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)
+            _require_active(requested, session.get_providers())
+            return session
+        except Exception:  # noqa: BLE001 - retried without the option below; a real fault fails there too
+            options.add_session_config_entry(X64_QUANT_PRECISION, "0")
     try:
-        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
         session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise BackendError(f"onnxruntime cannot load {what}: {exc}") from exc

@@ -12,6 +12,11 @@ bound: ratios >= 1, not far above).
                                                        # its CPU variant at 512..2048 px
     python bench/bench_memory.py --medium              # also a FLUX-like model with FLUX's VAE widths
     python bench/bench_memory.py --export DIR --shape 640x640x8x1 [--cpu-variant] ...
+    python bench/bench_memory.py --precisions [--keep DIR]   # the medium model exported fp32, fp16, bf16, int8:
+                                                       # the whole run's estimate (weights + activations)
+                                                       # against the measured peak, per precision; fp16 also
+                                                       # with onnxruntime's ConstantFolding skipped (no saving:
+                                                       # its CPU provider widens fp16 weights to fp32 anyway)
 
 Needs up to ~8 GB at the largest default shape: run it under the shared lock on a shared machine.
 """
@@ -32,6 +37,8 @@ TINY_VARIANT_SHAPES = ("512x512x2x1", "1024x1024x2x1", "1536x1536x2x1", "2048x20
                        "1024x1024x2x2")
 MEDIUM_SHAPES = ("256x256x1x1", "512x512x1x1", "512x512x4x1", "640x640x2x1", "768x768x1x1")
 MEDIUM_VARIANT_SHAPES = ("512x512x4x1", "1024x1024x2x1", "1536x1536x1x1")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISION_SHAPES = ("256x256x1x1", "512x512x1x1", "512x512x4x1", "768x768x1x1")
 
 CHILD = r"""
 import json, sys
@@ -46,7 +53,12 @@ def status():
     return found
 
 export, h, w, e, b, choice = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
+import time
 import ditf_runtime
+if len(sys.argv) > 7 and sys.argv[7] == "unfolded":  # the session skips ConstantFolding (as the exporter's do)
+    import functools
+    import ditf_runtime.backends.onnxrt as onnxrt
+    onnxrt.create_session = functools.partial(onnxrt.create_session, disabled_optimizers=("ConstantFolding",))
 before = status()["VmRSS"]
 extractor = ditf_runtime.load(export, threads=2, max_memory=1 << 50, cpu_variant=choice)  # measure, never refuse
 loaded = status()["VmRSS"]
@@ -54,17 +66,21 @@ g = extractor.geometry
 rng = np.random.default_rng(0)
 image = rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32)
 noise = rng.standard_normal((b, e, g.latent_channels, h // g.vae_stride, w // g.vae_stride)).astype(np.float32)
-peaks = []
+peaks, seconds = [], []
 for _ in range(2):
+    start = time.perf_counter()
     extractor.run(image, noise)
+    seconds.append(time.perf_counter() - start)
     peaks.append(status()["VmHWM"])
-print(json.dumps({"before": before, "loaded": loaded, "peaks": peaks, "fused": extractor.graph.fused_attention}))
+print(json.dumps({"before": before, "loaded": loaded, "peaks": peaks, "seconds": seconds,
+                  "fused": extractor.graph.fused_attention}))
 """
 
 
-def measure(export: Path, h: int, w: int, e: int, b: int, variant: bool) -> dict:
+def measure(export: Path, h: int, w: int, e: int, b: int, variant: bool, unfolded: bool = False) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, str(export), str(h), str(w), str(e), str(b),
-                          "on" if variant else "off"], check=True, capture_output=True, text=True)
+                          "on" if variant else "off", "unfolded" if unfolded else "default"],
+                         check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -94,6 +110,65 @@ def table(export: Path, shapes: list[str], variant: bool = False) -> list[float]
               f"{f'{predicted.activations / mib:.0f} / {run1 / mib:.0f} / {run2 / mib:.0f}':>38}"
               f"{ratios[-1]:>7.2f}", flush=True)
     return ratios
+
+
+def precision_table(exports: dict[str, Path], shapes: list[str]) -> list[float]:
+    """One row per precision and shape: the whole run's estimate (what the guard compares with the free memory
+    before loading) against the measured peak RSS increase after run 2; returns those ratios."""
+    from ditf_runtime.manifest import Manifest
+    from ditf_runtime.memory import RunShape, estimate
+
+    mib = 1 << 20
+    names = sorted({Manifest.load(export).model_name for export in exports.values()})
+    print(f"\n{', '.join(names)} by precision, model.onnx, onnxruntime CPU, 2 threads; total = whole run (weights + "
+          "activations), measured = peak RSS after run 2 minus RSS before loading")
+    print(f"{'precision':<16}{'H x W, E, B':<20}{'weights pred/meas MiB':>23}{'total pred / meas MiB':>23}"
+          f"{'ratio':>7}{'before':>8}{'s/run':>7}")
+    # "before": the ratio under the rule ditf used on the CPU until fp16/bf16 were widened there (stored weight
+    # bytes, 2-byte scores), which is still the GPU rule
+    ratios = []
+    for precision, export in exports.items():
+        manifest = Manifest.load(export)
+        for unfolded in ((False, True) if precision == "fp16" else (False,)):
+            for text in shapes:
+                h, w, e, b = (int(v) for v in text.split("x"))
+                label = precision + (" unfolded" if unfolded else "")
+                try:
+                    got = measure(export, h, w, e, b, False, unfolded)
+                except subprocess.CalledProcessError as exc:  # bf16: no CPU kernels (runs on a GPU only)
+                    print(f"{label:<16}{text:<20}not run: {exc.stderr.strip().splitlines()[-1][:120]}", flush=True)
+                    break
+                predicted = estimate(manifest, RunShape(b, e, h, w))
+                old = estimate(manifest, RunShape(b, e, h, w), device="cuda")
+                weights, total = got["loaded"] - got["before"], got["peaks"][1] - got["before"]
+                if not unfolded:
+                    ratios.append(predicted.total / max(total, 1))
+                print(f"{label:<16}{f'{h}x{w}, E={e}, B={b}':<20}"
+                      f"{f'{predicted.weights / mib:.0f} / {weights / mib:.0f}':>23}"
+                      f"{f'{predicted.total / mib:.0f} / {total / mib:.0f}':>23}"
+                      f"{predicted.total / max(total, 1):>7.2f}{old.total / max(total, 1):>8.2f}"
+                      f"{got['seconds'][1]:>7.2f}", flush=True)
+    return ratios
+
+
+def export_precisions(out: Path, precisions: list[str]) -> dict[str, Path]:
+    """The medium model (export_model's) at each precision, under out/ (an export already there is reused)."""
+    from ditf_export.export import ExportRequest, export
+    from ditf_runtime.manifest import MANIFEST_FILE
+
+    fp32 = export_model("medium", out) if not (out / "medium" / MANIFEST_FILE).is_file() else out / "medium"
+    examples = Path(__file__).resolve().parents[1] / "examples" / "images"
+    model, embeds = out / "medium-model", out / "embeds.safetensors"
+    exports = {}
+    for precision in precisions:
+        folder = fp32 if precision == "fp32" else out / f"medium-{precision}"
+        if not (folder / MANIFEST_FILE).is_file():
+            # calibration (int8) and the fp16 range check on examples/images at 256 px: ranges, not speed, matter
+            export(ExportRequest(model=str(model), out=folder, layer=3, discard="none", prompt_embeds=embeds,
+                                 parity_sizes=((64, 96),), precision=precision, image_size=256,
+                                 calib_images=examples if precision in ("fp16", "int8") else None))
+        exports[precision] = folder
+    return exports
 
 
 def summary(name: str, ratios: list[float]) -> None:
@@ -136,7 +211,20 @@ def main() -> None:
     ap.add_argument("--shape", action="append", default=None, help="HxWxExB (repeatable).")
     ap.add_argument("--cpu-variant", action="store_true", help="With --export: run its CPU variant.")
     ap.add_argument("--medium", action="store_true", help="Also a FLUX-like model with FLUX's VAE widths.")
+    ap.add_argument("--precisions", action="store_true",
+                    help="The medium model at fp32, fp16, bf16 and int8: whole-run estimate against measured peak.")
+    ap.add_argument("--keep", type=Path, default=None, help="With --precisions: export into (and reuse) this folder.")
     args = ap.parse_args()
+    if args.precisions:
+        shapes = args.shape or list(PRECISION_SHAPES)
+        if args.keep is not None:
+            ratios = precision_table(export_precisions(args.keep, list(PRECISIONS)), shapes)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ratios = precision_table(export_precisions(Path(tmp), list(PRECISIONS)), shapes)
+        print()
+        summary("whole run, every precision", ratios)
+        return
     if args.export is not None:
         summary("this export", table(args.export, args.shape or list(TINY_SHAPES), args.cpu_variant))
         return

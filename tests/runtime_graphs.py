@@ -171,3 +171,87 @@ def tiny_reference(export_dir: str | Path, image: np.ndarray, noise: np.ndarray)
 
 def with_geometry(**changes) -> Geometry:
     return replace(Geometry(latent_channels=4, feature_channels=32), **changes)
+
+
+def int8_conv_graph(geometry: Geometry, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The export contract with a real-width INT8 convolution, as `ditf-export --int8-convs` writes them:
+
+        image -> Q/DQ -> Conv(16x16, stride 16; int8 weights, per-output-channel scales, float bias) -> Q/DQ
+        noise -> ReduceMean(E) -> AveragePool -> 1x1 Conv (float)         -> added -> Tanh -> features
+
+    With feature_channels >= 256 the per-channel scales and the bias (1 KiB and more) go to the external data
+    file, as in every real-size VAE. Returns the model and its INT8 conv's constants (by initializer name)."""
+    fs, vs = geometry.feature_stride, geometry.vae_stride
+    c, channels = geometry.latent_channels, geometry.feature_channels
+    rng = np.random.default_rng(seed)
+    consts = {
+        "conv_w_int8": rng.integers(-127, 128, (channels, 3, fs, fs)).astype(np.int8),
+        "conv_w_scale": rng.uniform(0.5e-3, 1.5e-3, channels).astype(np.float32),
+        "conv_w_zero": np.zeros(channels, np.int8),
+        "conv_bias": rng.normal(0, 0.5, channels).astype(np.float32),
+        "x_scale": np.float32(1 / 127), "y_scale": np.float32(4 / 127), "zero": np.int8(0),
+        "noise_w": (0.3 * rng.standard_normal((channels, c, 1, 1))).astype(np.float32),
+    }
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    noise = helper.make_tensor_value_info(
+        "noise", TensorProto.FLOAT, ["batch", "ensemble", c, "latent_height", "latent_width"])
+    features = helper.make_tensor_value_info(
+        "features", TensorProto.FLOAT, ["batch", channels, "feature_height", "feature_width"])
+    nodes = [
+        helper.make_node("Constant", [], ["ensemble_axis"], value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node("QuantizeLinear", ["image", "x_scale", "zero"], ["image_q"]),
+        helper.make_node("DequantizeLinear", ["image_q", "x_scale", "zero"], ["image_dq"]),
+        helper.make_node("DequantizeLinear", ["conv_w_int8", "conv_w_scale", "conv_w_zero"], ["conv_w"], axis=0),
+        helper.make_node("Conv", ["image_dq", "conv_w", "conv_bias"], ["conv_out"], kernel_shape=[fs, fs],
+                         strides=[fs, fs], name="patch_conv"),
+        helper.make_node("QuantizeLinear", ["conv_out", "y_scale", "zero"], ["conv_q"]),
+        helper.make_node("DequantizeLinear", ["conv_q", "y_scale", "zero"], ["conv_dq"]),
+        helper.make_node("ReduceMean", ["noise", "ensemble_axis"], ["mean_noise"], keepdims=0),
+        helper.make_node("AveragePool", ["mean_noise"], ["pooled_noise"], kernel_shape=[fs // vs, fs // vs],
+                         strides=[fs // vs, fs // vs]),
+        helper.make_node("Conv", ["pooled_noise", "noise_w"], ["noise_proj"]),
+        helper.make_node("Add", ["conv_dq", "noise_proj"], ["summed"]),
+        helper.make_node("Tanh", ["summed"], ["features"]),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    graph = helper.make_graph(nodes, "ditf_int8_conv", [image, noise], [features], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ditf-tests")
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, {"schema_version": str(SCHEMA_VERSION), "family": "tiny"})
+    onnx.checker.check_model(model)
+    return model, consts
+
+
+def build_int8_conv_export(out_dir: str | Path, *, channels: int = 256, seed: int = 0,
+                           reference_shape: tuple[int, int, int] = (2, 48, 64)) -> Manifest:
+    """An int8 export folder of `int8_conv_graph` (external data like a real export: every initializer of
+    1 KiB or more), its reference the graph's own onnxruntime output; returns the manifest."""
+    import onnxruntime as ort
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    geometry = Geometry(latent_channels=4, feature_channels=channels)
+    model, _ = int8_conv_graph(geometry, seed)
+    onnx.save_model(model, str(out_dir / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=MODEL_DATA_FILE, size_threshold=1024)
+    rng = np.random.default_rng(seed + 1)
+    batch, height, width = reference_shape
+    image = rng.uniform(-1, 1, (batch, 3, height, width)).astype(np.float32)
+    noise = rng.standard_normal((batch, 2, 4, height // geometry.vae_stride, width // geometry.vae_stride)
+                                ).astype(np.float32)
+    session = ort.InferenceSession(str(out_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    save_file({"image": image, "noise": noise, "features": session.run(None, {"image": image, "noise": noise})[0]},
+              str(out_dir / REFERENCE_FILE))
+    manifest = Manifest(
+        family="tiny", model_name="tiny-int8-conv", model_source="tests/runtime_graphs.py", precision="int8",
+        opset=OPSET,
+        feature=Feature(layer=0, block="tiny", timestep=260.0, discard=(), discard_source="none", ensemble=2),
+        geometry=geometry, preprocess=Preprocess(long_side=64),
+        inputs=(TensorSpec("image", "float32", ("batch", 3, "height", "width")),
+                TensorSpec("noise", "float32", ("batch", "ensemble", 4, "height/8", "width/8"))),
+        outputs=(TensorSpec("features", "float32", ("batch", channels, "height/16", "width/16")),),
+        files={name: file_record(out_dir / name) for name in (MODEL_FILE, MODEL_DATA_FILE, REFERENCE_FILE)},
+        created="2026-11-26T00:00:00+00:00",
+    )
+    manifest.save(out_dir)
+    return manifest

@@ -208,3 +208,37 @@ def test_dinov2_variant_image_only_graph(dinov2_tiny_export, tmp_path):
     assert ex.graph.variant
     result = ex.verify_reference()
     assert result and result.min_cosine >= 0.99999 and result.rel_error <= 1e-4
+
+
+@pytest.mark.parametrize("cwd", ["empty folder", "another export"])
+def test_int8_convs_at_real_width_read_their_own_external_data_from_any_working_directory(tmp_path, monkeypatch,
+                                                                                          cwd):
+    """256-channel per-channel scales and biases live in model.onnx.data (every real-size VAE's do). The
+    rewrite reads them from the export's folder: run from an unrelated folder it used to crash, and run from
+    inside another export of the same graph (another seed) it silently read that export's bytes."""
+    from onnx import numpy_helper
+    from runtime_graphs import build_int8_conv_export, int8_conv_graph
+
+    export = tmp_path / "export"
+    manifest = build_int8_conv_export(export, channels=256, seed=0)
+    stored = onnx.load(str(export / MODEL_FILE), load_external_data=False)
+    external = {i.name for i in stored.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL}
+    assert {"conv_w_scale", "conv_bias"} <= external  # the real-width case, not the 32-channel one
+    other = tmp_path / "other"
+    build_int8_conv_export(other, channels=256, seed=1)
+    foreign = other if cwd == "another export" else tmp_path / "elsewhere"
+    foreign.mkdir(exist_ok=True)
+    monkeypatch.chdir(foreign)
+
+    record = make_cpu_variant(export)
+
+    assert record.rewrites["int8_convs"] == 1 and record.parity["passed"]
+    variant = onnx.load(str(export / VARIANT_FILE), load_external_data=False)
+    conv = next(n for n in variant.graph.node if n.op_type == "QLinearConv")
+    bias = numpy_helper.to_array(next(i for i in variant.graph.initializer if i.name == conv.input[8]))
+    _, consts = int8_conv_graph(manifest.geometry, seed=0)
+    expected = np.round(consts["conv_bias"].astype(np.float64)
+                        / (np.float64(consts["x_scale"]) * consts["conv_w_scale"].astype(np.float64)))
+    np.testing.assert_array_equal(bias, expected.astype(np.int32))
+    with ditf_runtime.load(export, threads=1) as extractor:  # and the variant runs on its own folder's weights
+        assert extractor.graph.variant

@@ -116,6 +116,22 @@ def test_the_default_budget_is_the_memory_available_now(manifest):
     check_long_side(manifest, 256)  # a small run fits any machine this runs on
 
 
+def test_a_low_precision_export_on_the_cpu_is_estimated_as_the_fp32_run_it_becomes(manifest):
+    """onnxruntime's CPU provider converts an fp16 graph's weights to fp32 when the session is made and computes
+    in fp32: the same export stored in half the bytes needs the fp32 export's memory there (the guard counted half
+    the weights and 2-byte scores: runs it let through ran out of memory). On a GPU the typed graph keeps both."""
+    shape = RunShape(1, 2, 512, 512)
+    files = {name: {**record, "bytes": record["bytes"] // 2} if name.startswith("model.onnx") else record
+             for name, record in manifest.files.items()}
+    for low in ("fp16", "bf16"):
+        typed = dataclasses.replace(manifest, precision=low, files=files)  # the same graph, weights in 2 bytes
+        on_cpu, fp32 = estimate(typed, shape), estimate(manifest, shape)  # device "cpu"
+        assert on_cpu.attention == fp32.attention and on_cpu.weights == pytest.approx(fp32.weights, rel=1e-5)
+        on_gpu, fp32_gpu = estimate(typed, shape, device="cuda"), estimate(manifest, shape, device="cuda")
+        assert on_gpu.attention == pytest.approx(fp32_gpu.attention / 2, rel=1e-6)
+        assert on_gpu.weights == pytest.approx(fp32_gpu.weights / 2, rel=1e-5)
+
+
 def test_parse_bytes():
     assert parse_bytes("12G") == 12 << 30 and parse_bytes("1.5GiB") == 3 << 29 and parse_bytes("512m") == 512 * MIB
     assert parse_bytes("1000") == 1000

@@ -127,12 +127,17 @@ def test_ditf_verify_rehashes_everything_and_reports(export_copy):
     engine = export_copy / "engines" / "rtx1.7.1-sm80_86_89_120"  # a TensorRT engine: its plan is checked too
     engine.mkdir(parents=True)
     (engine / "model.plan").write_bytes(b"plan bytes")
-    record = {"plan_sha256": hashlib.sha256(b"plan bytes").hexdigest(), "plan_bytes": 10}
+    record = {"plan_sha256": hashlib.sha256(b"plan bytes").hexdigest(), "plan_bytes": 10,
+              "onnx_sha256": {n: Manifest.load(export_copy).files[n]["sha256"] for n in MODEL_FILES}}
     (engine / "engine.json").write_text(json.dumps(record))
     result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
     assert result.exit_code == 0 and "4 files match their records" in result.output, result.output
     stamp = json.loads((export_copy / STAMP_FILE).read_text())["files"]
     assert {"model.onnx", "reference.safetensors", f"engines/{engine.name}/model.plan"} <= set(stamp)
+    (engine / "engine.json").write_text(json.dumps({**record, "onnx_sha256": {MODEL_FILE: "0" * 64}}))
+    result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])  # as loading would, refused
+    assert result.exit_code == 1 and "built from a different model.onnx" in result.output, result.output
+    (engine / "engine.json").write_text(json.dumps(record))
     (engine / "model.plan").write_bytes(b"PLAN bytes")
     result = CliRunner().invoke(ditf_main, ["verify", str(export_copy)])
     assert result.exit_code == 1 and "does not match its engine.json" in result.output
@@ -152,3 +157,32 @@ def test_a_stamp_from_another_export_in_the_same_folder_is_ignored(export_copy):
     stamp["manifest_digest"] = "sha256:" + "0" * 64
     (export_copy / STAMP_FILE).write_text(json.dumps(stamp))
     assert _hashed(export_copy) == [True, True]
+
+
+def test_ditf_verify_checks_the_cpu_variant_and_its_record(flux_tiny_cpu_variant, tmp_path):
+    """The CPU variant is what `match` opens on the CPU: one byte appended to it, or a record made for another
+    export, fails `verify` as it fails loading."""
+    from ditf_runtime.cpu_variant import RECORD_FILE, VARIANT_FILE
+
+    export = Path(shutil.copytree(flux_tiny_cpu_variant, tmp_path / "export"))
+    result = CliRunner().invoke(ditf_main, ["verify", str(export)])
+    assert result.exit_code == 0 and "4 files match their records" in result.output, result.output
+    assert f"{VARIANT_FILE}: " in result.output
+    record = (export / RECORD_FILE).read_text()
+    with open(export / VARIANT_FILE, "ab") as f:
+        f.write(b"\0")
+    result = CliRunner().invoke(ditf_main, ["verify", str(export)])
+    assert result.exit_code == 1 and f"{VARIANT_FILE} differs from its record" in result.output, result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(ManifestError, match="differs from its record"):  # what `match` says: the same verdict
+        ditf_runtime.load(export)
+    shutil.copy(flux_tiny_cpu_variant / VARIANT_FILE, export / VARIANT_FILE)
+    other = json.loads(record)
+    other["source"][MODEL_DATA_FILE] = "0" * 64
+    (export / RECORD_FILE).write_text(json.dumps(other))
+    result = CliRunner().invoke(ditf_main, ["verify", str(export)])
+    assert result.exit_code == 1 and "was made from another model.onnx" in result.output, result.output
+    (export / RECORD_FILE).unlink()  # a variant without its record is never opened: said, not refused
+    result = CliRunner().invoke(ditf_main, ["verify", str(export)])
+    assert result.exit_code == 0 and "3 files match their records" in result.output
+    assert f"{VARIANT_FILE} has no {RECORD_FILE}" in result.output

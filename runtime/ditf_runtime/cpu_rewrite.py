@@ -49,9 +49,15 @@ def _onnx():
 
 @dataclass
 class _Graph:
-    """Producers, consumers and constants of a graph, plus fresh names."""
+    """Producers, consumers and constants of a graph, plus fresh names.
+
+    base_dir: the folder of the model file, where its external data (model.onnx.data) is. The graph is loaded
+    without its weights; a constant read from external data is read from there, never from the current
+    directory (onnx's default), where another export's model.onnx.data would give the wrong bytes.
+    """
 
     model: object
+    base_dir: str | os.PathLike | None = None
     producer: dict = field(default_factory=dict)
     consumers: dict = field(default_factory=dict)
 
@@ -65,12 +71,29 @@ class _Graph:
                 self.consumers.setdefault(i, []).append(n)
         self.fresh = Namer(self.model)
 
+    def array(self, name: str) -> np.ndarray:
+        """An initializer's value, read from the model's external data where it is stored there."""
+        from onnx import numpy_helper
+        from onnx.external_data_helper import uses_external_data
+
+        tensor = self.inits[name]
+        if not uses_external_data(tensor):
+            return numpy_helper.to_array(tensor)
+        if self.base_dir is None:
+            raise DitfError(f"initializer {name!r} is stored in external data, but the folder of the model file "
+                            "was not given: pass base_dir (the folder of model.onnx)")
+        try:
+            return numpy_helper.to_array(tensor, base_dir=str(self.base_dir))
+        except (OSError, ValueError) as exc:
+            raise DitfError(f"cannot read initializer {name!r} from the external data in {self.base_dir}: {exc}; "
+                            "the export folder is incomplete or damaged") from exc
+
     def scalar(self, name: str) -> float | None:
         """The value of a one-element constant (initializer or Constant node), else None."""
         from onnx import numpy_helper
 
         if name in self.inits:
-            arr = numpy_helper.to_array(self.inits[name])
+            arr = self.array(name)
         elif name in self.producer and self.producer[name].op_type == "Constant":
             arr = numpy_helper.to_array(self.producer[name].attribute[0].t)
         else:
@@ -126,11 +149,12 @@ def _untransposed_key(g: _Graph, name: str, shapes) -> str | None:
     return None
 
 
-def fuse_attention(model, shapes) -> dict[str, int]:
-    """Replace every matched dense attention by MultiHeadAttention; returns counts (found / fused)."""
+def fuse_attention(model, shapes, base_dir: str | os.PathLike | None = None) -> dict[str, int]:
+    """Replace every matched dense attention by MultiHeadAttention; returns counts (found / fused).
+    base_dir: the folder of the model file (its external data)."""
     from onnx import helper, numpy_helper
 
-    g = _Graph(model)
+    g = _Graph(model, base_dir)
     softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
     replace: dict[int, list] = {}  # id(PV MatMul) -> new nodes
     dead: set[int] = set()
@@ -184,17 +208,18 @@ def fuse_attention(model, shapes) -> dict[str, int]:
     return {"attention_found": len(softmaxes), "attention_fused": len(replace)}
 
 
-def integer_convs(model) -> dict[str, int]:
+def integer_convs(model, base_dir: str | os.PathLike | None = None) -> dict[str, int]:
     """DQ(x) -> Conv(., DQ(w int8), bias) -> Q(y) as one QLinearConv (int8 in, int8 out, int32 bias).
 
     What an int8 export with quantized encoder convs asks for; onnxruntime's own QDQ fusion does it for
     only some of them in a whole graph (its propagation passes move the Q/DQ pairs of the others), so
     the variant states it explicitly. The bias is rounded to int32 at scale x_scale * w_scale[k] (at
-    most half a step of the conv's own accumulator).
+    most half a step of the conv's own accumulator). base_dir: the folder of the model file, where the
+    per-channel scales and biases are (external from 256 channels on, so in every real-size VAE).
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    g = _Graph(model)
+    g = _Graph(model, base_dir)
     replaced: dict[int, object] = {}
     dead: set[int] = set()
     for conv in [n for n in model.graph.node if n.op_type == "Conv"]:
@@ -206,7 +231,7 @@ def integer_convs(model) -> dict[str, int]:
                 or len(q_y.input) < 3 or len(dq_w.input) < 3):
             continue
         x_scale = g.scalar(dq_x.input[1])
-        w_scale = numpy_helper.to_array(g.inits[dq_w.input[1]]) if dq_w.input[1] in g.inits else None
+        w_scale = g.array(dq_w.input[1]) if dq_w.input[1] in g.inits else None
         if x_scale is None or w_scale is None or _attr(dq_w, "axis", 1) != 0:
             continue
         inputs = [dq_x.input[0], dq_x.input[1], dq_x.input[2], dq_w.input[0], dq_w.input[1], dq_w.input[2],
@@ -214,7 +239,7 @@ def integer_convs(model) -> dict[str, int]:
         if len(conv.input) > 2 and conv.input[2]:
             if conv.input[2] not in g.inits:
                 continue
-            bias = numpy_helper.to_array(g.inits[conv.input[2]]).astype(np.float64)
+            bias = g.array(conv.input[2]).astype(np.float64)
             q_bias = np.round(bias / (np.float64(x_scale) * w_scale.astype(np.float64)))
             if np.abs(q_bias).max(initial=0) >= 2**31 - 1:
                 continue
@@ -298,8 +323,8 @@ def make_cpu_variant(export_dir: str | os.PathLike, *, threads: int | None = Non
     manifest = Manifest.load(export_dir)
     manifest.verify_files(export_dir, names=(MODEL_FILE, MODEL_DATA_FILE, REFERENCE_FILE))
     model = onnx.load(str(export_dir / MODEL_FILE), load_external_data=False)
-    rewrites = fuse_attention(model, shapes_at(export_dir, manifest))
-    rewrites.update(integer_convs(model))
+    rewrites = fuse_attention(model, shapes_at(export_dir, manifest), base_dir=export_dir)
+    rewrites.update(integer_convs(model, base_dir=export_dir))
     rewrites.update(onnxruntime_fusions(model))
     say(f"attention: {rewrites['attention_fused']} of {rewrites['attention_found']} fused into MultiHeadAttention; "
         f"{rewrites['int8_convs']} Q/DQ convolutions as QLinearConv; {rewrites['rms_norm_fused']} RMSNorms as "

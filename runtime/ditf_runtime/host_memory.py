@@ -31,20 +31,46 @@ def _meminfo_available() -> int | None:
         return None
 
 
-def _cgroup_room() -> int | None:
-    """Room left under a container's memory limit (cgroup v2, else v1); None without a limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+# Where the process's cgroup files are: in a container (cgroup namespace) its own cgroup is this root.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# (limit file, usage file, memory.stat key of the reclaimable page cache) for cgroup v2, then v1.
+_CGROUP_FILES = (("memory.max", "memory.current", "inactive_file"),
+                 ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"))
+
+
+def _cgroup_room(root: Path | None = None) -> int | None:
+    """Room left under a container's memory limit (cgroup v2, else v1); None without a limit.
+
+    Usage counts the page cache, and a run that writes files (ditf extract's feature files) fills it: the
+    inactive part is reclaimed before the cgroup would run out, so it is subtracted, as docker stats and
+    the kubelet's working set do (usage - inactive_file on v2, - total_inactive_file on v1).
+    """
+    root = CGROUP_ROOT if root is None else Path(root)
+    for limit_name, usage_name, cache_key in _CGROUP_FILES:
         try:
-            limit_text = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            limit_text = (root / limit_name).read_text().strip()
+            usage = int((root / usage_name).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit_text == "max" or int(limit_text) >= 1 << 60:  # no limit (v1 writes a huge number)
             return None
+        stat = (root / usage_name).with_name("memory.stat")
+        usage -= min(usage, _stat_value(stat, cache_key))
         return max(0, int(limit_text) - usage)
     return None
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """One counter of a cgroup memory.stat file (bytes); 0 when the file or the key is absent."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _free_gpu_memory() -> int | None:

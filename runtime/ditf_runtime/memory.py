@@ -12,9 +12,10 @@ before they write anything.
 The formula (`estimate`; docs/DESIGN.md, "Memory") for a run of B images (or clips of F frames),
 E noise draws (1 for a graph without noise: DINOv2), H x W pixels, with n = (H/vae_stride)(W/vae_stride)
 latent cells, t = the image tokens per frame plus the extra tokens attended with them (DINOv2's class
-and register tokens), L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention):
+and register tokens), L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention on a
+GPU; on the CPU onnxruntime computes those in fp32 and widens their weights to fp32, w = 2, else w = 1):
 
-    weights      = model.onnx + model.onnx.data bytes              x WEIGHT_COPIES
+    weights      = model.onnx + model.onnx.data bytes              x WEIGHT_COPIES x w
     VAE          = B F (VAE_CONV_COPIES x c0 H W x 4  +  VAE attention)          (0 without a VAE)
     attention    = B E F heads x N_q N_k x s                       x ATTENTION_COPIES
                    (joint prompt: N_q = N_k = t + L; cross: t^2 + t L; video adds the temporal t F^2)
@@ -66,6 +67,11 @@ VAE_CONV_COPIES = 6.0  # [c0, H, W] activations of the VAE's full-resolution blo
 STREAM_COPIES = 2.0  # [N, ffn_dim]: the MLP's hidden activations
 FUSED_ATTENTION_COPIES = 2.0  # x cpu_variant.attention_bytes(fused=True): conservative (under the VAE's peak)
 WEIGHT_COPIES = 1.5  # resident bytes per weight byte (onnxruntime keeps pre-packed GEMM weights too)
+# onnxruntime's CPU provider has no fp16/bf16 GEMM: when a session is made it converts every fp16 weight such an op
+# reads to an fp32 initializer (its cast-insertion pass, whatever the optimisation settings; skipping ConstantFolding
+# changes nothing: bench/bench_memory.py --precisions), and computes in fp32. So on the CPU a low-precision export
+# weighs what its fp32 export does, and its attention scores are 4 bytes.
+CPU_WIDENING = {"fp16": 2, "bf16": 2}
 RUNTIME_OVERHEAD = 32 * MIB  # thread pools, arenas' slack, small tensors
 
 # Manifests written before the workload section: values no smaller than any registered real model's,
@@ -173,8 +179,8 @@ def weight_bytes(manifest: Manifest) -> int:
     return sum(int(manifest.files.get(name, {}).get("bytes", 0)) for name in (MODEL_FILE, MODEL_DATA_FILE))
 
 
-def estimate(manifest: Manifest, shape: RunShape) -> MemoryEstimate:
-    """Peak memory of running the export's graph once at `shape` (the module docstring's formula)."""
+def estimate(manifest: Manifest, shape: RunShape, device: str = "cpu") -> MemoryEstimate:
+    """Peak memory of running the export's graph once at `shape` on `device` (the module docstring's formula)."""
     work, note = workload_of(manifest)
     geometry = manifest.geometry
     b, e, f = shape.batch, shape.ensemble, shape.frames
@@ -202,10 +208,12 @@ def estimate(manifest: Manifest, shape: RunShape) -> MemoryEstimate:
             pairs = tokens * tokens + tokens * text
         if f > 1:
             pairs += tokens * f  # temporal blocks: F x F scores per token, i.e. t F per frame
-        score_bytes = 2 if manifest.precision in ("fp16", "bf16") else 4
+        # on the CPU fp16/bf16 graphs compute in fp32 (CPU_WIDENING): 4-byte scores there
+        score_bytes = 2 if manifest.precision in ("fp16", "bf16") and device != "cpu" else 4
         attention = int(ATTENTION_COPIES * b * e * f * work.heads * pairs * score_bytes)
     stream = int(STREAM_COPIES * b * e * f * sequence * max(work.ffn_dim, 1) * 4)
-    return MemoryEstimate(int(WEIGHT_COPIES * weight_bytes(manifest)), vae, attention, stream, note=note)
+    widening = CPU_WIDENING.get(str(manifest.precision), 1) if device == "cpu" else 1
+    return MemoryEstimate(int(WEIGHT_COPIES * widening * weight_bytes(manifest)), vae, attention, stream, note=note)
 
 
 def _fused_transformer_attention(work: Workload, sequences: int, tokens: int, text: int, frames: int) -> int:
@@ -271,7 +279,7 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
     runs = list(runs)
     if engines and len(engines) == len(runs) and all(e is not None for e in engines):
         return check_engines(runs, engines, max_memory=max_memory, copies=copies)
-    need_estimate = estimate_runs(runs)
+    need_estimate = estimate_runs(runs, device)
     if max_memory is not None:
         budget, source, counts_weights = int(max_memory), "the --max-memory budget", True
     else:
@@ -282,11 +290,11 @@ def check_runs(runs: Sequence[Run], *, max_memory: int | None = None, device: st
         source = "free GPU memory" if device == "cuda" else "available memory"
     if _bytes_needed(need_estimate, counts_weights, copies) <= budget:
         return need_estimate
-    fits = largest_fitting_side(runs, budget, counts_weights, copies)
+    fits = largest_fitting_side(runs, budget, counts_weights, copies, device)
     advice = (f"--size {fits} fits" if fits else
               "no image size fits at this batch and ensemble: lower --ensemble or --batch-size")
     if device == "cpu" and not all(shape.fused_attention for _, shape in runs):
-        fused = estimate_runs([(m, replace(shape, fused_attention=True)) for m, shape in runs])
+        fused = estimate_runs([(m, replace(shape, fused_attention=True)) for m, shape in runs], device)
         if _bytes_needed(fused, counts_weights, copies) <= budget:  # worth saying only where it fits
             advice += (", or `ditf optimize-cpu EXPORT` makes a CPU variant whose attention memory grows linearly "
                        f"(it would need about {gib(_bytes_needed(fused, counts_weights, copies))})")
@@ -333,16 +341,17 @@ def engines_of(extractor: Any) -> tuple[Any, ...]:
     return tuple(getattr(member.runner, "memory_need", None) for member in members)
 
 
-def estimate_runs(runs: Sequence[Run]) -> MemoryEstimate:
+def estimate_runs(runs: Sequence[Run], device: str = "cpu") -> MemoryEstimate:
     """Graph calls that run at once: their estimates add up, weights included."""
-    return sum((estimate(m, shape) for m, shape in runs[1:]), estimate(*runs[0]))
+    return sum((estimate(m, shape, device) for m, shape in runs[1:]), estimate(*runs[0], device))
 
 
 def _bytes_needed(need: MemoryEstimate, counts_weights: bool, copies: int) -> int:
     return copies * (need.total if counts_weights else need.activations)
 
 
-def largest_fitting_side(runs: Sequence[Run], budget: int, counts_weights: bool, copies: int = 1) -> int | None:
+def largest_fitting_side(runs: Sequence[Run], budget: int, counts_weights: bool, copies: int = 1,
+                         device: str = "cpu") -> int | None:
     """The largest long side (a multiple of the first export's size multiple, at most the run's) at which the
     runs fit `budget` together, for an input of the runs' aspect ratio (each export rounds it to its multiple)."""
     multiple = runs[0][0].geometry.size_multiple
@@ -352,7 +361,7 @@ def largest_fitting_side(runs: Sequence[Run], budget: int, counts_weights: bool,
         for manifest, shape in runs:
             h, w = model_size(shape.height, shape.width, side, manifest.geometry.size_multiple)
             resized.append((manifest, replace(shape, height=h, width=w)))
-        return _bytes_needed(estimate_runs(resized), counts_weights, copies) <= budget
+        return _bytes_needed(estimate_runs(resized, device), counts_weights, copies) <= budget
 
     longest = max(max(shape.height, shape.width) for _, shape in runs)
     low, high = 1, max(1, longest // multiple)  # in units of `multiple`

@@ -71,7 +71,10 @@ def exact_int8_kernels_needed() -> bool:
 
 def exact_int8_option(session) -> bool:
     """Whether `session` was opened with the exact-integer-kernel option."""
-    return session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "1"
+    try:
+        return session.get_session_options().get_session_config_entry(X64_QUANT_PRECISION) == "1"
+    except RuntimeError:  # never set: onnxruntime raises for a missing key
+        return False
 
 # Protobuf cannot serialise a model of 2 GiB or more; keep well below it. A larger model is never
 # handed over as bytes: it is written with external data and opened by path (ditf_calib.graph.session).

@@ -26,7 +26,7 @@ test: setup
 
 # Every picture carries a caption. flux-mini is trained (on synthetic creatures): its matches mean something on
 # such images; latte-tiny has random weights (the video pipeline only), and its picture says so.
-DOG_POINTS := 167,119 151,114 140,101 128,171 92,173 54,129 134,135 83,137
+DOG_POINTS := 173,113 155,108 142,92 44,125 135,131 76,134
 demo: setup
 	$(VENV)/bin/ditf-export --model flux-mini --out $(DEMO)/flux-mini --force
 	$(VENV)/bin/ditf extract examples/creatures --model $(DEMO)/flux-mini --out $(DEMO)/features --overwrite

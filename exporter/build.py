@@ -46,7 +46,8 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
     parts = adapter.feature_parts(transformer, conditioning, options)
     a, b = adapter.noise_coefficients(source, options)
     graph = FeatureGraph(LatentEncoder(load_vae(source)), parts, a, b, options.discard,
-                         patch_size=adapter.patch_size(config), video=plan.io.has_axis(FRAMES)).eval()
+                         patch_size=adapter.patch_size(config), video=plan.io.has_axis(FRAMES),
+                         head=options.head).eval()
     _check_against_io(graph, plan.io)
     workload = adapter.workload(config, read_vae_config(source), conditioning)
     return BuiltGraph(graph, report, parts.notes + FeatureGraph.NOTES, workload)
@@ -55,7 +56,7 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
 def _check_against_io(graph: FeatureGraph, io: GraphIO) -> None:
     """The shapes declared from the configs (plan.io) are the ones the loaded modules compute."""
     geometry = io.geometry
-    got = (graph.encoder.latent_channels, int(graph.head.shift.shape[0]))
+    got = (graph.encoder.latent_channels, int(graph.head.keep.shape[0]))
     want = (geometry.latent_channels, geometry.feature_channels)
     if got != want:
         raise RuntimeError(f"the loaded VAE and transformer give (latent, feature) channels {got}, but their "

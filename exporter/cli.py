@@ -11,7 +11,7 @@ from ditf_runtime.errors import OutputError
 from ditf_runtime.precision import PRECISIONS, Precision
 
 from .errors import ExportInputError, ParityError
-from .request import NOT_GIVEN
+from .request import HEADS, NOT_GIVEN
 
 
 class _Guidance(click.ParamType):
@@ -63,6 +63,11 @@ class _Precision(click.Choice):
 @click.option("--discard", default=None,
               help="Massive channels to zero: a comma list, 'none', or 'auto' (detect them over --calib-images). "
                    "Default: the model's.")
+@click.option("--head", type=click.Choice(HEADS), default=None,
+              help="The feature head. adaln (default): discard, LayerNorm (no affine), block K's AdaLN modulation "
+                   "(DiTF's feature). raw: block K's input h_K itself, ensemble-averaged, no LayerNorm and no "
+                   "modulation (the paper's ablation baseline); --discard still zeroes its channels (--discard none "
+                   "for the untouched h_K). Diffusion transformers only.")
 @click.option("--massive-threshold", type=float, default=100.0, show_default=True,
               help="--discard auto: a channel is massive when its median |h_K| is this many times the median "
                    "channel's (the paper: > 100x).")
@@ -94,7 +99,7 @@ class _Precision(click.Choice):
               help="--precision int8: quantize the image encoder's convolutions too (int8 in and out, weights per "
                    "channel); faster on CPUs and GPUs, less exact: check the parity report.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
-def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, massive_threshold,
+def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_length, discard, head, massive_threshold,
          class_label, ensemble, image_size, precision, calib_images, eval_images, calib_method, calib_percentile,
          calib_sizes, int8_convs, force):
     """Export a DiTF feature graph: ONNX + manifest.json + parity report, written atomically."""
@@ -104,7 +109,7 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
         request = ExportRequest(
             model=model, out=out, layer=layer, timestep=timestep, guidance=guidance, prompt=prompt,
             prompt_embeds=prompt_embeds,
-            text_max_length=text_max_length, discard=discard, massive_threshold=massive_threshold,
+            text_max_length=text_max_length, discard=discard, head=head, massive_threshold=massive_threshold,
             class_label=class_label, ensemble=ensemble, image_size=image_size, precision=precision,
             calib_images=calib_images, eval_images=eval_images, calib_method=calib_method,
             calib_percentile=calib_percentile, calib_sizes=_sizes(calib_sizes), int8_convs=int8_convs, force=force,
@@ -125,7 +130,8 @@ def main(model, layer, out, timestep, guidance, prompt, prompt_embeds, text_max_
     rows = [r for r in manifest.parity["results"] if r.get("gates", True)]
     worst = min(rows, key=lambda r: r["min_cosine"])
     judged = f" on {worst['inputs']}" if worst.get("inputs") else ""
-    click.echo(f"{out}: {manifest.family} layer {manifest.feature.layer} ({manifest.feature.block}), "
+    head = ", raw head" if manifest.feature.head == "raw" else ""
+    click.echo(f"{out}: {manifest.family} layer {manifest.feature.layer} ({manifest.feature.block}{head}), "
                f"{manifest.precision}, {manifest.geometry.feature_channels} channels, parity min cosine "
                f"{worst['min_cosine']:.7f}{judged}")
 

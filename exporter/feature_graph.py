@@ -1,6 +1,7 @@
 """The generic DiTF feature graph (docs/DESIGN.md, "The feature"): pixels -> VAE mean latent -> noise mix -> truncated
 backbone (from the family adapter) -> ensemble mean -> channel discard -> LayerNorm -> block K's
-AdaLN modulation -> [B, C, H/16, W/16]. This module is also the PyTorch reference for parity."""
+AdaLN modulation -> [B, C, H/16, W/16]; with the raw head (`--head raw`, the paper's ablation baseline) the
+ensemble mean of h_K after discard only. This module is also the PyTorch reference for parity."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ class DiscardingHead(nn.Module):
         self.keep.copy_(keep)
 
 
+class RawHead(DiscardingHead):
+    """`--head raw`: h_K itself (the ensemble mean), no LayerNorm and no modulation; listed channels still zeroed.
+
+    Its massive channels (hundreds) stay in the output unless discarded: the paper's "original" row."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens * self.keep
+
+
 class FeatureHead(DiscardingHead):
     """Discard massive channels, LayerNorm (no affine), then `(1 + scale_K) * x + shift_K`."""
 
@@ -78,11 +88,14 @@ class FeatureGraph(nn.Module):
              "ensemble: the latent is encoded once and shared by the E noise draws")
 
     def __init__(self, encoder: LatentEncoder, parts: FeatureParts, noise_a: float, noise_b: float,
-                 discard: tuple[int, ...], patch_size: int, video: bool = False):
+                 discard: tuple[int, ...], patch_size: int, video: bool = False, head: str = "adaln"):
         super().__init__()
         self.encoder = encoder
         self.backbone = parts.backbone
-        self.head = FeatureHead(parts.shift, parts.scale, discard, parts.norm_eps)
+        if head not in ("adaln", "raw"):
+            raise ValueError(f"feature head {head!r}: 'adaln' or 'raw'")
+        self.head = (FeatureHead(parts.shift, parts.scale, discard, parts.norm_eps) if head == "adaln"
+                     else RawHead(int(parts.shift.shape[0]), discard))
         self.patch_size = int(patch_size)
         self.video = bool(video)
         # x_t = a * x0 + b * noise: flow matching (1 - t, t) or variance-preserving (sqrt(ab), sqrt(1 - ab))

@@ -242,9 +242,9 @@ def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],
     """Which rows decided the gate (for the manifest), and why there was nothing decisive, if so.
 
     needs_matches (INT8, FP8): the gate rests on matching (NN and PCK agreement); gating rows with neither a
-    decisive nearest-neighbour point nor a keypoint transfer are no evidence (a tiny random model's
-    near-constant features give no NN point, yet keypoint transfers still compare). Elsewhere cosine and
-    relative error decide on their own."""
+    decisive nearest-neighbour point nor a decisive keypoint transfer (ditf_runtime.parity counts only those)
+    are no evidence: near-constant features agree with anything. Elsewhere cosine and relative error decide
+    on their own."""
     gating = [(c, r) for c, r in zip(cases, results) if c.gates]
     decided = {"rows": [i for i, c in enumerate(cases) if c.gates],
                "inputs": [c.label or "random inputs" for c, _ in gating],
@@ -258,8 +258,9 @@ def _decision(cases: tuple[ParityCase, ...], results: list[dict[str, Any]],
     if not gating:
         return decided, "no parity input decides the gate"
     if needs_matches and not any(r["nn_points"] or r.get("pck_points") for _, r in gating):
-        return decided, ("the gating inputs gave no nearest-neighbour match with a clear margin and no keypoint "
-                         f"transfer ({', '.join(c.label or 'random inputs' for c, _ in gating)})")
+        return decided, ("the gating inputs gave no nearest-neighbour match with a clear margin and no decisive "
+                         "keypoint transfer (their features are too uniform for matching to tell a right answer "
+                         f"from a wrong one: {', '.join(c.label or 'random inputs' for c, _ in gating)})")
     return decided, None
 
 

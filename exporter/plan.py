@@ -85,7 +85,9 @@ def plan(request: ExportRequest) -> ExportPlan:
     discard, discard_source = _discard(request, source, adapter.hidden_size(config), notes)
     image_size = _image_size(request, spec, io, adapter.default_image_size, notes)
     final_norm = request.layer is None and adapter.default_final_norm
-    options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size, final_norm, noisy)
+    head = _head(request, source, adapter)
+    options = _options(request, source, adapter, layer, timestep, discard, guidance, image_size, final_norm, noisy,
+                       head)
     _check_precision(request, source, io, discard_source, notes)
     split, calib_sizes = _int8_data(request, io, image_size, notes)
     return ExportPlan(
@@ -171,6 +173,16 @@ def _discard(request: ExportRequest, source: ModelSource, hidden: int,
     return parse_discard(request.discard, hidden), "user"
 
 
+def _head(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter) -> str:
+    """The feature head: the user's --head, else "adaln"; "none" for families without an AdaLN head."""
+    if not adapter.adaln_head:
+        if request.head is not None:
+            raise ExportInputError(f"--head {request.head}: {source.family} features have no AdaLN modulation to "
+                                   "keep or leave out (--head is for diffusion transformers); drop --head")
+        return "none"
+    return request.head or "adaln"
+
+
 def _image_size(request: ExportRequest, spec, io: GraphIO, fallback: int, notes: list[str]) -> int:
     size, multiple = int(_choose(request.image_size, spec, "image_size", fallback)), io.size_multiple
     if size % multiple or size < multiple:
@@ -204,7 +216,7 @@ def _parity_sizes(request: ExportRequest, io: GraphIO) -> tuple[tuple[int, int],
 
 def _options(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter, layer, timestep,
              discard: tuple[int, ...], guidance: float | None, image_size: int, final_norm: bool,
-             noisy: bool) -> ExportOptions:
+             noisy: bool, head: str) -> ExportOptions:
     """The baked conditioning, checked by the family (which may fill in its own defaults)."""
     prompt_embeds = None
     if request.prompt_embeds is not None:
@@ -217,8 +229,9 @@ def _options(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter
         guidance=guidance, prompt=None if prompt_embeds is not None else (request.prompt or ""),
         prompt_embeds=prompt_embeds, class_label=request.class_label, image_size=image_size,
         text_max_length=request.text_max_length or (spec.text_max_length if spec is not None else None),
-        final_norm=final_norm,
+        final_norm=final_norm, head=head,
     ))
+    options = replace(options, head=head)  # generic: kept whatever the family's check_options rebuilt
     if noisy:
         adapter.noise_coefficients(source, options)  # the timestep must fit the family's noise schedule
     if prompt_embeds is not None:  # check shapes now, not after loading the transformer

@@ -54,7 +54,7 @@ def write_manifest(plan: ExportPlan, built: BuiltGraph, parity: ParityReport, ma
         opset=OPSET,
         feature=Feature(
             layer=options.layer, block=plan.block, timestep=options.timestep, discard=options.discard,
-            discard_source=plan.discard_source, ensemble=plan.ensemble, prompt=options.prompt,
+            discard_source=plan.discard_source, head=options.head, ensemble=plan.ensemble, prompt=options.prompt,
             prompt_embeds_sha256=sha256_file(plan.prompt_embeds_file) if plan.prompt_embeds_file else None,
             guidance=options.guidance, class_label=options.class_label, noising=plan.adapter.noising,
             latent="mean" if io.input(NOISE) is not None else "none", massive_channel_ratios=massive_ratios,

@@ -41,6 +41,10 @@ NOT_GIVEN = NotGiven()
 # and non-square (7x5). Multiplied by the graph's size multiple: 64x96 and 112x80 at stride 16.
 PARITY_GRIDS = ((4, 6), (7, 5))
 
+# The feature head (docs/DESIGN.md, "The feature"): "adaln" is DiTF's feature (discard -> LayerNorm -> block K's
+# AdaLN modulation); "raw" is the ensemble mean of h_K itself (discard still applies), the paper's ablation baseline.
+HEADS = ("adaln", "raw")
+
 
 @dataclass(frozen=True)
 class ExportRequest:
@@ -54,6 +58,7 @@ class ExportRequest:
     prompt: str | None = ""
     prompt_embeds: Path | None = None
     discard: str | None = None  # "154,1446" | "none" | "auto" | None (registry default)
+    head: str | None = None  # "adaln" (DiTF's feature) | "raw" (h_K itself: the paper's ablation) | None: "adaln"
     ensemble: int | None = None
     image_size: int | None = None
     class_label: int | None = None
@@ -101,6 +106,8 @@ class ExportRequest:
         if self.prompt_embeds is not None and not Path(self.prompt_embeds).is_file():
             raise ExportInputError(f"--prompt-embeds {self.prompt_embeds}: no such file")
         _check_discard_text(self.discard, self.calib_images, self.massive_threshold)
+        if self.head is not None and self.head not in HEADS:
+            raise ExportInputError(f"--head {self.head!r}: choose one of {', '.join(HEADS)}")
         if self.int8_convs and self.precision != Precision.INT8:
             raise ExportInputError(f"--int8-convs quantizes convolutions to INT8: it needs --precision int8, "
                                    f"not {self.precision}")

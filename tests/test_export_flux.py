@@ -32,9 +32,10 @@ def _rng_inputs(b, e, h, w, seed=0):
 
 @torch.no_grad()
 def diffusers_hook_features(folder: Path, layer: int, image, noise, timestep=260.0, guidance=3.5,
-                            discard=(7, 41), prompt=""):
+                            discard=(7, 41), prompt="", head="adaln"):
     """DiTF features computed independently: the untouched full FluxTransformer2DModel.forward, the
-    pipeline's own encode_prompt, and hooks on block K (its input hidden states and its AdaLN linear)."""
+    pipeline's own encode_prompt, and hooks on block K (its input hidden states and its AdaLN linear).
+    head "raw": the ensemble mean of block K's input after discard, nothing more (`ditf-export --head raw`)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
@@ -82,6 +83,8 @@ def diffusers_hook_features(folder: Path, layer: int, image, noise, timestep=260
     hk = captured["h"].reshape(b, e, -1, captured["h"].shape[-1]).mean(1)
     hk[..., list(discard)] = 0
     dim = hk.shape[-1]
+    if head == "raw":
+        return hk.transpose(1, 2).reshape(b, dim, h // 2, w // 2).numpy()
     shift, scale = captured["mod"][0, :dim], captured["mod"][0, dim : 2 * dim]
     feat = torch.nn.functional.layer_norm(hk, (dim,), eps=1e-6) * (1 + scale) + shift
     return feat.transpose(1, 2).reshape(b, dim, h // 2, w // 2).numpy()

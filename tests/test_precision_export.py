@@ -220,16 +220,40 @@ def test_int8_calibration_options_are_checked(tmp_path, flux_tiny_dir, args, mes
 
 
 def test_a_gate_without_decisive_evidence_fails():
-    """Gating inputs with no nearest-neighbour point of clear margin (one-token maps) decide nothing: the
-    report fails and says why, whatever the other rows say."""
-    from ditf_export.parity import ParityCase, ParityReport, _decision
+    """Near-constant features (every token nearly the same vector, as a model dominated by one massive channel
+    gives) have no nearest-neighbour point of clear margin and no decisive keypoint transfer: compare() counts
+    none, so the INT8 gate fails and says why; structured features of the same shape decide."""
+    import numpy as np
 
-    case = ParityCase("2 held-out real images", ({},), (None,), gates=True, record={"sizes": [[16, 16]]})
-    rows = [{"height": 16, "width": 16, "nn_points": 0, "pck_points": 0, "passed": True, "gates": True}]
-    decided, missing = _decision((case,), rows)
-    assert "no nearest-neighbour match with a clear margin" in missing and decided["sizes"] == [[16, 16]]
-    report = ParityReport("b", {}, tuple(rows), (), decided_by=decided, evidence_missing=missing)
+    from ditf_calib.graph_io import Sizes, diffusion_io
+    from ditf_export.parity import ParityCase, ParityReport, _decision, _row
+
+    io = diffusion_io(latent_channels=16, feature_channels=32, vae_stride=8, patch_size=2)
+    feed = io.random_inputs(Sizes(batch=2, ensemble=2, height=64, width=96), seed=0)
+    rng = np.random.default_rng(0)
+    one_vector = 300.0 * rng.standard_normal((1, 32, 1, 1))
+    near_constant = (one_vector + 0.01 * rng.standard_normal((2, 32, 4, 6))).astype(np.float32)
+    structured = rng.standard_normal((2, 32, 4, 6)).astype(np.float32)
+
+    def judged(reference):
+        candidate = reference + 1e-3 * rng.standard_normal(reference.shape).astype(np.float32)
+        case = ParityCase("2 held-out real images", (feed,), (reference,), gates=True)
+        res = compare(candidate, reference, "int8")
+        row, _ = _row(case, io, res)
+        return res, _decision((case,), [row]), row
+
+    res, (decided, missing), row = judged(near_constant)
+    assert res.nn_points == 0 and res.pck_points == 0, res  # 40 keypoints "agreed" before: on noise
+    assert res, "cosine and error alone pass: only the missing evidence stops it"
+    assert "no nearest-neighbour match with a clear margin and no decisive keypoint transfer" in missing
+    assert decided["sizes"] == [[64, 96]]
+    report = ParityReport("b", {}, (row,), (), decided_by=decided, evidence_missing=missing)
     assert not report.passed and report.to_dict()["evidence_missing"] == missing
+
+    res, (_, missing), row = judged(structured)
+    assert res.nn_points > 0 and res.pck_points > 0 and res.pck_agreement == 1.0 and missing is None, res
+    assert ParityReport("b", {}, (row,), (), evidence_missing=missing).passed
+
     random_only = ParityCase(None, ({},), (None,), gates=False)
     assert _decision((random_only,), [{"height": 64, "width": 96, "nn_points": 40, "passed": True}])[1] == \
         "no parity input decides the gate"

@@ -38,6 +38,9 @@ class ExportOptions:
     # apply the backbone's own final norm after layer K (families with default_final_norm: DINOv2's
     # last_hidden_state); an explicit --layer K reads the hidden state without it
     final_norm: bool = False
+    # the feature head (request.HEADS): "adaln" or "raw" (ditf_export.feature_graph); "none" for families whose
+    # own graph has no AdaLN head (adaln_head False: DINOv2)
+    head: str = "adaln"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class FamilyAdapter:
     needs_vae: ClassVar[bool] = True  # graph_io reads vae/config.json
     default_image_size: ClassVar[int] = 640  # the runtime's long side when the registry gives none
     default_final_norm: ClassVar[bool] = False  # see ExportOptions.final_norm
+    # The generic graph ends in the AdaLN feature head (or, with --head raw, in h_K itself); a family whose own
+    # graph has no AdaLN modulation (build_own_graph: DINOv2) says False, and --head is refused for it.
+    adaln_head: ClassVar[bool] = True
     # How image tokens meet the prompt: "joint" (one attention over image + text tokens: FLUX, SD3) or "cross".
     text_attention: ClassVar[str] = "joint"
 

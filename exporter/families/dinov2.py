@@ -47,6 +47,7 @@ class Dinov2Adapter(FamilyAdapter):
     needs_vae = False
     default_image_size = 840  # Tale of Two Features
     default_final_norm = True
+    adaln_head = False  # its features are the layer's tokens (after the final LayerNorm by default): no AdaLN
 
     @classmethod
     def handles(cls, config: dict[str, Any]) -> bool:

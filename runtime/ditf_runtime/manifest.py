@@ -45,6 +45,8 @@ IMAGE_INPUT = "image"
 NOISE_INPUT = "noise"
 FEATURES_OUTPUT = "features"
 
+FEATURE_HEADS = ("adaln", "raw", "none")  # Feature.head
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -103,6 +105,10 @@ class Feature:
     noising: str = "flow-matching"  # or "variance-preserving"; "none" for graphs without noise
     massive_channel_ratios: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # "adaln": discard -> LayerNorm -> block K's AdaLN modulation (DiTF's feature); "raw": the ensemble mean of
+    # h_K after discard only (the paper's ablation baseline); "none": a graph without an AdaLN head (DINOv2).
+    # Manifests written before the field existed describe AdaLN graphs: the default keeps them loading as such.
+    head: str = "adaln"
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,9 @@ class Manifest:
             m = cls(**d)
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"manifest.json is malformed ({exc}); re-export the model") from exc
+        if m.feature.head not in FEATURE_HEADS:
+            raise ManifestError(f"unknown feature head {m.feature.head!r}; expected one of {FEATURE_HEADS}; "
+                                "re-export with a matching ditf-export or upgrade ditf-runtime")
         if m.precision not in PRECISIONS:
             raise ManifestError(f"unknown precision {m.precision!r}; expected one of {PRECISIONS}")
         return m
@@ -243,6 +252,7 @@ def graph_metadata(manifest: Manifest) -> dict[str, str]:
         "ditf.block": manifest.feature.block,
         "ditf.timestep": str(manifest.feature.timestep),
         "ditf.discard": ",".join(map(str, manifest.feature.discard)),
+        "ditf.head": manifest.feature.head,
         "ditf.precision": manifest.precision,
         "ditf.feature_channels": str(manifest.geometry.feature_channels),
         "ditf.latent_channels": str(manifest.geometry.latent_channels),

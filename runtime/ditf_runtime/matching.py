@@ -147,6 +147,28 @@ class UpsampledTarget:
         xy = np.stack([best_flat % self.width, best_flat // self.width], axis=1)
         return xy, best_score / source_norms
 
+    def best_beyond(self, vectors: np.ndarray, centers_xy: np.ndarray, radius: float,
+                    chunk_rows: int | None = None) -> np.ndarray:
+        """Per vector [N, C]: the highest cosine over target pixels farther than `radius` pixels from its
+        center (x, y) [N, 2]; -inf where no pixel is that far (how decisive a match is: runtime.parity)."""
+        vectors = np.asarray(vectors, dtype=np.float64)
+        centers = np.asarray(centers_xy, dtype=np.float64)
+        count = vectors.shape[0]
+        source_norms = np.maximum(np.linalg.norm(vectors, axis=1), _NORM_EPS)
+        cell_dots = self.padded @ vectors.T
+        if chunk_rows is None:
+            chunk_rows = max(1, _CHUNK_ELEMENTS // max(1, self.width * max(count, 1)))
+        best = np.full(count, -np.inf)
+        dx2 = (np.arange(self.width, dtype=np.float64)[:, None] - centers[:, 0]) ** 2  # [W, N]
+        for start in range(0, self.height, chunk_rows):
+            rows = slice(start, min(start + chunk_rows, self.height))
+            target_norms = np.maximum(np.sqrt(self.norms(rows)), _NORM_EPS)
+            scores = self.dots(vectors, rows, cell_dots) / target_norms[:, :, None]  # [R, W, N]
+            dy2 = (np.arange(rows.start, rows.stop, dtype=np.float64)[:, None] - centers[:, 1]) ** 2  # [R, N]
+            scores[dx2[None] + dy2[:, None] <= radius * radius] = -np.inf
+            best = np.maximum(best, scores.reshape(-1, count).max(axis=0))
+        return best / source_norms
+
 
 def sample_vectors(features: Any, image_size: tuple[int, int], xy: np.ndarray) -> np.ndarray:
     """Bilinearly upsampled feature vectors at integer pixels (x, y): [N, C], from 4 corners each."""

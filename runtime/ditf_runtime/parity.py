@@ -9,8 +9,10 @@ exporter, the calibrator and a GPU runner with TensorRT (no torch) all judge gra
 - PCK agreement: keypoints transferred from image i to image i+1 with the runtime's exact matcher
   (the authors' semantics) under both maps; a point agrees when the two answers lie within PCK@0.1
   of each other (0.1 x the target image's long side), i.e. PCK of the candidate with the
-  reference's answers as ground truth. Gated where the tolerance states a minimum (int8), else
-  reported.
+  reference's answers as ground truth. Counted only where the reference's transfer is decisive:
+  its cosine at its answer beats its best cosine anywhere farther than that radius by more than
+  1e-3 (NN_MARGIN), so a near-constant map, whose answer any rounding may move across the image,
+  is no evidence. Gated where the tolerance states a minimum (int8), else reported.
 
 Maps come as one [B, C, h, w] batch or as a list of [C, h, w] / [1, C, h, w] maps of different sizes
 (real images keep their aspect ratio); pairs are (i, i+1), cyclically, either way.
@@ -157,24 +159,43 @@ def nn_agreement(candidate, reference, max_queries: int = 512, seed: int = 0) ->
 def pck_agreement(candidate, reference, stride: int = 16, points: int = 20,
                   alpha: float = 0.1, seed: int = 0) -> tuple[float, int]:
     """Share of keypoints whose transfer (image i -> i+1, exact matcher) lands within alpha x the target's
-    long side of where the reference's transfer lands. Images are each map's own size x stride."""
-    from .matching import transfer_keypoints
+    long side of where the reference's transfer lands, over the decisive keypoints only (`decisive_transfers`);
+    returns (share, decisive keypoints). Images are each map's own size x stride."""
+    from .matching import UpsampledTarget, sample_vectors, transfer_keypoints
 
     cand, ref = _map_list(candidate), _map_list(reference)
     b = len(ref)
     rng = np.random.default_rng(seed)
-    agree = total = 0
+    agree = counted = 0
     for i in range(b):
         j = (i + 1) % b
         src = (ref[i].shape[-2] * stride, ref[i].shape[-1] * stride)
         trg = (ref[j].shape[-2] * stride, ref[j].shape[-1] * stride)
         xy = np.stack([rng.integers(0, src[1], points), rng.integers(0, src[0], points)], axis=1)
-        ref_xy = transfer_keypoints(ref[i], ref[j], xy, src, trg)
+        radius = alpha * max(trg)
+        target = UpsampledTarget(ref[j], trg)
+        ref_xy, decisive = decisive_transfers(target, sample_vectors(ref[i], src, xy), radius)
         cand_xy = transfer_keypoints(cand[i], cand[j], xy, src, trg)
         dist = np.linalg.norm((ref_xy - cand_xy).astype(np.float64), axis=1)
-        agree += int((dist <= alpha * max(trg)).sum())
-        total += points
-    return (agree / total if total else float("nan")), total
+        agree += int(((dist <= radius) & decisive).sum())
+        counted += int(decisive.sum())
+    return (agree / counted if counted else float("nan")), counted
+
+
+def decisive_transfers(target, vectors: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's answers [N, 2] (x, y) for source vectors [N, C] on `target` (a matching.UpsampledTarget),
+    and which of them are decisive [N] bool.
+
+    A transfer is decisive when its cosine at the answer exceeds the best cosine at every target pixel
+    farther than `radius` from the answer by more than NN_MARGIN. Why this rule: a candidate disagrees only
+    by landing farther than the PCK radius, on a pixel the reference scores at most that runner-up, so on a
+    decisive point disagreement means a ranking the candidate changed by more than the margin NN agreement
+    uses; on a near-constant map (every cosine within 1e-3) the answer is an accident of rounding and any
+    precision may move it anywhere. A target with no pixel beyond the radius cannot disagree: not decisive.
+    """
+    answer, best = target.best_matches(vectors)
+    runner_up = target.best_beyond(vectors, answer, radius)
+    return answer, np.isfinite(runner_up) & (best - runner_up > NN_MARGIN)
 
 
 def compare(candidate, reference, tolerance: Tolerance | str = "fp32") -> ParityResult:

@@ -15,7 +15,12 @@ from ..fusion import MODELS, FusedExtractor, check_weights
 from ..loading import LoadOptions
 from ..memory import parse_bytes
 from ..preprocess import DEFAULT_MAX_PIXELS
-from ..manifest import write_text_atomic
+from ..manifest import Manifest, write_text_atomic
+
+IMAGES, CLIPS = "image", "video"  # the two kinds of export (a video export's manifest has geometry.frame_axis)
+# What a user can run with an export of each kind (said when a command gets the other kind).
+_COMMANDS_FOR = {IMAGES: "`ditf match SOURCE TARGET`, `ditf extract` or `ditf eval-spair`",
+                 CLIPS: "`ditf track FRAMES_DIR` or `ditf eval-davis`"}
 
 
 class DeviceType(click.ParamType):
@@ -71,6 +76,30 @@ class ModelChoice:
     def open(self, **changes: Any) -> Extractor | FusedExtractor:
         """Load the export(s); `changes` override LoadOptions fields (exif_transpose, batch_size)."""
         return replace(self.load, **changes).load(*self.export_dirs, weights=self.weights)
+
+    def check_kind(self, command: str, kind: str | None) -> None:
+        """Refuse, from the manifests alone (before any session opens, in milliseconds), an export of the wrong
+        kind for `ditf COMMAND` (`kind`: IMAGES, CLIPS, or None for either) and two fused exports of different
+        kinds, in command-line terms. A folder without a readable manifest is left to `open`, which says why."""
+        try:
+            manifests = [Manifest.load(d) for d in self.export_dirs]
+        except (DitfError, OSError):
+            return
+        kinds = [CLIPS if m.geometry.frame_axis is not None else IMAGES for m in manifests]
+        named = [f"--model {d} ({m.model_name}, {m.family})" for d, m in zip(self.export_dirs, manifests)]
+        if len(set(kinds)) > 1:
+            a = {IMAGES: "an image", CLIPS: "a video"}
+            raise click.UsageError(f"{named[0]} is {a[kinds[0]]} model and {named[1]} {a[kinds[1]]} model: fuse two "
+                                   f"image models ({_COMMANDS_FOR[IMAGES]}) or two video models "
+                                   f"({_COMMANDS_FOR[CLIPS]})")
+        if kind is None or not kinds or kinds[0] == kind:
+            return
+        if kind == CLIPS:
+            raise click.UsageError(f"`ditf {command}` follows points through a clip: it needs a video model (e.g. "
+                                   f"an export of latte or latte-tiny); {named[0]} is an image model: use it with "
+                                   f"{_COMMANDS_FOR[IMAGES]}")
+        raise click.UsageError(f"`ditf {command}` takes images: {named[0]} is a video model (clips of frames); use "
+                               f"it with {_COMMANDS_FOR[CLIPS]}, or export an image model (e.g. flux-mini)")
 
 
 def model_choice(model_dirs, sizes, fuse_weight, **fields: Any) -> ModelChoice:

@@ -91,7 +91,7 @@ class ExportRequest:
         if out.exists() and not out.is_dir():
             raise ExportInputError(f"--out {out} exists and is not a folder")
         check_writable(out, what="--out")  # a read-only or forbidden place: now, not after minutes of work
-        _check_model_text(self.model)
+        check_model_text(self.model)
         if self.layer is not None and self.layer < 0:
             raise ExportInputError(f"--layer {self.layer}: layers are numbered from 0")
         if self.timestep is not None and not 0 <= float(self.timestep) <= 1000:
@@ -118,7 +118,7 @@ class ExportRequest:
                 raise ExportInputError(str(exc)) from None
 
 
-def _check_model_text(model: str) -> None:
+def check_model_text(model: str) -> None:
     """--model names a registry model, an existing folder or an HF id (owner/name), told apart here without
     torch; whether the folder or the cached HF id holds a model is checked later (loading.py)."""
     if not model or not model.strip():

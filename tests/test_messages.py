@@ -2,16 +2,13 @@
 come before anything loads, registry typos refused before torch is imported, results and pictures that say which
 model made them, distinct matches from degenerate inputs, pictures with a minimum width and legible labels.
 
-Everything here runs on the torch-free hand-built export (tests/runtime_graphs.py) except the registry checks,
-which run the real `ditf-export` entry point in a subprocess.
+Everything here runs on the torch-free hand-built export (tests/runtime_graphs.py); `ditf-export`'s refusals
+before torch is imported are checked in a fresh interpreter by tests/test_export_cli.py.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,27 +107,7 @@ def test_fused_eval_davis_without_size_names_the_option(export_dir, tmp_path, no
     assert "--size PX is required when fusing two models" in message and "size=" not in message
 
 
-# -- 2. registry names resolved before torch is imported ---------------------------------------------------
-
-
-def test_registry_typo_is_refused_before_torch_with_the_close_name(tmp_path):
-    """`ditf-export --model flux-tinny` took 26 s to refuse because torch was imported first."""
-    script = textwrap.dedent(f"""
-        import sys
-        import click
-        from ditf_export.cli import main
-        try:
-            main(["--model", "flux-tinny", "--out", {str(tmp_path / "out")!r}], standalone_mode=False)
-        except click.ClickException as exc:
-            print(exc.message)
-        print("torch imported:", "torch" in sys.modules)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "--model 'flux-tinny': not a registry name" in done.stdout
-    assert "did you mean flux-tiny?" in done.stdout
-    assert "torch imported: False" in done.stdout
-    assert not (tmp_path / "out").exists()
+# -- 2. registry names resolved before torch is imported (the CLI in a fresh interpreter: test_export_cli) -----
 
 
 def test_request_check_knows_names_folders_and_hf_ids(tmp_path):
@@ -357,3 +334,18 @@ def test_export_cleanup_touches_no_deprecated_torch_object():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test: none is expected, none is hidden
         forget_rewriter_state()
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--backend", "tensorrt", "--device", "cpu"], "--backend tensorrt runs engines on a GPU: add --device cuda"),
+    (["--backend", "tensorrt", "--threads", "2"], "--threads sets onnxruntime's CPU threads; --backend tensorrt"),
+    (["--cpu-variant", "on", "--device", "cuda"], "--cpu-variant on runs model.cpu.onnx on onnxruntime's CPU"),
+    (["--cpu-variant", "on"], "has no CPU variant: run `ditf optimize-cpu"),
+])
+def test_backend_option_combinations_are_refused_in_cli_terms(options, says, export_dir, tmp_path, nothing_loads):
+    image = _image(tmp_path / "a.png", 20, 20)
+    result = invoke("match", image, image, "--model", export_dir, *options)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert says in message
+    assert "='" not in message and "device=" not in message  # no Python keyword arguments

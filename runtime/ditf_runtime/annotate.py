@@ -240,8 +240,8 @@ class ColorScale:
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 (pixels, x1 and y1 exclusive)
 
-# Where a label may go around its dot, tried in order: beside, above or below, then the same further out.
-_DIRECTIONS = ((1, -1), (1, 1), (-1, -1), (-1, 1), (0, -1), (0, 1), (1, 0), (-1, 0))
+# Where a label may go around its dot, tried in order: right, left, above, below, the diagonals; then further out.
+_DIRECTIONS = ((1, 0), (-1, 0), (0, -1), (0, 1), (1, -1), (1, 1), (-1, -1), (-1, 1))
 _RINGS = (1, 2, 3, 5)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from ..cpu_variant import RECORD_FILE
 from ..errors import DitfError, InputError
 from ..extractor import Extractor
 from ..fusion import MODELS, FusedExtractor, check_weights
@@ -116,7 +117,29 @@ def model_choice(model_dirs, sizes, fuse_weight, **fields: Any) -> ModelChoice:
         raise InputError(f"--size given {len(sizes)} times for {len(model_dirs)} --model export(s): once (for every "
                          "model), or once per --model in the same order")
     size = sizes[0] if len(sizes) == 1 else (sizes or None)
-    return ModelChoice(model_dirs, size=size, weights=weights, **fields)
+    choice = ModelChoice(model_dirs, size=size, weights=weights, **fields)
+    _check_load_options(choice)
+    return choice
+
+
+def _check_load_options(choice: ModelChoice) -> None:
+    """The backend options that cannot go together, said in command-line terms before anything loads (the
+    library says the same in Python's: device='cuda', cpu_variant='on', ...)."""
+    load = choice.load
+    if load.backend == "tensorrt" and load.device == "cpu":
+        raise InputError("--backend tensorrt runs engines on a GPU: add --device cuda, or use --backend onnxruntime "
+                         "on the CPU")
+    if load.backend == "tensorrt" and load.threads is not None:
+        raise InputError("--threads sets onnxruntime's CPU threads; --backend tensorrt takes none: leave it out")
+    if load.cpu_variant != "on":
+        return
+    if load.backend == "tensorrt" or load.device == "cuda":
+        raise InputError("--cpu-variant on runs model.cpu.onnx on onnxruntime's CPU provider: use it with --device "
+                         "cpu --backend onnxruntime (or leave --cpu-variant auto)")
+    for folder in choice.export_dirs:
+        if folder.is_dir() and not (folder / RECORD_FILE).is_file():
+            raise InputError(f"--cpu-variant on, but {folder} has no CPU variant: run `ditf optimize-cpu {folder}` "
+                             "first (or leave --cpu-variant auto)")
 
 
 def model_options(*, required: bool = True, model_help: str = "Export folder written by ditf-export.") -> Callable:

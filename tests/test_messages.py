@@ -79,11 +79,11 @@ def test_track_with_an_image_model_says_which_commands_take_it(export_dir, tmp_p
     assert "extract(images)" not in message  # the Python API's words stay out of the CLI
 
 
-@pytest.mark.parametrize("command", ["extract", "match", "show", "eval-spair"])
+@pytest.mark.parametrize("command", ["extract", "match", "show", "eval-spair", "eval-ap10k"])
 def test_image_commands_with_a_video_model_say_use_track(command, video_export, tmp_path, nothing_loads):
     image = _image(tmp_path / "a.png", 20, 20)
     args = {"extract": [image, "--out", tmp_path / "out"], "match": [image, image],
-            "show": [image, "--out", tmp_path / "pca.png"], "eval-spair": [tmp_path]}[command]
+            "show": [image, "--out", tmp_path / "pca.png"], "eval-spair": [tmp_path], "eval-ap10k": [tmp_path]}[command]
     result = invoke(command, *args, "--model", video_export)
     assert result.exit_code == 2, result.output
     message = " ".join(result.output.split())

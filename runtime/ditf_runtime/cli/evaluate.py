@@ -86,6 +86,7 @@ def eval_ap10k(dataset, model: ModelChoice, subset, split, categories, limit, al
     A keypoint counts when visible in both images; categories are species, families (cross-species)
     or "all" (cross-family).
     """
+    model.check_kind("eval-ap10k", IMAGES)
     read_ap10k_pairs(dataset, subset, split, categories or None, limit)  # layout and files, before the model loads
     run = functools.partial(evaluate_ap10k, dataset=dataset, subset=subset, split=split)
     _run_pck(run, model, categories, limit, alpha, min_pck, json_path, out_dir, overwrite)

@@ -180,9 +180,12 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
 
     if not threshold > 1:
         raise click.ClickException(f"--threshold {threshold}: must be > 1 (the paper uses 100)")
+    from .request import check_model_text
+
     try:
         check_folder(images, option="--images")  # before torch is imported and the model loaded
-    except CalibrationError as exc:
+        check_model_text(model)
+    except (CalibrationError, ExportInputError) as exc:
         raise click.ClickException(str(exc)) from None
 
     from ditf_calib.massive import detect_for_graph

@@ -70,11 +70,9 @@ def resolve_source(model: str) -> ModelSource:
         path = _from_hf_cache(model)
         hints.append(("HF id", model))
     else:
-        known = ", ".join(sorted(catalog.models()))
-        raise ExportInputError(
-            f"--model {model!r}: not a registry name ({known}), not an existing folder, and not an HF id "
-            "(owner/name)"
-        )
+        from .request import unknown_model_message
+
+        raise ExportInputError(unknown_model_message(model))
     try:
         family, config = catalog.identify_folder(path)
     except KeyError as exc:

@@ -7,8 +7,9 @@ exporter can prove every stride relation instead of specialising sizes.
 
 from __future__ import annotations
 
-import gc
 import contextlib
+import gc
+import logging
 import warnings
 from pathlib import Path
 
@@ -85,9 +86,29 @@ def harmless_warnings_hidden():
         yield
 
 
+TORCH_TRACE_LOG = "torch.__trace"
+
+
+@contextlib.contextmanager
+def torch_trace_kept_to_torch():
+    """torch's structured trace (logger "torch.__trace": always DEBUG, never propagating) goes only where torch
+    sends it (files, when TORCH_TRACE is set). Handlers others attached to that logger are detached meanwhile:
+    pytest attaches its capture handlers to every non-propagating logger, so a failing test that exported
+    printed ~175 empty "DEBUG torch.__trace" lines."""
+    log = logging.getLogger(TORCH_TRACE_LOG)
+    foreign = [h for h in log.handlers if not type(h).__module__.startswith("torch.")]
+    for handler in foreign:
+        log.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            log.addHandler(handler)
+
+
 def export_onnx(graph: torch.nn.Module, path: Path, io: GraphIO) -> None:
     """Trace `graph` to `path` (+ `path`.data, external weights)."""
-    with torch.no_grad(), harmless_warnings_hidden():
+    with torch.no_grad(), harmless_warnings_hidden(), torch_trace_kept_to_torch():
         program = torch.onnx.export(
             graph, example_inputs(io), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(io),
             input_names=list(io.input_names), output_names=list(io.output_names), external_data=True,
@@ -114,7 +135,9 @@ def forget_rewriter_state() -> int:
         return 0
     cleared = 0
     for obj in gc.get_objects():
-        if isinstance(obj, PatternMatcher):
+        # type(), not isinstance(): isinstance reads obj.__class__, and on torch.distributed.reduce_op that
+        # read prints a FutureWarning ("`torch.distributed.reduce_op` is deprecated") on every export
+        if issubclass(type(obj), PatternMatcher):
             for attr in ("_graph", "_current_node", "_match", "_tracer"):
                 if getattr(obj, attr, None) is not None:
                     setattr(obj, attr, None)

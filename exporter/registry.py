@@ -15,6 +15,17 @@ from typing import Callable
 _FAMILIES: dict[str, type] = {}
 _MODELS: dict[str, "ModelSpec"] = {}
 
+# Every registry name, torch-free: `ditf-export --model` is checked against them before torch is imported (a typo
+# is refused in well under a second, with the close match). register_model refuses a name missing here.
+MODEL_NAMES = (
+    "flux", "flux-schnell", "flux-mini", "flux-tiny",
+    "sd3", "sd3.5-medium", "sd3.5-large",
+    "pixart-alpha", "pixart-alpha-512", "pixart-sigma",
+    "dit-xl-2-256", "dit-xl-2-512",
+    "latte", "latte-tiny",
+    *(f"dinov2-{size}{reg}" for size in ("small", "base", "large", "giant", "tiny") for reg in ("", "-reg")),
+)
+
 # model_index.json key that marks a pipeline of random weights (what tiny.py builds); diffusers ignores "_" keys.
 RANDOM_WEIGHTS_KEY = "_ditf_random_weights"
 # model_index.json key of a built-in model that was trained here (train_mini.py): what it learned from.
@@ -119,6 +130,9 @@ class ModelSpec:
 def register_model(spec: ModelSpec) -> ModelSpec:
     if spec.name in _MODELS:
         raise ValueError(f"model {spec.name!r} registered twice")
+    if spec.name not in MODEL_NAMES:
+        raise ValueError(f"model {spec.name!r} is not in registry.MODEL_NAMES: add it there too (the CLI checks "
+                         "names against that list before importing torch)")
     _MODELS[spec.name] = spec
     return spec
 

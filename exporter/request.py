@@ -7,6 +7,7 @@ own (`--guidance none`: no guidance). `ExportRequest.check()` refuses what is wr
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,7 @@ from ditf_runtime.files import check_writable
 from ditf_runtime.precision import Precision
 
 from .errors import ExportInputError
+from .registry import MODEL_NAMES
 
 
 class NotGiven:
@@ -94,7 +96,7 @@ class ExportRequest:
         if out.exists() and not out.is_dir():
             raise ExportInputError(f"--out {out} exists and is not a folder")
         check_writable(out, what="--out")  # a read-only or forbidden place: now, not after minutes of work
-        _check_model_text(self.model)
+        check_model_text(self.model)
         if self.layer is not None and self.layer < 0:
             raise ExportInputError(f"--layer {self.layer}: layers are numbered from 0")
         if self.timestep is not None and not 0 <= float(self.timestep) <= 1000:
@@ -124,14 +126,26 @@ class ExportRequest:
                 raise ExportInputError(str(exc)) from None
 
 
-def _check_model_text(model: str) -> None:
-    """A path-looking --model must exist; registry names and HF ids are resolved later (loading.py)."""
+def check_model_text(model: str) -> None:
+    """--model names a registry model, an existing folder or an HF id (owner/name), told apart here without
+    torch; whether the folder or the cached HF id holds a model is checked later (loading.py)."""
     if not model or not model.strip():
         raise ExportInputError("--model is empty: give a registry name (e.g. flux-tiny), a folder or an HF id")
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_like_path and not Path(model).expanduser().is_dir():
         raise ExportInputError(f"--model {model}: no such folder (a local model is a diffusers pipeline folder "
                                "with model_index.json, transformer/ and vae/)")
+    if model in MODEL_NAMES or Path(model).expanduser().is_dir() or model.count("/") == 1:
+        return
+    raise ExportInputError(unknown_model_message(model))
+
+
+def unknown_model_message(model: str) -> str:
+    """--model that is no registry name, no folder and no HF id: the close registry name(s), then all of them."""
+    close = difflib.get_close_matches(model.lower(), MODEL_NAMES, n=2, cutoff=0.75)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return (f"--model {model!r}: not a registry name, not an existing folder, and not an HF id (owner/name); "
+            f"{hint}registry names: {', '.join(sorted(MODEL_NAMES))}")
 
 
 def _check_discard_text(discard: str | None, calib_images: Path | None, massive_threshold: float) -> None:

@@ -32,6 +32,10 @@ CASES = {
     "layer": (["--model", "flux-tiny", "--out", "{out}", "--layer", "-2"], "layers are numbered from 0"),
     "folder": (["--model", "./no/such/model", "--out", "{out}"], "--model ./no/such/model: no such folder"),
     "embeds": (["--model", "flux-tiny", "--out", "{out}", "--prompt-embeds", "{nope}"], "no such file"),
+    # a registry typo took 26 s to refuse, torch imported first (issue 27)
+    "registry-typo": (["--model", "flux-tinny", "--out", "{out}"],
+                      "--model 'flux-tinny': not a registry name, not an existing folder, and not an HF id "
+                      "(owner/name); did you mean flux-tiny?"),
 }
 
 SCRIPT = textwrap.dedent("""
@@ -60,6 +64,7 @@ def test_wrong_options_fail_before_torch_is_imported(tmp_path):
 
     cases = {name: ["export", [fill(a) for a in args]] for name, (args, _) in CASES.items()}
     cases["detect-images"] = ["detect", ["--model", "flux-tiny", "--images", fill("{nope}")]]
+    cases["detect-typo"] = ["detect", ["--model", "dinov2-smal", "--images", str(EXAMPLES)]]
     process = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], capture_output=True, text=True,
                              timeout=120, cwd=tmp_path)
     assert process.returncode == 0, process.stderr
@@ -69,6 +74,8 @@ def test_wrong_options_fail_before_torch_is_imported(tmp_path):
         assert code == 1 and fill(message) in output and "Traceback" not in output, (name, output)
     code, output = results["detect-images"]
     assert code == 1 and f"--images {tmp_path / 'nope'}: no such folder" in output  # names the right option
+    code, output = results["detect-typo"]
+    assert code == 1 and "did you mean dinov2-small" in output, output
     assert results["torch imported"] is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]  # nothing else written
 

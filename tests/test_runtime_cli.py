@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from ditf_runtime import storage
+from ditf_runtime.annotate import MIN_PICTURE_WIDTH
 from ditf_runtime.cli import main
 from ditf_runtime.manifest import MODEL_DATA_FILE
 from ditf_runtime.storage import load_features
@@ -177,15 +178,16 @@ def test_match_points_and_picture(export_dir, images, tmp_path):
         "-",
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout.split("\n2 match(es)")[0])  # '--json -': the JSON on stdout, then the summary
+    report = json.loads(result.stdout.split("\n2 matches")[0])  # '--json -': the JSON on stdout, then the summary
     assert [m["source"] for m in report["matches"]] == [[3, 4], [60, 40]]
     assert all(0 <= m["target"][0] < 60 and 0 <= m["target"][1] < 45 for m in report["matches"])
     width, height = Image.open(picture).size
-    assert width == 70 + 8 + 60 and height > 50  # the images side by side, a colour bar and caption below
+    # the images side by side (small ones enlarged to the minimum picture width), a colour bar and caption below
+    assert abs(width - MIN_PICTURE_WIDTH) <= 1 and height > 50
     quiet = invoke("match", images / "img0.png", images / "sub" / "img4.png", "--model", export_dir, "--points",
                    "3,4 60,40", "--out", picture)
     # With a picture and no --json: one summary line, not the JSON
-    assert quiet.stdout.startswith("2 match(es), cosine ") and quiet.stdout.count("\n") == 1, quiet.stdout
+    assert quiet.stdout.startswith("2 matches, cosine ") and quiet.stdout.count("\n") == 1, quiet.stdout
     assert f"wrote {picture}" in quiet.stdout
 
 
@@ -252,14 +254,15 @@ def test_show_image_and_feature_file(export_dir, images, tmp_path):
     result = invoke("show", images / "img0.png", "--model", export_dir, "--out", picture)
     assert result.exit_code == 0, result.output
     width, height = Image.open(picture).size
-    assert width == 70 + 8 + 70 and height > 50  # the photo beside its PCA by default, a caption below
+    # the photo beside its PCA by default (small ones enlarged to the minimum picture width), a caption below
+    assert abs(width - MIN_PICTURE_WIDTH) <= 1 and height > 50
     assert invoke("show", images / "img0.png", "--model", export_dir, "--out", picture, "--pca-only").exit_code == 0
-    assert Image.open(picture).size[0] == 70
+    assert Image.open(picture).size[0] == MIN_PICTURE_WIDTH  # 70 px of PCA, enlarged
     out = tmp_path / "features"
     invoke("extract", images / "img1.png", "--model", export_dir, "--out", out)
     assert invoke("show", out / "img1.safetensors", "--out", tmp_path / "f.png").exit_code == 0
     width, height = Image.open(tmp_path / "f.png").size
-    assert width == 48 and height > 64
+    assert width == MIN_PICTURE_WIDTH and height > 64
     no_model = invoke("show", images / "img0.png", "--out", picture)
     assert no_model.exit_code == 1 and "--model" in no_model.output
 

@@ -12,15 +12,15 @@ from PIL import Image
 
 
 def test_draw_matches_side_by_side(tmp_path):
-    src = Image.new("RGB", (60, 40), (0, 0, 0))
-    trg = Image.new("RGB", (50, 70), (0, 0, 0))
+    src = Image.new("RGB", (170, 40), (0, 0, 0))  # together wider than MIN_PICTURE_WIDTH: drawn at their size
+    trg = Image.new("RGB", (150, 70), (0, 0, 0))
     path = tmp_path / "pics" / "matches.png"
     picture = draw_matches(src, trg, [[10, 10], [50, 30]], [[5, 60], [40, 20]], correct=[True, False], path=path)
-    assert picture.size == (60 + GAP + 50, 70)
+    assert picture.size == (170 + GAP + 150, 70)
     saved = Image.open(path)
     assert saved.format == "PNG" and saved.size == picture.size
     pixels = np.asarray(picture)
-    assert pixels[10, 10].any() and pixels[60, 60 + GAP + 5].any()  # dots drawn on black
+    assert pixels[10, 10].any() and pixels[60, 170 + GAP + 5].any()  # dots drawn on black
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temp file
 
 
@@ -94,9 +94,10 @@ def test_pca_beside_the_photo_with_a_caption():
     from ditf_runtime.draw import draw_pca
 
     rng = np.random.default_rng(0)
-    features = FeatureMap(rng.standard_normal((1, 8, 4, 6)), (60, 90), (64, 96), 16)
-    photo = Image.new("RGB", (90, 60), (250, 250, 250))
+    features = FeatureMap(rng.standard_normal((1, 8, 4, 6)), (120, 180), (64, 96), 16)
+    photo = Image.new("RGB", (180, 120), (250, 250, 250))
     picture = draw_pca(features, image=photo, caption=Caption(("a caption",)))
-    assert picture.width == 90 + GAP + 90 and picture.height > 60
+    assert picture.width == 180 + GAP + 180 and picture.height > 120
     assert np.asarray(picture)[30, 45].tolist() == [250, 250, 250]  # the photo on the left
-    assert draw_pca(features).size == (90, 60)  # PCA alone, no caption
+    wide = FeatureMap(features.array, (200, 330), (64, 96), 16)
+    assert draw_pca(wide).size == (330, 200)  # PCA alone, no caption

@@ -16,13 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .annotate import Caption, ColorScale, font, label_point, text_size_for, with_caption
+from .annotate import MIN_PICTURE_WIDTH, Caption, ColorScale, LabelPlacer, font, text_size_for, with_caption
 from .errors import InputError
 from .manifest import write_bytes_atomic
 from .preprocess import DEFAULT_MAX_PIXELS, ImageSource, open_image
 
 GAP = 8  # pixels between the two images
-MIN_WIDTH = 640  # smaller frames are enlarged for drawing tracks
+MIN_WIDTH = 640  # narrower track pictures are enlarged (video frames are often small; paths need the room)
+MAX_ENLARGED_HEIGHT = 2048  # ... but a tall, narrow one not beyond this height
 BACKGROUND = (255, 255, 255)
 CORRECT_COLOR = (0, 200, 0)
 WRONG_COLOR = (230, 0, 0)
@@ -33,6 +34,29 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return write_bytes_atomic(path, buffer.getvalue())
+
+
+def enlargement(width: int, height: int, fixed: int = 0, minimum: int = MIN_PICTURE_WIDTH) -> float:
+    """The factor (>= 1) that brings images `width` wide in all (plus `fixed` pixels that do not scale, e.g.
+    the gap between two) to `minimum`, capped so that `height` stays within MAX_ENLARGED_HEIGHT."""
+    if width + fixed >= minimum:
+        return 1.0
+    return max(1.0, min((minimum - fixed) / max(width, 1), MAX_ENLARGED_HEIGHT / max(height, 1)))
+
+
+def enlarged(image: Image.Image, scale: float) -> Image.Image:
+    """`image` resized by `scale`: pixel blocks when enlarged 4x or more (a tiny image shows what it is),
+    else bicubic."""
+    if scale == 1.0:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 4 else Image.Resampling.BICUBIC
+    return image.resize(size, resample=resample)
+
+
+def scaled_points(xy: np.ndarray, scale: float) -> np.ndarray:
+    """Pixel (x, y) of an image -> the same pixels' centres in the image enlarged by `scale`."""
+    return xy if scale == 1.0 else (xy + 0.5) * scale - 0.5
 
 
 def palette(count: int) -> list[tuple[int, int, int]]:
@@ -75,6 +99,9 @@ def draw_matches(
         raise InputError(f"correct has {len(correct)} flags for {len(src_xy)} matches")
     if scores is not None and len(scores) != len(src_xy):
         raise InputError(f"scores has {len(scores)} values for {len(src_xy)} matches")
+    scale = enlargement(src.width + trg.width, max(src.height, trg.height), fixed=GAP)
+    src, trg = enlarged(src, scale), enlarged(trg, scale)
+    src_xy, trg_xy = scaled_points(src_xy, scale), scaled_points(trg_xy, scale)
     width = src.width + GAP + trg.width
     height = max(src.height, trg.height)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
@@ -84,12 +111,13 @@ def draw_matches(
     draw = ImageDraw.Draw(canvas)
     radius = radius or max(3, round(max(height, width) / 200))
     line_width = max(1, radius // 2)
-    scale = ColorScale.of(scores) if scores is not None else None
-    colors = [scale.color(v) for v in scores] if scale is not None else palette(len(src_xy))
-    face = font(max(10, round(radius * 2.2)))
-    for k, (color, (sx, sy), (tx, ty)) in enumerate(zip(colors, src_xy, trg_xy)):
+    color_scale = ColorScale.of(scores) if scores is not None else None
+    colors = [color_scale.color(v) for v in scores] if color_scale is not None else palette(len(src_xy))
+    for (sx, sy), (tx, ty), color in zip(src_xy, trg_xy, colors):
         draw.line([(sx, sy), (tx + offset, ty)], fill=color, width=line_width)
-        for x, y in ((sx, sy), (tx + offset, ty)):
+    dots = [(x, y) for (sx, sy), (tx, ty) in zip(src_xy, trg_xy) for x, y in ((sx, sy), (tx + offset, ty))]
+    for k, color in enumerate(colors):
+        for x, y in dots[2 * k: 2 * k + 2]:
             ring = None if correct is None else (CORRECT_COLOR if correct[k] else WRONG_COLOR)
             draw.ellipse(
                 [x - radius, y - radius, x + radius, y + radius],
@@ -97,8 +125,13 @@ def draw_matches(
                 outline=ring or (0, 0, 0),
                 width=max(1, radius // 3) if ring else 1,
             )
-            label_point(draw, (x, y), str(k + 1), radius, face)
-    footer = scale.bar(min(width - 2 * text_size_for(width), 480)) if scale is not None else None
+    # Labels last, over every line and dot, each inside its own image and off the others.
+    placer = LabelPlacer(font(max(10, round(radius * 2.2))), radius, dots)
+    bounds = ((0, 0, src.width, src.height), (offset, 0, offset + trg.width, trg.height))
+    for k in range(len(src_xy)):
+        for side, xy in enumerate(dots[2 * k: 2 * k + 2]):
+            placer.label(draw, xy, str(k + 1), bounds[side])
+    footer = color_scale.bar(min(width - 2 * text_size_for(width), 480)) if color_scale is not None else None
     canvas = with_caption(canvas, caption, footer)
     if path is not None:
         save_png(canvas, path)
@@ -164,10 +197,14 @@ def draw_pca(
     Same colour, similar feature: parts that look alike to the model share a colour.
     """
     pca = pca_image(features)
-    if image is not None:
+    if image is None:
+        pca = enlarged(pca, enlargement(pca.width, pca.height))
+    else:
         photo = open_image(image, exif_transpose=exif_transpose, max_pixels=max_pixels)
         if pca.size != photo.size:
             pca = pca.resize(photo.size, resample=Image.Resampling.BILINEAR)
+        scale = enlargement(photo.width + pca.width, photo.height, fixed=GAP)
+        photo, pca = enlarged(photo, scale), enlarged(pca, scale)
         canvas = Image.new("RGB", (photo.width + GAP + pca.width, max(photo.height, pca.height)), BACKGROUND)
         canvas.paste(photo, (0, 0))
         canvas.paste(pca, (photo.width + GAP, 0))
@@ -197,21 +234,21 @@ def draw_tracks(
     tracks = np.asarray(tracks, dtype=np.float64)
     if tracks.ndim != 3 or tracks.shape[2] != 2:
         raise InputError(f"tracks must be [F, N, 2] pixel (x, y), got shape {tracks.shape}")
-    if canvas.width < MIN_WIDTH:  # video frames are often small: enlarge so lines and labels stay legible
-        scale = MIN_WIDTH / canvas.width
-        canvas = canvas.resize((MIN_WIDTH, round(canvas.height * scale)), resample=Image.Resampling.BICUBIC)
-        tracks = (tracks + 0.5) * scale - 0.5
+    # video frames are often small: paths and labels need the room
+    scale = enlargement(canvas.width, canvas.height, minimum=MIN_WIDTH)
+    canvas, tracks = enlarged(canvas, scale), scaled_points(tracks, scale)
     draw = ImageDraw.Draw(canvas)
     radius = radius or max(3, round(max(canvas.size) / 200))
-    face = font(max(10, round(radius * 2.2)))
-    for k, (color, path_xy) in enumerate(zip(palette(tracks.shape[1]), tracks.transpose(1, 0, 2))):
+    placer = LabelPlacer(font(max(10, round(radius * 2.2))), radius, [tuple(p) for p in tracks[-1]])
+    for color, path_xy in zip(palette(tracks.shape[1]), tracks.transpose(1, 0, 2)):
         points = [(float(x), float(y)) for x, y in path_xy]
         if len(points) > 1:
             draw.line(points, fill=color, width=max(1, radius // 2), joint="curve")
         (sx, sy), (ex, ey) = points[0], points[-1]
         draw.ellipse([sx - radius, sy - radius, sx + radius, sy + radius], outline=color, width=max(1, radius // 2))
         draw.ellipse([ex - radius, ey - radius, ex + radius, ey + radius], fill=color, outline=(0, 0, 0))
-        label_point(draw, (ex, ey), str(k + 1), radius, face)
+    for k, end in enumerate(tracks[-1]):  # labels last, over every path
+        placer.label(draw, end, str(k + 1), (0, 0, canvas.width, canvas.height))
     canvas = with_caption(canvas, caption)
     if path is not None:
         save_png(canvas, path)

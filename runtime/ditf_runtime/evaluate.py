@@ -28,6 +28,7 @@ from typing import IO, Any, Sequence
 
 import numpy as np
 
+from .annotate import describe_run, described_lines
 from .datasets.ap10k import ap10k_split, read_ap10k_pairs
 from .datasets.pairs import Pair
 from .datasets.spair import ANNOTATION_KEYS, SPAIR_LAYOUT, SPAIR_URL, read_spair_pairs, spair_image_path
@@ -78,12 +79,14 @@ class PckResult:
     min_pck: float | None = None
     pair_pck: dict[str, float] = field(default_factory=dict, repr=False)  # annotation file name -> fraction
     resumed_pairs: int = 0  # pairs whose scores an earlier run recorded (out_dir), not computed again
+    model: dict[str, Any] | None = None  # annotate.describe_run: what made these numbers (as a picture's caption)
 
     def __bool__(self) -> bool:
         return self.pairs > 0 and (self.min_pck is None or self.all_per_image >= self.min_pck)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model": self.model,
             "alpha": self.alpha,
             "pairs": self.pairs,
             "points": self.points,
@@ -106,7 +109,8 @@ class PckResult:
         """Percentages like the authors' printout: per category, then All and Mean."""
         label = f"PCK@{self.alpha:g}"
         width = max([len("category")] + [len(c) for c in self.categories])
-        lines = [f"{'category':<{width}}  {'pairs':>6}  {'per image':>9}  {'per point':>9}   ({label}, %)"]
+        lines = described_lines(self.model)
+        lines.append(f"{'category':<{width}}  {'pairs':>6}  {'per image':>9}  {'per point':>9}   ({label}, %)")
         for name, cat in self.categories.items():
             lines.append(f"{name:<{width}}  {cat.pairs:>6}  {100 * cat.per_image:9.2f}  {100 * cat.per_point:9.2f}")
         lines.append(
@@ -247,7 +251,9 @@ def evaluate_pairs(
             correct = distances <= alpha
             per_category.setdefault(pair.category, []).append((int(correct.sum()), len(correct)))
             pair_pck[pair.annotation.name] = float(correct.mean())
-    return replace(_summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points), resumed_pairs=resumed)
+    return replace(_summarise(per_category, alpha, min_pck, skipped, pair_pck, skipped_points), resumed_pairs=resumed,
+                   model=describe_run(extractor, size=extract_options.get("size"),
+                                      ensemble=extract_options.get("ensemble")))
 
 
 class _PairFeatures:

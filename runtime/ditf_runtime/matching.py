@@ -326,6 +326,15 @@ def _unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), _NORM_EPS)
 
 
+def distinct_points(points_xy: Any) -> np.ndarray:
+    """[N, 2] pixels without repeats, first occurrence kept, order kept: mutual-nearest-neighbour cells of a
+    source image smaller than its feature grid share pixels (a 1x1 image: all of them), and the same pixel
+    always transfers to the same target pixel, so a repeat is the same match again, not another one."""
+    points = np.asarray(points_xy).reshape(-1, 2)
+    _, first = np.unique(points, axis=0, return_index=True)
+    return points[np.sort(first)]
+
+
 def cell_centers(cells_xy: np.ndarray, grid_size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
     """Feature cells (x, y) -> integer pixels at the cells' centres in an image of (height, width)."""
     grid_h, grid_w = grid_size

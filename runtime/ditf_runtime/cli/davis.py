@@ -66,6 +66,10 @@ def eval_davis(
     """
     if isinstance(model.size, tuple):
         raise click.UsageError("--size is the frames' short side here: give it once, also with two --model")
+    if model.fused and model.size is None:  # the two manifests' long sides differ: the user picks one short side
+        raise click.UsageError("--size PX is required when fusing two models: the frames' short side both models "
+                               "use (the authors use 480), e.g. --size 480")
+    model.check_kind("eval-davis", None)
     with model.open() as extractor:
         _check_memory(extractor, model)
         try:

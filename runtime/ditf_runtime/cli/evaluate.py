@@ -14,7 +14,7 @@ from ..datasets.ap10k import SUBSETS, read_ap10k_pairs
 from ..evaluate import evaluate, evaluate_ap10k, read_pairs
 from ..memory import check_long_side, engines_of, fused_attention_of, manifests_of
 from ..manifest import write_text_atomic
-from .options import ModelChoice, friendly_errors, model_options
+from .options import IMAGES, ModelChoice, friendly_errors, model_options
 
 
 def pck_options(command: Callable) -> Callable:
@@ -61,6 +61,7 @@ def eval_spair(dataset, model: ModelChoice, split, categories, limit, alpha, min
     DATASET is the folder SPair-71k.tar.gz unpacks to: PairAnnotation/<split>/*.json and
     JPEGImages/<category>/*.jpg.
     """
+    model.check_kind("eval-spair", IMAGES)
     read_pairs(dataset, split, categories or None, limit)  # the layout, before the model is loaded
     run = functools.partial(evaluate, dataset=dataset, split=split)
     _run_pck(run, model, categories, limit, alpha, min_pck, json_path, out_dir, overwrite)
@@ -85,6 +86,7 @@ def eval_ap10k(dataset, model: ModelChoice, subset, split, categories, limit, al
     A keypoint counts when visible in both images; categories are species, families (cross-species)
     or "all" (cross-family).
     """
+    model.check_kind("eval-ap10k", IMAGES)
     read_ap10k_pairs(dataset, subset, split, categories or None, limit)  # layout and files, before the model loads
     run = functools.partial(evaluate_ap10k, dataset=dataset, subset=subset, split=split)
     _run_pck(run, model, categories, limit, alpha, min_pck, json_path, out_dir, overwrite)

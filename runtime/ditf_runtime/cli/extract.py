@@ -17,7 +17,7 @@ from ..loading import LoadOptions
 from ..memory import check_long_side, engines_of, fused_attention_of, manifests_of
 from ..progress import progress_bar
 from ..ray_extract import RayOptions, run_jobs
-from .options import ModelChoice, friendly_errors, model_options
+from .options import IMAGES, ModelChoice, friendly_errors, model_options
 
 
 @click.command()
@@ -58,6 +58,7 @@ def extract(
     Unreadable images are reported at the end and make the exit code 1. With --ray, Ray actors
     extract and write the same files (ditf_runtime.ray_extract).
     """
+    model.check_kind("extract", IMAGES)
     settings = ExtractSettings(
         size=model.size,
         ensemble=model.ensemble,

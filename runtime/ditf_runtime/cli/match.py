@@ -13,10 +13,10 @@ from ..annotate import caption_for, file_caption
 from ..draw import draw_matches, draw_pca, draw_tracks
 from ..errors import InputError
 from ..memory import manifests_of
-from ..matching import cell_centers, mutual_nn_matches, track_points, transfer_keypoints
+from ..matching import cell_centers, distinct_points, mutual_nn_matches, track_points, transfer_keypoints
 from ..preprocess import frame_files
 from ..storage import feature_file_metadata, load_features
-from .options import ModelChoice, emit_text, friendly_errors, model_options
+from .options import CLIPS, IMAGES, ModelChoice, emit_text, friendly_errors, model_options
 
 
 def parse_points(text: str | None, points_file: Path | None) -> np.ndarray | None:
@@ -76,17 +76,25 @@ def parse_points(text: str | None, points_file: Path | None) -> np.ndarray | Non
 def match(source, target, model: ModelChoice, points, points_file, max_matches, picture, json_path, no_exif) -> None:
     """Match SOURCE to TARGET: transfer --points, or list mutual nearest neighbours."""
     src_points = parse_points(points, points_file)
+    model.check_kind("match", IMAGES)
     with model.open(exif_transpose=not no_exif) as extractor:
         src, trg = extractor.extract([source, target], model.size, model.ensemble, model.seed)
         manifests = manifests_of(extractor)
-    if src_points is None:
-        cells_a, cells_b, _ = mutual_nn_matches(src, trg)
-        cells_a, cells_b = cells_a[:max_matches], cells_b[:max_matches]
-        src_points = cell_centers(cells_a, src.grid_size, src.image_size)
+    mutual = src_points is None
+    shared = ""  # why there are fewer matches than asked for, when the source is smaller than its feature grid
+    if mutual:
+        cells_a, _, _ = mutual_nn_matches(src, trg)
+        centres = cell_centers(cells_a, src.grid_size, src.image_size)
+        src_points = distinct_points(centres)[:max_matches]
+        if len(src_points) < min(max_matches, len(centres)):
+            height, width = src.image_size
+            shared = (f"; {len(centres)} mutual nearest-neighbour cells fall on only {len(distinct_points(centres))} "
+                      f"distinct pixel(s) of the {width}x{height} px source")
     trg_points, scores = transfer_keypoints(src, trg, src_points, return_scores=True)
     report = {
         "source": str(source),
         "target": str(target),
+        **({"mutual_nearest_neighbours": shared.lstrip("; ")} if shared else {}),
         "matches": [
             {"source": [int(a), int(b)], "target": [int(c), int(d)], "cosine": round(float(s), 6)}
             for (a, b), (c, d), s in zip(np.asarray(src_points), trg_points, scores)
@@ -94,13 +102,16 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
     }
     if picture is not None:
         caption = caption_for(manifests, size=model.size, ensemble=model.ensemble, weights=model.weights,
-                              what=f"{len(scores)} matches {source.name} -> {target.name}, coloured by cosine "
-                                   "similarity" + (" (mutual nearest neighbours)" if points is None and
-                                                   points_file is None else ""))
+                              what=f"{_matches(len(scores), mutual)} {source.name} -> {target.name}, coloured by "
+                                   "cosine similarity" + (" (mutual nearest neighbours)" if mutual else "") + shared)
         draw_matches(source, target, src_points, trg_points, scores=scores, caption=caption, path=picture,
                      exif_transpose=not no_exif, max_pixels=model.load.max_pixels)
     _report(json.dumps(report, indent=2) + "\n", json_path, picture,
-            f"{len(scores)} match(es), cosine {_range(scores)}")
+            f"{_matches(len(scores), mutual)}, cosine {_range(scores)}{shared}")
+
+
+def _matches(count: int, distinct: bool) -> str:
+    return f"{count} {'distinct ' if distinct else ''}match{'' if count == 1 else 'es'}"
 
 
 @click.command()
@@ -120,6 +131,7 @@ def match(source, target, model: ModelChoice, points, points_file, max_matches, 
 def track(frames_dir, model: ModelChoice, points, picture, json_path, no_exif) -> None:
     """Track --points of the first frame through FRAMES_DIR (frame images sorted by name; a video export)."""
     start = parse_points(points, None)
+    model.check_kind("track", CLIPS)
     frames = frame_files(frames_dir)
     with model.open(exif_transpose=not no_exif) as extractor:
         maps = extractor.extract_video(frames, model.size, model.ensemble, model.seed)
@@ -183,6 +195,7 @@ def show(source, picture, model: ModelChoice, pca_only, side_by_side) -> None:
     else:
         if model.export_dir is None:
             raise InputError(f"{source} is an image: give --model EXPORT_DIR (or pass a feature file)")
+        model.check_kind("show", IMAGES)
         with model.open() as extractor:
             (features,) = extractor.extract([source], model.size, model.ensemble, model.seed)
             caption = caption_for(manifests_of(extractor), size=model.size, ensemble=model.ensemble,

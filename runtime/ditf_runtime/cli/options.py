@@ -9,13 +9,19 @@ from typing import Any, Callable
 
 import click
 
+from ..cpu_variant import RECORD_FILE
 from ..errors import DitfError, InputError
 from ..extractor import Extractor
 from ..fusion import MODELS, FusedExtractor, check_weights
 from ..loading import LoadOptions
 from ..memory import parse_bytes
 from ..preprocess import DEFAULT_MAX_PIXELS
-from ..manifest import write_text_atomic
+from ..manifest import Manifest, write_text_atomic
+
+IMAGES, CLIPS = "image", "video"  # the two kinds of export (a video export's manifest has geometry.frame_axis)
+# What a user can run with an export of each kind (said when a command gets the other kind).
+_COMMANDS_FOR = {IMAGES: "`ditf match SOURCE TARGET`, `ditf extract` or `ditf eval-spair`",
+                 CLIPS: "`ditf track FRAMES_DIR` or `ditf eval-davis`"}
 
 
 class DeviceType(click.ParamType):
@@ -72,6 +78,30 @@ class ModelChoice:
         """Load the export(s); `changes` override LoadOptions fields (exif_transpose, batch_size)."""
         return replace(self.load, **changes).load(*self.export_dirs, weights=self.weights)
 
+    def check_kind(self, command: str, kind: str | None) -> None:
+        """Refuse, from the manifests alone (before any session opens, in milliseconds), an export of the wrong
+        kind for `ditf COMMAND` (`kind`: IMAGES, CLIPS, or None for either) and two fused exports of different
+        kinds, in command-line terms. A folder without a readable manifest is left to `open`, which says why."""
+        try:
+            manifests = [Manifest.load(d) for d in self.export_dirs]
+        except (DitfError, OSError):
+            return
+        kinds = [CLIPS if m.geometry.frame_axis is not None else IMAGES for m in manifests]
+        named = [f"--model {d} ({m.model_name}, {m.family})" for d, m in zip(self.export_dirs, manifests)]
+        if len(set(kinds)) > 1:
+            a = {IMAGES: "an image", CLIPS: "a video"}
+            raise click.UsageError(f"{named[0]} is {a[kinds[0]]} model and {named[1]} {a[kinds[1]]} model: fuse two "
+                                   f"image models ({_COMMANDS_FOR[IMAGES]}) or two video models "
+                                   f"({_COMMANDS_FOR[CLIPS]})")
+        if kind is None or not kinds or kinds[0] == kind:
+            return
+        if kind == CLIPS:
+            raise click.UsageError(f"`ditf {command}` follows points through a clip: it needs a video model (e.g. "
+                                   f"an export of latte or latte-tiny); {named[0]} is an image model: use it with "
+                                   f"{_COMMANDS_FOR[IMAGES]}")
+        raise click.UsageError(f"`ditf {command}` takes images: {named[0]} is a video model (clips of frames); use "
+                               f"it with {_COMMANDS_FOR[CLIPS]}, or export an image model (e.g. flux-mini)")
+
 
 def model_choice(model_dirs, sizes, fuse_weight, **fields: Any) -> ModelChoice:
     """--model (once, or twice to fuse), --size (once per --model) and --fuse-weight, checked together."""
@@ -87,7 +117,29 @@ def model_choice(model_dirs, sizes, fuse_weight, **fields: Any) -> ModelChoice:
         raise InputError(f"--size given {len(sizes)} times for {len(model_dirs)} --model export(s): once (for every "
                          "model), or once per --model in the same order")
     size = sizes[0] if len(sizes) == 1 else (sizes or None)
-    return ModelChoice(model_dirs, size=size, weights=weights, **fields)
+    choice = ModelChoice(model_dirs, size=size, weights=weights, **fields)
+    _check_load_options(choice)
+    return choice
+
+
+def _check_load_options(choice: ModelChoice) -> None:
+    """The backend options that cannot go together, said in command-line terms before anything loads (the
+    library says the same in Python's: device='cuda', cpu_variant='on', ...)."""
+    load = choice.load
+    if load.backend == "tensorrt" and load.device == "cpu":
+        raise InputError("--backend tensorrt runs engines on a GPU: add --device cuda, or use --backend onnxruntime "
+                         "on the CPU")
+    if load.backend == "tensorrt" and load.threads is not None:
+        raise InputError("--threads sets onnxruntime's CPU threads; --backend tensorrt takes none: leave it out")
+    if load.cpu_variant != "on":
+        return
+    if load.backend == "tensorrt" or load.device == "cuda":
+        raise InputError("--cpu-variant on runs model.cpu.onnx on onnxruntime's CPU provider: use it with --device "
+                         "cpu --backend onnxruntime (or leave --cpu-variant auto)")
+    for folder in choice.export_dirs:
+        if folder.is_dir() and not (folder / RECORD_FILE).is_file():
+            raise InputError(f"--cpu-variant on, but {folder} has no CPU variant: run `ditf optimize-cpu {folder}` "
+                             "first (or leave --cpu-variant auto)")
 
 
 def model_options(*, required: bool = True, model_help: str = "Export folder written by ditf-export.") -> Callable:

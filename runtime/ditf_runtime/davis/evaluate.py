@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..annotate import RANDOM_WEIGHTS, Caption, describe_run
 from ..errors import InputError
 from ..manifest import MODEL_FILE, write_text_atomic
 from .dataset import Video, load_videos
@@ -67,6 +68,7 @@ def evaluate_davis(
     short_side = _short_side(extractor, size)
     video_list = load_videos(dataset, split, videos, resolution)  # every input checked before the model runs
     record = _run_record(extractor, split, resolution, short_side, settings, clip_frames, extract_options)
+    described = describe_run(extractor, size=short_side, ensemble=extract_options.get("ensemble"), side="short side")
     with contextlib.ExitStack() as stack:
         if out_dir is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ditf-davis-")))
@@ -83,14 +85,14 @@ def evaluate_davis(
         scores, summaries, unscored = [], [], []
         for video in video_list:
             if overlay_dir is not None:
-                _draw_overlays(video, folder, Path(overlay_dir), overwrite)
+                _draw_overlays(video, folder, Path(overlay_dir), overwrite, described)
             objects = score_video(video, folder / video.name)
             if objects is None:
                 unscored.append(video.name)
                 continue
             scores.extend(objects)
             summaries.append(_summary(video, objects, resumed=video.name not in pending_names))
-    return DavisResult(scores, summaries, record, None if out_dir is None else str(out_dir), unscored)
+    return DavisResult(scores, summaries, record, None if out_dir is None else str(out_dir), unscored, described)
 
 
 def _short_side(extractor: Any, size: int | None) -> int:
@@ -222,14 +224,19 @@ def _summary(video: Video, objects: list[ObjectScore], resumed: bool) -> VideoSu
     return VideoSummary(video.name, len(video.frames), video.objects, j_mean, f_mean, resumed)
 
 
-def _draw_overlays(video: Video, masks: Path, overlay_dir: Path, overwrite: bool) -> None:
+def _draw_overlays(video: Video, masks: Path, overlay_dir: Path, overwrite: bool,
+                   described: dict[str, Any] | None) -> None:
     objects = list(range(1, video.objects + 1))
+    caption = None if described is None else Caption(
+        ("masks propagated from the first frame's annotation by label propagation", *described["caption"]),
+        RANDOM_WEIGHTS if described["warning"] else None)
     for frame in video.frames:
         path = overlay_dir / video.name / f"{frame.stem}.png"
         if path.is_file() and not overwrite:
             continue
         labels = read_label_png(masks / video.name / f"{frame.stem}.png")
-        draw_mask_overlay(frame, labels, objects=objects, title=f"{video.name} {frame.stem}", path=path)
+        draw_mask_overlay(frame, labels, objects=objects, title=f"{video.name} {frame.stem}", caption=caption,
+                          path=path)
 
 
 class _NoBar:

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..annotate import Caption, with_caption
 from ..draw import save_png
 from ..errors import InputError
 from ..preprocess import ImageSource, open_image
@@ -28,13 +29,15 @@ def draw_mask_overlay(
     title: str | None = None,
     alpha: float = ALPHA,
     palette: np.ndarray | None = None,
+    caption: Caption | None = None,
     path: str | os.PathLike | None = None,
 ) -> Image.Image:
     """`frame` with each object id of `labels` (uint8 [H, W], 0 = background) tinted and outlined.
 
     A strip below the frame (the legend) lists `objects` (default: the ids present), each as a colour swatch and
-    its name (`names`, default "object k"), under an optional `title`. Colours are the DAVIS
-    palette's, as in the indexed PNGs. Saved as PNG when `path` is given.
+    its name (`names`, default "object k"), under an optional `title`; `caption` (annotate.Caption: model,
+    layer, precision, random weights) below it. Colours are the DAVIS palette's, as in the indexed PNGs.
+    Saved as PNG when `path` is given.
     """
     image = open_image(frame, exif_transpose=False)
     labels = np.asarray(labels)
@@ -51,7 +54,7 @@ def draw_mask_overlay(
         out[edge] = colors[object_id]
     blended = Image.fromarray(np.rint(out).astype(np.uint8))
     ids = sorted(int(v) for v in (np.unique(labels[labels > 0]) if objects is None else objects))
-    canvas = _with_legend(blended, ids, names or {}, title, colors)
+    canvas = with_caption(_with_legend(blended, ids, names or {}, title, colors), caption)
     if path is not None:
         save_png(canvas, path)
     return canvas

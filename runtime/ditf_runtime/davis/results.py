@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..annotate import described_lines
 from .metrics import statistics
 
 MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -59,6 +60,7 @@ class DavisResult:
     settings: dict[str, Any]
     out_dir: str | None = None
     unscored: list[str] = field(default_factory=list)
+    model: dict[str, Any] | None = None  # annotate.describe_run: what made these masks (as a picture's caption)
 
     def __bool__(self) -> bool:
         return bool(self.objects)
@@ -87,6 +89,7 @@ class DavisResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model": self.model,
             "measures": self.measures(),
             "videos": [
                 {"video": v.name, "frames": v.frames, "objects": v.objects, "J&F-Mean": v.jf_mean,
@@ -112,7 +115,8 @@ class DavisResult:
     def table(self) -> str:
         """Per-video rows (means over each video's objects), then the global measures, in %."""
         width = max([len("video")] + [len(v.name) for v in self.videos])
-        lines = [f"{'video':<{width}}  {'frames':>6}  {'objects':>7}  {'J&F':>6}  {'J':>6}  {'F':>6}"]
+        lines = described_lines(self.model)
+        lines.append(f"{'video':<{width}}  {'frames':>6}  {'objects':>7}  {'J&F':>6}  {'J':>6}  {'F':>6}")
         for v in self.videos:
             lines.append(
                 f"{v.name:<{width}}  {v.frames:>6}  {v.objects:>7}  {100 * v.jf_mean:6.2f}  "

@@ -73,17 +73,22 @@ def pck_on_pairs(features: np.ndarray, setting: Mapping[str, Any]) -> tuple[floa
 
 
 def judge(row: dict[str, Any], setting: Mapping[str, Any], candidate: np.ndarray, reference: np.ndarray) -> str:
-    """Add the ground-truth PCK of both to the row; fail it when the graph loses more than MAX_PCK_DROP.
-    Returns the summary's addition."""
+    """Add the ground-truth PCK of both to the row and gate the row on it alone: it fails when the graph loses
+    more than MAX_PCK_DROP. The row's cosine and error over every token of 2 x pairs images are reported, not
+    gated (the precision's own tolerances gate its other rows). Returns the summary's addition."""
     ref_pck, points = pck_on_pairs(reference, setting)
     got_pck, _ = pck_on_pairs(candidate, setting)
     row["pck_truth"] = {"reference": round(ref_pck, 4), "graph": round(got_pck, 4), "points": points,
                         "max_drop": MAX_PCK_DROP}
-    text = f"; ground-truth PCK@{setting['alpha']:g} {100 * got_pck:.1f} vs float32 {100 * ref_pck:.1f} ({points} points)"
-    if not got_pck >= ref_pck - MAX_PCK_DROP:
-        row["passed"] = False
+    row["tolerance_passed"] = bool(row.get("passed"))  # reported beside the ground truth
+    row["passed"] = bool(got_pck >= ref_pck - MAX_PCK_DROP)
+    text = (f"; gated on ground truth only: PCK@{setting['alpha']:g} {100 * got_pck:.1f} vs float32 "
+            f"{100 * ref_pck:.1f} ({points} points)")
+    if not row["passed"]:
         failure = (f"ground-truth PCK@{setting['alpha']:g} {100 * got_pck:.1f} is more than "
                    f"{100 * MAX_PCK_DROP:.1f} point below the float32 reference's {100 * ref_pck:.1f}")
         row.setdefault("failures", []).append(failure)
         text += f" FAIL: {failure}"
+    else:
+        text += " PASS"
     return text

@@ -271,7 +271,9 @@ def test_cli_json_has_eval_spairs_shape_and_resumes(ap10k, flux, flux_tiny_expor
     assert result.exit_code == 0, result.output
     assert "canidae" in result.output and "All" in result.output and "Mean" in result.output
     got = json.loads(json_path.read_text())
-    assert set(got) == {"alpha", "pairs", "points", "skipped_pairs", "skipped_points", "image", "point", "categories"}
+    assert set(got) == {"model", "alpha", "pairs", "points", "skipped_pairs", "skipped_points", "image", "point",
+                        "categories"}  # "model": what made the numbers (the picture captions' facts)
+    assert got["model"]["model_name"].endswith("flux-tiny") and got["model"]["random_weights"] is True
     assert got == ditf_runtime.evaluate_ap10k(flux, ap10k, "cross-species").to_dict()
     assert_matches(got, summarise(reference_pck(features_of, ap10k, "test_cross_species")))
     assert len((out / "pairs.jsonl").read_text().splitlines()) == 3

@@ -52,7 +52,7 @@ def caption_for(manifests: Manifest | Sequence[Manifest], *, size: int | Sequenc
     if len(manifests) > 1:
         shares = " / ".join(f"{w:g}" for w in weights) if weights is not None else "equal"
         lines.append(f"fused: each model's features L2-normalised, weighted {shares}, concatenated")
-    lines += [f"{m.model_name}: weights trained on {trained}" for m in manifests if (trained := _trained_on(m))]
+    lines += [f"{m.model_name}: weights trained on {m.trained_on}" for m in manifests if m.trained_on]
     random = any(m.random_weights for m in manifests)
     return Caption(tuple(lines) if what is None else (what, *lines), RANDOM_WEIGHTS if random else None)
 
@@ -68,10 +68,6 @@ def settings_line(manifest: Manifest, *, size: int | None = None, ensemble: int 
     return " · ".join(parts)
 
 
-def _trained_on(manifest: Manifest) -> str | None:
-    return getattr(manifest, "trained_on", None)
-
-
 def model_facts(manifest: Manifest, *, size: int | None = None, ensemble: int | None = None,
                 side: str = "long side") -> dict[str, Any]:
     """The caption's facts about one export, as JSON fields."""
@@ -81,7 +77,7 @@ def model_facts(manifest: Manifest, *, size: int | None = None, ensemble: int | 
         "precision": manifest.precision, "timestep": feature.timestep,
         "ensemble": None if feature.timestep is None else ensemble or feature.ensemble,
         side.replace(" ", "_"): size or manifest.preprocess.long_side,
-        "random_weights": bool(manifest.random_weights), "trained_on": _trained_on(manifest),
+        "random_weights": bool(manifest.random_weights), "trained_on": manifest.trained_on,
     }  # fmt: skip
 
 

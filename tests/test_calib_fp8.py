@@ -115,7 +115,7 @@ def test_fp8_export_is_decided_by_held_out_real_images(fp8_dir):
     assert report["smooth_alpha"] is None and report["attention_matmuls_quantized"] == 0
     assert report["protected_channels"] == list(MASSIVE)
     assert held["min_cosine"] >= 0.998 and held["rel_error"] <= 0.06  # what it reaches, inside the gate
-    assert held["nn_points"] > 0 and held["pck_points"] == 40
+    assert held["nn_points"] > 0 and 20 <= held["pck_points"] <= 40  # decisive fp32 transfers of 40
     assert held["nn_agreement"] >= TOL.min_nn_agreement and held["pck_agreement"] >= TOL.min_pck_agreement
     assert m.parity["tolerance"]["min_nn_agreement"] == TOL.min_nn_agreement
     assert m.files["model.onnx.data"]["bytes"] < 0.6 * 1.63e6  # 1-byte weights (fp32: 1.63 MB)

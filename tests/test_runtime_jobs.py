@@ -57,7 +57,7 @@ def test_plan_folder_skips_finished_outputs_and_guards_the_run_record(export_dir
     assert (len(plan.jobs), plan.done, len(plan.pending)) == (3, 0, 3)
     record = json.loads((out / RUN_RECORD).read_text())
     # a hand-built graph without random_weights in its manifest: its files carry every other field
-    assert record == plan.record and record["seed"] == 3 and set(plan.metadata) == set(FILE_FIELDS) - {"random_weights"}
+    assert record == plan.record and record["seed"] == 3 and set(plan.metadata) == set(FILE_FIELDS) - {"random_weights", "trained_on"}
     plan.pending[0].output.write_bytes(b"a finished output")  # existence is what counts (atomic writes)
     again = plan_folder([images], export_dir, out, settings)
     assert (again.done, len(again.pending)) == (1, 2)

@@ -88,7 +88,8 @@ NOT_TENSORRT = {
     "errors", "cancelled", "depth", "log", "started", "label", "option", "module", "extra", "install_hint",
     "value", "days", "now", "isoformat", "__members__", "__version__", "__init__", "mkdir", "unlink",
     "Severity", "JSONDecodeError", "PathLike", "ndarray", "utc", "is_alive",
-    # our own objects: Manifest, Geometry, RunShape, _Target, Profile
+    # our own objects: Precision (its members and the capability floor), Manifest, Geometry, RunShape, _Target, Profile
+    "FP32", "FP8", "min_compute_capability",
     "batch", "ensemble", "frames", "height", "width", "geometry", "size_multiple", "vae_stride", "feature_stride",
     "feature_channels", "latent_channels", "frame_axis", "files", "family", "model_name", "precision",
     "tensorrt_profiles", "inputs", "verify_files", "default_targets", "targets", "folder", "version",

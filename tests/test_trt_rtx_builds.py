@@ -33,7 +33,10 @@ pytestmark = pytest.mark.skipif(
 
 EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-CASES = [(family, p) for family in ("flux", "sd3", "pixart", "dit") for p in PRECISIONS] + [("latte", "fp32")]
+# INT8 is built for flux-tiny only: the other tiny random families' features are near-constant, so their INT8
+# exports have no decisive keypoint transfer to be judged on and refuse themselves (test below).
+CASES = ([(family, p) for family in ("flux", "sd3", "pixart", "dit") for p in PRECISIONS if p != "int8" or family == "flux"]
+         + [("latte", "fp32")])
 IMAGE_PROFILE = ["--min", "1x64x64", "--opt", "1x128x128", "--max", "2x256x256"]
 VIDEO_PROFILE = ["--min", "1x2x64x64", "--opt", "1x4x128x128", "--max", "1x4x256x256"]
 DEFAULT_FOLDER = "rtx{v}-sm80_86_89_120"
@@ -347,7 +350,8 @@ def test_a_consistent_engine_reaches_tensorrt_rtx_which_needs_a_gpu(rtx_engine, 
         pytest.skip("this machine has a GPU: test_precision_tensorrt.py runs the engines")
     work, folder = _engine_copy(rtx_engine, "flux", "fp32", tmp_path / "flux")
     loader = EngineFromPath(work, Manifest.load(work), device=RTX_4090)
-    with pytest.raises(BackendError, match="TensorRT-RTX reports the engine in .* invalid on this machine") as caught:
+    # TensorRT-RTX's validity check, or the CUDA device query before it: either way, the driver's words
+    with pytest.raises(BackendError, match="TensorRT-RTX reports the engine in .* invalid on this machine|CUDA call failed") as caught:
         loader()
     assert "CUDA driver version is insufficient for CUDA runtime version" in str(caught.value)
     assert loader.folder is None  # nothing was loaded
@@ -426,3 +430,14 @@ def test_an_engine_of_the_manifest_profile_holds_the_reference(family, precision
         assert verify.exit_code == 1 and "TensorRT engines run on a CUDA GPU" in verify.output, verify.output
     else:
         assert verify.exit_code == 0, verify.output
+
+
+def test_int8_of_a_tiny_random_family_refuses_for_lack_of_decisive_evidence(family_tiny_dir, tmp_path):
+    """Near-constant features agree with anything: no decisive keypoint transfer, so the INT8 gate refuses."""
+    from ditf_export.errors import ParityError
+    from ditf_export.export import ExportRequest, export
+
+    with pytest.raises(ParityError, match="nothing decisive"):
+        export(ExportRequest(model=str(family_tiny_dir("sd3")), out=tmp_path / "sd3-int8", layer=1, ensemble=2,
+                             image_size=256, precision="int8", calib_images=EXAMPLE_IMAGES))
+    assert not (tmp_path / "sd3-int8").exists()

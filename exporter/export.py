@@ -125,10 +125,17 @@ def _what_to_give(the_plan: ExportPlan, report: parity.ParityReport) -> str:
         return ""
     from ditf_runtime.preprocess import open_image
 
+    if report.evidence_missing:  # not a calibration problem: more calibration photos would not help
+        kept = ("" if the_plan.options.discard else
+                " This export keeps every channel (--discard none): where massive activations dominate the features, "
+                "every token looks alike; discard them (--discard auto, or the model's channels) to judge INT8 "
+                "by matching.")
+        return (f"\nINT8 is judged by matching, and the held-out images gave it nothing decisive.{kept}\nGive "
+                f"instead: --eval-images DIR with at least 2 photos like the ones you will run, or export "
+                f"--precision bf16/fp16 (judged by cosine and error, not by matching).")
     sizes = ", ".join(f"{p.name} {open_image(p).size[0]}x{open_image(p).size[1]}" for p in split.calibration[:8])
-    why = (report.evidence_missing and f"INT8 had nothing decisive to be judged on ({report.evidence_missing})"
-           or f"INT8 calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
-              f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
+    why = (f"INT8 calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
+           f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
     others = "|".join(m for m in ("max", "mse", "entropy", "percentile") if m != the_plan.calib_method)
     return (f"\n{why}.\nGive instead: --calib-images with more, varied real photos like the ones you will run "
             f"(5-50 is typical; at least {the_plan.image_size} px on the long side, since smaller ones are "

@@ -140,11 +140,19 @@ def _what_to_give(the_plan: ExportPlan, report: parity.ParityReport) -> str:
         return ""
     from ditf_runtime.preprocess import open_image
 
+    if report.evidence_missing:  # not a calibration problem: more calibration photos would not help
+        kept = ("" if the_plan.options.discard else
+                " This export keeps every channel (--discard none): where massive activations dominate the features, "
+                "every token looks alike; discard them (--discard auto, or the model's channels) to judge INT8 "
+                "by matching.")
+        return (f"\n{the_plan.precision.value.upper()} is judged by matching, and the held-out images gave it nothing "
+                f"decisive.{kept}\nGive "
+                f"instead: --eval-images DIR with at least 2 photos like the ones you will run, or export "
+                f"--precision bf16/fp16 (judged by cosine and error, not by matching).")
     sizes = ", ".join(f"{p.name} {open_image(p).size[0]}x{open_image(p).size[1]}" for p in split.calibration[:8])
     name = the_plan.precision.value.upper()
-    why = (report.evidence_missing and f"{name} had nothing decisive to be judged on ({report.evidence_missing})"
-           or f"{name} calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
-              f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
+    why = (f"{name} calibrated on {len(split.calibration)} image(s) ({sizes}) at long side(s) "
+           f"{list(the_plan.calib_sizes)} does not hold on the held-out real images")
     methods = ("max", "percentile") if the_plan.precision == Precision.FP8 else ("max", "mse", "entropy", "percentile")
     others = "|".join(m for m in methods if m != the_plan.calib_method)
     return (f"\n{why}.\nGive instead: --calib-images with more, varied real photos like the ones you will run "

@@ -172,7 +172,8 @@ def test_int8_export_parity_passes_its_gate(int8_dir):
     assert min(r["min_cosine"] for r in rows) >= 0.999
     assert max(r["rel_error"] for r in rows) <= 0.05
     assert min(r["nn_agreement"] for r in rows) >= 0.98
-    assert 20 <= held["pck_points"] <= 40 and held["pck_agreement"] >= 0.95  # decisive fp32 transfers of 40  # cat-a <-> cat-b, exact matcher
+    # cat-a <-> cat-b, exact matcher: of 2 x 20 keypoints, those with a decisive FP32 transfer (34 measured)
+    assert 30 <= held["pck_points"] <= 40 and held["pck_agreement"] >= 0.95
     assert m.parity["tolerance"]["min_cosine"] == INT8.min_cosine
     assert m.parity["tolerance"]["min_pck_agreement"] == INT8.min_pck_agreement
     # weights int8: the data file shrank to well under half the fp32 one

@@ -25,6 +25,7 @@ from ditf_runtime.parity import compare
 MIN_COSINE = 0.99999
 MAX_REL_ERROR = 1e-4
 FLUX_MASSIVE = (7, 41)  # the channels flux-tiny plants at +-300 (ditf_export.tiny)
+IMAGES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,30 @@ def test_a_manifest_without_the_head_field_loads_as_adaln(flux_tiny_export, tmp_
     future = dict(written, feature={**written["feature"], "head": "rms"})
     with pytest.raises(ManifestError, match="unknown feature head 'rms'"):
         Manifest.from_dict({**future, "digest": content_digest(future)})
+
+
+def test_int8_has_no_evidence_on_raw_features_dominated_by_massive_channels(raw_export, flux_tiny_dir):
+    """flux-tiny's raw h_K is dominated by its two planted +-300 channels: every token is nearly the same vector,
+    so no match is decisive. The INT8 gate, run on this graph's real outputs (run_parity -> compare), finds no
+    evidence and fails, and the export's message says what would help (measured end to end: `ditf-export
+    --head raw --discard none --precision int8` on flux-tiny is refused this way)."""
+    from safetensors.numpy import load_file
+
+    from ditf_export.export import ExportRequest, _what_to_give, plan
+    from ditf_export.parity import ParityCase, run_parity
+    from ditf_runtime.precision import Precision
+
+    the_plan = plan(ExportRequest(model=str(flux_tiny_dir), out=raw_export.parent / "unused", layer=3, head="raw",
+                                  discard="none", ensemble=2, image_size=128, text_max_length=32, precision="int8",
+                                  calib_images=IMAGES))
+    ref = load_file(str(raw_export / "reference.safetensors"))
+    case = ParityCase("2 held-out real images", ({"image": ref["image"], "noise": ref["noise"]},),
+                      (ref["features"],), gates=True)
+    report = run_parity((case,), raw_export / "model.onnx", the_plan.io, Precision.INT8)
+    row = report.results[0]
+    assert row["passed"] and row["min_cosine"] > 0.99999, row  # cosine and error alone would pass it
+    assert row["nn_points"] == 0 and row["pck_points"] == 0, row
+    assert not report.passed and "no decisive keypoint transfer" in report.evidence_missing
+    message = _what_to_give(the_plan, report)
+    assert "keeps every channel (--discard none)" in message and "--precision bf16/fp16" in message
+    assert "--calib-images with more" not in message  # more calibration would not help

@@ -33,9 +33,10 @@ from .datasets.ap10k import ap10k_split, read_ap10k_pairs
 from .datasets.pairs import Pair
 from .datasets.spair import ANNOTATION_KEYS, SPAIR_LAYOUT, SPAIR_URL, read_spair_pairs, spair_image_path
 from .errors import ImageError, InputError
-from .manifest import MODEL_FILE, write_text_atomic
+from .manifest import write_text_atomic
 from .matching import transfer_keypoints
 from .preprocess import DEFAULT_MAX_PIXELS, open_image
+from .run_records import extractor_record, refuse_other_settings
 
 DEFAULT_ALPHA = 0.1
 # Features kept for images still to come (maps needed soonest stay; an evicted map is recomputed, identically).
@@ -330,26 +331,9 @@ def _inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 # -- resuming: OUT/ditf-pck.json (what the scores depend on) and OUT/pairs.jsonl (one scored pair a line) --
 
 
-def _model_record(manifest: Any) -> dict[str, Any]:
-    return dict(
-        model_name=manifest.model_name,
-        model_sha256=manifest.files.get(MODEL_FILE, {}).get("sha256"),
-        precision=manifest.precision,
-        layer=manifest.feature.layer,
-        timestep=manifest.feature.timestep,
-        ensemble=manifest.feature.ensemble,
-    )
-
-
 def _run_record(extractor: Any, dataset: str, extract_options: dict[str, Any]) -> dict[str, Any]:
     """What a pair's score depends on besides its annotation (alpha does not: distances are recorded)."""
-    model: dict[str, Any] = {"extractor": type(extractor).__name__}
-    manifest = getattr(extractor, "manifest", None)
-    if manifest is not None:
-        model.update(_model_record(manifest))
-    fused = getattr(extractor, "manifests", None)  # two fused exports (ditf_runtime.fusion)
-    if fused is not None:
-        model.update(models=[_model_record(m) for m in fused], weights=list(extractor.weights))
+    model = extractor_record(extractor)
     options = {k: v for k, v in sorted(extract_options.items()) if k != "noise"}
     return json.loads(json.dumps({"dataset": dataset, "model": model, "extract_options": options,
                                   "matcher": "exact bilinear cosine argmax", "exif_transpose": False}))
@@ -369,17 +353,7 @@ class _ScoreLog:
             return cls({}, None)
         folder = Path(out_dir)
         record_path, scores_path = folder / RUN_RECORD, folder / SCORES_FILE
-        if record_path.is_file() and not overwrite:
-            try:
-                previous = json.loads(record_path.read_text())
-            except json.JSONDecodeError:
-                previous = {}
-            if previous != record:
-                changed = sorted(k for k in record if previous.get(k) != record[k]) or ["?"]
-                raise InputError(
-                    f"{folder} holds PCK scores made with other settings (differs in {', '.join(changed)}); "
-                    "use another --out, or --overwrite to redo every pair"
-                )
+        refuse_other_settings(record_path, record, overwrite, holds="PCK scores", unit="pair")
         folder.mkdir(parents=True, exist_ok=True)
         if overwrite or not record_path.is_file():
             scores_path.unlink(missing_ok=True)

@@ -24,9 +24,10 @@ import numpy as np
 
 from ..annotate import RANDOM_WEIGHTS, Caption, describe_run
 from ..errors import InputError
-from ..manifest import MODEL_FILE, write_text_atomic
+from ..manifest import write_text_atomic
 from .dataset import Video, load_videos
 from .features import frame_features, protocol_size
+from ..run_records import extractor_record, refuse_other_settings
 from .masks import decode_labels, labels_to_grid, read_label_png, write_label_png
 from .metrics import boundary_f, region_similarity
 from .overlay import draw_mask_overlay
@@ -112,25 +113,8 @@ def _short_side(extractor: Any, size: int | None) -> int:
     return size
 
 
-def _model_record(manifest) -> dict[str, Any]:
-    return dict(
-        model_name=manifest.model_name,
-        model_sha256=manifest.files.get(MODEL_FILE, {}).get("sha256"),
-        precision=manifest.precision,
-        layer=manifest.feature.layer,
-        timestep=manifest.feature.timestep,
-        ensemble=manifest.feature.ensemble,
-    )
-
-
 def _run_record(extractor, split, resolution, short_side, settings, clip_frames, extract_options) -> dict[str, Any]:
-    manifest = getattr(extractor, "manifest", None)
-    model: dict[str, Any] = {"extractor": type(extractor).__name__}
-    if manifest is not None:
-        model.update(_model_record(manifest))
-    fused = getattr(extractor, "manifests", None)  # two fused exports (ditf_runtime.fusion)
-    if fused is not None:
-        model.update(models=[_model_record(m) for m in fused], weights=list(extractor.weights))
+    model = extractor_record(extractor)
     return {
         "model": model,
         "split": split,
@@ -150,17 +134,7 @@ def _check_run_record(folder: Path, record: dict[str, Any], overwrite: bool) -> 
     """Refuse to mix masks of another model or other settings into `folder`."""
     path = folder / RUN_RECORD
     comparable = json.loads(json.dumps(record))  # what the record reads back as (tuples -> lists)
-    if path.is_file() and not overwrite:
-        try:
-            previous = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        if previous != comparable:
-            changed = sorted(k for k in comparable if previous.get(k) != comparable[k]) or ["?"]
-            raise InputError(
-                f"{folder} holds masks made with other settings (differs in {', '.join(changed)}); "
-                "use another --out, or --overwrite to redo every video"
-            )
+    refuse_other_settings(path, comparable, overwrite, holds="masks", unit="video")
     write_text_atomic(path, json.dumps(comparable, indent=2) + "\n")
 
 

@@ -1,0 +1,214 @@
+"""Wan 2.1 (causal 3-D VAE, spacetime tokens): the exported graph against diffusers' own forward, hooked.
+
+Tiny random-weight pipelines of the real classes (exporter/tiny.py, saved with save_pretrained). The
+reference is diffusers itself: `AutoencoderKLWan.encode` (its chunked cache loop), the scheduler-free
+flow-matching mix, and `WanTransformer3DModel.forward` stopped at block K's input by a hook.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ditf_runtime.manifest import Manifest
+from ditf_runtime.parity import compare
+
+MIN_COSINE = 0.99999
+MAX_REL_ERROR = 1e-4
+TIMESTEP = 260
+
+
+class _Stop(Exception):
+    pass
+
+
+def _wan_embeds(seed: int = 8) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(1, 12, 32, generator=g)
+    embeds[:, 7:] = 0  # WanPipeline zero-pads past the prompt's tokens (no mask)
+    return {"prompt_embeds": embeds}
+
+
+def _embeds_file(tmp: Path, tensors: dict) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp / "wan-embeds.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def _clip_inputs(b, e, frames, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latent_frames = 1 + (frames - 1) // 4
+    return (torch.rand(b, frames, 3, h, w, generator=g) * 2 - 1,
+            torch.randn(b, e, latent_frames, 4, h // 8, w // 8, generator=g))
+
+
+@torch.no_grad()
+def wan_hook_features(folder: Path, layer: int, image, noise, embeds, discard):
+    """diffusers end to end: AutoencoderKLWan.encode (chunked, cached), (z - mean) / std, flow-matching mix,
+    WanTransformer3DModel.forward hooked at blocks[K]; then the DiTF head with block K's modulation."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from safetensors.torch import load_file
+
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae").eval()
+    # from_pretrained refuses this class without accelerate (keep_in_fp32_modules): the config and the saved
+    # safetensors, loaded strictly, are the same model
+    transformer = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder / "transformer")).eval()
+    transformer.load_state_dict(load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors"), strict=True)
+    b, e, lf, c, h, w = noise.shape
+    z = vae.encode(image.transpose(1, 2)).latent_dist.mean  # [B, c, F', h, w]
+    mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1)
+    z = ((z - mean) * (1.0 / std)).transpose(1, 2)  # [B, F', c, h, w]
+    assert z.shape[1] == lf
+    t = TIMESTEP / 1000
+    x_t = ((1 - t) * z[:, None] + t * noise).flatten(0, 1)  # [B*E, F', c, h, w]
+    captured = {}
+    block = transformer.blocks[layer]
+
+    def keep(module, args, kwargs):
+        captured["h"], captured["t6"] = args[0], args[2]
+        raise _Stop
+
+    handle = block.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        transformer(x_t.transpose(1, 2), timestep=torch.full((b * e,), float(TIMESTEP)),
+                    encoder_hidden_states=embeds["prompt_embeds"].expand(b * e, -1, -1))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    hk = captured["h"].reshape(b, e, lf, -1, captured["h"].shape[-1]).mean(1)  # [B, F', P, C]
+    dim = hk.shape[-1]
+    hk[..., list(discard)] = 0
+    mod = block.scale_shift_table + captured["t6"][:1].float()
+    feat = torch.nn.functional.layer_norm(hk, (dim,), eps=1e-6) * (1 + mod[0, 1]) + mod[0, 0]
+    return feat.transpose(-1, -2).reshape(b, lf, dim, h // 2, w // 2).numpy()
+
+
+def _wan_graph(folder: Path, layer: int, tmp: Path):
+    from ditf_export.export import ExportRequest, build_graph, plan
+    from ditf_export.tiny import WAN_TINY_MASSIVE
+
+    return build_graph(plan(ExportRequest(
+        model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP, image_size=128,
+        discard=",".join(map(str, WAN_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp, _wan_embeds())))).graph
+
+
+@torch.no_grad()
+def test_wan_clip_encoder_equals_diffusers_chunked_encode(family_tiny_dir):
+    """One causal pass over the clip == AutoencoderKLWan's chunk-by-chunk cache loop, for 1 + 4k frames."""
+    from diffusers import AutoencoderKLWan
+
+    from ditf_export.families.wan import WanClipEncoder
+
+    folder = family_tiny_dir("wan")
+    ours = WanClipEncoder(AutoencoderKLWan.from_pretrained(folder / "vae").eval())
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae").eval()
+    c = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1)
+    for frames, (h, w) in ((5, (40, 56)), (9, (48, 32)), (13, (24, 40))):
+        clip = torch.rand(1, frames, 3, h, w, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+        want = ((vae.encode(clip.transpose(1, 2)).latent_dist.mean - mean) * inv_std).transpose(1, 2)
+        got = ours(clip)
+        assert got.shape == (1, 1 + (frames - 1) // 4, c, h // 8, w // 8)
+        assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max())), (frames, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("layer, frames, size", [(0, 5, (48, 80)), (1, 9, (64, 48)), (2, 13, (48, 112))],
+                         ids=["block0-5f", "block1-9f", "block2-13f"])
+def test_wan_reference_matches_diffusers_forward_with_hooks(layer, frames, size, family_tiny_dir, tmp_path):
+    from ditf_export.tiny import WAN_TINY_MASSIVE
+
+    folder = family_tiny_dir("wan")
+    image, noise = _clip_inputs(2, 2, frames, *size, seed=layer)
+    expected = wan_hook_features(folder, layer, image, noise, _wan_embeds(), WAN_TINY_MASSIVE)
+    with torch.no_grad():
+        ours = _wan_graph(folder, layer, tmp_path)(image, noise).numpy()
+    lf, hp, wp = 1 + (frames - 1) // 4, size[0] // 16, size[1] // 16
+    assert ours.shape == (2, lf, 48, hp, wp)
+    res = compare(ours.reshape(-1, 48, hp, wp), expected.reshape(-1, 48, hp, wp), "fp32")
+    print(f"wan layer {layer}, {frames} frames, {size}: {res}")
+    assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+
+
+@pytest.fixture(scope="module")
+def wan_export(tmp_path_factory, family_tiny_dir):
+    """The tiny Wan exported once at block 1 (fp32), shared by the ONNX, runtime and DAVIS checks."""
+    from ditf_export.export import ExportRequest, export
+    from ditf_export.tiny import WAN_TINY_MASSIVE
+
+    root = tmp_path_factory.mktemp("wan-export")
+    out = root / "wan-l1"
+    export(ExportRequest(model=str(family_tiny_dir("wan")), out=out, layer=1, timestep=TIMESTEP, ensemble=1,
+                         image_size=128, discard=",".join(map(str, WAN_TINY_MASSIVE)),
+                         prompt_embeds=_embeds_file(root, _wan_embeds())))
+    return out
+
+
+def test_wan_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(wan_export, family_tiny_dir, tmp_path):
+    import onnxruntime as ort
+
+    m = Manifest.load(wan_export)
+    assert m.family == "wan" and m.geometry.frame_axis == 1 and m.geometry.frame_stride == 4
+    assert m.feature.block == "blocks.1"
+    assert m.input("image").shape == ("batch", "frames", 3, "height", "width")
+    assert m.input("noise").shape == ("batch", "ensemble", "1+(frames-1)/4", 4, "height/8", "width/8")
+    assert m.outputs[0].shape == ("batch", "1+(frames-1)/4", 48, "height/16", "width/16")
+    assert m.geometry.max_size == 64 * 16
+    for r in m.parity["results"]:
+        assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR, r
+    sess = ort.InferenceSession(str(wan_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    graph = _wan_graph(family_tiny_dir("wan"), 1, tmp_path)
+    for frames, size in ((5, (48, 112)), (17, (32, 48))):
+        image, noise = _clip_inputs(1, 2, frames, *size, seed=frames)
+        with torch.no_grad():
+            ref = graph(image, noise).numpy()
+        got = sess.run(["features"], {"image": image.numpy(), "noise": noise.numpy()})[0]
+        assert got.shape == ref.shape == (1, 1 + (frames - 1) // 4, 48, size[0] // 16, size[1] // 16)
+        res = compare(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]), "fp32")
+        print(f"wan ORT vs PyTorch {frames} frames {size}: {res}")
+        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+
+
+def test_wan_runtime_maps_latent_frames_back_to_video_frames(wan_export):
+    """Any clip length: padded with its last frame to 1 + 4k, then frame f reads latent frame ceil(f / 4)."""
+    import ditf_runtime
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(7)]
+    with ditf_runtime.load(wan_export, threads=1) as extractor:
+        assert extractor.is_video and extractor.frame_range == (1, 81)
+        maps = extractor.extract_video(frames)
+        padded = extractor.extract_video(frames + [frames[-1]] * 2)  # 9 = 1 + 4 * 2 frames: no padding
+    assert len(maps) == 7 and len(padded) == 9
+    for f in range(7):
+        assert np.array_equal(np.asarray(maps[f]), np.asarray(padded[f]))
+    assert np.array_equal(np.asarray(maps[1]), np.asarray(maps[4]))  # frames 1..4 share latent frame 1
+    assert not np.array_equal(np.asarray(maps[4]), np.asarray(maps[5]))
+
+
+def test_wan_track_and_eval_davis(wan_export, tmp_path):
+    from click.testing import CliRunner
+
+    from davis_synthetic import make_davis
+    from ditf_runtime.cli import main
+
+    root = tmp_path / "davis"
+    make_davis(root, videos=("shapes-a",), frames=6)
+    frames_dir = root / "JPEGImages" / "480p" / "shapes-a"
+    run = CliRunner().invoke(main, ["track", str(frames_dir), "--model", str(wan_export), "--threads", "1",
+                                    "--points", "10,10 40,30", "--json", str(tmp_path / "track.json")])
+    assert run.exit_code == 0, run.output
+    run = CliRunner().invoke(main, ["eval-davis", str(root), "--model", str(wan_export), "--threads", "1",
+                                    "--videos", "shapes-a", "--size", "64", "--out", str(tmp_path / "masks"),
+                                    "--json", str(tmp_path / "davis.json")])
+    assert run.exit_code == 0, run.output
+    assert "J&F-Mean" in run.output
+    assert len(list((tmp_path / "masks" / "shapes-a").glob("*.png"))) == 6

@@ -26,6 +26,9 @@ SPATIAL = (HEIGHT, WIDTH)
 # What a graph input holds, which says how to make one: calibration takes pixels from the runtime's
 # preprocessing and noise from its seeded rule; random checks draw uniform pixels and normal noise.
 IMAGE, NOISE = "image", "noise"
+# parity and calibration clips: at most this many frames (a long clip's cost grows with every frame; spacetime
+# attention quadratically), rounded to a length the graph takes
+CHECK_FRAMES = 9
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Axis:
         if self.causal:
             return f"1+({self.name}-1)/{self.stride}"
         return self.name if self.stride == 1 else f"{self.name}/{self.stride}"
+
+    def unscaled(self, n: int) -> int:
+        """The size `name` that gives n cells on this axis (the inverse of `size`)."""
+        return 1 + (int(n) - 1) * self.stride if self.causal else int(n) * self.stride
 
     def size(self, sizes: Sizes) -> int:
         value = sizes.of(self.name)
@@ -125,6 +132,10 @@ class GraphIO:
     def has_axis(self, name: str) -> bool:
         return any(t.axis_index(name) is not None for t in self.inputs + self.outputs)
 
+    def check_frames(self) -> int:
+        """The clip length of parity and calibration inputs: the graph's most frames, at most CHECK_FRAMES."""
+        return self.clip_frames(min(int(self.max_frames), CHECK_FRAMES))
+
     def clip_frames(self, frames: int) -> int:
         """A clip length this graph takes near `frames`: itself, or for a causal 3-D VAE (frame_stride s > 1) the
         nearest 1 + s*k at or below it, at least 1 + s."""
@@ -156,7 +167,7 @@ class GraphIO:
             if len(shape) != len(t.axes):
                 raise ValueError(f"{t.name} has shape {shape}; expected {len(t.axes)} axes {t.spec().shape}")
             for a, n in zip(t.axes, shape):
-                if isinstance(a, Axis) and found.setdefault(a.name, n * a.stride) != n * a.stride:
+                if isinstance(a, Axis) and found.setdefault(a.name, a.unscaled(n)) != a.unscaled(n):
                     raise ValueError(f"{t.name} axis {a}: {n} disagrees with {a.name} {found[a.name]}")
         return Sizes(**{f.name: found.get(f.name) for f in fields(Sizes)})
 

@@ -206,7 +206,7 @@ class WanAdapter(SingleStackAdapter):
             text_tokens=0 if embeds is None else int(embeds.shape[1]), text_attention="cross",
             ffn_dim=int(config["ffn_dim"]),
             vae_channels=tuple(dim * int(m) for m in vae_config.get("dim_mult", (1, 2, 4, 4))),
-            vae_attention=True,
+            vae_attention=True, spacetime_attention=True,
         )
 
     # -- conditioning --------------------------------------------------------------------------------

@@ -147,6 +147,9 @@ class Workload:
     vae_attention: bool = True  # the VAE encoder's mid-block self-attention over every latent cell
     attention: str = "dense"  # "dense": the graph materialises every [heads, N, N] score matrix
     extra_tokens: int = 0  # non-image tokens attended with the image tokens (DINOv2's class and register tokens)
+    # video: True when every block attends over all tokens of the clip at once (Wan); False: per frame, plus
+    # temporal blocks across frames at one position (Latte)
+    spacetime_attention: bool = False
 
 
 @dataclass(frozen=True)

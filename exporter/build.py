@@ -15,8 +15,8 @@ from ditf_calib.graph_io import FRAMES, GraphIO
 from ditf_runtime.manifest import Workload
 
 from .errors import ExportInputError
-from .feature_graph import FeatureGraph
-from .loading import LoadReport, load_truncated_transformer, read_vae_config
+from .feature_graph import FeatureGraph, LatentEncoder
+from .loading import LoadReport, load_truncated_transformer, load_vae, read_vae_config
 from .plan import ExportPlan
 
 
@@ -45,7 +45,8 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
     conditioning = adapter.conditioning(source, config, options)
     parts = adapter.feature_parts(transformer, conditioning, options)
     a, b = adapter.noise_coefficients(source, options)
-    graph = FeatureGraph(adapter.latent_encoder(source), parts, a, b, options.discard,
+    encoder = adapter.latent_encoder(source) or LatentEncoder(load_vae(source))
+    graph = FeatureGraph(encoder, parts, a, b, options.discard,
                          patch_size=adapter.patch_size(config), video=plan.io.has_axis(FRAMES),
                          head=options.head).eval()
     _check_against_io(graph, plan.io)

@@ -162,14 +162,11 @@ class FamilyAdapter:
         through the VAE one by one."""
         return 1
 
-    def latent_encoder(self, source) -> nn.Module:
-        """The graph's VAE part: pixels -> the family's scaled latent (feature_graph.LatentEncoder: an image VAE, also
+    def latent_encoder(self, source) -> nn.Module | None:
+        """The graph's VAE part when it is not an AutoencoderKL (None: feature_graph.LatentEncoder, an image VAE, also
         run frame by frame for video). A 3-D VAE's encoder sets `takes_clips` and maps [B, F, 3, H, W] clips to
         [B, latent frames, c, h, w]."""
-        from ..feature_graph import LatentEncoder
-        from ..loading import load_vae
-
-        return LatentEncoder(load_vae(source))
+        return None
 
     def graph_io(self, config: dict[str, Any], vae_config: dict[str, Any]) -> GraphIO:
         """The graph's inputs and outputs (ditf_calib.graph_io), from the transformer's and the VAE's configs:

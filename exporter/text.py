@@ -143,3 +143,23 @@ def encode_wan_umt5(source, prompt: str, max_length: int) -> dict[str, torch.Ten
     embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=max_length,
                                    device=torch.device("cpu"))
     return {"prompt_embeds": embeds.float()}
+
+
+@torch.no_grad()
+def encode_cogvideox_t5(source, prompt: str, max_length: int) -> dict[str, torch.Tensor]:
+    """CogVideoX's conditioning through CogVideoXPipeline.encode_prompt itself: T5 hidden states of the prompt padded
+    to max_length (226) tokens, pads encoded too (the pipeline passes no attention mask)."""
+    from diffusers import CogVideoXPipeline
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = Path(source.path)
+    for sub in ("tokenizer", "text_encoder"):
+        _require(folder, sub)
+    pipe = CogVideoXPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=T5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True).float(),
+        vae=None, transformer=None, scheduler=None,
+    )
+    embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=max_length,
+                                   device=torch.device("cpu"))
+    return {"prompt_embeds": embeds.float()}

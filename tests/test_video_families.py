@@ -1,8 +1,9 @@
-"""Wan 2.1 (causal 3-D VAE, spacetime tokens): the exported graph against diffusers' own forward, hooked.
+"""Wan 2.1 and CogVideoX (causal 3-D VAEs, spacetime tokens): the exported graph against diffusers' own forward, hooked.
 
 Tiny random-weight pipelines of the real classes (exporter/tiny.py, saved with save_pretrained). The
-reference is diffusers itself: `AutoencoderKLWan.encode` (its chunked cache loop), the scheduler-free
-flow-matching mix, and `WanTransformer3DModel.forward` stopped at block K's input by a hook.
+reference is diffusers itself: `AutoencoderKLWan.encode` / `AutoencoderKLCogVideoX.encode` (their chunked cache
+loops), the noise mix (flow matching for Wan; the scheduler's own `add_noise` for CogVideoX), and the transformer's
+forward stopped at block K's input by hooks (several K from one forward).
 """
 
 from __future__ import annotations
@@ -222,3 +223,129 @@ def test_wan_track_and_eval_davis(wan_export, tmp_path):
     assert run.exit_code == 0, run.output
     assert "J&F-Mean" in run.output
     assert len(list((tmp_path / "masks" / "shapes-a").glob("*.png"))) == 6
+
+
+# -- CogVideoX ---------------------------------------------------------------------------------------------------
+
+def _cog_embeds(seed: int = 9) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": torch.randn(1, 12, 32, generator=g)}  # max_text_seq_length tokens, as the pipeline pads
+
+
+@pytest.fixture(scope="module")
+def cog_dirs(family_tiny_dir, tmp_path_factory):
+    """{"sincos": the 2b-like tiny CogVideoX (family_tiny_dir's), "rope": the same weights as a 5b-like RoPE model}."""
+    from ditf_export.tiny import build_cogvideox_tiny
+
+    rope = build_cogvideox_tiny(tmp_path_factory.mktemp("cog") / "cogvideox-rope-tiny",
+                                use_rotary_positional_embeddings=True)
+    return {"sincos": family_tiny_dir("cogvideox"), "rope": rope}
+
+
+@torch.no_grad()
+def cog_hook_features(folder: Path, layers, image, noise, embeds, discard) -> dict[int, np.ndarray]:
+    """diffusers end to end: AutoencoderKLCogVideoX.encode (8-frame chunks, cached), mean * scaling_factor, the
+    scheduler's own add_noise, RoPE (5b-like) as CogVideoXPipeline prepares it, then ONE
+    CogVideoXTransformer3DModel.forward hooked at transformer_blocks[K] for every K; block K's own norm1 (its
+    affine LayerNorm, shift and scale) on each K's input. Returns {K: [B, F', C, h, w]}."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    vae = AutoencoderKLCogVideoX.from_pretrained(folder / "vae").eval()
+    transformer = CogVideoXTransformer3DModel.from_pretrained(folder / "transformer").eval()
+    scheduler = CogVideoXDDIMScheduler.from_pretrained(folder / "scheduler")
+    b, e, lf, c, h, w = noise.shape
+    z = (vae.encode(image.transpose(1, 2)).latent_dist.mean * vae.config.scaling_factor).transpose(1, 2)
+    assert z.shape[1] == lf
+    x_t = scheduler.add_noise(z[:, None].expand(b, e, *z.shape[1:]).flatten(0, 1), noise.flatten(0, 1),
+                              torch.full((b * e,), TIMESTEP, dtype=torch.long))
+    rope = None
+    if transformer.config.use_rotary_positional_embeddings:
+        pipe = SimpleNamespace(vae_scale_factor_spatial=8, transformer=transformer)
+        rope = CogVideoXPipeline._prepare_rotary_positional_embeddings(pipe, image.shape[-2], image.shape[-1], lf,
+                                                                       torch.device("cpu"))
+    captured = {}
+
+    def keeper(layer):
+        def keep(module, args, kwargs):
+            captured[layer] = (kwargs["hidden_states"], kwargs["temb"])
+            if layer == max(layers):
+                raise _Stop
+        return keep
+
+    blocks = transformer.transformer_blocks
+    handles = [blocks[k].register_forward_pre_hook(keeper(k), with_kwargs=True) for k in layers]
+    try:
+        transformer(x_t, encoder_hidden_states=embeds["prompt_embeds"].expand(b * e, -1, -1),
+                    timestep=torch.full((b * e,), TIMESTEP, dtype=torch.long), image_rotary_emb=rope)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {}
+    for k in layers:
+        hidden, temb = captured[k]
+        hk = hidden.reshape(b, e, lf, -1, hidden.shape[-1]).mean(1)  # [B, F', P, C]
+        hk[..., list(discard)] = 0
+        norm1 = blocks[k].norm1
+        shift, scale = norm1.linear(norm1.silu(temb[:1])).chunk(6, dim=1)[:2]
+        feat = norm1.norm(hk) * (1 + scale) + shift
+        out[k] = feat.transpose(-1, -2).reshape(b, lf, -1, h // 2, w // 2).numpy()
+    return out
+
+
+def _cog_graph(folder: Path, layer: int, tmp: Path):
+    from ditf_export.export import ExportRequest, build_graph, plan
+    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
+
+    return build_graph(plan(ExportRequest(
+        model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP, image_size=128,
+        discard=",".join(map(str, COGVIDEOX_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp, _cog_embeds())))).graph
+
+
+@torch.no_grad()
+def test_cogvideox_clip_encoder_equals_diffusers_chunked_encode(family_tiny_dir):
+    """One pass with per-chunk GroupNorm statistics == AutoencoderKLCogVideoX.encode's 8-frame chunk loop, for 1 + 4k
+    frames: one chunk (5, 13) and several (17 = 9 + 8, 21 = 13 + 8), where a plain whole-clip pass differs."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from ditf_export.families.cogvideox import CogVideoXClipEncoder
+
+    folder = family_tiny_dir("cogvideox")
+    vae = AutoencoderKLCogVideoX.from_pretrained(folder / "vae").eval()
+    ours = CogVideoXClipEncoder(AutoencoderKLCogVideoX.from_pretrained(folder / "vae").eval(), max_frames=25)
+    scale = vae.config.scaling_factor
+    for frames, (h, w) in ((5, (40, 56)), (13, (24, 40)), (17, (16, 24)), (21, (24, 16))):
+        clip = torch.rand(1, frames, 3, h, w, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+        want = (vae.encode(clip.transpose(1, 2)).latent_dist.mean * scale).transpose(1, 2)
+        got = ours(clip)
+        assert got.shape == (1, 1 + (frames - 1) // 4, 4, h // 8, w // 8)
+        tol = 1e-5 * float(want.abs().max())
+        assert torch.allclose(got, want, rtol=0, atol=tol), (frames, (got - want).abs().max())
+        if frames > 16:  # the per-chunk statistics matter: diffusers' encoder over the whole clip at once is off
+            whole = (vae.encoder(clip.transpose(1, 2))[0][:, :4] * scale).transpose(1, 2)
+            assert (whole - want).abs().max() > 100 * tol
+
+
+@pytest.mark.parametrize("kind, frames, size", [("sincos", 5, (48, 80)), ("sincos", 17, (32, 48)),
+                                                ("rope", 9, (64, 48)), ("rope", 5, (32, 112))],
+                         ids=["2b-like-5f-48x80", "2b-like-17f-32x48", "5b-like-9f-64x48", "5b-like-5f-32x112"])
+def test_cogvideox_reference_matches_diffusers_forward_with_hooks(kind, frames, size, cog_dirs, tmp_path):
+    """Blocks 0, 1, 2 of the tiny model from one hooked diffusers forward; sin-cos (2b) and RoPE (5b, whose crop of
+    the base grid depends on the aspect ratio: 64x48 is taller, 32x112 wider than the base 4 x 6 tokens)."""
+    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
+
+    folder = cog_dirs[kind]
+    layers = (0, 1, 2)
+    image, noise = _clip_inputs(2, 2, frames, *size, seed=frames)
+    expected = cog_hook_features(folder, layers, image, noise, _cog_embeds(), COGVIDEOX_TINY_MASSIVE)
+    lf, hp, wp = 1 + (frames - 1) // 4, size[0] // 16, size[1] // 16
+    for layer in layers:
+        with torch.no_grad():
+            ours = _cog_graph(folder, layer, tmp_path)(image, noise).numpy()
+        assert ours.shape == (2, lf, 64, hp, wp)
+        res = compare(ours.reshape(-1, 64, hp, wp), expected[layer].reshape(-1, 64, hp, wp), "fp32")
+        print(f"cogvideox {kind} layer {layer}, {frames} frames, {size}: {res}")
+        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, (layer, res)

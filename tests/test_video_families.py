@@ -349,3 +349,82 @@ def test_cogvideox_reference_matches_diffusers_forward_with_hooks(kind, frames, 
         res = compare(ours.reshape(-1, 64, hp, wp), expected[layer].reshape(-1, 64, hp, wp), "fp32")
         print(f"cogvideox {kind} layer {layer}, {frames} frames, {size}: {res}")
         assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, (layer, res)
+
+
+@pytest.fixture(scope="module")
+def cog_export(tmp_path_factory, cog_dirs):
+    """The 5b-like (RoPE) tiny CogVideoX exported once at block 1 (fp32): its crop table is gathered by the grid's
+    own size inside the ONNX graph. (The 2b-like sin-cos model is exported by test_trt_rtx_builds.py.)"""
+    from ditf_export.export import ExportRequest, export
+    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
+
+    root = tmp_path_factory.mktemp("cog-export")
+    out = root / "cog-rope-l1"
+    export(ExportRequest(model=str(cog_dirs["rope"]), out=out, layer=1, timestep=TIMESTEP, ensemble=1,
+                         image_size=128, discard=",".join(map(str, COGVIDEOX_TINY_MASSIVE)),
+                         prompt_embeds=_embeds_file(root, _cog_embeds())))
+    return out
+
+
+def test_cogvideox_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(cog_export, cog_dirs, tmp_path):
+    """Several VAE chunks (17 = 9 + 8 and 21 = 13 + 8 frames) and other aspect ratios (other RoPE crops) through
+    onnxruntime; the manifest states the frame axis, the stride and the limits."""
+    import onnxruntime as ort
+
+    m = Manifest.load(cog_export)
+    assert m.family == "cogvideox" and m.geometry.frame_axis == 1 and m.geometry.frame_stride == 4
+    assert m.feature.block == "transformer_blocks.1"
+    assert m.input("image").shape == ("batch", "frames", 3, "height", "width")
+    assert m.input("noise").shape == ("batch", "ensemble", "1+(frames-1)/4", 4, "height/8", "width/8")
+    assert m.outputs[0].shape == ("batch", "1+(frames-1)/4", 64, "height/16", "width/16")
+    assert m.geometry.max_size == 128 * 16
+    for r in m.parity["results"]:
+        assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR, r
+    sess = ort.InferenceSession(str(cog_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    graph = _cog_graph(cog_dirs["rope"], 1, tmp_path)
+    for frames, size in ((17, (48, 112)), (21, (64, 32))):
+        image, noise = _clip_inputs(1, 2, frames, *size, seed=frames)
+        with torch.no_grad():
+            ref = graph(image, noise).numpy()
+        got = sess.run(["features"], {"image": image.numpy(), "noise": noise.numpy()})[0]
+        assert got.shape == ref.shape == (1, 1 + (frames - 1) // 4, 64, size[0] // 16, size[1] // 16)
+        res = compare(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]), "fp32")
+        print(f"cogvideox ORT vs PyTorch {frames} frames {size}: {res}")
+        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+
+
+def test_cogvideox_runtime_refuses_longer_clips_and_maps_frames(cog_export):
+    """Clips up to the model's 25 frames (the tiny config's sample_frames) are padded to 1 + 4k; longer ones are
+    refused with one clear message (the VAE's chunk table and the position tables stop there)."""
+    import ditf_runtime
+    from ditf_runtime.errors import InputError
+
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    with ditf_runtime.load(cog_export, threads=1) as extractor:
+        assert extractor.is_video and extractor.frame_range == (1, 25)
+        maps = extractor.extract_video(frames)
+        assert len(maps) == 6
+        assert np.array_equal(np.asarray(maps[1]), np.asarray(maps[4]))  # frames 1..4 share latent frame 1
+        with pytest.raises(InputError, match="25"):
+            extractor.extract_video(frames * 5)  # 30 frames
+
+
+def test_cogvideox_track_and_eval_davis(cog_export, tmp_path):
+    from click.testing import CliRunner
+
+    from davis_synthetic import make_davis
+    from ditf_runtime.cli import main
+
+    root = tmp_path / "davis"
+    make_davis(root, videos=("shapes-a",), frames=6)
+    frames_dir = root / "JPEGImages" / "480p" / "shapes-a"
+    run = CliRunner().invoke(main, ["track", str(frames_dir), "--model", str(cog_export), "--threads", "1",
+                                    "--points", "10,10 40,30", "--json", str(tmp_path / "track.json")])
+    assert run.exit_code == 0, run.output
+    run = CliRunner().invoke(main, ["eval-davis", str(root), "--model", str(cog_export), "--threads", "1",
+                                    "--videos", "shapes-a", "--size", "64", "--out", str(tmp_path / "masks"),
+                                    "--json", str(tmp_path / "davis.json")])
+    assert run.exit_code == 0, run.output
+    assert "J&F-Mean" in run.output
+    assert len(list((tmp_path / "masks" / "shapes-a").glob("*.png"))) == 6

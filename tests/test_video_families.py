@@ -428,3 +428,29 @@ def test_cogvideox_track_and_eval_davis(cog_export, tmp_path):
     assert run.exit_code == 0, run.output
     assert "J&F-Mean" in run.output
     assert len(list((tmp_path / "masks" / "shapes-a").glob("*.png"))) == 6
+
+
+def test_cogvideox_prompt_is_padded_to_the_model_text_length_and_other_lengths_are_refused(cog_dirs, tmp_path):
+    """--prompt goes through CogVideoXPipeline.encode_prompt (padded to max_text_seq_length, 12 here) and changes
+    the features; the sin-cos model's table has exactly that many text rows, so other lengths are refused."""
+    from safetensors.torch import save_file
+
+    from ditf_export.catalog import models
+    from ditf_export.errors import ExportInputError
+    from ditf_export.export import ExportRequest, build_graph, plan
+
+    folder = cog_dirs["sincos"]
+    image, noise = _clip_inputs(1, 1, 5, 32, 48)
+    outs = {}
+    for prompt in ("a cat walks", ""):
+        the_plan = plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, timestep=TIMESTEP, prompt=prompt))
+        with torch.no_grad():
+            outs[prompt] = build_graph(the_plan).graph(image, noise).numpy()
+    assert np.abs(outs["a cat walks"] - outs[""]).max() > 1e-3
+    short = tmp_path / "short.safetensors"
+    save_file({"prompt_embeds": torch.randn(1, 7, 32)}, str(short))
+    with pytest.raises(ExportInputError, match="has 7 tokens; this CogVideoX model takes exactly 12"):
+        build_graph(plan(ExportRequest(model=str(folder), out=tmp_path / "o", layer=1, prompt_embeds=short)))
+    specs = models()
+    assert specs["cogvideox-2b"].hf_id == "THUDM/CogVideoX-2b" and specs["cogvideox-5b"].hf_id == "THUDM/CogVideoX-5b"
+    assert specs["cogvideox-2b"].family == specs["cogvideox-5b"].family == "cogvideox"

@@ -144,7 +144,7 @@ def load_calibration_set(folder: str | os.PathLike | Sequence[os.PathLike], *, i
 
     long_side: the runtime's resize rule (long side, aspect kept); several: every image at each of them
     (calibrating at several sizes the graph will run at). frames: clip length for graphs with a frames
-    axis (default: the graph's most, io.max_frames).
+    axis (default: the graph's most, at most graph_io.CHECK_FRAMES: io.check_frames()).
     """
     files = list_images(folder, option) if isinstance(folder, (str, os.PathLike)) else [Path(f) for f in folder]
     if max_images is not None:
@@ -161,7 +161,7 @@ def load_calibration_set(folder: str | os.PathLike | Sequence[os.PathLike], *, i
             except (ImageError, InputError) as exc:
                 raise CalibrationError(f"{option}: {exc}; remove or replace that file") from exc
     if io.has_axis(FRAMES):
-        frames = int(frames or io.max_frames)
+        frames = int(frames or io.check_frames())
     elif frames is not None:
         raise CalibrationError("frames= is for graphs with a frames axis (video); this graph has none")
     return CalibrationSet(tuple(images), io, int(ensemble), int(seed), frames)

@@ -26,6 +26,9 @@ SPATIAL = (HEIGHT, WIDTH)
 # What a graph input holds, which says how to make one: calibration takes pixels from the runtime's
 # preprocessing and noise from its seeded rule; random checks draw uniform pixels and normal noise.
 IMAGE, NOISE = "image", "noise"
+# parity and calibration clips: at most this many frames (a long clip's cost grows with every frame; spacetime
+# attention quadratically), rounded to a length the graph takes
+CHECK_FRAMES = 9
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,24 @@ class Axis:
 
     name: str
     stride: int = 1
+    # a causal 3-D VAE's frame axis: the first frame alone, then one cell per `stride` frames: 1 + (v - 1) / stride
+    causal: bool = False
 
     def __str__(self) -> str:
+        if self.causal:
+            return f"1+({self.name}-1)/{self.stride}"
         return self.name if self.stride == 1 else f"{self.name}/{self.stride}"
+
+    def unscaled(self, n: int) -> int:
+        """The size `name` that gives n cells on this axis (the inverse of `size`)."""
+        return 1 + (int(n) - 1) * self.stride if self.causal else int(n) * self.stride
 
     def size(self, sizes: Sizes) -> int:
         value = sizes.of(self.name)
+        if self.causal:
+            if value < 1 or (value - 1) % self.stride:
+                raise ValueError(f"{self.name} {value} is not 1 + {self.stride}k (the VAE's temporal groups)")
+            return 1 + (value - 1) // self.stride
         if value % self.stride:
             raise ValueError(f"{self.name} {value} is not a multiple of {self.stride}")
         return value // self.stride
@@ -99,6 +114,8 @@ class GraphIO:
                                      f"{self.size_multiple}")
         if self.has_axis(FRAMES) and not self.max_frames:
             raise ValueError("a graph with a frames axis needs max_frames")
+        if self.max_frames and self.clip_frames(self.max_frames) != self.max_frames:
+            raise ValueError(f"max_frames {self.max_frames} is not 1 + {self.geometry.frame_stride}k")
 
     @property
     def size_multiple(self) -> int:
@@ -114,6 +131,16 @@ class GraphIO:
 
     def has_axis(self, name: str) -> bool:
         return any(t.axis_index(name) is not None for t in self.inputs + self.outputs)
+
+    def check_frames(self) -> int:
+        """The clip length of parity and calibration inputs: the graph's most frames, at most CHECK_FRAMES."""
+        return self.clip_frames(min(int(self.max_frames), CHECK_FRAMES))
+
+    def clip_frames(self, frames: int) -> int:
+        """A clip length this graph takes near `frames`: itself, or for a causal 3-D VAE (frame_stride s > 1) the
+        nearest 1 + s*k at or below it, at least 1 + s."""
+        s = self.geometry.frame_stride
+        return int(frames) if s == 1 else 1 + s * max(1, (int(frames) - 1) // s)
 
     def input(self, role: str) -> TensorIO | None:
         return next((t for t in self.inputs if t.role == role), None)
@@ -140,7 +167,7 @@ class GraphIO:
             if len(shape) != len(t.axes):
                 raise ValueError(f"{t.name} has shape {shape}; expected {len(t.axes)} axes {t.spec().shape}")
             for a, n in zip(t.axes, shape):
-                if isinstance(a, Axis) and found.setdefault(a.name, n * a.stride) != n * a.stride:
+                if isinstance(a, Axis) and found.setdefault(a.name, a.unscaled(n)) != a.unscaled(n):
                     raise ValueError(f"{t.name} axis {a}: {n} disagrees with {a.name} {found[a.name]}")
         return Sizes(**{f.name: found.get(f.name) for f in fields(Sizes)})
 
@@ -165,24 +192,28 @@ class GraphIO:
 
 
 def diffusion_io(latent_channels: int, feature_channels: int, vae_stride: int, patch_size: int,
-                 max_frames: int | None = None, max_grid: int | None = None) -> GraphIO:
+                 max_frames: int | None = None, max_grid: int | None = None, frame_stride: int = 1) -> GraphIO:
     """The DiTF graph of a diffusion transformer: image [B, 3, H, W] in [-1, 1] and noise
     [B, E, c, H/vae_stride, W/vae_stride] -> features [B, C, H/stride, W/stride], stride = vae_stride *
     patch_size, which H and W must be multiples of. Video (max_frames set): a frames axis after the
     batch axis (image, features) or the ensemble axis (noise). max_grid: the most tokens per side the
-    model's position tables cover (None: no limit); the geometry records it in pixels (max_size)."""
+    model's position tables cover (None: no limit); the geometry records it in pixels (max_size).
+    frame_stride > 1 (a causal 3-D VAE, Wan and CogVideoX: 4): noise and features have 1 + (F - 1) / frame_stride
+    frames, F = 1 + frame_stride * k."""
     stride = vae_stride * patch_size
     f = () if max_frames is None else (Axis(FRAMES),)
+    lf = () if max_frames is None else (Axis(FRAMES, frame_stride, causal=True) if frame_stride > 1 else Axis(FRAMES),)
     batch, ensemble = Axis(BATCH), Axis(ENSEMBLE)
     return GraphIO(
         inputs=(
             TensorIO(IMAGE_INPUT, (batch, *f, 3, Axis(HEIGHT), Axis(WIDTH)), role=IMAGE),
-            TensorIO(NOISE_INPUT, (batch, ensemble, *f, latent_channels, Axis(HEIGHT, vae_stride),
+            TensorIO(NOISE_INPUT, (batch, ensemble, *lf, latent_channels, Axis(HEIGHT, vae_stride),
                                    Axis(WIDTH, vae_stride)), role=NOISE),
         ),
-        outputs=(TensorIO(FEATURES_OUTPUT, (batch, *f, feature_channels, Axis(HEIGHT, stride), Axis(WIDTH, stride))),),
+        outputs=(TensorIO(FEATURES_OUTPUT, (batch, *lf, feature_channels, Axis(HEIGHT, stride), Axis(WIDTH, stride))),),
         geometry=Geometry(latent_channels=latent_channels, feature_channels=feature_channels, vae_stride=vae_stride,
                           feature_stride=stride, size_multiple=stride, frame_axis=None if max_frames is None else 1,
+                          frame_stride=frame_stride,
                           max_size=None if max_grid is None else max_grid * stride),
         max_frames=max_frames,
     )

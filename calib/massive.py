@@ -111,7 +111,7 @@ def detect_for_graph(graph, io: GraphIO, images_dir, *, long_side: int, ensemble
                      progress: Callable[[str], None] | None = None,
                      option: str = "--calib-images") -> MassiveChannels:
     """Calibration images -> the runtime's preprocessing and default noise, in the graph's layout `io`
-    (video graphs: still clips of io.max_frames frames) -> raw h_K -> massive channels."""
+    (video graphs: still clips of io.check_frames() frames) -> raw h_K -> massive channels."""
     from .data import load_calibration_set
 
     calib = load_calibration_set(images_dir, io=io, long_side=long_side, ensemble=ensemble, seed=seed,

@@ -45,7 +45,8 @@ def build_graph(plan: ExportPlan, dtype: torch.dtype = torch.float32) -> BuiltGr
     conditioning = adapter.conditioning(source, config, options)
     parts = adapter.feature_parts(transformer, conditioning, options)
     a, b = adapter.noise_coefficients(source, options)
-    graph = FeatureGraph(LatentEncoder(load_vae(source)), parts, a, b, options.discard,
+    encoder = adapter.latent_encoder(source) or LatentEncoder(load_vae(source))
+    graph = FeatureGraph(encoder, parts, a, b, options.discard,
                          patch_size=adapter.patch_size(config), video=plan.io.has_axis(FRAMES),
                          head=options.head).eval()
     _check_against_io(graph, plan.io)

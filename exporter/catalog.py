@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .families import dinov2, dit, flux, latte, pixart, sd3  # noqa: F401  (importing an adapter module registers it)
+from .families import cogvideox, dinov2, dit, flux, latte, pixart, sd3, wan  # noqa: F401  (importing an adapter module registers it)
 from .families.base import FamilyAdapter
 from .registry import ModelSpec
 

@@ -107,6 +107,8 @@ class FeatureGraph(nn.Module):
         b, e = noise.shape[0], noise.shape[1]
         if not self.video:
             latent = self.encoder(image)  # encoded once, shared by the E ensemble members
+        elif getattr(self.encoder, "takes_clips", False):  # a 3-D VAE: the clip at once, [B, latent frames, c, h, w]
+            latent = self.encoder(image)
         else:  # video: every frame through the image VAE, [B, F, c, h, w]
             latent = self.encoder(image.flatten(0, 1)).unflatten(0, (b, image.shape[1]))
         x_t = self.noise_a * latent[:, None] + self.noise_b * noise

@@ -27,9 +27,17 @@ DYNAMIC_RANGES = {BATCH: (1, 1024), ENSEMBLE: (1, 256), "height": (1, 1024), "wi
 MIN_FRAMES = 2
 
 
+# Causal 3-D VAEs (geometry.frame_stride s > 1): clips of 1 + s*k frames, k temporal groups in the example (>= 2
+# and unlike B and E, so neither k nor the 1 + k latent frames is specialised)
+TRACE_FRAME_GROUPS = 3
+
+
 def trace_sizes(io: GraphIO) -> Sizes:
     m = io.size_multiple
     frames = min(TRACE_FRAMES, io.max_frames) if io.has_axis(FRAMES) else None
+    s = io.geometry.frame_stride
+    if frames is not None and s > 1:
+        frames = 1 + s * min(TRACE_FRAME_GROUPS, (io.max_frames - 1) // s)
     return Sizes(batch=TRACE_BATCH, ensemble=TRACE_ENSEMBLE, height=TRACE_GRID[0] * m, width=TRACE_GRID[1] * m,
                  frames=frames)
 
@@ -43,10 +51,15 @@ def dynamic_shapes(io: GraphIO) -> dict[str, dict[int, object]]:
     dims = {name: Dim(name, min=lo, max=hi) for name, (lo, hi) in DYNAMIC_RANGES.items() if name not in SPATIAL}
     dims.update({side: Dim(f"{side}_{m}", min=DYNAMIC_RANGES[side][0], max=DYNAMIC_RANGES[side][1])
                  for side in SPATIAL})
-    if io.has_axis(FRAMES):
+    s = io.geometry.frame_stride
+    if io.has_axis(FRAMES) and s == 1:
         dims[FRAMES] = Dim(FRAMES, min=MIN_FRAMES, max=io.max_frames)
+    elif io.has_axis(FRAMES):  # frames = 1 + s * groups, latent frames = 1 + groups: both derived from one Dim
+        groups = Dim("frame_groups", min=1, max=(io.max_frames - 1) // s)
 
     def expr(axis: Axis):
+        if axis.name == FRAMES and s > 1:
+            return groups + 1 if axis.causal else s * groups + 1
         cells = m // axis.stride if axis.name in SPATIAL else 1
         return dims[axis.name] if cells == 1 else cells * dims[axis.name]
 

@@ -134,9 +134,9 @@ def _maps(features: np.ndarray) -> np.ndarray:
 def parity_inputs(io: GraphIO, sizes: tuple[tuple[int, int], ...], seed: int, batch: int = PARITY_BATCH,
                   ensemble: int = PARITY_ENSEMBLE, frames: int | None = None) -> list[dict[str, np.ndarray]]:
     """Random inputs at each (H, W), seeds seed, seed + 1, ...; graphs with frames get `frames` (default:
-    their most)."""
+    their most, at most graph_io.CHECK_FRAMES)."""
     if io.has_axis(FRAMES):
-        frames = frames or io.max_frames
+        frames = frames or io.check_frames()
     return [io.random_inputs(Sizes(batch=batch, ensemble=ensemble, height=h, width=w, frames=frames), seed + i)
             for i, (h, w) in enumerate(sizes)]
 

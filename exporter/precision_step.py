@@ -34,7 +34,7 @@ PARITY_SIDE = 256  # the calibration images' parity row: square, at most this (a
 
 def _frames(plan: ExportPlan) -> int | None:
     io = plan.io
-    return min(io.max_frames, CHECK_FRAMES) if io.has_axis(FRAMES) else None
+    return io.clip_frames(min(io.max_frames, CHECK_FRAMES)) if io.has_axis(FRAMES) else None
 
 
 @dataclass(frozen=True)

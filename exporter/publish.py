@@ -106,7 +106,7 @@ def trt_profiles(io: GraphIO, image_size: int, ensemble: int, covers: Sizes | No
     high = top // m * m
     low = min(-(-PROFILE_SIDES[0] // m) * m, image_size, high)
     video = io.has_axis(FRAMES)
-    few, most = (MIN_FRAMES, io.max_frames) if video else (None, None)
+    few, most = (io.clip_frames(MIN_FRAMES), io.max_frames) if video else (None, None)
     smallest = Sizes(batch=1, ensemble=1, height=low, width=low, frames=few)
     largest = Sizes(batch=PROFILE_MAX_BATCH[video], ensemble=max(ensemble, PROFILE_MAX_ENSEMBLE), height=high,
                     width=high, frames=most)

@@ -23,6 +23,8 @@ MODEL_NAMES = (
     "pixart-alpha", "pixart-alpha-512", "pixart-sigma",
     "dit-xl-2-256", "dit-xl-2-512",
     "latte", "latte-tiny",
+    "wan2.1-1.3b", "wan2.1-14b", "wan-tiny",
+    "cogvideox-2b", "cogvideox-5b", "cogvideox-tiny",
     *(f"dinov2-{size}{reg}" for size in ("small", "base", "large", "giant", "tiny") for reg in ("", "-reg")),
 )
 

@@ -280,6 +280,93 @@ def build_latte_tiny(path: str | Path, seed: int = 0, with_text: bool = True,
     )
 
 
+WAN_TINY_MASSIVE = (5, 40)
+WAN_TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=32,
+    freq_dim=32, ffn_dim=96, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    rope_max_seq_len=64,
+)  # Wan 2.1 T2V's block settings at toy width (3 blocks, hidden 48); RoPE for 64 positions per axis
+WAN_TINY_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=0, attn_scales=[],
+                    temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, -0.05],
+                    latents_std=[1.5, 0.8, 2.0, 1.1])
+# Wan 2.1's VAE layout (8x spatial, 4x temporal) at toy width: the three resamples (two causal temporal ones)
+# and the mid block's cached residual blocks + per-frame attention, no residual blocks in the down levels.
+# Those add nothing the mid block does not test, and each one costs seconds of symbolic shape work in the
+# ONNX export (a tiny export took ~2 min with one per level, ~25 s without).
+
+
+def _tiny_umt5(folder: Path, seed: int, d_model: int) -> None:
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    chars, _ = _char_vocab()
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(c, -2.0) for c in chars] + [("\u2581" + c, -1.5) for c in chars]
+    T5Tokenizer(vocab=pieces, extra_ids=0).save_pretrained(folder / "tokenizer")
+    torch.manual_seed(seed)
+    UMT5EncoderModel(UMT5Config(
+        vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval().save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+
+def build_wan_tiny(path: str | Path, seed: int = 0, with_text: bool = True,
+                   massive: tuple[int, ...] = WAN_TINY_MASSIVE, **transformer_overrides) -> Path:
+    """Wan 2.1 T2V-architecture video pipeline: WanTransformer3DModel, the causal 3-D AutoencoderKLWan (4 latent
+    channels), a flow-matching UniPC scheduler (as Wan's), umT5."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+    cfg = {**WAN_TINY_TRANSFORMER, **transformer_overrides}
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(**cfg).eval()
+    _plant(model, model.patch_embedding.bias, massive, 300.0)
+    with torch.no_grad():  # time_proj is Wan's modulation linear: scale it as _plant does AdaLN linears
+        model.condition_embedder.time_proj.weight.mul_(4.0)
+    torch.manual_seed(seed + 100)
+    vae = AutoencoderKLWan(**WAN_TINY_VAE).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return save_pipeline_folder(
+        path, {"transformer": model, "vae": vae, "scheduler": scheduler}, with_text, "WanPipeline",
+        lambda folder: _tiny_umt5(folder, seed + 200, cfg["text_dim"]),
+    )
+
+
+COGVIDEOX_TINY_MASSIVE = (6, 45)
+COGVIDEOX_TINY_TRANSFORMER = dict(
+    num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32, text_embed_dim=32,
+    num_layers=3, sample_width=12, sample_height=8, sample_frames=25, patch_size=2, temporal_compression_ratio=4,
+    max_text_seq_length=12, spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
+    use_rotary_positional_embeddings=False,
+)  # CogVideoX-2b's block settings at toy width (3 blocks, hidden 64, 12 text tokens); clips of up to 25 frames;
+# use_rotary_positional_embeddings=True makes it 5b-like (RoPE over the 4 x 6 base grid's crops)
+COGVIDEOX_TINY_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+    up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+    layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4, scaling_factor=1.15258426,
+)  # CogVideoX's VAE layout (8x spatial, 4x temporal: GroupNorm at every level, so the per-chunk statistics are
+# checked at full, half and quarter frame rate), toy width
+
+
+def build_cogvideox_tiny(path: str | Path, seed: int = 0, with_text: bool = True,
+                         massive: tuple[int, ...] = COGVIDEOX_TINY_MASSIVE, **transformer_overrides) -> Path:
+    """CogVideoX-architecture video pipeline: CogVideoXTransformer3DModel, the causal 3-D AutoencoderKLCogVideoX,
+    CogVideoX-2b's scheduler (DDIM, scaled-linear betas, SNR shift 3, zero terminal SNR, v-prediction), T5."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    cfg = {**COGVIDEOX_TINY_TRANSFORMER, **transformer_overrides}
+    torch.manual_seed(seed)
+    model = CogVideoXTransformer3DModel(**cfg).eval()
+    _plant(model, model.patch_embed.proj.bias, massive, 300.0)
+    torch.manual_seed(seed + 100)
+    vae = AutoencoderKLCogVideoX(**COGVIDEOX_TINY_VAE).eval()
+    scheduler = CogVideoXDDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       snr_shift_scale=3.0, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                       prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True)
+    return save_pipeline_folder(
+        path, {"transformer": model, "vae": vae, "scheduler": scheduler}, with_text, "CogVideoXPipeline",
+        lambda folder: _tiny_t5(folder, "tokenizer", "text_encoder", seed + 200, cfg["text_embed_dim"]),
+    )
+
+
 # A ViT at toy width: 3 layers, a 7x7 position table (image_size 98), so the test sizes interpolate it both
 # down (4x6) and up (9x13); 4 registers in the registers model, as in facebook/dinov2-with-registers-*.
 DINOV2_TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2, image_size=98,
@@ -314,4 +401,5 @@ def build_dinov2_tiny(path: str | Path, seed: int = 0, registers: bool = False, 
 
 # One tiny builder per registered family; tests/test_families.py checks that none is missing.
 TINY_BUILDERS = {"flux": build_flux_tiny, "sd3": build_sd3_tiny, "pixart": build_pixart_tiny, "dit": build_dit_tiny,
-                 "latte": build_latte_tiny, "dinov2": build_dinov2_tiny}
+                 "latte": build_latte_tiny, "wan": build_wan_tiny,
+                 "cogvideox": build_cogvideox_tiny, "dinov2": build_dinov2_tiny}

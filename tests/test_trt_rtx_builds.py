@@ -1,6 +1,6 @@
 """Real TensorRT-RTX engines, built ahead of time on this CPU machine (no stand-in anywhere here).
 
-flux-tiny and one tiny export of every other family (SD3, PixArt, DiT, and the video family Latte)
+flux-tiny and one tiny export of every other family (SD3, PixArt, DiT, and the video families Latte, Wan and CogVideoX)
 are built once per session through `ditf build-engine --tensorrt rtx`, at every precision the
 family exports (video: fp32 only); flux-tiny's fp8 export for compute capabilities 8.9 and 12.0 only. TensorRT-RTX needs a GPU only to deserialise and run an engine
 (test_precision_tensorrt.py, skipped without one); everything before that is checked here: the
@@ -36,9 +36,12 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # INT8 is built for flux-tiny only: the other tiny random families' features are near-constant, so their INT8
 # exports have no decisive keypoint transfer to be judged on and refuse themselves (test below).
 CASES = ([(family, p) for family in ("flux", "sd3", "pixart", "dit") for p in PRECISIONS if p != "int8" or family == "flux"]
-         + [("latte", "fp32")])
+         + [("latte", "fp32"), ("wan", "fp32"), ("cogvideox", "fp32")])
 IMAGE_PROFILE = ["--min", "1x64x64", "--opt", "1x128x128", "--max", "2x256x256"]
 VIDEO_PROFILE = ["--min", "1x2x64x64", "--opt", "1x4x128x128", "--max", "1x4x256x256"]
+# causal 3-D VAEs (Wan, CogVideoX): clips of 1 + 4k frames, 1 + k latent frames in noise and features
+CAUSAL_VIDEO_PROFILE = ["--min", "1x5x64x64", "--opt", "1x5x128x128", "--max", "1x9x256x256"]
+PROFILES = {"latte": VIDEO_PROFILE, "wan": CAUSAL_VIDEO_PROFILE, "cogvideox": CAUSAL_VIDEO_PROFILE}
 DEFAULT_FOLDER = "rtx{v}-sm80_86_89_120"
 RTX_4090 = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
 
@@ -86,7 +89,7 @@ def rtx_engine(family_export, tmp_path_factory):
     def get(family: str, precision: str):
         if (family, precision) not in built:
             export = linked_copy(family_export(family, precision), root / f"{family}-{precision}")
-            result = build(export, *(VIDEO_PROFILE if family == "latte" else IMAGE_PROFILE))
+            result = build(export, *PROFILES.get(family, IMAGE_PROFILE))
             assert result.exit_code == 0, result.output
             folder = Path(result.stdout.strip().splitlines()[-1])
             built[(family, precision)] = (export, folder, result)
@@ -115,6 +118,10 @@ def test_cli_builds_a_real_engine_with_a_complete_record(family, precision, rtx_
     if family == "latte":
         assert profile["image"]["max"] == [1, 4, 3, 256, 256]
         assert profile["noise"]["max"] == [1, 2, 4, manifest.geometry.latent_channels, 32, 32]
+    elif family in ("wan", "cogvideox"):  # 9 frames -> 1 + 8/4 = 3 latent frames
+        assert manifest.geometry.frame_stride == 4
+        assert profile["image"] == {"min": [1, 5, 3, 64, 64], "opt": [1, 5, 3, 128, 128], "max": [1, 9, 3, 256, 256]}
+        assert profile["noise"]["max"] == [1, 2, 3, manifest.geometry.latent_channels, 32, 32]
     else:
         assert profile["image"] == {"min": [1, 3, 64, 64], "opt": [1, 3, 128, 128], "max": [2, 3, 256, 256]}
         assert profile["noise"]["max"] == [2, 2, manifest.geometry.latent_channels, 32, 32]
@@ -408,8 +415,8 @@ def test_triton_repo_refuses_an_rtx_engine_for_tensorrt_plan(rtx_engine, tmp_pat
     assert 'key: "ditf_ensemble"\n  value: { string_value: "2" }' in (repo / "extract" / "config.pbtxt").read_text()
 
 
-@pytest.mark.parametrize("family,precision", [("flux", p) for p in PRECISIONS] + [("latte", "fp32")],
-                         ids=[f"flux-{p}" for p in PRECISIONS] + ["latte-fp32"])
+@pytest.mark.parametrize("family,precision", [("flux", p) for p in PRECISIONS] + [("latte", "fp32"), ("wan", "fp32"), ("cogvideox", "fp32")],
+                         ids=[f"flux-{p}" for p in PRECISIONS] + ["latte-fp32", "wan-fp32", "cogvideox-fp32"])
 def test_an_engine_of_the_manifest_profile_holds_the_reference(family, precision, family_export, tmp_path):
     """Issue 23: `ditf build-engine EXPORT` (the manifest's own profile) must take reference.safetensors' inputs, at
     every precision, so `ditf verify EXPORT --backend tensorrt` and `verify_reference()` can run the engine. (The

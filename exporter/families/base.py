@@ -150,13 +150,31 @@ class FamilyAdapter:
         it. None: no limit."""
         return None
 
+    def vae_stride(self, vae_config: dict[str, Any]) -> int:
+        """Pixels per latent cell side."""
+        return vae_stride(vae_config)
+
+    def latent_channels(self, vae_config: dict[str, Any]) -> int:
+        return int(vae_config["latent_channels"])
+
+    def frame_stride(self, vae_config: dict[str, Any]) -> int:
+        """Video frames per latent frame after the first (a causal 3-D VAE's temporal compression); 1: frames go
+        through the VAE one by one."""
+        return 1
+
+    def latent_encoder(self, source) -> nn.Module | None:
+        """The graph's VAE part when it is not an AutoencoderKL (None: feature_graph.LatentEncoder, an image VAE, also
+        run frame by frame for video). A 3-D VAE's encoder sets `takes_clips` and maps [B, F, 3, H, W] clips to
+        [B, latent frames, c, h, w]."""
+        return None
+
     def graph_io(self, config: dict[str, Any], vae_config: dict[str, Any]) -> GraphIO:
         """The graph's inputs and outputs (ditf_calib.graph_io), from the transformer's and the VAE's configs:
         image + noise -> features at stride vae_stride * patch_size."""
-        return diffusion_io(latent_channels=int(vae_config["latent_channels"]),
-                            feature_channels=self.hidden_size(config), vae_stride=vae_stride(vae_config),
+        return diffusion_io(latent_channels=self.latent_channels(vae_config),
+                            feature_channels=self.hidden_size(config), vae_stride=self.vae_stride(vae_config),
                             patch_size=self.patch_size(config), max_frames=self.max_frames(config),
-                            max_grid=self.max_grid(config))
+                            max_grid=self.max_grid(config), frame_stride=self.frame_stride(vae_config))
 
     def workload(self, config: dict[str, Any], vae_config: dict[str, Any] | None,
                  conditioning: dict[str, torch.Tensor]) -> Workload:

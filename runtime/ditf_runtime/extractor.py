@@ -16,7 +16,8 @@ from . import memory
 from .backends.base import BaseRunner
 from .errors import BackendError, InputError
 from .features import FeatureMap
-from .manifest import FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, REFERENCE_FILE, Manifest, ManifestError
+from .manifest import (FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, REFERENCE_FILE, Manifest, ManifestError,
+                       frame_of_latent, latent_frames)
 from .noise import DEFAULT_SEED, check_clip_noise, check_image_noise, default_clip_noise, default_noise
 from .parity import ParityResult, Tolerance, compare
 from .preprocess import (
@@ -98,6 +99,8 @@ class Extractor:
             except (KeyError, IndexError, TypeError, ValueError):
                 return default
 
+        if self.geometry.frame_stride > 1:  # any length: extract_video pads the clip to 1 + s*k frames
+            return 1, frames("max", None)
         return frames("min", 2), frames("max", None)
 
     def close(self) -> None:
@@ -149,9 +152,10 @@ class Extractor:
             )
         check_size_limit(geometry, height, width, what="image")
         feed = {IMAGE_INPUT: image}
+        latent = tuple(latent_frames(geometry, f) for f in frames)  # causal 3-D VAEs: 1 + (F - 1) / s
         if self.has_noise:
             vs = geometry.vae_stride
-            expected_noise = (batch, *frames, geometry.latent_channels, height // vs, width // vs)
+            expected_noise = (batch, *latent, geometry.latent_channels, height // vs, width // vs)
             got_noise = (noise.shape[0],) + tuple(noise.shape[2:])
             if got_noise != expected_noise or noise.shape[1] < 1:
                 wanted = ", ".join(map(str, expected_noise[1:]))
@@ -165,7 +169,7 @@ class Extractor:
         outputs = self.runner.infer(feed)
         features = outputs.get(FEATURES_OUTPUT)
         stride = geometry.feature_stride
-        expected = (batch, *frames, geometry.feature_channels, height // stride, width // stride)
+        expected = (batch, *latent, geometry.feature_channels, height // stride, width // stride)
         if features is None or tuple(features.shape) != expected:
             got = None if features is None else features.shape
             raise BackendError(f"graph returned features {got}, the manifest promises {expected}: re-export the model")
@@ -291,6 +295,12 @@ class Extractor:
         first = self.prepare(sources[0], size, exif_transpose, run=run)
         prepared = [first] + [self.prepare(s, size, exif_transpose, input_size=first.input_size) for s in sources[1:]]
         pixels = np.stack([p.pixels for p in prepared])  # [F, 3, H, W]
+        stride = self.geometry.frame_stride
+        if stride > 1 and (len(prepared) - 1) % stride:
+            # a causal 3-D VAE takes 1 + s*k frames: repeat the last frame up to the next such length (the extra
+            # frames only fill the last latent frame's group; their maps are not returned)
+            extra = stride - (len(prepared) - 1) % stride
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], extra, axis=0)])
         if noise is None:
             ensemble = self.manifest.feature.ensemble if ensemble is None else int(ensemble)
             if ensemble < 1:
@@ -299,13 +309,13 @@ class Extractor:
         else:
             if seed is not None:
                 raise InputError("pass either noise= or seed=, not both (seed only draws default noise)")
-            noise = check_clip_noise(noise, self.geometry, len(prepared), first.input_size)
+            noise = check_clip_noise(noise, self.geometry, len(pixels), first.input_size)
             if ensemble is not None and noise.shape[0] != ensemble:
                 raise InputError(f"ensemble={ensemble} disagrees with the E of the given noise ({noise.shape[0]})")
-        features = self.run(pixels[None], noise[None])[0]  # [F, C, h, w]
-        stride = self.geometry.feature_stride
+        features = self.run(pixels[None], noise[None])[0]  # [F', C, h, w]: F' = F, or the latent frames
         return [
-            FeatureMap(features[f : f + 1], p.image_size, p.input_size, stride, p.name)
+            FeatureMap(features[frame_of_latent(self.geometry, f) : frame_of_latent(self.geometry, f) + 1],
+                       p.image_size, p.input_size, self.geometry.feature_stride, p.name)
             for f, p in enumerate(prepared)
         ]
 

@@ -69,9 +69,29 @@ class Geometry:
     feature_stride: int = 16
     size_multiple: int = 16
     frame_axis: int | None = None  # video families: index of the frame axis in `image`
+    # video families with a causal 3-D VAE (Wan, CogVideoX): frames per latent frame after the first, so a clip
+    # of F = 1 + frame_stride * k frames has 1 + k latent frames (noise) and feature maps; 1: one latent per frame
+    frame_stride: int = 1
     # the largest image height or width (pixels) the graph was verified for (DINOv2: its position-embedding
     # tables); None: no limit recorded
     max_size: int | None = None
+
+
+def latent_frames(geometry: Geometry, frames: int) -> int:
+    """Latent (and feature) frames of a clip of `frames` frames: 1 + (F - 1) / frame_stride for a causal 3-D VAE
+    (F must be 1 + frame_stride * k), F itself otherwise."""
+    s = int(geometry.frame_stride)
+    if s == 1:
+        return int(frames)
+    if frames < 1 or (frames - 1) % s:
+        raise ValueError(f"{frames} frames: this export's VAE takes clips of 1 + {s}k frames")
+    return 1 + (int(frames) - 1) // s
+
+
+def frame_of_latent(geometry: Geometry, frame: int) -> int:
+    """The latent frame that holds clip frame `frame` (0-based): frame 0 alone, then groups of frame_stride."""
+    s = int(geometry.frame_stride)
+    return int(frame) if s == 1 else (int(frame) + s - 1) // s
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,9 @@ class Workload:
     vae_attention: bool = True  # the VAE encoder's mid-block self-attention over every latent cell
     attention: str = "dense"  # "dense": the graph materialises every [heads, N, N] score matrix
     extra_tokens: int = 0  # non-image tokens attended with the image tokens (DINOv2's class and register tokens)
+    # video: True when every block attends over all tokens of the clip at once (Wan); False: per frame, plus
+    # temporal blocks across frames at one position (Latte)
+    spacetime_attention: bool = False
 
 
 @dataclass(frozen=True)

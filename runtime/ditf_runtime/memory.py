@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence, Union
 from .cpu_variant import attention_bytes
 from .errors import InputError
 from .host_memory import available_memory
-from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload
+from .manifest import MODEL_DATA_FILE, MODEL_FILE, NOISE_INPUT, Manifest, Workload, latent_frames
 from .preprocess import check_size_limit, model_size
 
 GIB = 1 << 30
@@ -185,6 +185,9 @@ def estimate(manifest: Manifest, shape: RunShape, device: str = "cpu") -> Memory
     geometry = manifest.geometry
     b, e, f = shape.batch, shape.ensemble, shape.frames
     tokens = (shape.height // geometry.feature_stride) * (shape.width // geometry.feature_stride) + work.extra_tokens
+    vae_frames = f  # frames through the VAE
+    if work.spacetime_attention and f > 1:  # one sequence of every latent frame's tokens per clip (Wan)
+        tokens, f = tokens * latent_frames(geometry, geometry_frames(geometry, f)), 1
     text = work.text_tokens if work.text_attention != "none" else 0
     sequence = tokens + text if work.text_attention == "joint" else tokens
     vae = 0
@@ -198,7 +201,7 @@ def estimate(manifest: Manifest, shape: RunShape, device: str = "cpu") -> Memory
                                                                  fused=True, threads=_threads())
         else:
             attention = VAE_ATTENTION_COPIES * cells * cells * 4
-        vae = int(b * f * (conv + attention))
+        vae = int(b * vae_frames * (conv + attention))
     if shape.fused_attention:
         attention = int(FUSED_ATTENTION_COPIES * _fused_transformer_attention(work, b * e * f, tokens, text, f))
     else:
@@ -214,6 +217,12 @@ def estimate(manifest: Manifest, shape: RunShape, device: str = "cpu") -> Memory
     stream = int(STREAM_COPIES * b * e * f * sequence * max(work.ffn_dim, 1) * 4)
     widening = CPU_WIDENING.get(str(manifest.precision), 1) if device == "cpu" else 1
     return MemoryEstimate(int(WEIGHT_COPIES * widening * weight_bytes(manifest)), vae, attention, stream, note=note)
+
+
+def geometry_frames(geometry, frames: int) -> int:
+    """The clip length the graph runs: `frames`, or for a causal 3-D VAE the next 1 + s*k (extract_video pads)."""
+    s = int(geometry.frame_stride)
+    return frames if s == 1 else 1 + s * -(-(frames - 1) // s)
 
 
 def _fused_transformer_attention(work: Workload, sequences: int, tokens: int, text: int, frames: int) -> int:

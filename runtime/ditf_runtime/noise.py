@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 
 from .errors import InputError
-from .manifest import Geometry
+from .manifest import Geometry, latent_frames
 
 DEFAULT_SEED = 0
 
@@ -55,9 +55,10 @@ def check_image_noise(noise: np.ndarray, geometry: Geometry, input_size: tuple[i
 
 
 def clip_noise_shape(geometry: Geometry, ensemble: int, frames: int, input_size: tuple[int, int]) -> tuple[int, ...]:
-    """[E, F, latent_channels, H / vae_stride, W / vae_stride] for one video clip."""
+    """[E, F', latent_channels, H / vae_stride, W / vae_stride] for one video clip of F frames: F' = F, or for a
+    causal 3-D VAE (geometry.frame_stride s > 1) the 1 + (F - 1) / s latent frames."""
     shape = noise_shape(geometry, ensemble, input_size)
-    return (shape[0], int(frames), *shape[1:])
+    return (shape[0], latent_frames(geometry, int(frames)), *shape[1:])
 
 
 def default_clip_noise(pixels: np.ndarray, geometry: Geometry, ensemble: int, seed: int = DEFAULT_SEED) -> np.ndarray:

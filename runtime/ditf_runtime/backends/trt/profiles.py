@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ...errors import InputError
-from ...manifest import IMAGE_INPUT, NOISE_INPUT, Manifest
+from ...manifest import IMAGE_INPUT, NOISE_INPUT, Manifest, latent_frames
 
 Shape = tuple[int, ...]
 LABELS = ("min", "opt", "max")
@@ -73,7 +73,7 @@ def input_shapes(manifest: Manifest, size: Shape, ensemble: int) -> dict[str, Sh
     if has_noise(manifest):
         stride = geometry.vae_stride
         latent = (geometry.latent_channels, height // stride, width // stride)
-        shapes[NOISE_INPUT] = (batch, ensemble, *frames, *latent)
+        shapes[NOISE_INPUT] = (batch, ensemble, *(latent_frames(geometry, f) for f in frames), *latent)
     return shapes
 
 

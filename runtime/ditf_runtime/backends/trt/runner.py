@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendError, ManifestError
-from ...manifest import FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, Manifest, write_bytes_atomic, write_text_atomic
+from ...manifest import (FEATURES_OUTPUT, IMAGE_INPUT, NOISE_INPUT, Manifest, latent_frames, write_bytes_atomic,
+                         write_text_atomic)
 from ...verification import check_recorded
 from ..base import BaseRunner, TensorMeta
 from .flavors import (
@@ -334,12 +335,13 @@ class TrtRunner(BaseRunner):
 
         geometry = manifest.geometry
         frames = (shape.frames,) if geometry.frame_axis is not None else ()
+        latent = tuple(latent_frames(geometry, f) for f in frames)  # causal 3-D VAEs: 1 + (F - 1) / frame_stride
         shapes = {IMAGE_INPUT: (shape.batch, *frames, 3, shape.height, shape.width),
-                  FEATURES_OUTPUT: (shape.batch, *frames, geometry.feature_channels,
+                  FEATURES_OUTPUT: (shape.batch, *latent, geometry.feature_channels,
                                     shape.height // geometry.feature_stride, shape.width // geometry.feature_stride)}
         if NOISE_INPUT in self._io_names(self._trt.TensorIOMode.INPUT):
             vs = geometry.vae_stride
-            shapes[NOISE_INPUT] = (shape.batch, shape.ensemble, *frames, geometry.latent_channels,
+            shapes[NOISE_INPUT] = (shape.batch, shape.ensemble, *latent, geometry.latent_channels,
                                    shape.height // vs, shape.width // vs)
         io = {name: int(np.prod(dims)) * np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name))).itemsize
               for name, dims in shapes.items()}

@@ -122,7 +122,7 @@ def test_low_precision_rewrite_streams_tensor_by_tensor(tmp_path, on_disk, preci
 def test_int8_quantize_streams_and_calibrates_on_disk(on_disk):
     """Calibration sessions read the weights from disk; int8 weights are written one at a time, in place."""
     feeds = _feeds()
-    config = Int8Config(tensors_per_run=4)  # several histogram passes, one session each
+    config = Int8Config()
     (qmodel, report), stats, peak = _streamed(lambda m, s: quantize(m, feeds, config, store=s), on_disk, on_disk)
     in_memory, _ = quantize(_mlp(), feeds, config)
     _same_model(on_disk, in_memory)

@@ -188,7 +188,8 @@ def mode_export_full(export: Path, work: Path) -> None:
     reference = export  # a flux-tiny export made by the same command
     need = sum(p.stat().st_size for p in reference.iterdir() if p.is_file())
     disk = Tmpfs(root / "disk", f"{need // 4}")
-    command = [sys.executable, "-m", "ditf_export.cli", "--model", "flux-tiny", "--out"]
+    # the installed command (ditf_export.cli has no `python -m` entry: that would exit 0 without exporting)
+    command = [str(Path(sys.executable).parent / "ditf-export"), "--model", "flux-tiny", "--out"]
     try:
         out = disk.path / "flux-tiny"
         start = time.monotonic()

@@ -72,8 +72,8 @@ VAE_CONV_COPIES = 4.0
 FUSED_VAE_CONV_COPIES = 6.0
 STREAM_COPIES = 1.0  # [N, ffn_dim]: the MLP's hidden activations (FLUX's single blocks keep them through attention)
 FUSED_ATTENTION_COPIES = 2.0  # x cpu_variant.attention_bytes(fused=True): conservative (under the VAE's peak)
-# Resident bytes per weight byte: onnxruntime releases an initializer it has pre-packed, so the weights stay about
-# their stored size (measured 0.96-1.0x at fp32 and int8 on top of the session's own SESSION_OVERHEAD).
+# Resident bytes per weight byte: a session holds about the stored size (measured 0.96-1.0x at fp32 and int8 on top
+# of the session's own SESSION_OVERHEAD: no second, pre-packed copy stays beside them).
 WEIGHT_COPIES = 1.1
 SESSION_OVERHEAD = 48 * MIB  # a session's code, kernels' tables and graph, whatever the weights (40-45 MiB measured)
 # onnxruntime's CPU provider has no fp16/bf16 GEMM: when a session is made it converts every fp16 weight such an op

@@ -148,7 +148,8 @@ def _quantized(model_path: Path, precision: Precision, calibration: CalibrationS
     sizes = sorted({img.input_size for img in calibration.images})
     say(f"{precision.value.upper()} calibration on {len(calibration)} images at "
         f"{', '.join(f'{h}x{w}' for h, w in sizes)} ({config.calibration}, SmoothQuant alpha {config.smooth_alpha}, "
-        f"massive channels {list(config.protect_channels)} kept FP32)")
+        f"massive channels {list(config.protect_channels)} kept FP32; {len(feeds)} runs per pass, one per noise "
+        "draw)")
     with GraphRewrite(model_path, model_path) as rw:
         qmodel, report = quantize(rw.model, feeds, config, progress, store=rw.store, say=say)
         rw.commit(qmodel)

@@ -188,24 +188,29 @@ def mode_export_full(export: Path, work: Path) -> None:
     reference = export  # a flux-tiny export made by the same command
     need = sum(p.stat().st_size for p in reference.iterdir() if p.is_file())
     disk = Tmpfs(root / "disk", f"{need // 4}")
-    command = [sys.executable, "-m", "ditf_export.cli", "--model", "flux-tiny", "--out"]
+    # the installed command (ditf_export.cli has no `python -m` entry: that would exit 0 without exporting)
+    command = [str(Path(sys.executable).parent / "ditf-export"), "--model", "flux-tiny", "--out"]
     try:
         out = disk.path / "flux-tiny"
         start = time.monotonic()
         small = subprocess.run([*command, str(out)], capture_output=True, text=True)
         row("ditf-export, disk too small", f"exit {small.returncode} after {time.monotonic() - start:.1f} s",
             f"{error_line(small)}; left on the disk: {sorted(p.name for p in disk.path.iterdir())}")
-        disk.resize(f"{need * 3}")
+        # room for ditf-export's up-front check (the fp32 weights + 64 MiB, export.py's _folder_bytes), so the
+        # export starts writing; then another process fills the disk to the last byte
+        disk.resize(f"{(64 << 20) + need * 4}")
         stop = threading.Event()
         filler = disk.path / "someone-elses.bin"
-        fill_when(lambda: any(p.name.startswith(".flux-tiny.tmp-") and any(p.iterdir()) for p in disk.path.iterdir()),
-                  filler, stop)
+        fill_when(lambda: any(p.name.startswith(".flux-tiny.tmp-") and any(p.iterdir()) for p in disk.path.iterdir()
+                              if p.is_dir()), filler, stop)
         start = time.monotonic()
         full = subprocess.run([*command, str(out)], capture_output=True, text=True)
         stop.set()
+        filled = filler.exists()
         row("ditf-export, disk fills up", f"exit {full.returncode} after {time.monotonic() - start:.1f} s",
-            f"{error_line(full)}; left on the disk: {sorted(p.name for p in disk.path.iterdir() if p != filler)}")
-        filler.unlink()
+            f"{error_line(full)}; disk filled by another process during the export: {filled}; left on the disk: "
+            f"{sorted(p.name for p in disk.path.iterdir() if p != filler)}")
+        filler.unlink(missing_ok=True)
         again = subprocess.run([*command, str(out)], capture_output=True, text=True)
         same = {p.name: sha256(p) == sha256(reference / p.name) for p in sorted(out.iterdir()) if p.is_file()} \
             if again.returncode == 0 else {}

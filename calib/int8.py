@@ -29,7 +29,7 @@ A consumer-shared input (q, k, v read the same tensor) gets one mask/scale, one 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -42,11 +42,6 @@ from .graph import GraphIndex, ensure_node_names, gemm_to_matmul, prune_initiali
 from .qformat import FORMATS, INT8, QFormat, new_quantized, zero_point
 from .stats import METHODS, Histogram, amax_from_histogram
 from .tensors import TensorStore
-
-
-# Ignored, like Int8Config.tensors_per_run, since the histograms are computed inside the calibration graph (every
-# tensor in one run, each reduced as it is made: _activation_ranges); kept for callers that still pass them.
-CONV_TENSORS_PER_RUN = 6
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,6 @@ class Int8Config:
     exclude: tuple[str, ...] = ()  # substrings of node or weight names whose GEMMs (and convs) stay FP32
     convs: bool = False  # also the image encoder's convolutions (int8_conv.py)
     bins: int = 2048
-    tensors_per_run: int = 48  # raw activations fetched per calibration pass (bounds memory)
     number_format: str = "int8"  # "int8" | "fp8" (qformat.FORMATS)
     attention: bool = False  # fp8: also attention's two matrix products (fp8.insert_attention_qdq)
 
@@ -343,10 +337,14 @@ def _quantized_matmul(node: onnx.NodeProto, w: np.ndarray, grp: GemmGroup, x: st
                       outlier_in: str | None, writer: _QdqWriter, fmt: QFormat = INT8) -> list[onnx.NodeProto]:
     """`node` (x @ W) as Q/DQ(x) @ DQ(8-bit W) [+ outliers @ W[outlier rows] in FP32]."""
     fresh, init = writer.fresh, writer.init
-    ws = w * (grp.smooth[:, None] if grp.smooth is not None else 1.0)
+    # one weight-sized scratch array, scaled, rounded and clipped in place: each temporary of a FLUX-width weight
+    # (3072 x 12288) is 151 MB, and the Q/DQ graph is written while the calibration's memory is still held
+    ws = w * grp.smooth[:, None] if grp.smooth is not None else w.copy()
     ws[grp.outliers] = 0.0
-    wscale = fmt.scale(np.abs(ws).max(axis=0))
-    wq = fmt.encode(ws / wscale)
+    wscale = fmt.scale(np.maximum(ws.max(axis=0), -ws.min(axis=0)))
+    ws /= wscale
+    wq = fmt.encode(ws, overwrite=True)
+    del ws
     wname = node.input[1]
     wdq = fresh(wname + "_dq")
     # A dedicated Q/DQ pair per consumer, same scale value in its own initializer: onnxruntime
@@ -436,9 +434,7 @@ def _calibrate_convs(model: onnx.ModelProto, feeds: list[Mapping[str, np.ndarray
     groups = [GemmGroup(t, [], 1) for t in plan.tensors()]
     if groups:
         _channel_ranges(model, groups, feeds, progress, store)
-        # encoder activations are image-sized (a 512x512 image: 134 MB per 128-channel tensor): fewer per pass
-        _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN), progress,
-                           store)
+        _activation_ranges(model, groups, feeds, config, progress, store)
     return plan, {g.tensor: g.amax for g in groups}
 
 
@@ -455,8 +451,7 @@ def _calibrate_attention(model: onnx.ModelProto, feeds: list[Mapping[str, np.nda
         if config.calibration == "max":
             for g in groups:
                 g.amax = float(g.channel_max.max())
-        else:  # q/k/v are token-sized: as few per run as the encoder's activations
-            _activation_ranges(model, groups, feeds, replace(config, tensors_per_run=CONV_TENSORS_PER_RUN),
-                               progress, store)
+        else:
+            _activation_ranges(model, groups, feeds, config, progress, store)
     plan.amax.update({g.tensor: g.amax for g in groups})
     return plan

@@ -38,14 +38,23 @@ class QFormat:
         """Per-tensor (scalar amax) or per-channel (array) scales, never zero."""
         return (np.maximum(np.asarray(amax, np.float32), np.float32(1e-12)) / np.float32(self.qmax)).astype(np.float32)
 
-    def encode(self, scaled: np.ndarray) -> np.ndarray:
+    def encode(self, scaled: np.ndarray, overwrite: bool = False) -> np.ndarray:
         """x / scale -> the stored bytes' array (int8, or E4M3 bits as uint8: onnx versions differ in how they
-        map float8 numpy types, raw bits are the same everywhere)."""
+        map float8 numpy types, raw bits are the same everywhere). overwrite: `scaled` (float32) is a scratch
+        array the caller no longer needs, rounded and clipped in place (no weight-sized temporaries)."""
+        if overwrite and isinstance(scaled, np.ndarray) and scaled.dtype == np.float32 and scaled.ndim:
+            if self.elem_type == TensorProto.INT8:
+                np.round(scaled, out=scaled)
+            np.clip(scaled, -self.qmax, self.qmax, out=scaled)
+            clipped = scaled
+        elif self.elem_type == TensorProto.INT8:
+            clipped = np.clip(np.round(scaled), -self.qmax, self.qmax)
+        else:
+            clipped = np.clip(scaled, -self.qmax, self.qmax).astype(np.float32)  # QuantizeLinear's saturate=1
         if self.elem_type == TensorProto.INT8:
-            return np.clip(np.round(scaled), -self.qmax, self.qmax).astype(np.int8)
+            return clipped.astype(np.int8)
         import ml_dtypes
 
-        clipped = np.clip(scaled, -self.qmax, self.qmax).astype(np.float32)  # QuantizeLinear's saturate=1
         return clipped.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
 
     def decode(self, stored: np.ndarray) -> np.ndarray:

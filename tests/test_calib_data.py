@@ -110,3 +110,19 @@ def test_truncated_image_is_refused(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(CalibrationError, match="cut.jpg"):
         check_folder(tmp_path)
+
+
+def test_feeds_per_draw_split_the_noise_draws_bit_for_bit():
+    """Calibration runs one noise draw at a time (calib/apply.py): each image's feed split along the noise's
+    ensemble axis, the image repeated, every value the whole feed's."""
+    cs = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=64, ensemble=2, seed=3)
+    whole, split = list(cs.feeds()), list(cs.feeds_per_draw())
+    assert len(split) == 2 * len(whole)
+    for i, feed in enumerate(whole):
+        for e in range(2):
+            part = split[2 * i + e]
+            assert part["noise"].shape == (1, 1) + feed["noise"].shape[2:]
+            np.testing.assert_array_equal(part["noise"][:, 0], feed["noise"][:, e])
+            np.testing.assert_array_equal(part["image"], feed["image"])
+    single = load_calibration_set(IMAGES, io=FLUX_TINY_IO, long_side=64, ensemble=1, seed=3)
+    assert [f["noise"].shape for f in single.feeds_per_draw()] == [f["noise"].shape for f in single.feeds()]

@@ -122,7 +122,7 @@ def test_low_precision_rewrite_streams_tensor_by_tensor(tmp_path, on_disk, preci
 def test_int8_quantize_streams_and_calibrates_on_disk(on_disk):
     """Calibration sessions read the weights from disk; int8 weights are written one at a time, in place."""
     feeds = _feeds()
-    config = Int8Config(tensors_per_run=4)  # several histogram passes, one session each
+    config = Int8Config()
     (qmodel, report), stats, peak = _streamed(lambda m, s: quantize(m, feeds, config, store=s), on_disk, on_disk)
     in_memory, _ = quantize(_mlp(), feeds, config)
     _same_model(on_disk, in_memory)
@@ -178,3 +178,70 @@ def test_failed_rewrite_leaves_the_source_untouched(on_disk):
             raise RuntimeError("boom")
     assert on_disk.with_name("model.onnx.data").read_bytes() == before
     assert sorted(p.name for p in on_disk.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_calibration_sessions_run_without_the_memory_arena():
+    """A calibration run frees the VAE's image-sized tensors before the transformer makes larger ones; onnxruntime's
+    arena kept them held beside those (FLUX.1-dev stand-in, 640 px: a fully used 2.2 GB region beside 4.1 GB of
+    weights). Calibration and range-check sessions turn it off; the runtime's sessions (run many times) keep it."""
+    from ditf_runtime.backends.onnxrt import create_session
+
+    model = _mlp()
+    calibration = G.session(model)
+    assert calibration.get_session_options().enable_cpu_mem_arena is False
+    assert create_session(model.SerializeToString()).get_session_options().enable_cpu_mem_arena is True
+    feed = _feeds(1)[0]
+    assert np.array_equal(calibration.run(None, feed)[0], create_session(model.SerializeToString()).run(None, feed)[0])
+
+
+def test_calibrating_one_noise_draw_at_a_time_writes_the_same_graph(flux_tiny_export, tmp_path):
+    """apply_precision calibrates on one feed per noise draw (half the attention memory per run at E = 2, the
+    calibration ensemble): per-channel maxima and histogram counts add up over runs, so the written int8 and fp8
+    graphs are byte for byte those of whole feeds."""
+    from ditf_calib.data import load_calibration_set
+    from ditf_calib.fp8 import fp8_config
+    from ditf_calib.graph_io import diffusion_io
+
+    io = diffusion_io(latent_channels=16, feature_channels=64, vae_stride=8, patch_size=2)
+    images = Path(__file__).resolve().parents[1] / "examples" / "images"
+    cs = load_calibration_set(images, io=io, long_side=64, ensemble=2)
+
+    def quantized(feeds, config, name):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in ("model.onnx", "model.onnx.data"):
+            (folder / f).write_bytes((Path(flux_tiny_export) / f).read_bytes())
+        with GraphRewrite(folder / "model.onnx", folder / "model.onnx") as rw:
+            model, report = quantize(rw.model, feeds, config, store=rw.store)
+            rw.commit(model)
+        return (folder / "model.onnx").read_bytes(), (folder / "model.onnx.data").read_bytes(), report
+
+    for config in (Int8Config(), fp8_config(Int8Config()), Int8Config(calibration="percentile")):
+        whole = quantized(list(cs.feeds()), config, f"{config.number_format}-{config.calibration}-whole")
+        split = quantized(list(cs.feeds_per_draw()), config, f"{config.number_format}-{config.calibration}-split")
+        assert split[2].feeds == 2 * whole[2].feeds
+        assert split[:2] == whole[:2], f"{config.number_format} {config.calibration}: the graphs differ"
+
+
+def test_apply_precision_calibrates_one_noise_draw_per_run(flux_tiny_export, tmp_path, monkeypatch):
+    """The export's int8/fp8 step feeds calibration one noise draw per run (FLUX.1-dev's widths at 640 px:
+    428 MB of attention scores per draw and copy; at E = 2 they were all held at once)."""
+    import ditf_calib.int8 as int8
+    from ditf_calib.data import load_calibration_set
+    from ditf_calib.graph_io import diffusion_io
+
+    seen = []
+
+    def spy(model, feeds, *args, **kwargs):
+        seen.extend(feed["noise"].shape for feed in feeds)
+        raise RuntimeError("stop after seeing the feeds")
+
+    monkeypatch.setattr(int8, "quantize", spy)
+    for f in ("model.onnx", "model.onnx.data"):
+        (tmp_path / f).write_bytes((Path(flux_tiny_export) / f).read_bytes())
+    io = diffusion_io(latent_channels=16, feature_channels=64, vae_stride=8, patch_size=2)
+    cs = load_calibration_set(Path(__file__).resolve().parents[1] / "examples" / "images", io=io, long_side=64,
+                              ensemble=2)
+    with pytest.raises(RuntimeError, match="stop after"):
+        apply_precision(tmp_path / "model.onnx", "int8", check_feeds=[], calibration=cs, progress=None)
+    assert len(seen) == 2 * len(cs) and all(shape[:2] == (1, 1) for shape in seen)

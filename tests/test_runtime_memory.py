@@ -23,6 +23,7 @@ from ditf_runtime.errors import ManifestError
 from ditf_runtime.manifest import MANIFEST_FILE, Manifest, Workload, content_digest
 from ditf_runtime.memory import (
     FALLBACK_WORKLOAD_NOTE,
+    SESSION_OVERHEAD,
     MemoryBudgetError,
     RunShape,
     available_memory,
@@ -118,18 +119,21 @@ def test_the_default_budget_is_the_memory_available_now(manifest):
 
 def test_a_low_precision_export_on_the_cpu_is_estimated_as_the_fp32_run_it_becomes(manifest):
     """onnxruntime's CPU provider converts an fp16 graph's weights to fp32 when the session is made and computes
-    in fp32: the same export stored in half the bytes needs the fp32 export's memory there (the guard counted half
-    the weights and 2-byte scores: runs it let through ran out of memory). On a GPU the typed graph keeps both."""
+    in fp32: the same export stored in half the bytes needs at least the fp32 export's memory there (the guard
+    counted half the weights and 2-byte scores: runs it let through ran out of memory); it also keeps part of the
+    fp16 originals (CPU_WIDENING 2.5: the fp32 copies and half the stored bytes, as measured). On a GPU the typed
+    graph keeps both halved."""
     shape = RunShape(1, 2, 512, 512)
     files = {name: {**record, "bytes": record["bytes"] // 2} if name.startswith("model.onnx") else record
              for name, record in manifest.files.items()}
     for low in ("fp16", "bf16"):
         typed = dataclasses.replace(manifest, precision=low, files=files)  # the same graph, weights in 2 bytes
         on_cpu, fp32 = estimate(typed, shape), estimate(manifest, shape)  # device "cpu"
-        assert on_cpu.attention == fp32.attention and on_cpu.weights == pytest.approx(fp32.weights, rel=1e-5)
+        assert on_cpu.attention == fp32.attention
+        assert on_cpu.weights - SESSION_OVERHEAD == pytest.approx(1.25 * (fp32.weights - SESSION_OVERHEAD), rel=1e-5)
         on_gpu, fp32_gpu = estimate(typed, shape, device="cuda"), estimate(manifest, shape, device="cuda")
         assert on_gpu.attention == pytest.approx(fp32_gpu.attention / 2, rel=1e-6)
-        assert on_gpu.weights == pytest.approx(fp32_gpu.weights / 2, rel=1e-5)
+        assert on_gpu.weights - SESSION_OVERHEAD == pytest.approx((fp32_gpu.weights - SESSION_OVERHEAD) / 2, rel=1e-5)
 
 
 def test_parse_bytes():
@@ -255,3 +259,48 @@ def test_sessions_run_without_memory_pattern_planning():
     session = create_session(model.SerializeToString())
     assert session.get_session_options().enable_mem_pattern is False
     assert session.run(["y"], {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
+
+
+# Peaks measured by bench/bench_memory.py on the 2-core development VM (onnxruntime 1.32, CPU provider, 2 threads,
+# peak RSS after a session's second run), 2026-12-06: the data the estimate's constants are calibrated on.
+# --precisions: the medium model (hidden 768, 6 heads of 128, a 512-token prompt, FLUX's VAE widths), model.onnx;
+# (precision, stored model.onnx + model.onnx.data bytes, H x W x E, whole run MiB: peak minus RSS before loading)
+MEDIUM_WORKLOAD = Workload(heads=6, head_dim=128, text_tokens=512, text_attention="joint", ffn_dim=3072,
+                           vae_channels=(128, 256, 512, 512), vae_attention=True, attention="dense")
+MEDIUM_MEASURED = [
+    ("fp32", 283_417_703, [((256, 256, 1), 499), ((512, 512, 1), 1002), ((512, 512, 4), 1356), ((768, 768, 1), 2174)]),
+    ("fp16", 146_618_792, [((256, 256, 1), 559), ((512, 512, 1), 1063), ((512, 512, 4), 1407), ((768, 768, 1), 2298)]),
+    ("int8", 175_787_408, [((256, 256, 1), 389), ((512, 512, 1), 901), ((512, 512, 4), 1248), ((768, 768, 1), 2096)]),
+]
+# flux-tiny (the `manifest` fixture), activations MiB (peak minus RSS after loading): (H, W, E, B, CPU variant, MiB)
+TINY_MEASURED = [
+    (256, 256, 2, 1, False, 24), (512, 512, 1, 1, False, 205), (512, 512, 8, 1, False, 506),
+    (768, 768, 1, 1, False, 895), (768, 768, 2, 1, False, 907), (768, 768, 2, 2, False, 1814),
+    (1024, 512, 2, 1, False, 716), (1024, 1024, 1, 1, False, 2466),
+    (512, 512, 2, 1, True, 89), (1024, 1024, 2, 1, True, 355), (1024, 1024, 2, 2, True, 706),
+    (1536, 1536, 2, 1, True, 862), (2048, 2048, 2, 1, True, 1410), (2048, 2048, 8, 1, True, 1459),
+]
+
+
+def _medium(manifest: Manifest, precision: str, stored: int) -> Manifest:
+    """flux-tiny's manifest with the medium model's workload and stored bytes (the same strides: 8 and 16)."""
+    files = {name: {**record, "bytes": stored if name == "model.onnx.data" else 0} if name.startswith("model.onnx")
+             else record for name, record in manifest.files.items()}
+    return dataclasses.replace(manifest, precision=precision, files=files, workload=MEDIUM_WORKLOAD)
+
+
+@pytest.mark.parametrize("precision,stored,rows", MEDIUM_MEASURED)
+def test_the_whole_run_estimate_is_within_25_percent_above_the_measured_peak(manifest, precision, stored, rows):
+    """The guard's estimate before loading (weights + activations) against measured peaks: never below, at most
+    1.25x (the old constants gave 1.26-1.53x: 1.5 weight copies, 6 VAE conv copies in model.onnx)."""
+    for (h, w, e), measured in rows:
+        ratio = estimate(_medium(manifest, precision, stored), RunShape(1, e, h, w)).total / (measured * MIB)
+        assert 1.0 <= ratio <= 1.25, f"{precision} {h}x{w} E={e}: estimate / measured = {ratio:.2f}"
+
+
+def test_the_activation_estimate_is_never_below_the_measured_peak(manifest):
+    """With the weights loaded the guard checks the activations alone: never below what a run measured, for
+    model.onnx (dense attention) and the CPU variant (fused) alike."""
+    for h, w, e, b, fused, measured in TINY_MEASURED:
+        need = estimate(manifest, RunShape(b, e, h, w, fused_attention=fused)).activations
+        assert need >= measured * MIB, f"{h}x{w} E={e} B={b} fused={fused}: {need / MIB:.0f} < {measured} MiB"

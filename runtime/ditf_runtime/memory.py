@@ -13,9 +13,9 @@ The formula (`estimate`; docs/DESIGN.md, "Memory") for a run of B images (or cli
 E noise draws (1 for a graph without noise: DINOv2), H x W pixels, with n = (H/vae_stride)(W/vae_stride)
 latent cells, t = the image tokens per frame plus the extra tokens attended with them (DINOv2's class
 and register tokens), L = the prompt tokens and s = bytes per activation (4; 2 in fp16/bf16 attention on a
-GPU; on the CPU onnxruntime computes those in fp32 and widens their weights to fp32, w = 2, else w = 1):
+GPU; on the CPU onnxruntime computes those in fp32 and widens their weights to fp32, w = 2.5, else w = 1):
 
-    weights      = model.onnx + model.onnx.data bytes              x WEIGHT_COPIES x w
+    weights      = model.onnx + model.onnx.data bytes   x WEIGHT_COPIES x w   +  SESSION_OVERHEAD
     VAE          = B F (VAE_CONV_COPIES x c0 H W x 4  +  VAE attention)          (0 without a VAE)
     attention    = B E F heads x N_q N_k x s                       x ATTENTION_COPIES
                    (joint prompt: N_q = N_k = t + L; cross: t^2 + t L; video adds the temporal t F^2)
@@ -25,7 +25,8 @@ GPU; on the CPU onnxruntime computes those in fp32 and widens their weights to f
     VAE attention, dense = VAE_ATTENTION_COPIES x n^2 x 4               (one head over the latent cells)
 
 Fused attention (the CPU variant) replaces both attention terms by the kernel's own memory,
-cpu_variant.attention_bytes(fused=True), the one place that knows it (linear in the tokens):
+cpu_variant.attention_bytes(fused=True), the one place that knows it (linear in the tokens), and its
+graph holds more copies of the VAE's full-resolution activations (FUSED_VAE_CONV_COPIES, measured):
 
     VAE attention, fused = FUSED_ATTENTION_COPIES x attention_bytes(1, 1, n, n, c_mid)
     attention, fused     = FUSED_ATTENTION_COPIES x B E F x attention_bytes(1, heads, t + L, t + L, head_dim)
@@ -36,9 +37,9 @@ models' (`check_runs`), weights included, and a refusal suggests one --size for 
 dense graph on the CPU that the CPU variant would fit says so.
 
 c0 and c_mid are the VAE's first and last block widths. The copies are calibrated against measured peak
-RSS of onnxruntime on the CPU (bench/bench_memory.py prints predicted against measured, for model.onnx
-and the CPU variant); the sum (rather than the larger of the VAE and transformer terms) keeps the estimate
-an upper bound, since onnxruntime's arena does not always reuse the VAE's memory for the blocks.
+RSS of onnxruntime on the CPU (bench/bench_memory.py prints predicted against measured, for model.onnx,
+the CPU variant and each precision); the sum (rather than the larger of the VAE and transformer terms) keeps
+the estimate an upper bound, since onnxruntime's arena does not always reuse the VAE's memory for the blocks.
 """
 
 from __future__ import annotations
@@ -59,19 +60,29 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 # Live tensors of each kind at the peak, calibrated on onnxruntime's CPU provider (bench/bench_memory.py, peak after a
-# session's second run: predicted activations 1.11-1.84x the measured ones for model.onnx over 13 shapes at 512-1024
-# px, 1.07-1.77x for the CPU variant over 9 shapes at 512-2048 px; never below).
-ATTENTION_COPIES = 2.5  # [heads, N, N]: scores, softmax, part of the next
+# session's second run; docs/runtime-memory.md has the table): the whole run predicted 1.1-1.2x the measured peak
+# for model.onnx on a model with FLUX's VAE widths at fp32, fp16 and int8; every row of flux-tiny (model.onnx and
+# the CPU variant) and of the CPU variant on FLUX's VAE widths at or above it, never below.
+ATTENTION_COPIES = 2.25  # [heads, N, N]: scores, softmax, part of the next
 VAE_ATTENTION_COPIES = 2.0  # the VAE mid-block's one-head [n, n] attention
-VAE_CONV_COPIES = 6.0  # [c0, H, W] activations of the VAE's full-resolution blocks (the CPU variant's peak)
-STREAM_COPIES = 2.0  # [N, ffn_dim]: the MLP's hidden activations
+# [c0, H, W] activations of the VAE's full-resolution blocks. model.onnx: the whole measured peak on FLUX's VAE widths
+# is 5.4-6.5 of them at 256-768 px, VAE attention and blocks included (4 + the other terms covers it). The CPU
+# variant's graph holds more at once: 5.5-6.3 of them before anything else (its peak; 6.8 at 1536 px).
+VAE_CONV_COPIES = 4.0
+FUSED_VAE_CONV_COPIES = 6.0
+STREAM_COPIES = 1.0  # [N, ffn_dim]: the MLP's hidden activations (FLUX's single blocks keep them through attention)
 FUSED_ATTENTION_COPIES = 2.0  # x cpu_variant.attention_bytes(fused=True): conservative (under the VAE's peak)
-WEIGHT_COPIES = 1.5  # resident bytes per weight byte (onnxruntime keeps pre-packed GEMM weights too)
+# Resident bytes per weight byte: a session holds about the stored size (measured 0.96-1.0x at fp32 and int8 on top
+# of the session's own SESSION_OVERHEAD: no second, pre-packed copy stays beside them).
+WEIGHT_COPIES = 1.1
+SESSION_OVERHEAD = 48 * MIB  # a session's code, kernels' tables and graph, whatever the weights (40-45 MiB measured)
 # onnxruntime's CPU provider has no fp16/bf16 GEMM: when a session is made it converts every fp16 weight such an op
 # reads to an fp32 initializer (its cast-insertion pass, whatever the optimisation settings; skipping ConstantFolding
-# changes nothing: bench/bench_memory.py --precisions), and computes in fp32. So on the CPU a low-precision export
-# weighs what its fp32 export does, and its attention scores are 4 bytes.
-CPU_WIDENING = {"fp16": 2, "bf16": 2}
+# changes nothing: bench/bench_memory.py --precisions), keeps part of the fp16 originals (measured: fp16 holds 374-381
+# MiB against fp32's 306-320 for 140 MiB stored, i.e. the fp32 copies plus about half the stored bytes), and
+# computes in fp32. So on the CPU a low-precision export weighs 2.5 times its stored bytes, and its attention
+# scores are 4 bytes.
+CPU_WIDENING = {"fp16": 2.5, "bf16": 2.5}
 RUNTIME_OVERHEAD = 32 * MIB  # thread pools, arenas' slack, small tensors
 
 # Manifests written before the workload section: values no smaller than any registered real model's,
@@ -193,7 +204,8 @@ def estimate(manifest: Manifest, shape: RunShape, device: str = "cpu") -> Memory
     vae = 0
     if work.vae_channels and geometry.vae_stride:
         cells = (shape.height // geometry.vae_stride) * (shape.width // geometry.vae_stride)
-        conv = VAE_CONV_COPIES * work.vae_channels[0] * shape.height * shape.width * 4
+        copies = FUSED_VAE_CONV_COPIES if shape.fused_attention else VAE_CONV_COPIES
+        conv = copies * work.vae_channels[0] * shape.height * shape.width * 4
         if not work.vae_attention:
             attention = 0
         elif shape.fused_attention:  # one head over the latent cells, the mid-block's width per cell
@@ -216,7 +228,8 @@ def estimate(manifest: Manifest, shape: RunShape, device: str = "cpu") -> Memory
         attention = int(ATTENTION_COPIES * b * e * f * work.heads * pairs * score_bytes)
     stream = int(STREAM_COPIES * b * e * f * sequence * max(work.ffn_dim, 1) * 4)
     widening = CPU_WIDENING.get(str(manifest.precision), 1) if device == "cpu" else 1
-    return MemoryEstimate(int(WEIGHT_COPIES * widening * weight_bytes(manifest)), vae, attention, stream, note=note)
+    weights = int(WEIGHT_COPIES * widening * weight_bytes(manifest)) + SESSION_OVERHEAD
+    return MemoryEstimate(weights, vae, attention, stream, note=note)
 
 
 def geometry_frames(geometry, frames: int) -> int:

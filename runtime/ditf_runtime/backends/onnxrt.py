@@ -89,6 +89,7 @@ def create_session(
     log_level: int = 3,
     disabled_optimizers: Sequence[str] = (),
     priority_order: bool = False,
+    memory_arena: bool = True,
 ):
     """The one way ditf opens an onnxruntime InferenceSession (runtime, exporter parity, calibration).
 
@@ -99,6 +100,9 @@ def create_session(
     disabled_optimizers: onnxruntime graph transformers to skip, by name (e.g. "ConstantFolding").
     priority_order: run nodes in the graph's own order where dependencies allow (onnxruntime's priority-based
     execution order); the default order walks the graph depth-first from its outputs instead.
+    memory_arena: onnxruntime's CPU arena (default on). Off, each tensor is allocated and freed on its own, so
+    memory freed by one stage of a graph goes back to the system instead of staying in an arena region that a
+    later stage's larger tensors cannot use (a once-per-input run, as calibration's, gains nothing from it).
     """
     ort = import_onnxruntime()
     if isinstance(model, (bytes, bytearray)):
@@ -127,6 +131,8 @@ def create_session(
     options.enable_mem_pattern = False
     if priority_order:
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if not memory_arena:
+        options.enable_cpu_mem_arena = False
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     # x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512 without VNNI) saturate onnxruntime's default U8S8 integer GEMM
     # (pairs of products summed in 16 bits): an INT8 export gated at cosine 0.999 read 0.96 there. The option

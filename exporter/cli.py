@@ -219,3 +219,7 @@ def detect_massive_main(model, layer, images, threshold, timestep, guidance, pro
         json_out.write_text(json.dumps({"model": source.name, "family": source.family, "layer": options.layer,
                                         "timestep": options.timestep, **found.to_dict()}, indent=2) + "\n")
     click.echo(f"ditf-export --discard {','.join(map(str, found.channels)) or 'none'}")
+
+
+if __name__ == "__main__":  # `python -m ditf_export.cli` runs ditf-export, as the script does
+    main(prog_name="ditf-export")

@@ -113,3 +113,12 @@ def test_calibration_takes_the_runtimes_image_suffixes(tmp_path, suffix):
 
     Image.open(EXAMPLES / "cat-a.jpg").save(tmp_path / f"cat{suffix}")
     assert suffix in IMAGE_SUFFIXES and list_images(tmp_path) == [tmp_path / f"cat{suffix}"]
+
+
+@pytest.mark.parametrize("module", ["ditf_export", "ditf_export.cli"])
+def test_python_dash_m_runs_ditf_export(module):
+    """`python -m ditf_export[.cli]` is ditf-export (it used to exit 0 without doing anything)."""
+    done = subprocess.run([sys.executable, "-m", module, "--model", "no-such-model-xyz", "--out", "unused"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "no-such-model-xyz" in done.stdout + done.stderr

@@ -456,58 +456,24 @@ def test_cogvideox_prompt_is_padded_to_the_model_text_length_and_other_lengths_a
     assert specs["cogvideox-2b"].family == specs["cogvideox-5b"].family == "cogvideox"
 
 
-# -- bf16 / fp16 (the fp32 exports above, rewritten by the export's own precision step) ------------------------------
-
-def _low_precision_twin_features(fp32_export: Path, folder: Path, precision: str, discard, embeds: dict,
-                                 image, noise, tmp: Path):
-    """What `ditf-export --precision P` does after its fp32 graph: plan P for the same model and options (the plan
-    once refused video families at anything but fp32), then the precision step on a copy of the fp32 export's graph.
-    Returns (the Cast-emulated twin's features on onnxruntime, the typed graph's path, the step's result)."""
-    import shutil
-
-    from ditf_export.export import ExportRequest, plan
-    from ditf_runtime.backends.onnxrt import create_session
-    from ditf_export.precision_step import rewrite_precision
-
-    work = tmp / f"graph-{precision}"
-    work.mkdir()
-    for name in ("model.onnx", "model.onnx.data"):
-        shutil.copy(fp32_export / name, work / name)
-    the_plan = plan(ExportRequest(model=str(folder), out=tmp / "unused", layer=1, timestep=TIMESTEP, ensemble=1,
-                                  image_size=128, discard=",".join(map(str, discard)), precision=precision,
-                                  prompt_embeds=_embeds_file(tmp, embeds)))
-    assert str(the_plan.precision) == precision
-    with rewrite_precision(the_plan, work / "model.onnx", None, lambda line: None) as result:
-        # the twin's session as the export's parity opens it (its constant folding off)
-        sess = create_session(result.parity_model, disabled_optimizers=result.disabled_optimizers)
-        got = sess.run(["features"], {"image": image.numpy(), "noise": noise.numpy()})[0]
-        report = dict(result.report)
-    return got, work / "model.onnx", report
-
-
-def _assert_typed(model_path: Path, precision: str) -> None:
-    import onnx
-    from onnx import TensorProto
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    low = TensorProto.BFLOAT16 if precision == "bf16" else TensorProto.FLOAT16
-    assert sum(i.data_type == low for i in model.graph.initializer) >= 10  # the blocks' GEMM weights
-    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT] * 2
-
+# -- bf16 / fp16 (the fp32 exports above, rewritten by the export's own precision step: tests/low_precision_twin.py) --
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_wan_low_precision_matches_diffusers_forward_within_tolerance(precision, wan_export, family_tiny_dir,
                                                                       tmp_path):
     """bf16 / fp16 Wan: the Cast-emulated twin (what the export's parity runs) against diffusers' own hooked forward
     (fp32, the reference the tolerance table is stated against) on a 9-frame non-square clip, E = 2."""
+    from low_precision_twin import assert_typed, low_precision_twin
+
     from ditf_export.tiny import WAN_TINY_MASSIVE
     from ditf_runtime.parity import TOLERANCES
 
     folder = family_tiny_dir("wan")
     image, noise = _clip_inputs(1, 2, 9, 48, 80, seed=21)
     expected = wan_hook_features(folder, (1,), image, noise, _wan_embeds(), WAN_TINY_MASSIVE)[1]
-    got, typed, report = _low_precision_twin_features(wan_export, folder, precision, WAN_TINY_MASSIVE, _wan_embeds(),
-                                                      image, noise, tmp_path)
+    request = dict(model=str(folder), layer=1, timestep=TIMESTEP, ensemble=1, image_size=128,
+                   discard=",".join(map(str, WAN_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp_path, _wan_embeds()))
+    got, typed, report = low_precision_twin(wan_export, precision, request, {"image": image, "noise": noise}, tmp_path)
     assert got.shape == expected.shape == (1, 3, 48, 3, 5)
     res = compare(got.reshape(-1, 48, 3, 5), expected.reshape(-1, 48, 3, 5), precision)
     print(f"wan {precision} twin vs diffusers fp32: {res}")
@@ -515,20 +481,23 @@ def test_wan_low_precision_matches_diffusers_forward_within_tolerance(precision,
     assert res and res.min_cosine >= tol.min_cosine and res.rel_error <= tol.max_rel_error, res
     assert res.rel_error > 1e-6, res  # really rounded
     assert report["range_check"]["nonfinite_tensors"] == []
-    _assert_typed(typed, precision)
+    assert_typed(typed, precision)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cogvideox_low_precision_matches_diffusers_forward_within_tolerance(precision, cog_export, cog_dirs, tmp_path):
     """bf16 / fp16 CogVideoX (5b-like, RoPE): the emulated twin against diffusers' hooked fp32 forward, 9 frames."""
+    from low_precision_twin import assert_typed, low_precision_twin
+
     from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
     from ditf_runtime.parity import TOLERANCES
 
     folder = cog_dirs["rope"]
     image, noise = _clip_inputs(1, 2, 9, 64, 48, seed=22)
     expected = cog_hook_features(folder, (1,), image, noise, _cog_embeds(), COGVIDEOX_TINY_MASSIVE)[1]
-    got, typed, report = _low_precision_twin_features(cog_export, folder, precision, COGVIDEOX_TINY_MASSIVE,
-                                                      _cog_embeds(), image, noise, tmp_path)
+    request = dict(model=str(folder), layer=1, timestep=TIMESTEP, ensemble=1, image_size=128,
+                   discard=",".join(map(str, COGVIDEOX_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp_path, _cog_embeds()))
+    got, typed, report = low_precision_twin(cog_export, precision, request, {"image": image, "noise": noise}, tmp_path)
     assert got.shape == expected.shape == (1, 3, 64, 4, 3)
     res = compare(got.reshape(-1, 64, 4, 3), expected.reshape(-1, 64, 4, 3), precision)
     print(f"cogvideox {precision} twin vs diffusers fp32: {res}")
@@ -536,4 +505,4 @@ def test_cogvideox_low_precision_matches_diffusers_forward_within_tolerance(prec
     assert res and res.min_cosine >= tol.min_cosine and res.rel_error <= tol.max_rel_error, res
     assert res.rel_error > 1e-6, res
     assert report["range_check"]["nonfinite_tensors"] == []
-    _assert_typed(typed, precision)
+    assert_typed(typed, precision)

@@ -543,6 +543,8 @@ def test_registry_names_defaults_and_local_folders(tmp_path):
     ("pixart", {"class_label": 1}, "not class-conditional"),
     ("pixart", {"guidance": 3.5}, "no guidance embedding"),
     ("sd3", {"discard": "auto"}, "pass --calib-images"),
+    ("latte", {"precision": "int8", "calib_images": Path(__file__).resolve().parents[1] / "examples" / "images"},
+     "video families (latte) export fp32, bf16 or fp16"),
 ])
 def test_family_options_are_checked_before_loading(name, kw, message, family_tiny_dir, tmp_path):
     from ditf_export.export import ExportRequest, plan

@@ -2,6 +2,7 @@
 
     python bench/bench_export_memory.py --standin [--precisions fp32,fp16,bf16,int8,fp8]   (minutes per precision)
     python bench/bench_export_memory.py --medium [--precisions int8]                   (the same table, medium model)
+    python bench/bench_export_memory.py --video-standin wan2.1-1.3b [--precisions fp32,bf16]   (or cogvideox-2b)
     python bench/bench_export_memory.py [--hidden 1024 --double 4 --single 12]         (medium model, layer sweep)
 
 --standin: bench/standin.py's FLUX.1-dev stand-in (hidden 3072, T5 width 4096, the real VAE, random bf16
@@ -14,6 +15,13 @@ diffusers, onnx and onnxruntime imported. A sampler thread also gives the peak o
 runs from one progress line to the next; it is named by the line that began it), and the table names the
 step where each precision peaks. Then the measured ratios are applied to FLUX.1-dev's own kept weights at
 layers 28 and 18 (computed from its config, not guessed).
+
+--video-standin NAME: bench/video_standin.py's Wan 2.1 1.3B or CogVideoX-2b stand-in (the real widths, the real VAE,
+random bf16 shards, exactly the 16 blocks an export at the registry's default layer 15 reads; cached in /work/cache),
+exported at layer 15 with the real model's default long side (832 / 720) and --prompt-embeds: its kept fp32
+weights are the real model's at layer 15, so the table is the real export's (nothing extrapolated). fp16/bf16 take
+no --calib-images here: their range check runs on the export's random parity clips (9 frames at its small parity
+sizes), as `ditf-export --precision bf16` without --calib-images does.
 
 --medium: the same per-precision table on bench/medium.py's model (hidden 768, 4+4 blocks, layer 6,
 massive channels 5 and 77 discarded; cached in /work/cache): a minute or two per precision, for profiling.
@@ -155,7 +163,15 @@ def step_table(steps: list[dict], base: int, kept: int) -> list[str]:
 
 def bench_precisions(args) -> None:
     """Every precision's export in a fresh process: wall, peak RSS over the kept fp32 weights, the peaking step."""
-    if args.medium:
+    video = args.video_standin is not None
+    if video:
+        from video_standin import IMAGE_SIZE, STANDIN_LAYER, build_video_standin
+
+        folder, layer, discard = build_video_standin(args.video_standin, args.cache), STANDIN_LAYER, None
+        args.image_size = args.image_size or IMAGE_SIZE[args.video_standin]
+        title = (f"{args.video_standin} stand-in (real widths and VAE, random bf16 shards, the 16 blocks layer {layer} "
+                 f"reads), layer {layer}")
+    elif args.medium:
         from medium import DEFAULT_OUT, LAYER, MASSIVE, build_medium
 
         folder, layer = build_medium(args.cache or DEFAULT_OUT), LAYER
@@ -174,7 +190,8 @@ def bench_precisions(args) -> None:
         for precision in args.precisions.split(","):
             kw = dict(model=str(folder), out=str(Path(tmp) / precision), layer=layer, discard=discard,
                       prompt_embeds=str(folder / "prompt_embeds.safetensors"), precision=precision,
-                      image_size=args.image_size, calib_images=str(IMAGES) if precision != "fp32" else None)
+                      image_size=args.image_size,
+                      calib_images=str(IMAGES) if precision != "fp32" and not video else None)
             print(f"\n== {precision}: ditf-export of {folder.name} at layer {layer}", file=sys.stderr)
             r = run(CHILD_EXPORT, json.dumps(kw), echo=args.verbose)
             rows.append((precision, r))
@@ -183,6 +200,8 @@ def bench_precisions(args) -> None:
                   file=sys.stderr)
 
     size = f"--image-size {args.image_size}" if args.image_size else "the export's default image size (long side 640)"
+    if video:
+        size = f"--image-size {args.image_size}; range checks on the random parity clips, no calibration images"
     print(f"\n{title}: kept fp32 weights {kept * gb:.2f} GB; calibration and range checks at {size}")
     print(f"interpreter baseline (torch, diffusers, onnx, onnxruntime imported): {base * gb:.2f} GB")
     print(f"{'precision':<10}{'wall':>9}{'peak RSS GB':>13}{'above base':>12}{'/ kept':>8}  peaks during")
@@ -193,7 +212,7 @@ def bench_precisions(args) -> None:
     for precision, r in rows:
         print(f"  {precision}:")
         print("\n".join(step_table(r["steps"], base, kept)))
-    if args.medium:
+    if args.medium or video:
         return
 
     layers = {28: flux_dev_kept_bytes(28), 18: flux_dev_kept_bytes(18)}
@@ -247,7 +266,9 @@ def main() -> None:
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--standin", action="store_true", help="the real-dimension FLUX.1-dev stand-in, per precision")
     which.add_argument("--medium", action="store_true", help="bench/medium.py's model, per precision (fast)")
-    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8,fp8")
+    which.add_argument("--video-standin", choices=("wan2.1-1.3b", "cogvideox-2b"), default=None,
+                       help="a real-dimension video DiT stand-in truncated at layer 15, per precision")
+    ap.add_argument("--precisions", default=None, help="default: fp32,fp16,bf16,int8,fp8 (video: fp32,bf16)")
     ap.add_argument("--image-size", type=int, default=None,
                     help="--standin/--medium: the export's --image-size, which calibration and the held-out "
                          "images use (default: the export's own, long side 640)")
@@ -260,7 +281,9 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=12)
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/standin.py, bench/medium.py
-    bench_precisions(args) if args.standin or args.medium else bench_medium(args)
+    if args.precisions is None:
+        args.precisions = "fp32,bf16" if args.video_standin else "fp32,fp16,bf16,int8,fp8"
+    bench_precisions(args) if args.standin or args.medium or args.video_standin else bench_medium(args)
 
 
 if __name__ == "__main__":

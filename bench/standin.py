@@ -51,14 +51,15 @@ def _random_like(name: str, shape: tuple[int, ...], gen):
     return torch.empty(shape).uniform_(-bound, bound, generator=gen)
 
 
-def _write_transformer(folder: Path, config: dict, seed: int) -> None:
-    """bf16 shards of about SHARD_BYTES plus diffusion_pytorch_model.safetensors.index.json, tensor by tensor."""
+def _write_transformer(folder: Path, config: dict, seed: int, class_name: str = "FluxTransformer2DModel") -> None:
+    """bf16 shards of about SHARD_BYTES plus diffusion_pytorch_model.safetensors.index.json, tensor by tensor
+    (class_name: the diffusers transformer class; bench/video_standin.py writes Wan and CogVideoX ones)."""
+    import diffusers
     import torch
-    from diffusers import FluxTransformer2DModel
     from safetensors.torch import save_file
 
     with torch.device("meta"):
-        meta = FluxTransformer2DModel(**config)
+        meta = getattr(diffusers, class_name)(**config)
     shapes = [(k, tuple(p.shape)) for k, p in meta.state_dict().items()]
     groups, current, size = [], [], 0
     for name, shape in shapes:
@@ -82,7 +83,7 @@ def _write_transformer(folder: Path, config: dict, seed: int) -> None:
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (folder / "config.json").write_text(json.dumps(
-        {"_class_name": "FluxTransformer2DModel", "_diffusers_version": "0.42.1", **config}, indent=2))
+        {"_class_name": class_name, "_diffusers_version": "0.42.1", **config}, indent=2))
 
 
 def build_standin(out: Path = DEFAULT_OUT, seed: int = 0) -> Path:

@@ -126,14 +126,19 @@ def _low_float(model_path: Path, precision: Precision, feeds: list[Feed], say: C
         from .graph import session
 
         typed_out = session(model_path, disabled_optimizers=UNFOLDED).run(None, dict(feeds[0]))[0]
-        report["typed_graph_on_onnxruntime_vs_twin_min_cosine"] = compare(typed_out, ranges.first_output,
-                                                                          precision).min_cosine
+        report["typed_graph_on_onnxruntime_vs_twin_min_cosine"] = compare(
+            _frame_maps(typed_out), _frame_maps(ranges.first_output), precision).min_cosine
     report["parity_on"] = "Cast-emulated twin"
     backend = (f"onnxruntime CPUExecutionProvider on the Cast-emulated {precision} twin (same islands, "
                f"f32->{precision}->f32 rounding of every island input, weight and output; "
                + ("the typed bf16 graph needs a GPU)" if precision == Precision.BF16 else
                   "onnxruntime CPU computes FP16 GEMMs of the typed graph in FP32)"))
     return PrecisionResult(precision, twin_path, backend, report, scratch, disabled_optimizers=UNFOLDED)
+
+
+def _frame_maps(features: np.ndarray) -> np.ndarray:
+    """Video graphs' [B, F, C, h, w] features as [B*F, C, h, w] maps, the layout parity's metrics take."""
+    return features.reshape(-1, *features.shape[-3:]) if features.ndim == 5 else features
 
 
 def _quantized(model_path: Path, precision: Precision, calibration: CalibrationSet, feeds: list[Feed], config,

@@ -242,9 +242,10 @@ def _options(request: ExportRequest, source: ModelSource, adapter: FamilyAdapter
 def _check_precision(request: ExportRequest, source: ModelSource, io: GraphIO, discard_source: str,
                      notes: list[str]) -> None:
     precision = request.precision
-    if io.has_axis(FRAMES) and precision != Precision.FP32:
-        raise ExportInputError(f"--precision {precision}: video families ({source.family}) export fp32 only "
-                               "in this build; use --precision fp32")
+    if io.has_axis(FRAMES) and precision.is_calibrated:
+        # bf16/fp16 of video graphs are checked against diffusers (docs/video.md); calibrating on clips is not
+        raise ExportInputError(f"--precision {precision}: video families ({source.family}) export fp32, bf16 or fp16 "
+                               "in this build; use --precision bf16")
     if request.calib_images is not None and precision == Precision.FP32 and discard_source != "auto":
         notes.append("--calib-images ignored: fp32 needs no calibration")
 

@@ -389,6 +389,33 @@ def latte_exports(tmp_path_factory, family_tiny_dir):
     return get
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_video_low_precision_matches_diffusers_forward_within_tolerance(precision, latte_exports, family_tiny_dir,
+                                                                        tmp_path):
+    """bf16 / fp16 Latte (video families were fp32 only): the export's precision step on the layer-1 fp32 export,
+    its Cast-emulated twin against diffusers' hooked fp32 forward within the stated tolerance (tests/low_precision_twin.py)."""
+    from low_precision_twin import assert_typed, low_precision_twin
+
+    from ditf_export.tiny import LATTE_TINY_MASSIVE
+    from ditf_runtime.parity import TOLERANCES
+
+    folder = family_tiny_dir("latte")
+    image, noise = _video_inputs(1, 2, VIDEO_FRAMES, 48, 80, seed=23)
+    expected = latte_hook_features(folder, 1, image, noise, _latte_embeds(tmp_path), LATTE_TINY_MASSIVE)
+    request = dict(model=str(folder), layer=1, timestep=TIMESTEP, ensemble=2, image_size=128,
+                   discard=",".join(map(str, LATTE_TINY_MASSIVE)),
+                   prompt_embeds=_embeds_file(tmp_path, "latte", _latte_embeds(tmp_path)))
+    got, typed, report = low_precision_twin(latte_exports(1), precision, request, {"image": image, "noise": noise},
+                                            tmp_path)
+    assert got.shape == expected.shape == (1, VIDEO_FRAMES, 64, 3, 5)
+    res = compare(got.reshape(-1, 64, 3, 5), expected.reshape(-1, 64, 3, 5), precision)
+    print(f"latte {precision} twin vs diffusers fp32: {res}")
+    tol = TOLERANCES[precision]
+    assert res and res.min_cosine >= tol.min_cosine and res.rel_error <= tol.max_rel_error, res
+    assert res.rel_error > 1e-6 and report["range_check"]["nonfinite_tensors"] == []
+    assert_typed(typed, precision)
+
+
 @pytest.mark.parametrize("layer", [1, 2], ids=["temporal0", "spatial1"])
 def test_video_onnx_matches_pytorch_at_two_sizes_from_one_graph(layer, latte_exports, family_tiny_dir, tmp_path):
     import onnxruntime as ort
@@ -515,8 +542,9 @@ def test_registry_names_defaults_and_local_folders(tmp_path):
     ("dit", {"prompt": "a cat"}, "takes no prompt"),
     ("pixart", {"class_label": 1}, "not class-conditional"),
     ("pixart", {"guidance": 3.5}, "no guidance embedding"),
-    ("latte", {"precision": "fp16"}, "video families (latte) export fp32 only"),
     ("sd3", {"discard": "auto"}, "pass --calib-images"),
+    ("latte", {"precision": "int8", "calib_images": Path(__file__).resolve().parents[1] / "examples" / "images"},
+     "video families (latte) export fp32, bf16 or fp16"),
 ])
 def test_family_options_are_checked_before_loading(name, kw, message, family_tiny_dir, tmp_path):
     from ditf_export.export import ExportRequest, plan

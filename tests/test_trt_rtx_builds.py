@@ -2,7 +2,7 @@
 
 flux-tiny and one tiny export of every other family (SD3, PixArt, DiT, and the video families Latte, Wan and CogVideoX)
 are built once per session through `ditf build-engine --tensorrt rtx`, at every precision the
-family exports (video: fp32 only); flux-tiny's fp8 export for compute capabilities 8.9 and 12.0 only. TensorRT-RTX needs a GPU only to deserialise and run an engine
+family exports (video: fp32 only here; their bf16/fp16 graphs are not built); flux-tiny's fp8 export for compute capabilities 8.9 and 12.0 only. TensorRT-RTX needs a GPU only to deserialise and run an engine
 (test_precision_tensorrt.py, skipped without one); everything before that is checked here: the
 parse, the AOT build, engine.json, the parser's own errors, and the loader's refusals.
 """

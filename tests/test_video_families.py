@@ -454,3 +454,55 @@ def test_cogvideox_prompt_is_padded_to_the_model_text_length_and_other_lengths_a
     specs = models()
     assert specs["cogvideox-2b"].hf_id == "THUDM/CogVideoX-2b" and specs["cogvideox-5b"].hf_id == "THUDM/CogVideoX-5b"
     assert specs["cogvideox-2b"].family == specs["cogvideox-5b"].family == "cogvideox"
+
+
+# -- bf16 / fp16 (the fp32 exports above, rewritten by the export's own precision step: tests/low_precision_twin.py) --
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_wan_low_precision_matches_diffusers_forward_within_tolerance(precision, wan_export, family_tiny_dir,
+                                                                      tmp_path):
+    """bf16 / fp16 Wan: the Cast-emulated twin (what the export's parity runs) against diffusers' own hooked forward
+    (fp32, the reference the tolerance table is stated against) on a 9-frame non-square clip, E = 2."""
+    from low_precision_twin import assert_typed, low_precision_twin
+
+    from ditf_export.tiny import WAN_TINY_MASSIVE
+    from ditf_runtime.parity import TOLERANCES
+
+    folder = family_tiny_dir("wan")
+    image, noise = _clip_inputs(1, 2, 9, 48, 80, seed=21)
+    expected = wan_hook_features(folder, (1,), image, noise, _wan_embeds(), WAN_TINY_MASSIVE)[1]
+    request = dict(model=str(folder), layer=1, timestep=TIMESTEP, ensemble=1, image_size=128,
+                   discard=",".join(map(str, WAN_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp_path, _wan_embeds()))
+    got, typed, report = low_precision_twin(wan_export, precision, request, {"image": image, "noise": noise}, tmp_path)
+    assert got.shape == expected.shape == (1, 3, 48, 3, 5)
+    res = compare(got.reshape(-1, 48, 3, 5), expected.reshape(-1, 48, 3, 5), precision)
+    print(f"wan {precision} twin vs diffusers fp32: {res}")
+    tol = TOLERANCES[precision]
+    assert res and res.min_cosine >= tol.min_cosine and res.rel_error <= tol.max_rel_error, res
+    assert res.rel_error > 1e-6, res  # really rounded
+    assert report["range_check"]["nonfinite_tensors"] == []
+    assert_typed(typed, precision)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cogvideox_low_precision_matches_diffusers_forward_within_tolerance(precision, cog_export, cog_dirs, tmp_path):
+    """bf16 / fp16 CogVideoX (5b-like, RoPE): the emulated twin against diffusers' hooked fp32 forward, 9 frames."""
+    from low_precision_twin import assert_typed, low_precision_twin
+
+    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
+    from ditf_runtime.parity import TOLERANCES
+
+    folder = cog_dirs["rope"]
+    image, noise = _clip_inputs(1, 2, 9, 64, 48, seed=22)
+    expected = cog_hook_features(folder, (1,), image, noise, _cog_embeds(), COGVIDEOX_TINY_MASSIVE)[1]
+    request = dict(model=str(folder), layer=1, timestep=TIMESTEP, ensemble=1, image_size=128,
+                   discard=",".join(map(str, COGVIDEOX_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp_path, _cog_embeds()))
+    got, typed, report = low_precision_twin(cog_export, precision, request, {"image": image, "noise": noise}, tmp_path)
+    assert got.shape == expected.shape == (1, 3, 64, 4, 3)
+    res = compare(got.reshape(-1, 64, 4, 3), expected.reshape(-1, 64, 4, 3), precision)
+    print(f"cogvideox {precision} twin vs diffusers fp32: {res}")
+    tol = TOLERANCES[precision]
+    assert res and res.min_cosine >= tol.min_cosine and res.rel_error <= tol.max_rel_error, res
+    assert res.rel_error > 1e-6, res
+    assert report["range_check"]["nonfinite_tensors"] == []
+    assert_typed(typed, precision)

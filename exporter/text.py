@@ -125,21 +125,28 @@ def encode_t5_masked(source, prompt: str, max_length: int) -> dict[str, torch.Te
     return {"prompt_embeds": embeds.float(), "prompt_attention_mask": mask}
 
 
+def _prompt_only_pipeline(pipeline_class, encoder_class, source):
+    """A video pipeline with only its tokenizer and text encoder (fp32), so its own encode_prompt runs."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source.path)
+    for sub in ("tokenizer", "text_encoder"):
+        _require(folder, sub)
+    return pipeline_class(
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=encoder_class.from_pretrained(folder / "text_encoder", use_safetensors=True).float(),
+        vae=None, transformer=None, scheduler=None,
+    )
+
+
 @torch.no_grad()
 def encode_wan_umt5(source, prompt: str, max_length: int) -> dict[str, torch.Tensor]:
     """Wan's conditioning through WanPipeline.encode_prompt itself: umT5 hidden states of the prompt's tokens, zero
     rows up to max_length (the pipeline pads with zeros, not masks: the transformer cross-attends to all of them)."""
     from diffusers import WanPipeline
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import UMT5EncoderModel
 
-    folder = Path(source.path)
-    for sub in ("tokenizer", "text_encoder"):
-        _require(folder, sub)
-    pipe = WanPipeline(
-        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
-        text_encoder=UMT5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True).float(),
-        vae=None, transformer=None, scheduler=None,
-    )
+    pipe = _prompt_only_pipeline(WanPipeline, UMT5EncoderModel, source)
     embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=max_length,
                                    device=torch.device("cpu"))
     return {"prompt_embeds": embeds.float()}
@@ -150,16 +157,9 @@ def encode_cogvideox_t5(source, prompt: str, max_length: int) -> dict[str, torch
     """CogVideoX's conditioning through CogVideoXPipeline.encode_prompt itself: T5 hidden states of the prompt padded
     to max_length (226) tokens, pads encoded too (the pipeline passes no attention mask)."""
     from diffusers import CogVideoXPipeline
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import T5EncoderModel
 
-    folder = Path(source.path)
-    for sub in ("tokenizer", "text_encoder"):
-        _require(folder, sub)
-    pipe = CogVideoXPipeline(
-        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
-        text_encoder=T5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True).float(),
-        vae=None, transformer=None, scheduler=None,
-    )
+    pipe = _prompt_only_pipeline(CogVideoXPipeline, T5EncoderModel, source)
     embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=max_length,
                                    device=torch.device("cpu"))
     return {"prompt_embeds": embeds.float()}

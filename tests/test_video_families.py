@@ -205,7 +205,10 @@ def test_wan_runtime_maps_latent_frames_back_to_video_frames(wan_export):
     assert not np.array_equal(np.asarray(maps[4]), np.asarray(maps[5]))
 
 
-def test_wan_track_and_eval_davis(wan_export, tmp_path):
+@pytest.mark.parametrize("export_fixture", ["wan_export", "cog_export"])
+def test_track_and_eval_davis(export_fixture, request, tmp_path):
+    """ditf track and ditf eval-davis on a Wan and a CogVideoX export (1 + 4k frame clips, frames mapped back)."""
+    export = request.getfixturevalue(export_fixture)
     from click.testing import CliRunner
 
     from davis_synthetic import make_davis
@@ -214,10 +217,10 @@ def test_wan_track_and_eval_davis(wan_export, tmp_path):
     root = tmp_path / "davis"
     make_davis(root, videos=("shapes-a",), frames=6)
     frames_dir = root / "JPEGImages" / "480p" / "shapes-a"
-    run = CliRunner().invoke(main, ["track", str(frames_dir), "--model", str(wan_export), "--threads", "1",
+    run = CliRunner().invoke(main, ["track", str(frames_dir), "--model", str(export), "--threads", "1",
                                     "--points", "10,10 40,30", "--json", str(tmp_path / "track.json")])
     assert run.exit_code == 0, run.output
-    run = CliRunner().invoke(main, ["eval-davis", str(root), "--model", str(wan_export), "--threads", "1",
+    run = CliRunner().invoke(main, ["eval-davis", str(root), "--model", str(export), "--threads", "1",
                                     "--videos", "shapes-a", "--size", "64", "--out", str(tmp_path / "masks"),
                                     "--json", str(tmp_path / "davis.json")])
     assert run.exit_code == 0, run.output
@@ -408,26 +411,6 @@ def test_cogvideox_runtime_refuses_longer_clips_and_maps_frames(cog_export):
         assert np.array_equal(np.asarray(maps[1]), np.asarray(maps[4]))  # frames 1..4 share latent frame 1
         with pytest.raises(InputError, match="25"):
             extractor.extract_video(frames * 5)  # 30 frames
-
-
-def test_cogvideox_track_and_eval_davis(cog_export, tmp_path):
-    from click.testing import CliRunner
-
-    from davis_synthetic import make_davis
-    from ditf_runtime.cli import main
-
-    root = tmp_path / "davis"
-    make_davis(root, videos=("shapes-a",), frames=6)
-    frames_dir = root / "JPEGImages" / "480p" / "shapes-a"
-    run = CliRunner().invoke(main, ["track", str(frames_dir), "--model", str(cog_export), "--threads", "1",
-                                    "--points", "10,10 40,30", "--json", str(tmp_path / "track.json")])
-    assert run.exit_code == 0, run.output
-    run = CliRunner().invoke(main, ["eval-davis", str(root), "--model", str(cog_export), "--threads", "1",
-                                    "--videos", "shapes-a", "--size", "64", "--out", str(tmp_path / "masks"),
-                                    "--json", str(tmp_path / "davis.json")])
-    assert run.exit_code == 0, run.output
-    assert "J&F-Mean" in run.output
-    assert len(list((tmp_path / "masks" / "shapes-a").glob("*.png"))) == 6
 
 
 def test_cogvideox_prompt_is_padded_to_the_model_text_length_and_other_lengths_are_refused(cog_dirs, tmp_path):

@@ -48,6 +48,58 @@ def _clip_inputs(b, e, frames, h, w, seed=0):
             torch.randn(b, e, latent_frames, 4, h // 8, w // 8, generator=g))
 
 
+def _block_inputs(blocks, layers, take, forward) -> dict:
+    """What `take(args, kwargs)` picks from the inputs of blocks[K] for every K in `layers`, from ONE `forward()`
+    (stopped after the last of them)."""
+    captured = {}
+
+    def keeper(layer):
+        def keep(module, args, kwargs):
+            captured[layer] = take(args, kwargs)
+            if layer == max(layers):
+                raise _Stop
+        return keep
+
+    handles = [blocks[k].register_forward_pre_hook(keeper(k), with_kwargs=True) for k in layers]
+    try:
+        forward()
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _assert_blocks_match(graph_of_layer, expected, image, noise, channels: int, label: str) -> None:
+    """Our PyTorch graph at every block K of `expected` equals the hooked diffusers features (fp32 bounds)."""
+    frames, (h, w) = image.shape[1], image.shape[-2:]
+    lf, hp, wp = 1 + (frames - 1) // 4, h // 16, w // 16
+    for layer, want in expected.items():
+        with torch.no_grad():
+            ours = graph_of_layer(layer)(image, noise).numpy()
+        assert ours.shape == (image.shape[0], lf, channels, hp, wp)
+        res = compare(ours.reshape(-1, channels, hp, wp), want.reshape(-1, channels, hp, wp), "fp32")
+        print(f"{label} layer {layer}, {frames} frames, {(h, w)}: {res}")
+        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, (layer, res)
+
+
+def _assert_onnx_matches(export: Path, graph, clips, channels: int, label: str) -> None:
+    """onnxruntime on the exported model.onnx equals the PyTorch graph it came from, for each (frames, (h, w))."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    for frames, size in clips:
+        image, noise = _clip_inputs(1, 2, frames, *size, seed=frames)
+        with torch.no_grad():
+            ref = graph(image, noise).numpy()
+        got = sess.run(["features"], {"image": image.numpy(), "noise": noise.numpy()})[0]
+        assert got.shape == ref.shape == (1, 1 + (frames - 1) // 4, channels, size[0] // 16, size[1] // 16)
+        res = compare(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]), "fp32")
+        print(f"{label} ORT vs PyTorch {frames} frames {size}: {res}")
+        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+
+
 @torch.no_grad()
 def wan_hook_features(folder: Path, layers, image, noise, embeds, discard) -> dict[int, np.ndarray]:
     """diffusers end to end: AutoencoderKLWan.encode (chunked, cached), (z - mean) / std, flow-matching mix, then
@@ -70,24 +122,9 @@ def wan_hook_features(folder: Path, layers, image, noise, embeds, discard) -> di
     assert z.shape[1] == lf
     t = TIMESTEP / 1000
     x_t = ((1 - t) * z[:, None] + t * noise).flatten(0, 1)  # [B*E, F', c, h, w]
-    captured = {}
-
-    def keeper(layer):
-        def keep(module, args, kwargs):
-            captured[layer] = (args[0], args[2])
-            if layer == max(layers):
-                raise _Stop
-        return keep
-
-    handles = [transformer.blocks[k].register_forward_pre_hook(keeper(k), with_kwargs=True) for k in layers]
-    try:
-        transformer(x_t.transpose(1, 2), timestep=torch.full((b * e,), float(TIMESTEP)),
-                    encoder_hidden_states=embeds["prompt_embeds"].expand(b * e, -1, -1))
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    captured = _block_inputs(transformer.blocks, layers, lambda args, kwargs: (args[0], args[2]), lambda: transformer(
+        x_t.transpose(1, 2), timestep=torch.full((b * e,), float(TIMESTEP)),
+        encoder_hidden_states=embeds["prompt_embeds"].expand(b * e, -1, -1)))
     out = {}
     for k in layers:
         hidden, t6 = captured[k]
@@ -139,14 +176,8 @@ def test_wan_reference_matches_diffusers_forward_with_hooks(frames, size, family
     layers = (0, 1, 2)
     image, noise = _clip_inputs(2, 2, frames, *size, seed=frames)
     expected = wan_hook_features(folder, layers, image, noise, _wan_embeds(), WAN_TINY_MASSIVE)
-    lf, hp, wp = 1 + (frames - 1) // 4, size[0] // 16, size[1] // 16
-    for layer in layers:
-        with torch.no_grad():
-            ours = _wan_graph(folder, layer, tmp_path)(image, noise).numpy()
-        assert ours.shape == (2, lf, 48, hp, wp)
-        res = compare(ours.reshape(-1, 48, hp, wp), expected[layer].reshape(-1, 48, hp, wp), "fp32")
-        print(f"wan layer {layer}, {frames} frames, {size}: {res}")
-        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, (layer, res)
+    assert sorted(expected) == list(layers)
+    _assert_blocks_match(lambda layer: _wan_graph(folder, layer, tmp_path), expected, image, noise, 48, "wan")
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +195,6 @@ def wan_export(tmp_path_factory, family_tiny_dir):
 
 
 def test_wan_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(wan_export, family_tiny_dir, tmp_path):
-    import onnxruntime as ort
-
     m = Manifest.load(wan_export)
     assert m.family == "wan" and m.geometry.frame_axis == 1 and m.geometry.frame_stride == 4
     assert m.feature.block == "blocks.1"
@@ -175,17 +204,8 @@ def test_wan_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(wan_export, f
     assert m.geometry.max_size == 64 * 16
     for r in m.parity["results"]:
         assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR, r
-    sess = ort.InferenceSession(str(wan_export / "model.onnx"), providers=["CPUExecutionProvider"])
-    graph = _wan_graph(family_tiny_dir("wan"), 1, tmp_path)
-    for frames, size in ((5, (48, 112)), (17, (32, 48))):
-        image, noise = _clip_inputs(1, 2, frames, *size, seed=frames)
-        with torch.no_grad():
-            ref = graph(image, noise).numpy()
-        got = sess.run(["features"], {"image": image.numpy(), "noise": noise.numpy()})[0]
-        assert got.shape == ref.shape == (1, 1 + (frames - 1) // 4, 48, size[0] // 16, size[1] // 16)
-        res = compare(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]), "fp32")
-        print(f"wan ORT vs PyTorch {frames} frames {size}: {res}")
-        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+    _assert_onnx_matches(wan_export, _wan_graph(family_tiny_dir("wan"), 1, tmp_path),
+                         ((5, (48, 112)), (17, (32, 48))), 48, "wan")
 
 
 def test_wan_runtime_maps_latent_frames_back_to_video_frames(wan_export):
@@ -268,25 +288,10 @@ def cog_hook_features(folder: Path, layers, image, noise, embeds, discard) -> di
         pipe = SimpleNamespace(vae_scale_factor_spatial=8, transformer=transformer)
         rope = CogVideoXPipeline._prepare_rotary_positional_embeddings(pipe, image.shape[-2], image.shape[-1], lf,
                                                                        torch.device("cpu"))
-    captured = {}
-
-    def keeper(layer):
-        def keep(module, args, kwargs):
-            captured[layer] = (kwargs["hidden_states"], kwargs["temb"])
-            if layer == max(layers):
-                raise _Stop
-        return keep
-
     blocks = transformer.transformer_blocks
-    handles = [blocks[k].register_forward_pre_hook(keeper(k), with_kwargs=True) for k in layers]
-    try:
-        transformer(x_t, encoder_hidden_states=embeds["prompt_embeds"].expand(b * e, -1, -1),
-                    timestep=torch.full((b * e,), TIMESTEP, dtype=torch.long), image_rotary_emb=rope)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    captured = _block_inputs(blocks, layers, lambda args, kwargs: (kwargs["hidden_states"], kwargs["temb"]), lambda: transformer(
+        x_t, encoder_hidden_states=embeds["prompt_embeds"].expand(b * e, -1, -1),
+        timestep=torch.full((b * e,), TIMESTEP, dtype=torch.long), image_rotary_emb=rope))
     out = {}
     for k in layers:
         hidden, temb = captured[k]
@@ -344,14 +349,9 @@ def test_cogvideox_reference_matches_diffusers_forward_with_hooks(kind, frames, 
     layers = (0, 1, 2)
     image, noise = _clip_inputs(2, 2, frames, *size, seed=frames)
     expected = cog_hook_features(folder, layers, image, noise, _cog_embeds(), COGVIDEOX_TINY_MASSIVE)
-    lf, hp, wp = 1 + (frames - 1) // 4, size[0] // 16, size[1] // 16
-    for layer in layers:
-        with torch.no_grad():
-            ours = _cog_graph(folder, layer, tmp_path)(image, noise).numpy()
-        assert ours.shape == (2, lf, 64, hp, wp)
-        res = compare(ours.reshape(-1, 64, hp, wp), expected[layer].reshape(-1, 64, hp, wp), "fp32")
-        print(f"cogvideox {kind} layer {layer}, {frames} frames, {size}: {res}")
-        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, (layer, res)
+    assert sorted(expected) == list(layers)
+    _assert_blocks_match(lambda layer: _cog_graph(folder, layer, tmp_path), expected, image, noise, 64,
+                         f"cogvideox {kind}")
 
 
 @pytest.fixture(scope="module")
@@ -372,8 +372,6 @@ def cog_export(tmp_path_factory, cog_dirs):
 def test_cogvideox_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(cog_export, cog_dirs, tmp_path):
     """Several VAE chunks (17 = 9 + 8 and 21 = 13 + 8 frames) and other aspect ratios (other RoPE crops) through
     onnxruntime; the manifest states the frame axis, the stride and the limits."""
-    import onnxruntime as ort
-
     m = Manifest.load(cog_export)
     assert m.family == "cogvideox" and m.geometry.frame_axis == 1 and m.geometry.frame_stride == 4
     assert m.feature.block == "transformer_blocks.1"
@@ -383,17 +381,8 @@ def test_cogvideox_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(cog_exp
     assert m.geometry.max_size == 128 * 16
     for r in m.parity["results"]:
         assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR, r
-    sess = ort.InferenceSession(str(cog_export / "model.onnx"), providers=["CPUExecutionProvider"])
-    graph = _cog_graph(cog_dirs["rope"], 1, tmp_path)
-    for frames, size in ((17, (48, 112)), (21, (64, 32))):
-        image, noise = _clip_inputs(1, 2, frames, *size, seed=frames)
-        with torch.no_grad():
-            ref = graph(image, noise).numpy()
-        got = sess.run(["features"], {"image": image.numpy(), "noise": noise.numpy()})[0]
-        assert got.shape == ref.shape == (1, 1 + (frames - 1) // 4, 64, size[0] // 16, size[1] // 16)
-        res = compare(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]), "fp32")
-        print(f"cogvideox ORT vs PyTorch {frames} frames {size}: {res}")
-        assert res.min_cosine >= MIN_COSINE and res.rel_error <= MAX_REL_ERROR, res
+    _assert_onnx_matches(cog_export, _cog_graph(cog_dirs["rope"], 1, tmp_path),
+                         ((17, (48, 112)), (21, (64, 32))), 64, "cogvideox")
 
 
 def test_cogvideox_runtime_refuses_longer_clips_and_maps_frames(cog_export):

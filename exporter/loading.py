@@ -14,7 +14,7 @@ import torch
 from . import catalog
 from .errors import ExportInputError
 from .families.base import FamilyAdapter
-from .registry import RANDOM_WEIGHTS_KEY, TRAINED_ON_KEY, ModelSpec
+from .registry import RANDOM_WEIGHTS_KEY, RECIPE_KEY, TRAINED_ON_KEY, ModelSpec
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -77,8 +77,11 @@ def resolve_source(model: str) -> ModelSource:
         family, config = catalog.identify_folder(path)
     except KeyError as exc:
         raise ExportInputError(f"{path}: {exc.args[0]}") from None
+    recipe = _recipe(path, family)
     if spec is not None:
         rule = f"registry name {model}"
+    elif recipe is not None:  # trained (or its random twin made) by train_mini.py: that recipe's defaults
+        spec, rule = recipe, f"model_index.json: a {recipe.name} folder written by train_mini.py"
     else:
         found = catalog.identify(family, config, catalog.adapter_for(family).hidden_size(config),
                                  tuple(hints) + _hf_ids_of_folder(path, config))
@@ -136,6 +139,14 @@ def trained_on(path: Path) -> str | None:
     index = _read_json(path / "model_index.json")
     value = index.get(TRAINED_ON_KEY) if isinstance(index, dict) else None
     return str(value) if value else None
+
+
+def _recipe(path: Path, family: str) -> ModelSpec | None:
+    """The registered model a folder's model_index.json names as its recipe (RECIPE_KEY), if of this family."""
+    index = _read_json(path / "model_index.json")
+    name = index.get(RECIPE_KEY) if isinstance(index, dict) else None
+    spec = catalog.model_spec(name) if isinstance(name, str) else None
+    return spec if spec is not None and spec.family == family else None
 
 
 def has_random_weights(path: Path) -> bool:

@@ -32,6 +32,9 @@ MODEL_NAMES = (
 RANDOM_WEIGHTS_KEY = "_ditf_random_weights"
 # model_index.json key of a built-in model that was trained here (train_mini.py): what it learned from.
 TRAINED_ON_KEY = "_ditf_trained_on"
+# model_index.json key naming the registered model whose defaults a folder written by train_mini.py takes (its
+# layer, timestep, 16 text tokens, size): a retrained or random-twin folder exported by path gets them too.
+RECIPE_KEY = "_ditf_recipe"
 
 
 def register(family: str) -> Callable[[type], type]:

@@ -60,6 +60,21 @@ def test_the_shipped_model_is_small_whole_and_recorded():
     assert source.trained_on and not source.random_weights and source.path == SHIPPED.resolve()
 
 
+def test_make_train_mini_defaults_are_the_shipped_recipe():
+    """`make train-mini` (the script's defaults) trains what was shipped: same data, schedule, stop and VAE."""
+    from dataclasses import asdict
+
+    from ditf_export.train_mini import TrainConfig
+
+    shipped = json.loads((SHIPPED / "training.json").read_text())
+    defaults = asdict(TrainConfig())
+    recipe = {k: v for k, v in shipped["config"].items() if k not in ("threads", "resume", "checkpoint_every")}
+    assert {k: defaults[k] for k in recipe} == recipe
+    assert defaults["stop_after"] == shipped["step"]
+    vae = json.loads((SHIPPED / "vae" / "config.json").read_text())
+    assert vae["norm_num_groups"] == defaults["vae_norm_groups"]
+
+
 def test_training_smoke_run_writes_a_loadable_pipeline(tmp_path):
     """`make train-mini`'s own code path, a few steps on a few small images."""
     from click.testing import CliRunner
@@ -68,14 +83,38 @@ def test_training_smoke_run_writes_a_loadable_pipeline(tmp_path):
     from ditf_export.train_mini import main
 
     out = tmp_path / "mini"
-    result = CliRunner().invoke(main, ["--out", str(out), "--smoke"])
+    result = CliRunner().invoke(main, ["--out", str(out), "--smoke", "--stop-after", "2", "--vae-norm-groups", "2"])
     assert result.exit_code == 0, result.output
     FluxTransformer2DModel.from_pretrained(out / "transformer")
     vae = AutoencoderKL.from_pretrained(out / "vae")
     record = json.loads((out / "training.json").read_text())
-    assert len(record["flow_loss"]) >= 1 and record["config"]["steps"] == 3
+    assert record["config"]["steps"] == 3 and record["config"]["stop_after"] == 2
+    assert record["flow_loss"][-1][0] == 1  # stopped after 2 of the schedule's 3 steps
+    assert vae.config.norm_num_groups == 2
     assert vae.config.scaling_factor == pytest.approx(record["latent_scale"])  # unit-variance latents
     assert not list(tmp_path.glob(".mini.tmp-*"))  # written atomically
+
+
+def test_a_folder_written_by_train_mini_gets_flux_minis_defaults_by_path(tmp_path):
+    """Exported by path (a retrained copy, or its random twin), a train_mini folder is planned as flux-mini: layer,
+    timestep and the 16 text tokens it was trained with. Before, FLUX.1-dev's defaults applied: layer 28 (refused)
+    or, with --layer given, 512 text tokens, which cost a retrained model 2-3 PCK points on the validation pairs."""
+    import shutil
+
+    from ditf_export.plan import plan
+    from ditf_export.request import ExportRequest
+    from ditf_export.train_mini import random_twin
+
+    copy = tmp_path / "retrained"
+    shutil.copytree(SHIPPED, copy)
+    by_name = plan(ExportRequest(model="flux-mini", out=tmp_path / "a")).options
+    for folder in (copy, random_twin(copy, tmp_path / "twin")):
+        source = resolve_source(str(folder))
+        assert source.spec is not None and source.spec.name == "flux-mini" and "train_mini" in source.defaults_rule
+        options = plan(ExportRequest(model=str(folder), out=tmp_path / "b")).options
+        assert (options.layer, options.timestep, options.text_max_length, options.image_size) == \
+            (by_name.layer, by_name.timestep, 16, 192)
+    assert resolve_source(str(tmp_path / "twin")).random_weights
 
 
 def test_export_says_trained_and_passes_its_semantic_gate(flux_mini_export):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE, WAN_TINY_MASSIVE
 from ditf_runtime.manifest import Manifest
 from ditf_runtime.parity import compare
 
@@ -39,6 +40,15 @@ def _embeds_file(tmp: Path, tensors: dict) -> Path:
     path = tmp / "wan-embeds.safetensors"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
+
+
+def _video_graph(folder: Path, layer: int, tmp: Path, massive: tuple[int, ...], embeds: dict):
+    """The exporter's PyTorch feature module of a tiny video model at `layer` (no ONNX), baked with `embeds`."""
+    from ditf_export.export import ExportRequest, build_graph, plan
+
+    return build_graph(plan(ExportRequest(
+        model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP, image_size=128,
+        discard=",".join(map(str, massive)), prompt_embeds=_embeds_file(tmp, embeds)))).graph
 
 
 def _clip_inputs(b, e, frames, h, w, seed=0):
@@ -137,15 +147,6 @@ def wan_hook_features(folder: Path, layers, image, noise, embeds, discard) -> di
     return out
 
 
-def _wan_graph(folder: Path, layer: int, tmp: Path):
-    from ditf_export.export import ExportRequest, build_graph, plan
-    from ditf_export.tiny import WAN_TINY_MASSIVE
-
-    return build_graph(plan(ExportRequest(
-        model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP, image_size=128,
-        discard=",".join(map(str, WAN_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp, _wan_embeds())))).graph
-
-
 @torch.no_grad()
 def test_wan_clip_encoder_equals_diffusers_chunked_encode(family_tiny_dir):
     """One causal pass over the clip == AutoencoderKLWan's chunk-by-chunk cache loop, for 1 + 4k frames."""
@@ -170,22 +171,19 @@ def test_wan_clip_encoder_equals_diffusers_chunked_encode(family_tiny_dir):
 @pytest.mark.parametrize("frames, size", [(5, (48, 80)), (13, (64, 48))], ids=["5f-48x80", "13f-64x48"])
 def test_wan_reference_matches_diffusers_forward_with_hooks(frames, size, family_tiny_dir, tmp_path):
     """Every block K of the tiny model (0, 1, 2) from one hooked diffusers forward, at a non-square size."""
-    from ditf_export.tiny import WAN_TINY_MASSIVE
-
     folder = family_tiny_dir("wan")
     layers = (0, 1, 2)
     image, noise = _clip_inputs(2, 2, frames, *size, seed=frames)
     expected = wan_hook_features(folder, layers, image, noise, _wan_embeds(), WAN_TINY_MASSIVE)
     assert sorted(expected) == list(layers)
-    _assert_blocks_match(lambda layer: _wan_graph(folder, layer, tmp_path), expected, image, noise, 48, "wan")
+    _assert_blocks_match(lambda layer: _video_graph(folder, layer, tmp_path, WAN_TINY_MASSIVE, _wan_embeds()),
+                         expected, image, noise, 48, "wan")
 
 
 @pytest.fixture(scope="module")
 def wan_export(tmp_path_factory, family_tiny_dir):
     """The tiny Wan exported once at block 1 (fp32), shared by the ONNX, runtime and DAVIS checks."""
     from ditf_export.export import ExportRequest, export
-    from ditf_export.tiny import WAN_TINY_MASSIVE
-
     root = tmp_path_factory.mktemp("wan-export")
     out = root / "wan-l1"
     export(ExportRequest(model=str(family_tiny_dir("wan")), out=out, layer=1, timestep=TIMESTEP, ensemble=1,
@@ -204,7 +202,8 @@ def test_wan_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(wan_export, f
     assert m.geometry.max_size == 64 * 16
     for r in m.parity["results"]:
         assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR, r
-    _assert_onnx_matches(wan_export, _wan_graph(family_tiny_dir("wan"), 1, tmp_path),
+    graph = _video_graph(family_tiny_dir("wan"), 1, tmp_path, WAN_TINY_MASSIVE, _wan_embeds())
+    _assert_onnx_matches(wan_export, graph,
                          ((5, (48, 112)), (17, (32, 48))), 48, "wan")
 
 
@@ -304,15 +303,6 @@ def cog_hook_features(folder: Path, layers, image, noise, embeds, discard) -> di
     return out
 
 
-def _cog_graph(folder: Path, layer: int, tmp: Path):
-    from ditf_export.export import ExportRequest, build_graph, plan
-    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
-
-    return build_graph(plan(ExportRequest(
-        model=str(folder), out=tmp / "unused", layer=layer, timestep=TIMESTEP, image_size=128,
-        discard=",".join(map(str, COGVIDEOX_TINY_MASSIVE)), prompt_embeds=_embeds_file(tmp, _cog_embeds())))).graph
-
-
 @torch.no_grad()
 def test_cogvideox_clip_encoder_equals_diffusers_chunked_encode(family_tiny_dir):
     """One pass with per-chunk GroupNorm statistics == AutoencoderKLCogVideoX.encode's 8-frame chunk loop, for 1 + 4k
@@ -343,15 +333,13 @@ def test_cogvideox_clip_encoder_equals_diffusers_chunked_encode(family_tiny_dir)
 def test_cogvideox_reference_matches_diffusers_forward_with_hooks(kind, frames, size, cog_dirs, tmp_path):
     """Blocks 0, 1, 2 of the tiny model from one hooked diffusers forward; sin-cos (2b) and RoPE (5b, whose crop of
     the base grid depends on the aspect ratio: 64x48 is taller, 32x112 wider than the base 4 x 6 tokens)."""
-    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
-
     folder = cog_dirs[kind]
     layers = (0, 1, 2)
     image, noise = _clip_inputs(2, 2, frames, *size, seed=frames)
     expected = cog_hook_features(folder, layers, image, noise, _cog_embeds(), COGVIDEOX_TINY_MASSIVE)
     assert sorted(expected) == list(layers)
-    _assert_blocks_match(lambda layer: _cog_graph(folder, layer, tmp_path), expected, image, noise, 64,
-                         f"cogvideox {kind}")
+    _assert_blocks_match(lambda layer: _video_graph(folder, layer, tmp_path, COGVIDEOX_TINY_MASSIVE, _cog_embeds()),
+                         expected, image, noise, 64, f"cogvideox {kind}")
 
 
 @pytest.fixture(scope="module")
@@ -359,8 +347,6 @@ def cog_export(tmp_path_factory, cog_dirs):
     """The 5b-like (RoPE) tiny CogVideoX exported once at block 1 (fp32): its crop table is gathered by the grid's
     own size inside the ONNX graph. (The 2b-like sin-cos model is exported by test_trt_rtx_builds.py.)"""
     from ditf_export.export import ExportRequest, export
-    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
-
     root = tmp_path_factory.mktemp("cog-export")
     out = root / "cog-rope-l1"
     export(ExportRequest(model=str(cog_dirs["rope"]), out=out, layer=1, timestep=TIMESTEP, ensemble=1,
@@ -381,7 +367,8 @@ def test_cogvideox_onnx_matches_pytorch_for_other_clip_lengths_and_sizes(cog_exp
     assert m.geometry.max_size == 128 * 16
     for r in m.parity["results"]:
         assert r["min_cosine"] >= MIN_COSINE and r["rel_error"] <= MAX_REL_ERROR, r
-    _assert_onnx_matches(cog_export, _cog_graph(cog_dirs["rope"], 1, tmp_path),
+    graph = _video_graph(cog_dirs["rope"], 1, tmp_path, COGVIDEOX_TINY_MASSIVE, _cog_embeds())
+    _assert_onnx_matches(cog_export, graph,
                          ((17, (48, 112)), (21, (64, 32))), 64, "cogvideox")
 
 
@@ -437,7 +424,6 @@ def test_wan_low_precision_matches_diffusers_forward_within_tolerance(precision,
     (fp32, the reference the tolerance table is stated against) on a 9-frame non-square clip, E = 2."""
     from low_precision_twin import assert_typed, low_precision_twin
 
-    from ditf_export.tiny import WAN_TINY_MASSIVE
     from ditf_runtime.parity import TOLERANCES
 
     folder = family_tiny_dir("wan")
@@ -461,7 +447,6 @@ def test_cogvideox_low_precision_matches_diffusers_forward_within_tolerance(prec
     """bf16 / fp16 CogVideoX (5b-like, RoPE): the emulated twin against diffusers' hooked fp32 forward, 9 frames."""
     from low_precision_twin import assert_typed, low_precision_twin
 
-    from ditf_export.tiny import COGVIDEOX_TINY_MASSIVE
     from ditf_runtime.parity import TOLERANCES
 
     folder = cog_dirs["rope"]
